@@ -1,0 +1,1 @@
+"""LM Explorer's Qt-free core: model loading, tokenization, instrumented runs, analyses."""

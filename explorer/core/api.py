@@ -1,0 +1,63 @@
+"""The Python API: `explorer.capture(...)` returns the same Run object the GUI shows."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import lru_cache
+
+from .events import GenerationSettings, RunRequest, StepEvent
+from .models import LoadedModel, load_model
+from .run import Run
+from .runner import Session
+from .errors import Cancelled
+
+
+@lru_cache(maxsize=2)
+def _session(model: str) -> Session:
+    return Session(load_model(model))
+
+
+def session_for(model: str | LoadedModel | Session) -> Session:
+    if isinstance(model, Session):
+        return model
+    if isinstance(model, LoadedModel):
+        return Session(model)
+    return _session(model)
+
+
+def run_request(session: Session, request: RunRequest, *, previous: Run | None = None,
+                on_step: Callable[[StepEvent, Run], None] | None = None,
+                cancel: threading.Event | None = None) -> Run:
+    """Run a request to completion, growing a Run from its events."""
+    run = session.new_run(request)
+    try:
+        for event in session.stream(request, previous=previous, cancel=cancel):
+            run.apply(event)
+            if on_step is not None:
+                on_step(event, run)
+    except Cancelled:
+        run.finish_reason = "cancelled"
+    return run
+
+
+def capture(
+    prompt: str,
+    model: str | LoadedModel | Session = "smollm2-135m-instruct",
+    *,
+    chat: bool = False,
+    system: str | None = None,
+    max_new_tokens: int = 0,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    on_step: Callable[[StepEvent, Run], None] | None = None,
+    previous: Run | None = None,
+    cancel: threading.Event | None = None,
+) -> Run:
+    """Run `prompt` through an instrumented model and return the captured Run."""
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, seed=seed)
+    request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings)
+    return run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)

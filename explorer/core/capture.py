@@ -1,0 +1,159 @@
+"""Capture of a model's internals through a registered attention function and forward hooks.
+
+Canonical activation names (one per captured array, as in TransformerLens):
+    embed        residual stream entering layer 0            [n, hidden]
+    resid.{l}    residual stream after layer l               [n, hidden]
+    q.{l}        post-RoPE queries of layer l                [heads, n, head_dim]
+    k.{l}, v.{l} post-RoPE keys / values added to the cache  [kv_heads, n, head_dim]
+    attn_out.{l} attention block output (after o_proj)       [n, hidden]
+    mlp_out.{l}  MLP block output                            [n, hidden]
+
+Hooks live inside `CaptureContext`; leaving it removes every hook, so none outlives a run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .adapters import Adapter
+from .errors import Cancelled
+
+ATTENTION_NAME = "explorer_capture"
+
+
+def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
+    """sdpa, plus a record of the post-RoPE query and the new keys/values when a capture is active."""
+    recorder = getattr(module, "_explorer_recorder", None)
+    if recorder is not None:
+        recorder.on_attention(module._explorer_layer, query, key, value, kwargs.get("scaling"))
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(ATTENTION_NAME, _capturing_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def prepare_model(model: torch.nn.Module) -> None:
+    """Route the model's attention through the capturing function (a plain sdpa when no capture is active)."""
+    if getattr(model.config, "_attn_implementation", None) != ATTENTION_NAME:
+        model.set_attn_implementation(ATTENTION_NAME)
+
+
+@dataclass
+class StepRecord:
+    """What one forward pass recorded, as torch tensors of the new positions."""
+
+    queries: list[torch.Tensor | None]  # per layer [heads, n, head_dim]
+    keys: list[torch.Tensor | None]  # per layer [kv_heads, n, head_dim]
+    values: list[torch.Tensor | None]
+    resid: list[torch.Tensor | None]  # per layer + 1 [n, hidden]
+    attn_out: list[torch.Tensor | None]  # per layer [n, hidden]
+    mlp_out: list[torch.Tensor | None]
+    scaling: list[float]
+    final_resid: torch.Tensor | None = None  # [n, hidden] float32 output of the last layer
+    marks: dict[str, float] = field(default_factory=dict)  # stage -> perf_counter()
+    layer_ms: list[float] = field(default_factory=list)
+
+
+class CaptureContext:
+    """Installs hooks for one run; `begin_step()` starts a fresh record for each forward pass."""
+
+    def __init__(self, model: torch.nn.Module, adapter: Adapter, store_dtype: torch.dtype = torch.float16,
+                 cancel: threading.Event | None = None):
+        self.model = model
+        self.adapter = adapter
+        self.layers = adapter.layers(model)
+        self.store_dtype = store_dtype
+        self.cancel = cancel
+        self.record: StepRecord | None = None
+        self._handles: list = []
+        self._layer_start = 0.0
+
+    def __enter__(self) -> CaptureContext:
+        prepare_model(self.model)
+        n = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            core = self.adapter.attention_core(layer)
+            core._explorer_recorder = self
+            core._explorer_layer = i
+            self._handles.append(layer.register_forward_pre_hook(self._layer_pre(i), with_kwargs=True))
+            self._handles.append(layer.register_forward_hook(self._layer_post(i, n)))
+            self._handles.append(self.adapter.attention_block(layer).register_forward_hook(self._block(i, "attn_out")))
+            self._handles.append(self.adapter.mlp_block(layer).register_forward_hook(self._block(i, "mlp_out")))
+        embed = self.adapter.embedding(self.model)
+        self._handles.append(embed.register_forward_pre_hook(lambda *_: self._mark("embed_start")))
+        self._handles.append(embed.register_forward_hook(lambda *_: self._mark("embed_end")))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for layer in self.layers:
+            core = self.adapter.attention_core(layer)
+            core._explorer_recorder = None
+        self.record = None
+
+    def begin_step(self) -> StepRecord:
+        n = len(self.layers)
+        self.record = StepRecord(
+            queries=[None] * n, keys=[None] * n, values=[None] * n, resid=[None] * (n + 1),
+            attn_out=[None] * n, mlp_out=[None] * n, scaling=[1.0] * n, layer_ms=[0.0] * n,
+        )
+        self.record.marks["forward_start"] = time.perf_counter()
+        return self.record
+
+    # --- hooks ------------------------------------------------------------------------------
+    def _store(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(self.store_dtype)
+
+    def _mark(self, name: str) -> None:
+        if self.record is not None:
+            self.record.marks[name] = time.perf_counter()
+
+    def on_attention(self, layer: int, query, key, value, scaling) -> None:
+        rec = self.record
+        if rec is None:
+            return
+        n_new = query.shape[2]
+        rec.queries[layer] = self._store(query[0])  # [heads, n_new, head_dim]
+        rec.keys[layer] = self._store(key[0, :, -n_new:])  # [kv_heads, n_new, head_dim]
+        rec.values[layer] = self._store(value[0, :, -n_new:])  # [kv_heads, n_new, head_dim]
+        rec.scaling[layer] = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+
+    def _layer_pre(self, i: int):
+        def hook(_module, args, kwargs):
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled("Run cancelled.")
+            self._layer_start = time.perf_counter()
+            if i == 0 and self.record is not None:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                self.record.resid[0] = self._store(hidden[0])  # [n_new, hidden]
+        return hook
+
+    def _layer_post(self, i: int, n_layers: int):
+        def hook(_module, _args, output):
+            rec = self.record
+            if rec is None:
+                return
+            hidden = output[0] if isinstance(output, tuple) else output
+            rec.resid[i + 1] = self._store(hidden[0])  # [n_new, hidden]
+            if i == n_layers - 1:
+                rec.marks["final_resid"] = time.perf_counter()
+                rec.final_resid = hidden[0].detach().float()  # [n_new, hidden] exact, for logits
+            rec.layer_ms[i] = (time.perf_counter() - self._layer_start) * 1e3
+        return hook
+
+    def _block(self, i: int, name: str):
+        def hook(_module, _args, output):
+            if self.record is not None:
+                out = output[0] if isinstance(output, tuple) else output
+                getattr(self.record, name)[i] = self._store(out[0])  # [n_new, hidden]
+        return hook

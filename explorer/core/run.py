@@ -1,0 +1,177 @@
+"""The Run record: everything captured for one prompt, grown step by step from StepEvents.
+
+Attention weights are not stored; `attention(layer, head)` recomputes the map from the
+captured post-RoPE queries and keys: softmax(q k^T * scaling + causal mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .adapters import NormParams
+from .events import RunRequest, StepEvent, Token, TokenKind
+from .models import ModelInfo
+from .sampling import log_softmax
+
+# name -> (position axis, dtype kind); arrays grow along the position axis
+ARRAY_FIELDS = {
+    "queries": -2, "keys": -2, "values": -2, "resid": -2, "attn_out": -2, "mlp_out": -2,
+    "final_resid": 0, "pred_entropy": 0, "pred_top_ids": 0, "pred_top_logprobs": 0,
+    "token_logprob": 0, "token_rank": 0,
+}
+
+
+@dataclass
+class Run:
+    info: ModelInfo
+    request: RunRequest
+    norm: NormParams | None = None  # the final norm, as numpy
+    unembed: np.ndarray | None = None  # [vocab, hidden] the lm_head weight (shared, not copied)
+    text: str = ""
+    tokens: list[Token] = field(default_factory=list)
+    steps: list[StepEvent] = field(default_factory=list)
+    n_prompt: int = 0
+    finish_reason: str | None = None
+    scaling: np.ndarray | None = None  # [layers] attention scaling per layer
+    _buffers: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _n: int = 0
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def start(cls, info: ModelInfo, request: RunRequest, norm: NormParams | None,
+              unembed: np.ndarray | None) -> Run:
+        return cls(info=info, request=request, norm=norm, unembed=unembed)
+
+    # --- growth -------------------------------------------------------------------------------
+    def apply(self, event: StepEvent) -> None:
+        """Append a step's positions (a prefill that reuses a prefix replaces everything)."""
+        if event.start != self._n:
+            raise ValueError(f"step {event.step} starts at {event.start}, run has {self._n} positions")
+        for name, axis in ARRAY_FIELDS.items():
+            self._append(name, getattr(event, name), axis)
+        self._n += event.n_new
+        self.tokens.extend(event.tokens)
+        # spans tile the text and a non-empty span's token text is exactly that span
+        self.text += "".join(t.text for t in event.tokens if t.end > t.start)
+        if event.is_prefill:
+            self.n_prompt = event.n_new
+        self.steps.append(event)
+        if event.finish_reason:
+            self.finish_reason = event.finish_reason
+        self._cache.clear()
+
+    def _append(self, name: str, chunk: np.ndarray, axis: int) -> None:
+        buf = self._buffers.get(name)
+        n_new = chunk.shape[axis]
+        if buf is None:
+            shape = list(chunk.shape)
+            shape[axis] = max(16, n_new * 2)
+            buf = np.empty(shape, chunk.dtype)
+            self._buffers[name] = buf
+        cap = buf.shape[axis]
+        if self._n + n_new > cap:
+            shape = list(buf.shape)
+            shape[axis] = max(cap * 2, self._n + n_new)
+            grown = np.empty(shape, buf.dtype)
+            _view(grown, axis, 0, self._n)[...] = _view(buf, axis, 0, self._n)
+            self._buffers[name] = buf = grown
+        _view(buf, axis, self._n, self._n + n_new)[...] = chunk
+
+    def array(self, name: str) -> np.ndarray:
+        """A captured array over all positions so far (a read-only view)."""
+        buf = self._buffers.get(name)
+        if buf is None:
+            raise KeyError(name)
+        view = _view(buf, ARRAY_FIELDS[name], 0, self._n)
+        view.flags.writeable = False
+        return view
+
+    def prefix_array(self, name: str, n: int) -> np.ndarray:
+        return np.array(_view(self._buffers[name], ARRAY_FIELDS[name], 0, n))
+
+    # --- public API -----------------------------------------------------------------------------
+    @property
+    def n_tokens(self) -> int:
+        return self._n
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        return np.array([t.id for t in self.tokens], dtype=np.int64)
+
+    @property
+    def n_generated(self) -> int:
+        return sum(1 for t in self.tokens if t.kind == TokenKind.GENERATED)
+
+    @property
+    def generated_text(self) -> str:
+        return self.text[self.tokens[self.n_prompt].start:] if self._n > self.n_prompt else ""
+
+    def attention(self, layer: int, head: int, rows: slice | None = None) -> np.ndarray:
+        """[N, N] float32 attention of query rows over key columns (or only `rows`)."""
+        q = self.array("queries")[layer, head]  # [N, head_dim]
+        k = self.array("keys")[layer, head // self.info.group_size]  # [N, head_dim]
+        rows = rows or slice(0, self._n)
+        start = rows.start or 0
+        qs = q[rows].astype(np.float32)  # [rows, head_dim]
+        scores = qs @ k.astype(np.float32).T * self.layer_scaling(layer)  # [rows, N]
+        if self.info.is_causal:
+            query_pos = np.arange(start, start + qs.shape[0])[:, None]
+            scores[np.arange(self._n)[None, :] > query_pos] = -np.inf
+        scores -= scores.max(axis=1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=1, keepdims=True)
+        return scores
+
+    def layer_scaling(self, layer: int) -> float:
+        if self.scaling is not None:
+            return float(self.scaling[layer])
+        return self.info.head_dim ** -0.5
+
+    def hidden_states(self, layer: int) -> np.ndarray:
+        """[N, hidden] residual stream: 0 = embeddings, L = after the last layer, before the final norm."""
+        return self.array("resid")[layer]
+
+    def next_token_logprobs(self, position: int) -> np.ndarray:
+        """[vocab] log-softmax of the prediction the model made at `position`."""
+        if self.unembed is None or self.norm is None:
+            raise ValueError("This model has no language-model head (an encoder): no next-token prediction.")
+        key = ("logprobs", position)
+        if key not in self._cache:
+            h = self.norm.apply(self.array("final_resid")[position])  # [hidden]
+            logits = self.unembed.astype(np.float32, copy=False) @ h  # [vocab]
+            self._cache[key] = log_softmax(logits).astype(np.float32)
+        return self._cache[key]
+
+    def kv_bytes_per_layer(self, step: int) -> np.ndarray:
+        return np.asarray(self.steps[step].kv_bytes_per_layer)
+
+    def timings(self, step: int) -> dict[str, float]:
+        return dict(self.steps[step].timings_ms)
+
+    def save(self, path, include_head: bool = True) -> None:
+        """Save as one .npz with a JSON header (no pickle); see core/runfile.py."""
+        from .runfile import save_run
+
+        save_run(self, path, include_head=include_head)
+
+    def capture_bytes(self) -> int:
+        """Memory held by the captured arrays (the buffers, including spare capacity)."""
+        return int(sum(b.nbytes for b in self._buffers.values()))
+
+    def prefill_tokens_per_s(self) -> float:
+        step = self.steps[0]
+        ms = sum(v for k, v in step.timings_ms if k != "tokenize")
+        return (step.n_new - step.cached_prefix) / (ms / 1e3) if ms else 0.0
+
+    def decode_tokens_per_s(self) -> float:
+        decode = self.steps[1:]
+        ms = sum(v for s in decode for _k, v in s.timings_ms)
+        return len(decode) / (ms / 1e3) if ms else 0.0
+
+
+def _view(a: np.ndarray, axis: int, lo: int, hi: int) -> np.ndarray:
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(lo, hi)
+    return a[tuple(index)]

@@ -1,0 +1,190 @@
+"""Run files: one `.npz` (never pickle) holding a JSON header and the captured arrays.
+
+Loading validates everything (header version, required keys, dtypes, shapes against the
+model info and the token count) and raises RunFileError with a sentence when anything is off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+
+from .adapters import NormParams
+from .errors import RunFileError
+from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
+from .models import ModelInfo
+from .run import ARRAY_FIELDS, Run
+
+FORMAT = "lm-explorer-run"
+VERSION = 1
+_DTYPES = {
+    "queries": "f", "keys": "f", "values": "f", "resid": "f", "attn_out": "f", "mlp_out": "f",
+    "final_resid": "f", "pred_entropy": "f", "pred_top_ids": "i", "pred_top_logprobs": "f",
+    "token_logprob": "f", "token_rank": "i", "kv_bytes": "i", "scaling": "f",
+    "norm_weight": "f", "norm_bias": "f", "unembed": "f",
+}
+
+
+def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    header = {
+        "format": FORMAT, "version": VERSION, "info": run.info.to_dict(),
+        "request": {**asdict(run.request), "settings": asdict(run.request.settings)},
+        "text": run.text, "n_tokens": run.n_tokens, "n_prompt": run.n_prompt, "finish_reason": run.finish_reason,
+        "tokens": [_token_dict(t) for t in run.tokens],
+        "steps": [_step_dict(s) for s in run.steps],
+        "norm": None if run.norm is None else {"kind": run.norm.kind, "eps": run.norm.eps},
+    }
+    arrays = {name: np.ascontiguousarray(run.array(name)) for name in ARRAY_FIELDS}
+    arrays["kv_bytes"] = np.stack([np.asarray(s.kv_bytes_per_layer) for s in run.steps])  # [steps, layers]
+    if run.scaling is not None:
+        arrays["scaling"] = np.asarray(run.scaling, np.float32)
+    if include_head and run.unembed is not None and run.norm is not None:
+        arrays["unembed"] = run.unembed.astype(np.float16)
+        arrays["norm_weight"] = run.norm.weight
+        if run.norm.bias is not None:
+            arrays["norm_bias"] = run.norm.bias
+    blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, header=blob, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"No run file at {path}.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise RunFileError(f"{path.name} is not a readable run file (damaged or not a .npz): {exc}") from exc
+    try:
+        return _build(arrays, path.name)
+    except RunFileError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, UnicodeDecodeError) as exc:
+        raise RunFileError(f"{path.name} is inconsistent and was not loaded ({type(exc).__name__}: {exc}).") from exc
+
+
+def _build(arrays: dict[str, np.ndarray], name: str) -> Run:
+    if "header" not in arrays or arrays["header"].dtype != np.uint8 or arrays["header"].ndim != 1:
+        raise RunFileError(f"{name} is not an LM Explorer run (no header).")
+    header = json.loads(arrays["header"].tobytes().decode("utf-8"))
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise RunFileError(f"{name} is not an LM Explorer run.")
+    version = header.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise RunFileError(f"{name} was saved by a newer LM Explorer (format {version}); update to open it.")
+    info = ModelInfo(**{f.name: header["info"][f.name] for f in fields(ModelInfo)})
+    settings = GenerationSettings(**header["request"]["settings"])
+    request = RunRequest(**{**header["request"], "settings": settings})
+    n = int(header["n_tokens"])
+    _check(arrays, info, n, name)
+    norm = None
+    if header.get("norm") and "norm_weight" in arrays:
+        bias = arrays.get("norm_bias")
+        norm = NormParams(header["norm"]["kind"], arrays["norm_weight"].astype(np.float32),
+                          None if bias is None else bias.astype(np.float32), float(header["norm"]["eps"]))
+    unembed = arrays.get("unembed")
+    if unembed is not None and unembed.shape != (info.vocab_size, info.hidden_size):
+        raise RunFileError(f"{name}: the saved unembedding has shape {unembed.shape}, not vocab x hidden.")
+    run = Run.start(info, request, norm, None if unembed is None else unembed.astype(np.float32))
+    if "scaling" in arrays:
+        run.scaling = arrays["scaling"]
+    tokens = [_token(d) for d in header["tokens"]]
+    if len(tokens) != n:
+        raise RunFileError(f"{name}: {len(tokens)} tokens in the header but {n} positions of data.")
+    steps = header["steps"]
+    if len(steps) != arrays["kv_bytes"].shape[0]:
+        raise RunFileError(f"{name}: the step list and the KV sizes disagree.")
+    for i, meta in enumerate(steps):
+        lo, hi = int(meta["start"]), int(meta["start"]) + int(meta["n_new"])
+        if not 0 <= lo < hi <= n or lo != run.n_tokens:
+            raise RunFileError(f"{name}: step {i} covers positions {lo}..{hi}, which do not follow on.")
+        run.apply(_step(meta, arrays, tokens[lo:hi], lo, hi, i))
+    if run.n_tokens != n:
+        raise RunFileError(f"{name}: the steps cover {run.n_tokens} of {n} positions.")
+    if run.text != header["text"]:
+        raise RunFileError(f"{name}: the token spans do not rebuild the saved text.")
+    run.finish_reason = header.get("finish_reason")
+    return run
+
+
+def _check(arrays: dict[str, np.ndarray], info: ModelInfo, n: int, name: str) -> None:
+    L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
+    expected = {
+        "queries": (L, H, n, d), "keys": (L, KV, n, d), "values": (L, KV, n, d), "resid": (L + 1, n, D),
+        "attn_out": (L, n, D), "mlp_out": (L, n, D), "final_resid": (n, D), "pred_entropy": (n,),
+        "pred_top_ids": (n, None), "pred_top_logprobs": (n, None), "token_logprob": (n,), "token_rank": (n,),
+        "kv_bytes": (None, L), "scaling": (L,), "norm_weight": (D,), "norm_bias": (D,),
+    }
+    for key, shape in expected.items():
+        if key not in arrays:
+            if key in ARRAY_FIELDS or key == "kv_bytes":
+                raise RunFileError(f"{name} lacks the array '{key}'.")
+            continue
+        a = arrays[key]
+        if a.dtype.kind != _DTYPES[key] or a.ndim != len(shape) or any(
+            want is not None and got != want for got, want in zip(a.shape, shape, strict=True)
+        ):
+            raise RunFileError(f"{name}: array '{key}' has shape {a.shape} and type {a.dtype}, expected {shape}.")
+    if arrays["pred_top_ids"].shape != arrays["pred_top_logprobs"].shape:
+        raise RunFileError(f"{name}: the top-k arrays disagree in shape.")
+    if (arrays["pred_top_ids"] < 0).any() or (arrays["pred_top_ids"] >= info.vocab_size).any():
+        raise RunFileError(f"{name}: top-k token ids outside the vocabulary.")
+
+
+def _token_dict(t: Token) -> dict:
+    return {"id": t.id, "text": t.text, "start": t.start, "end": t.end, "kind": t.kind.value,
+            "bytes": t.raw_bytes.hex(), "partial": t.partial, "injected": t.injected, "special": t.is_special}
+
+
+def _token(d: dict) -> Token:
+    return Token(id=int(d["id"]), text=str(d["text"]), start=int(d["start"]), end=int(d["end"]),
+                 kind=TokenKind(d["kind"]), raw_bytes=bytes.fromhex(d["bytes"]), partial=bool(d["partial"]),
+                 injected=bool(d["injected"]), is_special=bool(d["special"]))
+
+
+def _step_dict(s: StepEvent) -> dict:
+    return {"step": s.step, "start": s.start, "n_new": s.n_new, "timings_ms": [list(t) for t in s.timings_ms],
+            "choice": None if s.choice is None else asdict(s.choice), "cached_prefix": s.cached_prefix,
+            "finish_reason": s.finish_reason}
+
+
+def _step(meta: dict, arrays: dict[str, np.ndarray], tokens: list[Token], lo: int, hi: int, i: int) -> StepEvent:
+    def cut(key: str) -> np.ndarray:
+        axis = ARRAY_FIELDS[key]
+        index = [slice(None)] * arrays[key].ndim
+        index[axis] = slice(lo, hi)
+        return arrays[key][tuple(index)]
+
+    choice = meta.get("choice")
+    return StepEvent(
+        step=int(meta["step"]), start=lo, tokens=tuple(tokens), **{k: cut(k) for k in ARRAY_FIELDS},
+        kv_bytes_per_layer=arrays["kv_bytes"][i], timings_ms=tuple((str(a), float(b)) for a, b in meta["timings_ms"]),
+        choice=None if choice is None else TokenChoice(**{**choice, "top_ids": tuple(choice["top_ids"]),
+                                                          "top_logprobs": tuple(choice["top_logprobs"])}),
+        cached_prefix=int(meta.get("cached_prefix", 0)), finish_reason=meta.get("finish_reason"),
+    )
+
+
+def runs_equal(a: Run, b: Run) -> bool:
+    """Same tokens, text, steps metadata and arrays (for tests and the fuzzer)."""
+    if a.info != b.info or a.text != b.text or a.tokens != b.tokens or a.n_prompt != b.n_prompt:
+        return False
+    if [_step_dict(s) for s in a.steps] != [_step_dict(s) for s in b.steps]:
+        return False
+    return all(np.array_equal(a.array(k), b.array(k), equal_nan=True) for k in ARRAY_FIELDS)

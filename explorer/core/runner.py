@@ -1,0 +1,282 @@
+"""The instrumented runner: prefill, then a decode loop with a DynamicCache, streaming StepEvents.
+
+    tokens -> embed -> layers (captured) -> final norm + lm_head -> sample -> (feed back)
+
+Every event holds the new positions' captured arrays; the last event has `finish_reason`.
+A `Session` keeps the model's cache between runs so a prompt that extends the previous one
+reuses its prefix (those tokens become `cached-prefix` and are not recomputed).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from . import sampling
+from .adapters import adapter_for
+from .capture import CaptureContext, StepRecord
+from .errors import Cancelled, InputError, PromptTooLongError
+from .events import RunRequest, StepEvent, Token, TokenChoice, TokenKind
+from .models import LoadedModel
+from .run import Run
+from .tokens import IncrementalSpans, TokenBytes, readable_piece, tokenize
+
+TOP_K = 10  # alternatives kept per position
+_STATS_CHUNK = 256  # positions per lm_head product when scoring the prompt
+
+
+class Session:
+    """A loaded model plus the KV cache of its last run, used from one thread at a time."""
+
+    def __init__(self, loaded: LoadedModel, store_dtype: torch.dtype = torch.float16):
+        self.loaded = loaded
+        self.adapter = adapter_for(loaded.info.architecture)
+        self.store_dtype = store_dtype
+        self.token_bytes = TokenBytes(loaded.tokenizer)
+        self._cache: DynamicCache | None = None
+        self._cache_ids: list[int] = []  # token ids whose keys/values are in _cache
+
+    @property
+    def info(self):
+        return self.loaded.info
+
+    def new_run(self, request: RunRequest) -> Run:
+        run = Run.start(self.info, request, self.adapter.norm_params(self.loaded.model), self._unembed())
+        cores = [self.adapter.attention_core(layer) for layer in self.adapter.layers(self.loaded.model)]
+        run.scaling = np.array([float(getattr(c, "scaling", self.info.head_dim ** -0.5)) for c in cores], np.float32)
+        return run
+
+    def _unembed(self) -> np.ndarray | None:
+        head = self.adapter.lm_head(self.loaded.model)
+        return None if head is None else head.weight.detach().numpy()  # [vocab, hidden] shares memory
+
+    def forget_cache(self) -> None:
+        self._cache, self._cache_ids = None, []
+
+    def stream(self, request: RunRequest, previous: Run | None = None,
+               cancel: threading.Event | None = None) -> Iterator[StepEvent]:
+        """Run a request, yielding the prefill event and one event per decoded token.
+
+        Raises InputError for unusable prompts or settings and Cancelled when `cancel` is set.
+        """
+        model, info = self.loaded.model, self.info
+        settings = request.settings
+        sampling.validate(settings.temperature, settings.top_k, settings.top_p)
+        if not request.prompt.strip():
+            raise InputError("The prompt is empty: type some text to run.")
+        if settings.max_new_tokens < 0:
+            raise InputError("Max new tokens cannot be negative.")
+        t0 = time.perf_counter()
+        tokenized = tokenize(self.loaded.tokenizer, request.prompt, chat=request.chat, system=request.system,
+                             allow_special_in_text=request.allow_special_in_text)
+        tokenize_ms = (time.perf_counter() - t0) * 1e3
+        ids = tokenized.ids
+        max_new = settings.max_new_tokens if info.is_causal else 0
+        if len(ids) + max_new > info.context_length:
+            raise PromptTooLongError(len(ids) + max_new, info.context_length)
+
+        reuse = self._reusable_prefix(ids, previous) if request.reuse_prefix and info.is_causal else 0
+        if reuse == 0:
+            self.forget_cache()
+            self._cache = DynamicCache(config=model.config) if info.is_causal else None
+        else:
+            self._cache.crop(reuse)
+            self._cache_ids = self._cache_ids[:reuse]
+        tokens = list(tokenized.tokens)
+        tokens[:reuse] = [replace(t, kind=TokenKind.CACHED_PREFIX) for t in tokens[:reuse]]
+        rng = np.random.default_rng(settings.seed)
+        spans = IncrementalSpans()
+        eos = set(_as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None)))
+        eos.update(_as_list(self.loaded.tokenizer.eos_token_id))
+
+        with CaptureContext(model, self.adapter, self.store_dtype, cancel) as capture, torch.inference_mode():
+            try:
+                event = self._step(capture, ids[reuse:], reuse, step=0, tokens=tuple(tokens),
+                                   previous=previous if reuse else None, tokenize_ms=tokenize_ms,
+                                   settings=settings, rng=rng, want_choice=max_new > 0)
+            except Cancelled:
+                self.forget_cache()
+                raise
+            self._cache_ids = list(ids)
+            generated = 0
+            if event.choice is None:
+                yield replace(event, finish_reason="prompt_only")
+                return
+            yield event
+            text_len = len(tokenized.text)
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("Run cancelled.")
+                token_id = event.choice.token_id
+                piece = self.token_bytes(token_id) or b""
+                start, end, partial = spans.add(piece)
+                token = Token(id=token_id, text=readable_piece(spans.parts[-1], piece, partial),
+                              start=text_len + start, end=text_len + end, kind=TokenKind.GENERATED,
+                              raw_bytes=piece, partial=partial, is_special=token_id in self.token_bytes.special_ids)
+                generated += 1
+                finished = (token_id in eos and settings.stop_at_eos) or generated >= max_new
+                position = len(self._cache_ids)
+                try:
+                    event = self._step(capture, [token_id], position, step=generated, tokens=(token,),
+                                       previous=None, tokenize_ms=0.0, settings=settings, rng=rng,
+                                       want_choice=not finished)
+                except Cancelled:
+                    self.forget_cache()
+                    raise
+                self._cache_ids.append(token_id)
+                if finished:
+                    reason = "eos" if token_id in eos and settings.stop_at_eos else "max_tokens"
+                    yield replace(event, finish_reason=reason)
+                    return
+                yield event
+
+    def _reusable_prefix(self, ids: list[int], previous: Run | None) -> int:
+        if self._cache is None or previous is None or previous.n_tokens < len(self._cache_ids):
+            return 0
+        if list(previous.token_ids[: len(self._cache_ids)]) != self._cache_ids:
+            return 0
+        common = 0
+        for a, b in zip(ids, self._cache_ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        return min(common, len(ids) - 1)  # at least one new token must run to get a prediction
+
+    def _step(self, capture: CaptureContext, new_ids: list[int], start: int, *, step: int,
+              tokens: tuple[Token, ...], previous: Run | None, tokenize_ms: float, settings, rng,
+              want_choice: bool) -> StepEvent:
+        model = self.loaded.model
+        rec = capture.begin_step()
+        input_ids = torch.tensor([new_ids], dtype=torch.long)  # [1, n_new]
+        if self.info.is_causal:
+            out = model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
+            last_logits = out.logits[0, -1].float()  # [vocab]
+        else:
+            model(input_ids=input_ids)
+            last_logits = None
+        forward_end = time.perf_counter()
+        arrays = _stack(rec)
+        t_stats = time.perf_counter()
+        final = rec.final_resid  # [n_new, hidden]
+        if previous is not None and start > 0:
+            arrays = {k: np.concatenate([previous.prefix_array(k, start), v], axis=-2 if k != "final_resid"
+                                        else 0) for k, v in arrays.items()}
+            final = torch.cat([torch.from_numpy(previous.prefix_array("final_resid", start)), final])
+            offset = 0
+        else:
+            offset = start
+        stats = self._prediction_stats(final, tokens, previous, offset)
+        choice = None
+        t_sample = time.perf_counter()
+        if want_choice and last_logits is not None:
+            logits = last_logits.numpy()
+            token_id = sampling.sample(logits, settings.temperature, settings.top_k, settings.top_p, rng)
+            logprobs = sampling.log_softmax(logits)
+            top = np.argsort(-logprobs)[:TOP_K]
+            choice = TokenChoice(
+                token_id=token_id, logprob=float(logprobs[token_id]),
+                rank=int((logprobs > logprobs[token_id]).sum()), entropy=float(sampling.entropy(logprobs)),
+                top_ids=tuple(int(i) for i in top), top_logprobs=tuple(float(logprobs[i]) for i in top),
+            )
+        t_end = time.perf_counter()
+        timings = _timings(rec, forward_end, tokenize_ms, stats_ms=(t_sample - t_stats) * 1e3,
+                           sample_ms=(t_end - t_sample) * 1e3)
+        event_start = 0 if previous is not None else start
+        return StepEvent(
+            step=step, start=event_start, tokens=tokens, **{k: _frozen(v) for k, v in arrays.items()},
+            **{k: _frozen(v) for k, v in stats.items()},
+            kv_bytes_per_layer=_frozen(self._kv_bytes()), timings_ms=timings, choice=choice,
+            cached_prefix=start if previous is not None else 0,
+        )
+
+    def _prediction_stats(self, final: torch.Tensor, tokens: tuple[Token, ...], previous: Run | None,
+                          offset: int) -> dict[str, np.ndarray]:
+        """Entropy and top-k of each position's prediction, and each token's logprob and rank."""
+        n = final.shape[0]
+        out = {
+            "pred_entropy": np.full(n, np.nan, np.float32), "pred_top_ids": np.zeros((n, TOP_K), np.int32),
+            "pred_top_logprobs": np.full((n, TOP_K), np.nan, np.float32),
+            "token_logprob": np.full(n, np.nan, np.float32), "token_rank": np.full(n, -1, np.int32),
+        }
+        norm, head = self.adapter.final_norm(self.loaded.model), self.adapter.lm_head(self.loaded.model)
+        if head is None:
+            return out
+        ids = torch.tensor([t.id for t in tokens])  # [n]
+        if offset > 0 and self._last_logprobs is not None:  # the token at `offset` was predicted last step
+            lp = self._last_logprobs
+            out["token_logprob"][0] = float(lp[ids[0]])
+            out["token_rank"][0] = int((lp > lp[ids[0]]).sum())
+        for lo in range(0, n, _STATS_CHUNK):
+            hi = min(n, lo + _STATS_CHUNK)
+            logprobs = torch.log_softmax(head(norm(final[lo:hi])), dim=-1)  # [chunk, vocab]
+            probs = logprobs.exp()
+            out["pred_entropy"][lo:hi] = (-(probs * logprobs.clamp_min(-1e30)).sum(-1)).numpy()
+            top = logprobs.topk(TOP_K, dim=-1)
+            out["pred_top_ids"][lo:hi] = top.indices.numpy()
+            out["pred_top_logprobs"][lo:hi] = top.values.numpy()
+            nxt = ids[lo + 1: hi + 1]  # tokens predicted by positions lo .. hi-1
+            m = nxt.shape[0]
+            if m:
+                chosen = logprobs[:m].gather(1, nxt[:, None])  # [m, 1]
+                out["token_logprob"][lo + 1: lo + 1 + m] = chosen[:, 0].numpy()
+                out["token_rank"][lo + 1: lo + 1 + m] = (logprobs[:m] > chosen).sum(-1).numpy()
+        self._last_logprobs = logprobs[-1]
+        return out
+
+    _last_logprobs: torch.Tensor | None = None
+
+    def _kv_bytes(self) -> np.ndarray:
+        n = self.info.n_layers
+        if self._cache is None:
+            return np.zeros(n, np.int64)
+        sizes = []
+        for layer in self._cache.layers[:n]:
+            k, v = layer.keys, layer.values
+            sizes.append(0 if k is None else k.numel() * k.element_size() + v.numel() * v.element_size())
+        return np.asarray(sizes, np.int64)
+
+
+def _as_list(x) -> list[int]:
+    if x is None:
+        return []
+    return [int(i) for i in x] if isinstance(x, (list, tuple)) else [int(x)]
+
+
+def _stack(rec: StepRecord) -> dict[str, np.ndarray]:
+    return {
+        "queries": torch.stack(rec.queries).numpy(),  # [layers, heads, n_new, head_dim]
+        "keys": torch.stack(rec.keys).numpy(),  # [layers, kv_heads, n_new, head_dim]
+        "values": torch.stack(rec.values).numpy(),  # [layers, kv_heads, n_new, head_dim]
+        "resid": torch.stack(rec.resid).numpy(),  # [layers + 1, n_new, hidden]
+        "attn_out": torch.stack(rec.attn_out).numpy(),  # [layers, n_new, hidden]
+        "mlp_out": torch.stack(rec.mlp_out).numpy(),  # [layers, n_new, hidden]
+        "final_resid": rec.final_resid.numpy(),  # [n_new, hidden] float32
+    }
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+def _timings(rec: StepRecord, forward_end: float, tokenize_ms: float, stats_ms: float,
+             sample_ms: float) -> tuple[tuple[str, float], ...]:
+    marks = rec.marks
+    out: list[tuple[str, float]] = []
+    if tokenize_ms:
+        out.append(("tokenize", tokenize_ms))
+    if "embed_start" in marks and "embed_end" in marks:
+        out.append(("embed", (marks["embed_end"] - marks["embed_start"]) * 1e3))
+    out += [(f"layer.{i}", ms) for i, ms in enumerate(rec.layer_ms)]
+    if "final_resid" in marks:
+        out.append(("lm_head", (forward_end - marks["final_resid"]) * 1e3))
+    out.append(("capture", stats_ms))
+    out.append(("sample", sample_ms))
+    return tuple(out)

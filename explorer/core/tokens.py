@@ -1,0 +1,235 @@
+"""Tokenization with exact character spans and token kinds.
+
+Every token maps to a `[start, end)` span of the run's text; the spans tile the text (no gap,
+no overlap). A character belongs to the token that completes it, so a token holding only the
+first bytes of a multi-byte character has an empty span and is marked `partial`; this also
+works while generated tokens stream in.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from .events import Token, TokenKind
+
+
+@cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: printable stand-in character -> byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+class TokenBytes:
+    """Maps token ids to the exact bytes they stand for, for the tokenizer families we know."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        decoder = repr(getattr(backend, "decoder", None))
+        self.scheme = "bytelevel" if "ByteLevel" in decoder else "sentencepiece" if "ByteFallback" in decoder else "none"
+        self.special_ids = special_ids(tokenizer)
+        self._cache: dict[int, bytes | None] = {}
+
+    def __call__(self, token_id: int) -> bytes | None:
+        """The token's bytes, or None when this tokenizer's pieces do not map to bytes."""
+        if token_id in self._cache:
+            return self._cache[token_id]
+        piece = self.tokenizer.convert_ids_to_tokens(int(token_id))
+        result: bytes | None
+        if piece is None:
+            result = b""
+        elif token_id in self.special_ids:
+            result = piece.encode("utf-8")
+        elif self.scheme == "bytelevel":
+            table = _byte_decoder()
+            result = bytes(table[c] for c in piece) if all(c in table for c in piece) else piece.encode("utf-8")
+        elif self.scheme == "sentencepiece":
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                result = bytes([int(piece[3:5], 16)])
+            else:
+                result = piece.replace("\u2581", " ").encode("utf-8")
+        else:
+            result = None
+        self._cache[token_id] = result
+        return result
+
+
+def special_ids(tokenizer: Any) -> frozenset[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        ids.update(i for i, added in backend.get_added_tokens_decoder().items() if added.special)
+    return frozenset(ids)
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    text: str
+    ids: list[int]
+    tokens: list[Token]
+
+
+class IncrementalSpans:
+    """Assigns spans as token bytes arrive: a character goes to the token that completes it."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.parts: list[str] = []
+        self.length = 0
+
+    def add(self, piece: bytes) -> tuple[int, int, bool]:
+        pending_before = bool(self._decoder.getstate()[0])
+        chars = self._decoder.decode(piece)
+        start = self.length
+        self.parts.append(chars)
+        self.length += len(chars)
+        partial = pending_before or bool(self._decoder.getstate()[0])
+        return start, self.length, partial
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def readable_piece(span_text: str, piece: bytes, partial: bool) -> str:
+    if partial and not span_text:
+        return "".join(f"<0x{b:02X}>" for b in piece)
+    return span_text
+
+
+def tokenize(
+    tokenizer: Any,
+    prompt: str,
+    *,
+    chat: bool = False,
+    system: str | None = None,
+    allow_special_in_text: bool = True,
+) -> Tokenized:
+    """Tokenize a prompt (plain or chat template) into ids and spanned, kind-tagged tokens."""
+    regions: list[tuple[int, int, TokenKind]] = []
+    if chat:
+        text, regions = render_chat(tokenizer, prompt, system)
+        content_kind = TokenKind.USER
+    else:
+        text = prompt
+        regions = [(0, len(text), TokenKind.PROMPT)]
+        content_kind = TokenKind.PROMPT
+    ids = _encode(tokenizer, text, chat, regions, allow_special_in_text)
+    tokens = spans_for(tokenizer, text, ids, regions, default_kind=content_kind)
+    return Tokenized(text=text, ids=ids, tokens=tokens)
+
+
+def render_chat(tokenizer: Any, prompt: str, system: str | None) -> tuple[str, list[tuple[int, int, TokenKind]]]:
+    """Apply the chat template; return the text and the character ranges of system and user content."""
+    if not getattr(tokenizer, "chat_template", None):
+        from .errors import InputError
+
+        raise InputError("This model has no chat template: use plain mode.")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    regions: list[tuple[int, int, TokenKind]] = []
+    cursor = 0
+    for message, kind in zip(messages, (TokenKind.SYSTEM, TokenKind.USER) if system else (TokenKind.USER,),
+                             strict=True):
+        content = message["content"]
+        at = text.find(content, cursor) if content else -1
+        if at >= 0:
+            regions.append((at, at + len(content), kind))
+            cursor = at + len(content)
+    return text, regions
+
+
+def _encode(tokenizer: Any, text: str, chat: bool, regions, allow_special: bool) -> list[int]:
+    add_special = not chat  # a chat template already holds its special tokens
+    if allow_special or not regions:
+        return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    # Typed special-token text stays plain text: encode content regions with specials split.
+    ids: list[int] = []
+    cursor = 0
+    for start, end, _kind in sorted(regions):
+        if start > cursor:
+            ids += tokenizer(text[cursor:start], add_special_tokens=False)["input_ids"]
+        ids += tokenizer(text[start:end], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        cursor = end
+    if cursor < len(text):
+        ids += tokenizer(text[cursor:], add_special_tokens=False)["input_ids"]
+    if add_special:
+        ids = list(tokenizer.build_inputs_with_special_tokens(ids))
+    return ids
+
+
+def spans_for(tokenizer: Any, text: str, ids: list[int], regions, default_kind: TokenKind) -> list[Token]:
+    """Spans for `ids` over `text` from token bytes; falls back to the tokenizer's offsets."""
+    to_bytes = TokenBytes(tokenizer)
+    spans = _byte_spans(text, ids, to_bytes)
+    if spans is None:
+        spans = _offset_spans(tokenizer, text, ids, to_bytes)
+    tokens = []
+    for token_id, (start, end, piece, partial) in zip(ids, spans, strict=True):
+        is_special = token_id in to_bytes.special_ids
+        kind = _kind_at(start, end, regions, default_kind)
+        injected = is_special and end > start and kind in (TokenKind.USER, TokenKind.SYSTEM, TokenKind.PROMPT)
+        if is_special:
+            kind = TokenKind.SPECIAL
+        tokens.append(Token(
+            id=int(token_id), text=readable_piece(text[start:end], piece, partial), start=start, end=end,
+            kind=kind, raw_bytes=piece, partial=partial, injected=injected, is_special=is_special,
+        ))
+    return tokens
+
+
+def _kind_at(start: int, end: int, regions, default_kind: TokenKind) -> TokenKind:
+    for r_start, r_end, kind in regions:
+        if start < r_end and end > r_start or (start == end and r_start <= start < r_end):
+            return kind
+    return TokenKind.SPECIAL if regions and default_kind != TokenKind.PROMPT else default_kind
+
+
+def _byte_spans(text: str, ids: list[int], to_bytes: TokenBytes):
+    encoded = text.encode("utf-8", errors="surrogatepass")
+    spans = []
+    builder = IncrementalSpans()
+    offset = 0
+    for token_id in ids:
+        piece = to_bytes(token_id)
+        if piece is None:
+            return None
+        if token_id in to_bytes.special_ids and encoded[offset: offset + len(piece)] != piece:
+            piece = b""  # inserted by the tokenizer (BOS, [CLS]): not part of the text
+        start, end, partial = builder.add(piece)
+        spans.append((start, end, piece, partial))
+        offset += len(piece)
+    return spans if builder.text == text else None
+
+
+def _offset_spans(tokenizer: Any, text: str, ids: list[int], to_bytes: TokenBytes):
+    """WordPiece and friends: offsets from the tokenizer; gaps (spaces) join the next token."""
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"] if list(enc["input_ids"]) == list(ids) else None
+    spans = []
+    cursor = 0
+    for i, _token_id in enumerate(ids):
+        lo, hi = offsets[i] if offsets else (cursor, cursor)
+        if hi <= lo:  # inserted special token
+            spans.append((cursor, cursor, b"", False))
+            continue
+        start, end = cursor, max(cursor, hi)
+        spans.append((start, end, text[start:end].encode("utf-8", errors="surrogatepass"), False))
+        cursor = end
+    if spans and cursor < len(text):  # trailing text the tokenizer dropped (spaces) joins the last real token
+        last = max((i for i, s in enumerate(spans) if s[1] > s[0]), default=len(spans) - 1)
+        start = spans[last][0]
+        spans[last] = (start, len(text), text[start:].encode("utf-8", errors="surrogatepass"), False)
+        spans[last + 1:] = [(len(text), len(text), b"", False)] * (len(spans) - last - 1)
+    return spans

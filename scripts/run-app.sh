@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up if needed, then launch LM Explorer on the default model. Extra arguments go to the app.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/lm-explorer "$@"
