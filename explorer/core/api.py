@@ -6,11 +6,11 @@ import threading
 from collections.abc import Callable
 from functools import lru_cache
 
+from .errors import Cancelled
 from .events import GenerationSettings, RunRequest, StepEvent
 from .models import LoadedModel, load_model
 from .run import Run
 from .runner import Session
-from .errors import Cancelled
 
 
 @lru_cache(maxsize=2)

@@ -1,0 +1,1 @@
+"""LM Explorer's Qt layer: main window, worker thread, shared selection, panels and widgets."""

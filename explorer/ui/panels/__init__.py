@@ -1,0 +1,20 @@
+"""Panel registry: name -> panel class. Adding a panel is one new module and one line here."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .base import Panel
+
+# name -> "module:Class" (imported lazily so one panel's import error cannot stop the others)
+REGISTRY: dict[str, str] = {
+    "tokens": "explorer.ui.panels.token_list:TokenListPanel",
+}
+
+
+def panel_class(name: str) -> type[Panel]:
+    module, cls = REGISTRY[name].split(":")
+    return getattr(import_module(module), cls)
+
+
+__all__ = ["REGISTRY", "Panel", "panel_class"]

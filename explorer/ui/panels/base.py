@@ -1,0 +1,75 @@
+"""The panel contract: a QWidget that draws a Run and follows the shared Selection.
+
+A panel never sees the model: it gets the Run (numpy arrays and tokens) and step events.
+Exceptions inside a panel's drawing are caught here and shown in the panel, so one broken
+panel never takes down the window.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from ...core.events import StepEvent
+from ...core.run import Run
+from ..selection import Selection
+
+log = logging.getLogger(__name__)
+
+
+class Panel(QWidget):
+    title: ClassVar[str] = "Panel"
+    help_text: ClassVar[str] = ""  # one paragraph for a student: "what am I looking at?"
+
+    def __init__(self, selection: Selection, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.selection = selection
+        self.run: Run | None = None
+        self._error = QLabel()
+        self._error.setWordWrap(True)
+        self._error.setStyleSheet("color: #b00020; padding: 4px;")
+        self._error.hide()
+        self.body = QVBoxLayout(self)
+        self.body.setContentsMargins(4, 4, 4, 4)
+        self.body.addWidget(self._error)
+        selection.changed.connect(self._selection_changed)
+
+    # --- what subclasses implement -------------------------------------------------------------
+    def draw_run(self, run: Run | None) -> None:
+        """A new (or loaded) run: draw everything. `run` is None when cleared."""
+
+    def draw_step(self, run: Run, event: StepEvent) -> None:
+        """The run grew by one step while streaming; redraw only what changed (default: everything)."""
+        self.draw_run(run)
+
+    def draw_selection(self, field: str) -> None:
+        """The shared selection changed (`field` is step, position, layer or head)."""
+
+    def export_widget(self) -> QWidget:
+        """The widget that File > Export panel grabs."""
+        return self
+
+    # --- called by the main window -------------------------------------------------------------
+    def set_run(self, run: Run | None) -> None:
+        self.run = run
+        self._guard(self.draw_run, run)
+
+    def on_step(self, run: Run, event: StepEvent) -> None:
+        self.run = run
+        self._guard(self.draw_step, run, event)
+
+    def _selection_changed(self, field: str) -> None:
+        if self.run is not None:
+            self._guard(self.draw_selection, field)
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # a panel bug must not crash the app: show it, log it, go on
+            log.exception("panel %s failed", self.title)
+            self._error.setText(f"This panel hit an error and skipped this update: {type(exc).__name__}: {exc}")
+            self._error.show()
+        else:
+            self._error.hide()

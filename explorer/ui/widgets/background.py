@@ -1,0 +1,81 @@
+"""Heavy analyses off the GUI thread: submit a function, get its result (or error) by signal.
+
+Results come back through a queued signal to the GUI thread; a newer job with the same key
+supersedes an older one (its result is dropped), so fast scrubbing never piles up stale work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+log = logging.getLogger(__name__)
+
+
+class _Relay(QObject):
+    done = Signal(object, object)  # (job id, result)
+    failed = Signal(object, str)  # (job id, message)
+
+
+class _Job(QRunnable):
+    def __init__(self, job_id: int, fn: Callable[[], Any], relay: _Relay):
+        super().__init__()
+        self.job_id, self.fn, self.relay = job_id, fn, relay
+
+    def run(self) -> None:
+        try:
+            result = self.fn()
+        except Exception as exc:  # reported to the GUI, never raised in a pool thread
+            log.exception("background job failed")
+            self.relay.failed.emit(self.job_id, f"{type(exc).__name__}: {exc}")
+        else:
+            self.relay.done.emit(self.job_id, result)
+
+
+class Background(QObject):
+    """One per panel: `submit(key, fn, on_done, on_error)`; the latest job per key wins."""
+
+    _pool: QThreadPool | None = None
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._relay = _Relay(self)
+        self._relay.done.connect(self._on_done)
+        self._relay.failed.connect(self._on_failed)
+        self._ids = itertools.count()
+        self._latest: dict[str, int] = {}
+        self._callbacks: dict[int, tuple[str, Callable, Callable | None]] = {}
+
+    @classmethod
+    def pool(cls) -> QThreadPool:
+        if cls._pool is None:
+            cls._pool = QThreadPool()
+            cls._pool.setMaxThreadCount(1)  # analyses share 2 cores with the model; one at a time
+        return cls._pool
+
+    def submit(self, key: str, fn: Callable[[], Any], on_done: Callable[[Any], None],
+               on_error: Callable[[str], None] | None = None) -> int:
+        job_id = next(self._ids)
+        self._latest[key] = job_id
+        self._callbacks[job_id] = (key, on_done, on_error)
+        self.pool().start(_Job(job_id, fn, self._relay))
+        return job_id
+
+    def _on_done(self, job_id: int, result: Any) -> None:
+        key, on_done, _ = self._callbacks.pop(job_id, (None, None, None))
+        if key is not None and self._latest.get(key) == job_id:
+            on_done(result)
+
+    def _on_failed(self, job_id: int, message: str) -> None:
+        key, _, on_error = self._callbacks.pop(job_id, (None, None, None))
+        if key is not None and self._latest.get(key) == job_id and on_error is not None:
+            on_error(message)
+
+    @classmethod
+    def wait_idle(cls, msecs: int = 30000) -> bool:
+        """For tests and screenshots: wait until every submitted job has finished."""
+        return cls.pool().waitForDone(msecs)
