@@ -19,7 +19,8 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         command, rest = argv[0], argv[1:]
         try:
-            return {"capture": cmd_capture, "inspect": cmd_inspect, "fetch": cmd_fetch, "bench": cmd_bench}[command](rest)
+            handlers = {"capture": cmd_capture, "inspect": cmd_inspect, "fetch": cmd_fetch, "bench": cmd_bench}
+            return handlers[command](rest)
         except ExplorerError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -37,7 +37,9 @@ class TokenBytes:
         self.tokenizer = tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", None)
         decoder = repr(getattr(backend, "decoder", None))
-        self.scheme = "bytelevel" if "ByteLevel" in decoder else "sentencepiece" if "ByteFallback" in decoder else "none"
+        self.scheme = (
+            "bytelevel" if "ByteLevel" in decoder else "sentencepiece" if "ByteFallback" in decoder else "none"
+        )
         self.special_ids = special_ids(tokenizer)
         self._cache: dict[int, bytes | None] = {}
 
