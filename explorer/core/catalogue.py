@@ -5,11 +5,8 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-_REPO_CATALOGUE = Path(__file__).resolve().parents[2] / "models" / "catalogue.toml"
 
 
 @dataclass(frozen=True)
@@ -37,10 +34,10 @@ class CatalogueEntry:
 
 
 def catalogue_path() -> Path:
-    """The catalogue file: the source tree's copy, or the one packaged in the wheel."""
-    if _REPO_CATALOGUE.is_file():
-        return _REPO_CATALOGUE
-    return Path(str(resources.files("explorer") / "data" / "catalogue.toml"))
+    """models/catalogue.toml, reached through the package's data folder (a link in the source tree)."""
+    from ..resources import data_path
+
+    return data_path("catalogue.toml")
 
 
 @cache
