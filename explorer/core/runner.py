@@ -50,7 +50,19 @@ class Session:
         run = Run.start(self.info, request, self.adapter.norm_params(self.loaded.model), self._unembed())
         cores = [self.adapter.attention_core(layer) for layer in self.adapter.layers(self.loaded.model)]
         run.scaling = np.array([float(getattr(c, "scaling", self.info.head_dim ** -0.5)) for c in cores], np.float32)
+        run.vocab = self.vocab
         return run
+
+    @property
+    def vocab(self) -> list[str]:
+        """Readable text of every token id (computed once), so panels can name top-k alternatives."""
+        if self._vocab is None:
+            from .analysis.tokenizer_compare import readable_vocab
+
+            self._vocab = readable_vocab(self.loaded.tokenizer)
+        return self._vocab
+
+    _vocab: list[str] | None = None
 
     def _unembed(self) -> np.ndarray | None:
         head = self.adapter.lm_head(self.loaded.model)
@@ -86,7 +98,9 @@ class Session:
             self.forget_cache()
             self._cache = DynamicCache(config=model.config) if info.is_causal else None
         else:
-            self._cache.crop(reuse)
+            surplus = self._cache.get_seq_length() - reuse
+            if surplus > 0:
+                self._cache.crop(-surplus)  # transformers 5: a negative count of tokens to drop
             self._cache_ids = self._cache_ids[:reuse]
         tokens = list(tokenized.tokens)
         tokens[:reuse] = [replace(t, kind=TokenKind.CACHED_PREFIX) for t in tokens[:reuse]]
@@ -165,13 +179,15 @@ class Session:
         t_stats = time.perf_counter()
         final = rec.final_resid  # [n_new, hidden]
         if previous is not None and start > 0:
+            # Reused prefix: copy its arrays and prediction stats (causal: they cannot change); score only the
+            # new positions, plus the last cached one whose prediction gives the first new token's logprob.
             arrays = {k: np.concatenate([previous.prefix_array(k, start), v], axis=-2 if k != "final_resid"
                                         else 0) for k, v in arrays.items()}
-            final = torch.cat([torch.from_numpy(previous.prefix_array("final_resid", start)), final])
-            offset = 0
+            last_cached = torch.from_numpy(previous.prefix_array("final_resid", start)[-1:])  # [1, hidden]
+            stats = self._prediction_stats(torch.cat([last_cached, final]), tokens[start - 1:], 0)
+            stats = {k: np.concatenate([previous.prefix_array(k, start), v[1:]]) for k, v in stats.items()}
         else:
-            offset = start
-        stats = self._prediction_stats(final, tokens, previous, offset)
+            stats = self._prediction_stats(final, tokens, start)
         choice = None
         t_sample = time.perf_counter()
         if want_choice and last_logits is not None:
@@ -195,7 +211,7 @@ class Session:
             cached_prefix=start if previous is not None else 0,
         )
 
-    def _prediction_stats(self, final: torch.Tensor, tokens: tuple[Token, ...], previous: Run | None,
+    def _prediction_stats(self, final: torch.Tensor, tokens: tuple[Token, ...],
                           offset: int) -> dict[str, np.ndarray]:
         """Entropy and top-k of each position's prediction, and each token's logprob and rank."""
         n = final.shape[0]
