@@ -1,0 +1,256 @@
+"""2-D projections of hidden states and embedding tables: PCA (deterministic sign), a PCA basis
+shared across layers, optional t-SNE/UMAP, cosine nearest neighbours, and a cached vocabulary map.
+
+PCA is numpy only. t-SNE (scikit-learn) and UMAP (umap-learn) are optional:
+`pip install "lm-explorer[projections]"`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+INSTALL_HINT = 'pip install "lm-explorer[projections]"'
+FIT_ROWS = 4096  # rows used to fit a shared basis (a random subsample beyond this)
+
+
+@dataclass(frozen=True)
+class PcaBasis:
+    """An affine projection x -> (x - mean) @ components.T."""
+
+    mean: np.ndarray  # [D] float32
+    components: np.ndarray  # [k, D] float32, orthonormal rows
+    explained: np.ndarray  # [k] fraction of the variance along each component
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """[..., D] -> [..., k] float32."""
+        x = np.asarray(x)
+        offset = self.mean @ self.components.T  # [k]
+        flat = x.reshape(-1, x.shape[-1])  # [rows, D]
+        out = np.empty((flat.shape[0], self.components.shape[0]), np.float32)  # [rows, k]
+        step = 65536  # convert float16 in chunks: never a full float32 copy of a big array
+        for lo in range(0, flat.shape[0], step):
+            out[lo:lo + step] = flat[lo:lo + step].astype(np.float32) @ self.components.T - offset
+        return out.reshape(*x.shape[:-1], self.components.shape[0])
+
+
+def fix_signs(components: np.ndarray) -> np.ndarray:
+    """Flip each row so that its largest-|value| entry is positive (a deterministic orientation)."""
+    idx = np.argmax(np.abs(components), axis=1)  # [k]
+    signs = np.sign(components[np.arange(components.shape[0]), idx])  # [k]
+    signs[signs == 0] = 1.0
+    return components * signs[:, None]
+
+
+def pca_fit(x: np.ndarray, k: int = 2, max_rows: int | None = None, seed: int = 0) -> PcaBasis:
+    """Fit a k-component PCA on rows of `x` ([N, D]); fit on a random `max_rows` subsample if given."""
+    x = np.asarray(x).reshape(-1, np.asarray(x).shape[-1])  # [N, D]
+    if max_rows is not None and x.shape[0] > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_rows, replace=False))
+        x = x[rows]
+    x = x.astype(np.float64)  # [N, D]
+    n, d = x.shape
+    mean = x.mean(axis=0)  # [D]
+    xc = x - mean  # [N, D]
+    if n >= 2 * d:  # tall: eigenvectors of the D x D covariance are cheaper than a thin SVD
+        evals, evecs = np.linalg.eigh(xc.T @ xc)  # [D], [D, D] ascending
+        order = np.argsort(evals)[::-1][:k]
+        comps, var = evecs[:, order].T, np.clip(evals[order], 0, None)  # [k, D], [k]
+        total = float(np.clip(evals, 0, None).sum())
+    else:
+        _, s, vt = np.linalg.svd(xc, full_matrices=False)  # vt: [min(N, D), D]
+        comps, var = vt[:k], s[:k] ** 2
+        total = float((s ** 2).sum())
+    if comps.shape[0] < k:  # fewer samples than components: pad with zero axes
+        comps = np.vstack([comps, np.zeros((k - comps.shape[0], d))])
+        var = np.concatenate([var, np.zeros(k - var.shape[0])])
+    comps = fix_signs(comps)
+    explained = var / total if total > 0 else np.zeros_like(var)
+    return PcaBasis(mean.astype(np.float32), comps.astype(np.float32), explained.astype(np.float32))
+
+
+def pca(x: np.ndarray, k: int = 2) -> np.ndarray:
+    """[N, D] -> [N, k]: PCA fitted on `x` itself."""
+    return pca_fit(x, k).transform(x)
+
+
+def shared_basis(states: np.ndarray, max_rows: int = FIT_ROWS, seed: int = 0) -> PcaBasis:
+    """One PCA basis for all layers' states ([layers, N, D]) so motion across layers is comparable."""
+    layers, n, d = states.shape
+    flat = states.reshape(layers * n, d)  # [layers * N, D] (a view)
+    return pca_fit(flat, 2, max_rows=max_rows, seed=seed)
+
+
+def project_layers(states: np.ndarray, max_rows: int = FIT_ROWS) -> tuple[np.ndarray, PcaBasis]:
+    """[layers, N, D] -> ([layers, N, 2], basis) through one shared basis."""
+    basis = shared_basis(states, max_rows=max_rows)
+    return basis.transform(states), basis
+
+
+# --- optional non-linear methods ---------------------------------------------------------------------
+
+def available_methods() -> dict[str, bool]:
+    """Projection methods and whether their package is importable."""
+    return {"PCA": True,
+            "t-SNE": importlib.util.find_spec("sklearn") is not None,
+            "UMAP": importlib.util.find_spec("umap") is not None}
+
+
+def tsne(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """[N, D] -> [N, 2] t-SNE (scikit-learn), PCA-initialised, perplexity adapted to small N."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(x, np.float32)
+    if x.shape[0] < 4:
+        return pca(x)
+    perplexity = float(min(30.0, max(2.0, (x.shape[0] - 1) / 3)))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x).astype(np.float32)
+
+
+def umap(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """[N, D] -> [N, 2] UMAP (umap-learn)."""
+    import umap as umap_lib
+
+    x = np.asarray(x, np.float32)
+    if x.shape[0] < 5:
+        return pca(x)
+    reducer = umap_lib.UMAP(n_components=2, n_neighbors=min(15, x.shape[0] - 1), random_state=seed)
+    return reducer.fit_transform(x).astype(np.float32)
+
+
+def project(x: np.ndarray, method: str = "PCA", seed: int = 0) -> np.ndarray:
+    """[N, D] -> [N, 2] with "PCA", "t-SNE" or "UMAP" (ImportError naming the extra when missing)."""
+    if method == "PCA":
+        return pca(x)
+    if not available_methods().get(method, False):
+        raise ImportError(f"{method} needs an optional package: {INSTALL_HINT}")
+    return tsne(x, seed) if method == "t-SNE" else umap(x, seed)
+
+
+# --- nearest neighbours ----------------------------------------------------------------------------
+
+def unit_rows(table: np.ndarray) -> np.ndarray:
+    """[V, D] -> [V, D] float32 rows scaled to unit length (zero rows stay zero)."""
+    t = np.asarray(table, np.float32)
+    norms = np.linalg.norm(t, axis=1, keepdims=True)  # [V, 1]
+    return t / np.where(norms > 0, norms, 1.0)
+
+
+def nearest_neighbours(table: np.ndarray, query: int | np.ndarray, k: int = 10, *,
+                       unit: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine nearest neighbours of row `query` (excluded) or of a vector: (ids [k], similarity [k]).
+
+    Pass `unit=unit_rows(table)` to reuse the normalised table across calls.
+    """
+    unit = unit_rows(table) if unit is None else unit
+    if isinstance(query, (int, np.integer)):
+        q = unit[int(query)]  # [D]
+        skip = int(query)
+    else:
+        q = np.asarray(query, np.float32)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        skip = -1
+    sims = unit @ q  # [V]
+    if skip >= 0:
+        sims[skip] = -np.inf
+    k = min(k, sims.shape[0] - (skip >= 0))
+    top = np.argpartition(-sims, k - 1)[:k] if k < sims.shape[0] else np.arange(sims.shape[0])
+    top = top[np.lexsort((top, -sims[top]))]  # by similarity, ties by id
+    return top.astype(np.int64), sims[top].astype(np.float32)
+
+
+# --- vocabulary map ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VocabMap:
+    """A sample of an embedding table projected with PCA; `basis` places any other row on the map."""
+
+    ids: np.ndarray  # [M] int64 sampled rows
+    coords: np.ndarray  # [M, 2] float32
+    basis: PcaBasis
+    from_cache: bool = False
+
+    def place(self, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """[len(ids), 2] positions of more rows (the run's tokens, neighbours) on this map."""
+        return self.basis.transform(np.asarray(table)[np.asarray(ids, np.int64)])
+
+
+def table_key(model_name: str, table: np.ndarray) -> str:
+    """A cache key: model name plus a hash of the table's shape, dtype and a few of its values."""
+    flat = np.asarray(table).reshape(-1)
+    probe = flat[np.linspace(0, flat.size - 1, 257).astype(np.int64)].astype(np.float32)  # [257]
+    h = hashlib.sha256(f"{table.shape}{table.dtype}".encode() + probe.tobytes()).hexdigest()[:16]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name)[-60:] or "model"
+    return f"{safe}-{h}"
+
+
+def vocab_cache_dir() -> Path:
+    """Where vocabulary maps are cached (LM_EXPLORER_CACHE or the platformdirs user cache)."""
+    from ..models import cache_root
+
+    return cache_root() / "vocab-maps"
+
+
+def build_vocab_map(table: np.ndarray, n_sample: int = 4000, include: np.ndarray | None = None,
+                    seed: int = 0) -> VocabMap:
+    """Fit PCA on `n_sample` random rows plus the `include` rows and project them."""
+    v = table.shape[0]
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(v, min(n_sample, v), replace=False)
+    if include is not None:
+        ids = np.union1d(ids, np.asarray(include, np.int64))
+    ids = np.sort(ids).astype(np.int64)  # [M]
+    rows = np.asarray(table)[ids]  # [M, D]
+    basis = pca_fit(rows, 2)
+    return VocabMap(ids, basis.transform(rows), basis)
+
+
+def vocab_map(table: np.ndarray, model_name: str, n_sample: int = 4000, seed: int = 0,
+              cache_dir: Path | None = None) -> VocabMap:
+    """The vocabulary map for this table: loaded from the disk cache, or built once and saved atomically.
+
+    The map is the same for every run of a model (a fixed random sample); a run's own tokens are
+    placed on it with `VocabMap.place`, which uses the same basis.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else vocab_cache_dir()
+    path = folder / f"{table_key(model_name, table)}-n{n_sample}-s{seed}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                basis = PcaBasis(z["mean"], z["components"], z["explained"])
+                return VocabMap(z["ids"], z["coords"], basis, from_cache=True)
+        except (OSError, KeyError, ValueError):
+            pass  # a damaged cache file: rebuild it
+    vm = build_vocab_map(table, n_sample=n_sample, seed=seed)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, allow_pickle=False, ids=vm.ids, coords=vm.coords, mean=vm.basis.mean,
+                         components=vm.basis.components, explained=vm.basis.explained)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass  # a read-only cache folder: the map still works, it is just rebuilt next time
+    return vm
+
+
+def embedding_is_tied(run) -> bool | None:
+    """True when the run's embedding output equals the lm_head rows of its tokens (the head IS the input
+    table); None when that cannot be confirmed (untied, or position embeddings added at layer 0 as in GPT-2)."""
+    if run.unembed is None or run.n_tokens == 0:
+        return None
+    h0 = np.asarray(run.hidden_states(0), np.float32)  # [N, D]
+    rows = np.asarray(run.unembed[run.token_ids], np.float32)  # [N, D]
+    scale = max(float(np.abs(rows).max()), 1e-6)
+    return True if np.abs(h0 - rows).max() <= 1e-2 * scale else None
