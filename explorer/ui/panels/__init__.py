@@ -9,6 +9,7 @@ from .base import Panel
 # name -> "module:Class" (imported lazily so one panel's import error cannot stop the others)
 REGISTRY: dict[str, str] = {
     "tokens": "explorer.ui.panels.token_list:TokenListPanel",
+    "pipeline": "explorer.ui.panels.pipeline:PipelinePanel",
 }
 
 

@@ -1,0 +1,129 @@
+"""Pipeline panel: timings per stage and step, click to select a step, figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint, Qt
+
+from explorer.core.api import run_request
+from explorer.core.events import GenerationSettings, RunRequest
+from explorer.ui.panels import REGISTRY, panel_class
+from explorer.ui.panels.pipeline import GROUPS, PipelinePanel, overhead_text, process_rss_bytes, stage_group
+from explorer.ui.selection import Selection
+
+
+@pytest.fixture
+def run(tiny_session):
+    request = RunRequest(prompt="Once upon a time there was a", settings=GenerationSettings(max_new_tokens=6,
+                                                                                            stop_at_eos=False))
+    return run_request(tiny_session, request)
+
+
+def _panel(qtbot, run):
+    sel = Selection()
+    sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
+    panel = PipelinePanel(sel)
+    qtbot.addWidget(panel)
+    panel.resize(800, 700)
+    panel.show()
+    return panel, sel
+
+
+def _bar_totals(panel) -> np.ndarray:
+    """Sum of every overview bar's width per step row, read back from the pyqtgraph items."""
+    totals = np.zeros(len(panel._groups))
+    for item in panel._bars.values():
+        y, width = item.opts["y"], item.opts["width"]
+        np.add.at(totals, np.asarray(y, int), np.broadcast_to(width, np.shape(y)))
+    return totals
+
+
+def test_registered():
+    assert panel_class("pipeline") is PipelinePanel
+    assert "pipeline" in REGISTRY
+
+
+def test_stage_groups():
+    assert stage_group("layer.12") == "layers"
+    assert stage_group("lm_head") == "lm_head"
+    assert stage_group("something-new") == "other"
+
+
+def test_draws_every_step_with_its_measured_time(qtbot, run):
+    panel, _ = _panel(qtbot, run)
+    panel.set_run(run)
+    assert not panel._error.isVisible()
+    expected = np.array([sum(ms for _, ms in s.timings_ms) for s in run.steps])
+    np.testing.assert_allclose(_bar_totals(panel), expected, rtol=1e-9)
+    # the Gantt strip has one bar per stage of the shown step, placed end to end
+    names = [n for n, _ in run.steps[0].timings_ms]
+    assert len(panel.gantt.opts["x0"]) == len(names) == 1 + 1 + run.info.n_layers + 3  # tokenize embed .. sample
+    x0, width = np.asarray(panel.gantt.opts["x0"]), np.asarray(panel.gantt.opts["width"])
+    np.testing.assert_allclose(x0[1:], np.cumsum(width)[:-1], rtol=1e-6, atol=1e-5)
+    assert "prefill" in panel.detail.getPlotItem().titleLabel.text
+
+
+def test_streaming_matches_full_draw(qtbot, tiny_session, run):
+    panel, _ = _panel(qtbot, run)
+    grown = tiny_session.new_run(run.request)
+    for i, event in enumerate(run.steps):
+        grown.apply(event)
+        if i == 0:
+            panel.set_run(grown)
+        else:
+            panel.on_step(grown, event)
+    assert len(panel._groups) == len(run.steps)
+    expected = np.array([sum(ms for _, ms in s.timings_ms) for s in run.steps])
+    np.testing.assert_allclose(_bar_totals(panel), expected, rtol=1e-9)
+    assert "tokens/s" in panel._figures["decode"].text()
+
+
+def test_click_selects_step(qtbot, run):
+    panel, sel = _panel(qtbot, run)
+    panel.set_run(run)
+    qtbot.wait(50)
+    target = 3
+    vb = panel.overview.getPlotItem().vb
+    scene_pos = vb.mapViewToScene(pg_point(0.01 * vb.viewRange()[0][1], target))
+    view_pos = panel.overview.mapFromScene(scene_pos)
+    qtbot.mouseClick(panel.overview.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(int(view_pos.x()),
+                                                                                      int(view_pos.y())))
+    assert sel.step == target
+    assert f"step {target} (decode" in panel.detail.getPlotItem().titleLabel.text
+    assert panel._cursor.opts["y"][0] == target
+
+
+def pg_point(x, y):
+    from PySide6.QtCore import QPointF
+
+    return QPointF(x, y)
+
+
+def test_figures(qtbot, run, tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_EXPLORER_CACHE", str(tmp_path))
+    (tmp_path / "bench-latest.json").write_text(json.dumps({
+        "meta": {"date": "2030-01-02T00:00:00"},
+        "prefill": {"sizes": {"128": {"ratio": 1.07}, "512": {"ratio": 1.03}}},
+        "decode": {"ratio": 0.91},
+    }))
+    panel, _ = _panel(qtbot, run)
+    panel.set_run(run)
+    f = {k: v.text() for k, v in panel._figures.items()}
+    assert "1.03x" in f["overhead"] and "0.91x" in f["overhead"] and "2030-01-02" in f["overhead"]
+    assert f"{run.capture_bytes() / 2**20:,.1f} MiB" in f["capture"]
+    ttft = sum(ms for _, ms in run.steps[0].timings_ms)
+    assert f"{ttft:,.0f} ms" in f["ttft"]
+    assert process_rss_bytes() > 10 * 2**20
+    assert "lm-explorer bench" in overhead_text(None)
+
+
+def test_cleared(qtbot, run):
+    panel, _ = _panel(qtbot, run)
+    panel.set_run(run)
+    panel.set_run(None)
+    assert len(panel._groups) == 0
+    assert all(len(item.opts["x0"]) == 0 for item in panel._bars.values())
+    assert set(GROUPS) >= {"tokenize", "embed", "layers", "lm_head", "capture", "sample"}
