@@ -1,0 +1,294 @@
+"""Depth analyses of a Run: logit lens, direct logit attribution, residual share, layer similarity
+and update ratios. Pure numpy/torch; the counterfactual depth attention is in depth_attention.py.
+
+Conventions: `run.array("resid")` is [L+1, N, D] with row 0 the embeddings and row l the residual
+stream after layer l; none of them has been through the final norm (the capture hooks the layers
+themselves), so the logit lens applies the final norm to every row exactly once. The last row is
+taken from `final_resid` (float32, exact) so the lens' last row equals the model's real logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..run import Run
+
+LENS_TOP_K = 10
+_LENS_CHUNK = 256  # lens cells per lm_head product (256 x 49k floats = 50 MB)
+
+
+# --- logit lens -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LensColumns:
+    """The logit lens for positions start .. start + n - 1 at every depth (rows 0..L)."""
+
+    start: int
+    top_ids: np.ndarray  # [rows, n, k] int32 top tokens per cell
+    top_probs: np.ndarray  # [rows, n, k] float32 their probabilities
+    lse: np.ndarray  # [rows, n] float32 log-sum-exp of the cell's logits (for any token's probability)
+    target_ids: np.ndarray  # [n] int64 token scored in target mode (-1: none)
+    target_logprob: np.ndarray  # [rows, n] float32 (nan where no target)
+    target_rank: np.ndarray  # [rows, n] int32 (0 = top; -1 where no target)
+
+    @property
+    def n(self) -> int:
+        return self.top_ids.shape[1]
+
+
+def lens_targets(run: Run, lo: int, hi: int) -> np.ndarray:
+    """[hi-lo] the token that actually followed each position (the sampled choice for the last one)."""
+    ids = run.token_ids
+    out = np.full(hi - lo, -1, np.int64)
+    for p in range(lo, hi):
+        if p + 1 < len(ids):
+            out[p - lo] = ids[p + 1]
+        elif run.steps and run.steps[-1].choice is not None:
+            out[p - lo] = run.steps[-1].choice.token_id
+    return out
+
+
+def lens_inputs(run: Run, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """A private copy of the states for positions lo..hi (safe to use off the GUI thread) and targets."""
+    resid = np.array(run.array("resid")[:, lo:hi], dtype=np.float32)  # [L+1, n, D]
+    resid[-1] = run.array("final_resid")[lo:hi]  # exact float32 last layer
+    return resid, lens_targets(run, lo, hi)
+
+
+def lens_columns(run: Run, lo: int, hi: int, k: int = LENS_TOP_K) -> LensColumns:
+    """Compute the logit lens for positions lo..hi (copies its inputs first)."""
+    resid, targets = lens_inputs(run, lo, hi)
+    return compute_lens(resid, targets, run.norm, run.unembed, start=lo, k=k)
+
+
+def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarray, start: int = 0,
+                 k: int = LENS_TOP_K) -> LensColumns:
+    """lm_head(final_norm(h)) for every state in `resid` [rows, n, D], keeping the top-k only."""
+    if norm is None or unembed is None:
+        raise ValueError("This model has no language-model head: the logit lens needs one.")
+    rows, n, d = resid.shape
+    normed = torch.from_numpy(norm.apply(resid.reshape(rows * n, d)))  # [cells, D]
+    w = torch.from_numpy(np.asarray(unembed, np.float32))  # [vocab, D]
+    tgt = torch.from_numpy(np.tile(targets, rows))  # [cells] row-major (rows, n)
+    top_ids = np.empty((rows * n, k), np.int32)
+    top_probs = np.empty((rows * n, k), np.float32)
+    lse = np.empty(rows * n, np.float32)
+    t_lp = np.full(rows * n, np.nan, np.float32)
+    t_rank = np.full(rows * n, -1, np.int32)
+    with torch.inference_mode():
+        for lo in range(0, rows * n, _LENS_CHUNK):
+            hi = min(rows * n, lo + _LENS_CHUNK)
+            logits = normed[lo:hi] @ w.T  # [chunk, vocab]
+            z = torch.logsumexp(logits, dim=-1)  # [chunk]
+            top = logits.topk(k, dim=-1)
+            top_ids[lo:hi] = top.indices.numpy()
+            top_probs[lo:hi] = torch.exp(top.values - z[:, None]).numpy()
+            lse[lo:hi] = z.numpy()
+            t = tgt[lo:hi]
+            has = t >= 0
+            if bool(has.any()):
+                chosen = logits.gather(1, t.clamp_min(0)[:, None])  # [chunk, 1]
+                lp = (chosen[:, 0] - z).numpy()
+                rank = (logits > chosen).sum(-1).numpy()
+                mask = has.numpy()
+                t_lp[lo:hi][mask] = lp[mask]
+                t_rank[lo:hi][mask] = rank[mask]
+    return LensColumns(start, top_ids.reshape(rows, n, k), top_probs.reshape(rows, n, k), lse.reshape(rows, n),
+                       targets.copy(), t_lp.reshape(rows, n), t_rank.reshape(rows, n))
+
+
+class LensTable:
+    """The logit lens of a whole run, filled column block by column block (top-k only)."""
+
+    def __init__(self, rows: int, k: int = LENS_TOP_K):
+        self.rows, self.k = rows, k
+        self.n = 0
+        self.top_ids = np.zeros((rows, 0, k), np.int32)
+        self.top_probs = np.zeros((rows, 0, k), np.float32)
+        self.lse = np.zeros((rows, 0), np.float32)
+        self.target_ids = np.zeros(0, np.int64)
+        self.target_logprob = np.zeros((rows, 0), np.float32)
+        self.target_rank = np.zeros((rows, 0), np.int32)
+        self.done = np.zeros(0, bool)
+
+    def grow(self, n: int) -> None:
+        if n <= self.n:
+            return
+        extra = n - self.n
+        self.top_ids = np.concatenate([self.top_ids, np.zeros((self.rows, extra, self.k), np.int32)], 1)
+        self.top_probs = np.concatenate([self.top_probs, np.full((self.rows, extra, self.k), np.nan, np.float32)], 1)
+        self.lse = np.concatenate([self.lse, np.full((self.rows, extra), np.nan, np.float32)], 1)
+        self.target_ids = np.concatenate([self.target_ids, np.full(extra, -1, np.int64)])
+        self.target_logprob = np.concatenate([self.target_logprob, np.full((self.rows, extra), np.nan, np.float32)], 1)
+        self.target_rank = np.concatenate([self.target_rank, np.full((self.rows, extra), -1, np.int32)], 1)
+        self.done = np.concatenate([self.done, np.zeros(extra, bool)])
+        self.n = n
+
+    def merge(self, cols: LensColumns) -> None:
+        hi = cols.start + cols.n
+        self.grow(hi)
+        s = slice(cols.start, hi)
+        self.top_ids[:, s] = cols.top_ids
+        self.top_probs[:, s] = cols.top_probs
+        self.lse[:, s] = cols.lse
+        self.target_ids[s] = cols.target_ids
+        self.target_logprob[:, s] = cols.target_logprob
+        self.target_rank[:, s] = cols.target_rank
+        self.done[s] = True
+
+    def next_missing(self, around: int, block: int) -> tuple[int, int] | None:
+        """The missing block of positions nearest to `around` (None when complete)."""
+        missing = np.flatnonzero(~self.done)
+        if missing.size == 0:
+            return None
+        p = int(missing[np.argmin(np.abs(missing - around))])
+        lo = (p // block) * block
+        hi = min(self.n, lo + block)
+        sub = np.flatnonzero(~self.done[lo:hi])
+        return lo + int(sub[0]), lo + int(sub[-1]) + 1
+
+    def token_prob(self, token_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Probability [rows, n] of one token in every computed cell, and its rank when in the top-k
+        (k where it is not: 'rank >= k'); needs the states, so see `token_logprob` for exact values."""
+        hit = self.top_ids == token_id  # [rows, n, k]
+        probs = np.where(hit.any(-1), (self.top_probs * hit).sum(-1), np.nan)
+        rank = np.where(hit.any(-1), hit.argmax(-1), self.k)
+        return probs.astype(np.float32), rank.astype(np.int32)
+
+
+def token_logprob(run: Run, token_id: int, lse: np.ndarray) -> np.ndarray:
+    """[L+1, N] exact log-probability of `token_id` in every lens cell, from the cells' log-sum-exp."""
+    n = lse.shape[1]
+    resid, _ = lens_inputs(run, 0, n)  # [L+1, n, D]
+    direction = np.asarray(run.unembed[token_id], np.float32)  # [D]
+    logits = run.norm.apply(resid) @ direction  # [L+1, n]
+    return (logits - lse).astype(np.float32)
+
+
+# --- direct logit attribution --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Attribution:
+    """The target logit split into the embedding and each block's direct contribution.
+
+    sum(contributions) + offset == logit (up to float error: `error` is the difference), where the
+    final norm's scale is frozen from the real run and `offset` is the norm's bias term (LayerNorm).
+    """
+
+    labels: tuple[str, ...]  # "embed", "attn 0", "mlp 0", ...
+    contributions: np.ndarray  # [2L+1] float64
+    offset: float
+    logit: float  # the model's real logit for the target token
+    scale: float  # the frozen 1/rms (or 1/std) of the final residual at this position
+    token_id: int
+    position: int
+
+    @property
+    def error(self) -> float:
+        return float(self.logit - self.contributions.sum() - self.offset)
+
+
+def components(run: Run, position: int) -> tuple[tuple[str, ...], np.ndarray]:
+    """The additive pieces of the final residual at `position`: [2L+1, D] float64."""
+    resid = run.array("resid")
+    attn, mlp = run.array("attn_out"), run.array("mlp_out")
+    n_layers = attn.shape[0]
+    parts = [resid[0, position]]
+    labels = ["embed"]
+    for layer in range(n_layers):
+        parts += [attn[layer, position], mlp[layer, position]]
+        labels += [f"attn {layer}", f"mlp {layer}"]
+    return tuple(labels), np.stack(parts).astype(np.float64)  # [2L+1, D]
+
+
+def direct_logit_attribution(run: Run, position: int, token_id: int) -> Attribution:
+    norm = run.norm
+    if norm is None or run.unembed is None:
+        raise ValueError("This model has no language-model head: nothing to attribute.")
+    final = run.array("final_resid")[position].astype(np.float64)  # [D]
+    u = np.asarray(run.unembed[token_id], np.float64)  # [D]
+    w = norm.weight.astype(np.float64)
+    labels, comps = components(run, position)  # [C, D]
+    if norm.kind == "rms":
+        scale = 1.0 / np.sqrt(np.mean(final * final) + norm.eps)
+        offset = 0.0
+    else:
+        centred = final - final.mean()
+        scale = 1.0 / np.sqrt(np.mean(centred * centred) + norm.eps)
+        comps = comps - comps.mean(axis=1, keepdims=True)  # LayerNorm centres each piece (linear)
+        offset = float(norm.bias.astype(np.float64) @ u) if norm.bias is not None else 0.0
+    contributions = comps @ (w * u) * scale  # [C]
+    logit = float(norm.apply(final.astype(np.float32)).astype(np.float64) @ u)
+    return Attribution(labels, contributions, offset, logit, float(scale), int(token_id), int(position))
+
+
+# --- residual share ------------------------------------------------------------------------------
+def residual_share(run: Run, position: int, split: bool = False) -> np.ndarray:
+    """Share of each state h_l (rows l = 0..L) supplied by each earlier component: c . h_l / |h_l|^2.
+
+    Columns: embedding then each layer (merged attention + MLP) -> [L+1, L+1], or with `split`
+    embedding, attn 0, mlp 0, ... -> [L+1, 2L+1]. Entries a state does not contain are nan.
+    Each row sums to 1 up to the storage precision (the state is the sum of its components).
+    """
+    _, comps = components(run, position)  # [2L+1, D]
+    n_layers = (comps.shape[0] - 1) // 2
+    states = run.array("resid")[:, position].astype(np.float64)  # [L+1, D]
+    states[-1] = run.array("final_resid")[position]
+    dots = states @ comps.T / np.maximum((states * states).sum(-1, keepdims=True), 1e-30)  # [L+1, 2L+1]
+    n_comp = 1 + 2 * np.arange(n_layers + 1)  # components inside state l: embed + 2 per layer
+    mask = np.arange(comps.shape[0])[None, :] < n_comp[:, None]  # [L+1, 2L+1]
+    share = np.where(mask, dots, np.nan)
+    if split:
+        return share
+    merged = np.concatenate([share[:, :1], share[:, 1::2] + share[:, 2::2]], axis=1)  # [L+1, L+1]
+    return merged
+
+
+# --- layer similarity and update ratios ----------------------------------------------------------
+def massive_positions(run: Run, factor: float = 20.0) -> np.ndarray:
+    """[N] bool: positions whose largest activation (any layer) exceeds `factor` x the median one."""
+    peak = np.abs(run.array("resid")).max(axis=(0, 2)).astype(np.float32)  # [N]
+    return peak > factor * max(float(np.median(peak)), 1e-6)
+
+
+def position_mask(run: Run, skip_first: bool = False, skip_massive: bool = False) -> np.ndarray:
+    mask = np.ones(run.n_tokens, bool)
+    if skip_first and mask.size > 1:
+        mask[0] = False
+    if skip_massive:
+        massive = massive_positions(run)
+        if (~massive & mask).any():
+            mask &= ~massive
+    return mask
+
+
+def layer_similarity(run: Run, mask: np.ndarray | None = None) -> np.ndarray:
+    """[L+1, L+1] cosine similarity between states of two depths, averaged over the kept positions."""
+    h = run.array("resid").astype(np.float32)  # [L+1, N, D]
+    if mask is not None:
+        h = h[:, mask]
+    unit = h / np.maximum(np.linalg.norm(h, axis=-1, keepdims=True), 1e-12)  # [L+1, n, D]
+    return np.einsum("ind,jnd->ij", unit, unit) / max(1, unit.shape[1])
+
+
+@dataclass(frozen=True)
+class UpdateRatios:
+    attn: np.ndarray  # [L] |attn_out| / |resid before the layer|
+    mlp: np.ndarray  # [L] |mlp_out| / |resid before the MLP (after attention)|
+    block: np.ndarray  # [L] |attn_out + mlp_out| / |resid before the layer|
+
+
+def update_ratios(run: Run, mask: np.ndarray | None = None) -> UpdateRatios:
+    """Per-layer norm of the update over the norm of its input residual, averaged over positions."""
+    resid = run.array("resid")[:-1].astype(np.float32)  # [L, N, D] input of each layer
+    attn = run.array("attn_out").astype(np.float32)  # [L, N, D]
+    mlp = run.array("mlp_out").astype(np.float32)  # [L, N, D]
+    if mask is not None:
+        resid, attn, mlp = resid[:, mask], attn[:, mask], mlp[:, mask]
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        r = np.linalg.norm(num, axis=-1) / np.maximum(np.linalg.norm(den, axis=-1), 1e-12)  # [L, n]
+        return r.mean(axis=1)
+
+    return UpdateRatios(ratio(attn, resid), ratio(mlp, resid + attn), ratio(attn + mlp, resid))
