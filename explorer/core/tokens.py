@@ -119,6 +119,9 @@ def tokenize(
     allow_special_in_text: bool = True,
 ) -> Tokenized:
     """Tokenize a prompt (plain or chat template) into ids and spanned, kind-tagged tokens."""
+    _check_text(prompt, "prompt")
+    if system:
+        _check_text(system, "system message")
     regions: list[tuple[int, int, TokenKind]] = []
     if chat:
         text, regions = render_chat(tokenizer, prompt, system)
@@ -130,6 +133,19 @@ def tokenize(
     ids = _encode(tokenizer, text, chat, regions, allow_special_in_text)
     tokens = spans_for(tokenizer, text, ids, regions, default_kind=content_kind)
     return Tokenized(text=text, ids=ids, tokens=tokens)
+
+
+def _check_text(text: str, what: str) -> None:
+    """Refuse text that has no UTF-8 form (lone UTF-16 surrogates, e.g. from a broken paste)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        from .errors import InputError
+
+        raise InputError(
+            f"The {what} holds an invalid character at position {exc.start} (a lone surrogate, "
+            f"U+{ord(text[exc.start]):04X}); remove it or paste the text again."
+        ) from None
 
 
 def render_chat(tokenizer: Any, prompt: str, system: str | None) -> tuple[str, list[tuple[int, int, TokenKind]]]:
@@ -156,6 +172,8 @@ def _encode(tokenizer: Any, text: str, chat: bool, regions, allow_special: bool)
     add_special = not chat  # a chat template already holds its special tokens
     if allow_special or not regions:
         return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    if not chat:  # plain text: the whole prompt is typed text
+        return list(tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"])
     # Typed special-token text stays plain text: encode content regions with specials split.
     ids: list[int] = []
     cursor = 0
@@ -166,8 +184,6 @@ def _encode(tokenizer: Any, text: str, chat: bool, regions, allow_special: bool)
         cursor = end
     if cursor < len(text):
         ids += tokenizer(text[cursor:], add_special_tokens=False)["input_ids"]
-    if add_special:
-        ids = list(tokenizer.build_inputs_with_special_tokens(ids))
     return ids
 
 
@@ -181,14 +197,24 @@ def spans_for(tokenizer: Any, text: str, ids: list[int], regions, default_kind: 
     for token_id, (start, end, piece, partial) in zip(ids, spans, strict=True):
         is_special = token_id in to_bytes.special_ids
         kind = _kind_at(start, end, regions, default_kind)
-        injected = is_special and end > start and kind in (TokenKind.USER, TokenKind.SYSTEM, TokenKind.PROMPT)
-        if is_special:
+        # typed text that became a special token: the span spells the token (an [UNK] standing in
+        # for an unknown character is special too, but it is not an injection and keeps its kind)
+        literal = str(tokenizer.convert_ids_to_tokens(int(token_id))) if is_special else ""
+        spelled = is_special and end > start and text[start:end].strip() == literal
+        injected = spelled and kind in _TYPED
+        if is_special and (spelled or end == start or kind not in _TYPED):
             kind = TokenKind.SPECIAL
+        shown = readable_piece(text[start:end], piece, partial)
+        if is_special and end == start:  # inserted by the tokenizer (BOS, [CLS]): show its name, not ""
+            shown = str(tokenizer.convert_ids_to_tokens(int(token_id)))
         tokens.append(Token(
-            id=int(token_id), text=readable_piece(text[start:end], piece, partial), start=start, end=end,
+            id=int(token_id), text=shown, start=start, end=end,
             kind=kind, raw_bytes=piece, partial=partial, injected=injected, is_special=is_special,
         ))
     return tokens
+
+
+_TYPED = (TokenKind.USER, TokenKind.SYSTEM, TokenKind.PROMPT)
 
 
 def _kind_at(start: int, end: int, regions, default_kind: TokenKind) -> TokenKind:
