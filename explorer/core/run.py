@@ -35,6 +35,7 @@ class Run:
     n_prompt: int = 0
     finish_reason: str | None = None
     scaling: np.ndarray | None = None  # [layers] attention scaling per layer
+    vocab: list[str] | None = None  # readable text of every token id (set by Session.new_run; None when loaded)
     _buffers: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _n: int = 0
     _cache: dict = field(default_factory=dict, repr=False)

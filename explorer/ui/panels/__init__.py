@@ -8,7 +8,8 @@ from .base import Panel
 
 # name -> "module:Class" (imported lazily so one panel's import error cannot stop the others)
 REGISTRY: dict[str, str] = {
-    "tokens": "explorer.ui.panels.token_list:TokenListPanel",
+    "tokens": "explorer.ui.panels.tokens:TokensPanel",
+    "next_token": "explorer.ui.panels.next_token:NextTokenPanel",
     "pipeline": "explorer.ui.panels.pipeline:PipelinePanel",
 }
 

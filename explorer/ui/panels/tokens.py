@@ -1,0 +1,201 @@
+"""Tokens panel: the run's text as token boxes, coloured by kind / logprob / entropy / id, with a
+second tokenizer's tokenization of the same text for comparison."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
+
+from ...core import catalogue
+from ...core.analysis.tokenizer_compare import Comparison, boundaries, compare, load_tokenizer, tokenize_text
+from ...core.events import StepEvent
+from ...core.run import Run
+from ..widgets.background import Background
+from ..widgets.token_view import TokenView, scrolling
+from . import token_colors as tc
+from .base import Panel
+
+AGREE, DISAGREE = QColor("#cfe8c1"), QColor("#f9d6a5")
+OTHER_FOLDER = "Tokenizer folder…"
+
+
+class TokensPanel(Panel):
+    title = "Tokens"
+    help_text = (
+        "The model never sees letters: the text is cut into tokens, and each box is one token (hover for its id, "
+        "bytes and how likely the model found it; click to select it in every panel). Faint dots are spaces, ↵ "
+        "is a line break. Colour by kind shows which tokens came from the chat template, your message or the "
+        "model; a red outline means text you typed was turned into a control token. Other colourings show how "
+        "surprised the model was (logprob), how unsure (entropy) or how rare the token is (id). Pick a second "
+        "tokenizer to see how differently another model would cut the same text."
+    )
+
+    def __init__(self, selection, parent=None):
+        super().__init__(selection, parent)
+        self.mode = "kind"
+        self.background = Background(self)
+        self._tokenizers: dict[str, object] = {}
+        self.comparison: Comparison | None = None
+
+        bar = QHBoxLayout()
+        self.mode_box = QComboBox()
+        for m in tc.MODES:
+            self.mode_box.addItem(f"colour: {tc.MODE_TITLES[m]}", m)
+        self.mode_box.currentIndexChanged.connect(lambda _i: self.set_mode(self.mode_box.currentData()))
+        self.ids_box = QCheckBox("show ids")
+        self.ids_box.toggled.connect(self._toggle_ids)
+        self.compare_box = QComboBox()
+        self.compare_box.addItem("compare with: none", None)
+        for name in catalogue.builtin_names():
+            self.compare_box.addItem(f"compare with: {name}", name)
+        self.compare_box.addItem(f"compare with: {OTHER_FOLDER}", OTHER_FOLDER)
+        self.compare_box.activated.connect(self._compare_chosen)
+        for w in (self.mode_box, self.ids_box):
+            bar.addWidget(w)
+        bar.addStretch(1)
+        bar.addWidget(self.compare_box)
+        self.body.addLayout(bar)
+
+        self.counts = QLabel()
+        self.legend = QLabel()
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.body.addWidget(self.counts)
+        self.body.addWidget(self.legend)
+
+        self.view = TokenView()
+        self.view.tooltip_for = self.tooltip_text
+        self.view.clicked.connect(lambda i: self.selection.set("position", i))
+        self.other = TokenView()
+        self.other.tooltip_for = self._other_tooltip
+        self.compare_label = QLabel()
+        self.compare_label.setWordWrap(True)
+        other_box = QWidget()
+        lay = QVBoxLayout(other_box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.compare_label)
+        lay.addWidget(scrolling(self.other))
+        self.split = QSplitter(Qt.Orientation.Vertical)
+        self.split.addWidget(scrolling(self.view))
+        self.split.addWidget(other_box)
+        self.split.setStretchFactor(0, 3)
+        self.split.setStretchFactor(1, 2)
+        other_box.hide()
+        self.other_box = other_box
+        self.body.addWidget(self.split, 1)
+
+    # --- Panel contract -----------------------------------------------------------------------
+    def draw_run(self, run: Run | None) -> None:
+        if run is None:
+            self.view.set_tokens([], [], [], [])
+            self.counts.setText("")
+            self.legend.setText("")
+            return
+        fill, outline = tc.token_colors(run, self.mode)
+        self.view.set_tokens(run.tokens, fill, outline, [tc.label_for(run, t) for t in run.tokens])
+        self.view.set_selected(self.selection.position)
+        self._draw_labels(run)
+        self._refresh_comparison()
+
+    def draw_step(self, run: Run, event: StepEvent) -> None:
+        start = len(self.view.tokens)
+        if event.is_prefill or start != event.start:
+            self.draw_run(run)
+            return
+        fill, outline = tc.token_colors(run, self.mode, start)
+        new = run.tokens[start:]
+        self.view.append_tokens(new, fill, outline, [tc.label_for(run, t) for t in new])
+        self._draw_labels(run)
+        if event.finish_reason:
+            self._refresh_comparison()
+
+    def draw_selection(self, field: str) -> None:
+        if field == "position":
+            self.view.set_selected(self.selection.position)
+            rects = self.view.token_rects(self.selection.position)
+            area = self.view.parentWidget().parentWidget() if self.view.parentWidget() else None
+            if rects and hasattr(area, "ensureVisible"):
+                area.ensureVisible(rects[0].center().x(), rects[0].center().y(), 10, 30)
+
+    # --- controls -----------------------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
+        if self.mode_box.currentData() != mode:
+            self.mode_box.setCurrentIndex(tc.MODES.index(mode))
+        if self.run is not None:
+            self.view.set_colors(*tc.token_colors(self.run, mode))
+            self._draw_labels(self.run)
+
+    def _toggle_ids(self, on: bool) -> None:
+        self.view.set_show_ids(on)
+        self.other.set_show_ids(on)
+
+    def _draw_labels(self, run: Run) -> None:
+        self.counts.setText(tc.counts_text(run))
+        self.legend.setText(tc.legend_html(run, self.mode))
+
+    def tooltip_text(self, i: int) -> str:
+        return tc.tooltip_text(self.run, i) if self.run is not None and i < self.run.n_tokens else ""
+
+    # --- tokenizer comparison -----------------------------------------------------------------
+    def _compare_chosen(self, _index: int) -> None:
+        name = self.compare_box.currentData()
+        if name == OTHER_FOLDER:
+            name = QFileDialog.getExistingDirectory(self, "Choose a folder with tokenizer files")
+            if not name:
+                self.compare_box.setCurrentIndex(0)
+                return
+        self.compare_with(name)
+
+    def compare_with(self, name: str | None) -> None:
+        """Tokenize the run's text with another tokenizer (built-in name or folder); None hides it."""
+        self.compare_name = name
+        index = self.compare_box.findData(name)
+        if index >= 0:
+            self.compare_box.setCurrentIndex(index)
+        if name is None:
+            self.comparison = None
+            self.other_box.hide()
+            return
+        self.other_box.show()
+        self._refresh_comparison()
+
+    def _refresh_comparison(self) -> None:
+        name = getattr(self, "compare_name", None)
+        if name is None or self.run is None:
+            return
+        run, text, tokens = self.run, self.run.text, list(self.run.tokens)
+        self.compare_label.setText(f"Tokenizing with {name}…")
+
+        def job():
+            tok = self._tokenizers.get(name)
+            if tok is None:
+                tok = self._tokenizers[name] = load_tokenizer(name)
+            theirs = tokenize_text(tok, text)
+            labels = [None if t.end > t.start or t.partial else str(tok.convert_ids_to_tokens(t.id)) for t in theirs]
+            return compare(text, tokens, theirs, run.info.name, str(name)), labels
+
+        self.background.submit("compare", job, self._show_comparison,
+                               lambda msg: self.compare_label.setText(f"Could not compare: {msg}"))
+
+    def _show_comparison(self, done: tuple[Comparison, list[str | None]]) -> None:
+        result, labels = done
+        self.comparison = result
+        a, b = result.a, result.b
+        self.compare_label.setText(
+            f"<b>{a.name}</b>: {a.n_tokens} tokens, {a.chars_per_token:.2f} chars/token &nbsp;·&nbsp; "
+            f"<b>{b.name}</b>: {b.n_tokens} tokens, {b.chars_per_token:.2f} chars/token &nbsp;·&nbsp; "
+            f"boundary agreement <b>{result.agreement:.0%}</b> ({result.shared_boundaries} shared) &nbsp; "
+            f"<span style='background:{AGREE.name()}'>&nbsp;same cut as {a.name}&nbsp;</span> "
+            f"<span style='background:{DISAGREE.name()}'>&nbsp;different&nbsp;</span>")
+        ours = boundaries(list(a.tokens)) | {0, a.n_chars}
+        fill = [AGREE if (t.start in ours and t.end in ours and t.end > t.start) else DISAGREE for t in b.tokens]
+        self.other.set_tokens(b.tokens, fill, [None] * len(b.tokens), labels)
+
+    def _other_tooltip(self, i: int) -> str:
+        if self.comparison is None or i >= len(self.comparison.b.tokens):
+            return ""
+        t = self.comparison.b.tokens[i]
+        return (f"<b>{self.comparison.b.name}</b> token {i} · id {t.id}<br>piece <code>{t.text!r}</code><br>"
+                f"characters {t.start}–{t.end} · bytes <code>{t.raw_bytes.hex(' ').upper()}</code>")
