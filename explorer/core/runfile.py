@@ -66,11 +66,14 @@ def load_run(path: str | os.PathLike) -> Run:
     path = Path(path)
     if not path.is_file():
         raise RunFileError(f"No run file at {path}.")
+    if not zipfile.is_zipfile(path):
+        raise RunFileError(f"{path.name} is not a run file (a run is a .npz archive; this is something else).")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise RunFileError(f"{path.name} is not a readable run file (damaged or not a .npz): {exc}") from exc
+    except Exception as exc:  # a damaged zip fails in many ways (CRC, struct, zlib, bad .npy header...)
+        raise RunFileError(f"{path.name} is not a readable run file (damaged): {type(exc).__name__}: "
+                           f"{str(exc)[:200]}") from exc
     try:
         return _build(arrays, path.name)
     except RunFileError:
@@ -117,10 +120,19 @@ def _build(arrays: dict[str, np.ndarray], name: str) -> Run:
         run.apply(_step(meta, arrays, tokens[lo:hi], lo, hi, i))
     if run.n_tokens != n:
         raise RunFileError(f"{name}: the steps cover {run.n_tokens} of {n} positions.")
-    if run.text != header["text"]:
+    if run.text != header["text"] or not _spans_tile(run.tokens, run.text):
         raise RunFileError(f"{name}: the token spans do not rebuild the saved text.")
     run.finish_reason = header.get("finish_reason")
     return run
+
+
+def _spans_tile(tokens: list[Token], text: str) -> bool:
+    cursor = 0
+    for t in tokens:
+        if t.start != cursor or t.end < t.start or (t.end > t.start and t.text != text[t.start:t.end]):
+            return False
+        cursor = t.end
+    return cursor == len(text)
 
 
 def _check(arrays: dict[str, np.ndarray], info: ModelInfo, n: int, name: str) -> None:
