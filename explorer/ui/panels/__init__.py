@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "tokens": "explorer.ui.panels.tokens:TokensPanel",
     "next_token": "explorer.ui.panels.next_token:NextTokenPanel",
     "pipeline": "explorer.ui.panels.pipeline:PipelinePanel",
+    "attention": "explorer.ui.panels.attention:AttentionPanel",
 }
 
 

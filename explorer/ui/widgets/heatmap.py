@@ -30,6 +30,8 @@ class Heatmap(QWidget):
         self.plot.showGrid(x=False, y=False)
         self.image = pg.ImageItem()
         self.plot.addItem(self.image)
+        self.detail: pg.ImageItem | None = None  # optional full-resolution overlay of a zoomed region
+        self.levels: tuple[float, float] = (0.0, 1.0)
         self.colorbar = None
         if colorbar:
             self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get(colormap), interactive=False, width=12)
@@ -60,6 +62,8 @@ class Heatmap(QWidget):
                  shape: tuple[int, int] | None = None, auto_range: bool = True) -> None:
         """Show `data` ([rows, cols]); `shape` is the logical size when `data` is downsampled."""
         self.data = data
+        self.levels = levels
+        self.clear_detail()
         rows, cols = shape or data.shape
         self.row_scale = rows / max(1, data.shape[0])
         self.col_scale = cols / max(1, data.shape[1])
@@ -76,6 +80,31 @@ class Heatmap(QWidget):
         """Replace the image with new data of the same scale (a new row while streaming)."""
         self.data = data
         self.image.setImage(data, autoLevels=False)
+
+    def set_levels(self, levels: tuple[float, float]) -> None:
+        self.levels = levels
+        self.image.setLevels(levels)
+        if self.detail is not None:
+            self.detail.setLevels(levels)
+        if self.colorbar is not None:
+            self.colorbar.setLevels(levels)
+
+    def set_detail(self, data: np.ndarray, rect: tuple[float, float, float, float]) -> None:
+        """Overlay `data` at (x, y, width, height) in logical cells: a zoomed region at full resolution."""
+        if self.detail is None:
+            self.detail = pg.ImageItem()
+            self.detail.setZValue(self.image.zValue() + 1)
+            self.plot.addItem(self.detail)
+        cmap = self.image.getColorMap()
+        if cmap is not None:
+            self.detail.setColorMap(cmap)
+        self.detail.setImage(data, levels=self.levels, autoLevels=False)
+        self.detail.setRect(*rect)
+        self.detail.show()
+
+    def clear_detail(self) -> None:
+        if self.detail is not None:
+            self.detail.hide()
 
     def _set_ticks(self, axis: str, labels: Sequence[str] | None, n: int) -> None:
         ax = self.plot.getAxis(axis)

@@ -1,0 +1,201 @@
+"""The attention overview: every layer x head as a thumbnail in ONE image, and the head-statistics table.
+
+Query heads that share a KV head (GQA: head // group_size) sit on a lighter frame, with a wider gap
+between groups. The image is an RGB uint8 array painted with numpy and shown by one ImageItem.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QPen
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...core.analysis.attention import STAT_NAMES, LayerSummary, Thresholds, label_head
+
+BACKGROUND = (30, 30, 34)
+FRAME = (120, 120, 128)
+
+
+class OverviewGrid(QWidget):
+    """Layers (rows) x heads (columns) thumbnails; `clicked(layer, head)` when one is clicked."""
+
+    clicked = Signal(int, int)
+
+    def __init__(self, size: int = 24, colormap: str = "viridis", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.size = size
+        self.cmap = pg.colormap.get(colormap)
+        self.view = pg.GraphicsLayoutWidget()
+        self.plot: pg.PlotItem = self.view.addPlot()
+        self.plot.invertY(True)
+        self.plot.setMenuEnabled(False)
+        self.plot.setAspectLocked(True)
+        self.plot.hideButtons()
+        self.plot.showAxis("top")
+        self.plot.hideAxis("bottom")
+        self.image = pg.ImageItem()
+        self.plot.addItem(self.image)
+        self.marker = pg.QtWidgets.QGraphicsRectItem()
+        pen = QPen(QColor(255, 60, 60))
+        pen.setWidth(2)
+        pen.setCosmetic(True)
+        self.marker.setPen(pen)
+        self.marker.setZValue(10)
+        self.plot.addItem(self.marker)
+        self.status = QLabel("")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.status)
+        self.rgb: np.ndarray | None = None
+        self.n_layers = self.n_heads = 0
+        self.group = 1
+        self.view.scene().sigMouseClicked.connect(self._on_click)
+
+    # --- geometry ---------------------------------------------------------------------------------
+    @property
+    def group_gap(self) -> int:
+        return 4 if self.group > 1 else 0
+
+    def head_x(self, head: int) -> int:
+        return 2 + head * (self.size + 1) + (head // self.group) * self.group_gap
+
+    def layer_y(self, layer: int) -> int:
+        return 2 + layer * (self.size + 3)
+
+    def reset(self, n_layers: int, n_heads: int, group: int) -> None:
+        """An empty grid with GQA group frames; thumbnails arrive layer by layer."""
+        self.n_layers, self.n_heads, self.group = n_layers, n_heads, max(1, group)
+        width = self.head_x(n_heads - 1) + self.size + 3
+        height = self.layer_y(n_layers - 1) + self.size + 3
+        self.rgb = np.empty((height, width, 3), np.uint8)  # [rows, cols, rgb]
+        self.rgb[...] = BACKGROUND
+        for layer in range(n_layers):
+            y = self.layer_y(layer)
+            for g in range(0, n_heads, self.group):
+                x0 = self.head_x(g) - 1
+                x1 = self.head_x(min(n_heads, g + self.group) - 1) + self.size + 1
+                self.rgb[y - 1: y + self.size + 1, x0:x1] = FRAME
+                self.rgb[y: y + self.size, x0 + 1: x1 - 1] = BACKGROUND
+        self.image.setImage(self.rgb, levels=(0, 255), autoLevels=False)
+        self.image.setRect(0, 0, width, height)
+        self.plot.getAxis("left").setTicks([[(self.layer_y(i) + self.size / 2, str(i)) for i in range(n_layers)]])
+        self.plot.getAxis("top").setTicks([[(self.head_x(h) + self.size / 2, str(h)) for h in range(n_heads)]])
+        self.plot.getAxis("left").setLabel("layer")
+        self.plot.getAxis("top").setLabel(f"head (groups of {self.group} share a KV head)" if self.group > 1
+                                          else "head")
+        self.plot.setRange(xRange=(0, width), yRange=(0, height), padding=0.01)
+
+    def set_layer(self, layer: int, thumbs: np.ndarray) -> None:
+        """Paint one layer's thumbnails [heads, size, size] (values 0..1)."""
+        if self.rgb is None:
+            return
+        colours = self.cmap.map(np.clip(thumbs, 0, 1).reshape(-1), mode="byte")[:, :3]  # [heads*size*size, 3]
+        colours = colours.reshape(thumbs.shape[0], self.size, self.size, 3)
+        y = self.layer_y(layer)
+        for h in range(min(self.n_heads, thumbs.shape[0])):
+            x = self.head_x(h)
+            self.rgb[y: y + self.size, x: x + self.size] = colours[h]
+        self.image.setImage(self.rgb, levels=(0, 255), autoLevels=False)
+
+    def select(self, layer: int, head: int) -> None:
+        if self.rgb is not None:
+            self.marker.setRect(self.head_x(head) - 1, self.layer_y(layer) - 1, self.size + 2, self.size + 2)
+
+    def cell_at(self, x: float, y: float) -> tuple[int, int] | None:
+        layer = int((y - 2) // (self.size + 3))
+        for head in range(self.n_heads):
+            if self.head_x(head) - 1 <= x < self.head_x(head) + self.size + 1 and 0 <= layer < self.n_layers:
+                return layer, head
+        return None
+
+    def _on_click(self, event) -> None:
+        if event.button() != Qt.LeftButton or self.rgb is None:
+            return
+        p = self.plot.vb.mapSceneToView(event.scenePos())
+        cell = self.cell_at(p.x(), p.y())
+        if cell is not None:
+            self.clicked.emit(*cell)
+
+
+class _Num(QTableWidgetItem):
+    def __init__(self, value: float, text: str):
+        super().__init__(text)
+        self.setData(Qt.UserRole, float(value))
+        self.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        a, b = self.data(Qt.UserRole), other.data(Qt.UserRole)
+        if a is None or b is None:
+            return super().__lt__(other)
+        return a < b
+
+
+COLUMNS = ("layer", "head", "kv head", "label", *STAT_NAMES)
+
+
+class HeadStatsTable(QWidget):
+    """Sortable table of every head's statistics; `open_head(layer, head)` on a row click."""
+
+    open_head = Signal(int, int)
+    induction_test = Signal()
+
+    def __init__(self, thresholds: Thresholds, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.thresholds = thresholds
+        self.note = QLabel("Labels: " + thresholds.describe())
+        self.note.setWordWrap(True)
+        self.button = QPushButton("Run induction test")
+        self.button.setToolTip("Runs a prompt of random words repeated twice: induction heads attend from the "
+                               "second copy to the token after the same word in the first copy.")
+        self.button.clicked.connect(self.induction_test)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([c.replace("previous", "prev-token") for c in COLUMNS])
+        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.table.setSelectionBehavior(QTableWidget.SelectRows)
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.cellClicked.connect(self._on_cell)
+        top = QHBoxLayout()
+        top.addWidget(self.note, 1)
+        top.addWidget(self.button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(top)
+        layout.addWidget(self.table, 1)
+
+    def set_summaries(self, summaries: list[LayerSummary], group: int) -> None:
+        self.table.setSortingEnabled(False)
+        rows = [(s.layer, h, sc) for s in summaries for h, sc in enumerate(s.scores)]
+        self.table.setRowCount(len(rows))
+        for i, (layer, head, scores) in enumerate(rows):
+            self.table.setItem(i, 0, _Num(layer, str(layer)))
+            self.table.setItem(i, 1, _Num(head, str(head)))
+            self.table.setItem(i, 2, _Num(head // group, str(head // group)))
+            self.table.setItem(i, 3, QTableWidgetItem(label_head(scores, self.thresholds)))
+            for j, value in enumerate(scores):
+                self.table.setItem(i, 4 + j, _Num(value, f"{value:.3f}"))
+        self.table.setSortingEnabled(True)
+
+    def labels(self) -> dict[tuple[int, int], str]:
+        out = {}
+        for i in range(self.table.rowCount()):
+            key = (int(self.table.item(i, 0).data(Qt.UserRole)), int(self.table.item(i, 1).data(Qt.UserRole)))
+            out[key] = self.table.item(i, 3).text()
+        return out
+
+    def _on_cell(self, row: int, _col: int) -> None:
+        layer, head = self.table.item(row, 0), self.table.item(row, 1)
+        if layer is not None and head is not None:
+            self.open_head.emit(int(layer.data(Qt.UserRole)), int(head.data(Qt.UserRole)))

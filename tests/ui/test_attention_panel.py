@@ -1,0 +1,175 @@
+"""Attention panel: displayed map equals Run.attention, toggles, overview clicks, streaming rows, table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPointF, Qt
+
+from explorer.core.api import capture, run_request
+from explorer.core.events import GenerationSettings, RunRequest
+from explorer.ui.panels.attention import AttentionPanel
+from explorer.ui.selection import Selection
+from explorer.ui.widgets.background import Background
+
+
+@pytest.fixture(scope="module")
+def llama_run(tiny_llama):
+    return capture("The capital of France is Paris. The capital of Italy is", tiny_llama, max_new_tokens=4)
+
+
+def _panel(qtbot, run):
+    sel = Selection()
+    sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
+    panel = AttentionPanel(sel)
+    qtbot.addWidget(panel)
+    panel.resize(1100, 600)
+    panel.show()
+    panel.set_run(run)
+    return panel, sel
+
+
+def test_registered():
+    from explorer.ui.panels import REGISTRY, panel_class
+
+    assert "attention" in REGISTRY and panel_class("attention") is AttentionPanel
+
+
+def test_displayed_map_equals_run_attention(qtbot, llama_run):
+    panel, sel = _panel(qtbot, llama_run)
+    sel.set("layer", 2)
+    sel.set("head", 3)
+    shown = panel.heatmap.data
+    assert shown.shape == (llama_run.n_tokens, llama_run.n_tokens)
+    np.testing.assert_allclose(shown, llama_run.attention(2, 3), atol=1e-5)
+    assert panel.layer_box.value() == 2 and panel.head_box.value() == 3
+    assert not panel._error.isVisible()
+
+
+def test_sink_toggle_renormalises_rows(qtbot, llama_run):
+    panel, sel = _panel(qtbot, llama_run)
+    sel.set("layer", 1)
+    panel.sink_box.setChecked(True)
+    shown = panel.heatmap.data
+    assert np.all(shown[:, 0] == 0)
+    np.testing.assert_allclose(shown[1:].sum(axis=1), 1, atol=1e-5)
+    raw = llama_run.attention(1, 0)
+    np.testing.assert_allclose(shown[5, 1:6], raw[5, 1:6] / raw[5, 1:6].sum(), atol=1e-5)
+    panel.sink_box.setChecked(False)
+    np.testing.assert_allclose(panel.heatmap.data, raw, atol=1e-5)
+
+
+def test_value_weighted_rows_sum_to_one(qtbot, llama_run):
+    panel, _ = _panel(qtbot, llama_run)
+    panel.value_box.setChecked(True)
+    shown = panel.heatmap.data
+    np.testing.assert_allclose(shown.sum(axis=1), 1, atol=1e-5)
+    assert not np.allclose(shown, llama_run.attention(0, 0), atol=1e-3)
+
+
+def test_overview_click_opens_head_and_table_fills(qtbot, llama_run):
+    panel, sel = _panel(qtbot, llama_run)
+    assert Background.wait_idle()
+    qtbot.waitUntil(lambda: panel.stats.table.rowCount() == 4 * 4, timeout=5000)
+    grid = panel.overview
+    x = grid.head_x(3) + grid.size / 2
+    y = grid.layer_y(2) + grid.size / 2
+    assert grid.cell_at(x, y) == (2, 3)
+    assert grid.cell_at(grid.head_x(2) - 2.5, y) is None  # the gap between GQA groups (group of 2)
+    scene = grid.plot.vb.mapViewToScene(QPointF(x, y))
+    view_pos = grid.view.mapFromScene(scene)
+    qtbot.mouseClick(grid.view.viewport(), Qt.LeftButton, pos=view_pos)
+    assert (sel.layer, sel.head) == (2, 3)
+    np.testing.assert_allclose(panel.heatmap.data, llama_run.attention(2, 3), atol=1e-5)
+    # thumbnails were painted (not the empty background)
+    y0, x0 = grid.layer_y(0), grid.head_x(0)
+    assert grid.rgb[y0: y0 + grid.size, x0: x0 + grid.size].std() > 0
+    # a table row opens its head
+    table = panel.stats.table
+    table.sortItems(0)
+    row = next(i for i in range(table.rowCount())
+               if table.item(i, 0).text() == "1" and table.item(i, 1).text() == "2")
+    panel.stats._on_cell(row, 0)
+    assert (sel.layer, sel.head) == (1, 2)
+
+
+def test_click_selects_query_and_head_view(qtbot, llama_run):
+    panel, sel = _panel(qtbot, llama_run)
+    panel.heatmap.clicked.emit(6, 2)
+    assert sel.position == 6
+    lines = panel.head_view.lines
+    assert len(lines) == 1 and lines[0].head == sel.head
+    row = llama_run.attention(sel.layer, sel.head)[6]
+    assert lines[0].keys[0] == int(np.argmax(row))
+    panel.all_heads_box.setChecked(True)
+    assert len(panel.head_view.lines) == llama_run.info.n_heads
+
+
+def test_streaming_appends_only_new_rows(qtbot, tiny_session):
+    request = RunRequest(prompt="Once upon a time there was", settings=GenerationSettings(max_new_tokens=4,
+                                                                                          stop_at_eos=False))
+    sel = Selection()
+    sel.set_limits(steps=8, positions=64, layers=4, heads=4)
+    panel = AttentionPanel(sel)
+    qtbot.addWidget(panel)
+    sel.set("layer", 3)
+    sel.set("head", 1)
+    calls = []
+
+    def on_step(event, run):
+        if event.is_prefill:
+            panel.set_run(run)
+        else:
+            original = panel.row_fn
+
+            def spy(layer, head):
+                fn = original(layer, head)
+
+                def rows(r):
+                    calls.append(np.asarray(r).tolist())
+                    return fn(r)
+                return rows
+            panel.row_fn = spy
+            panel.on_step(run, event)
+            panel.row_fn = original
+
+    run = run_request(tiny_session, request, on_step=on_step)
+    np.testing.assert_allclose(panel.heatmap.data, run.attention(3, 1), atol=1e-5)
+    heatmap_calls = [c for c in calls if len(c) == 1 and c[0] == calls[0][0]]
+    assert heatmap_calls and all(len(c) == 1 for c in calls)  # one new row per step, never the whole map
+
+
+def test_encoder_bidirectional_and_hide_special(qtbot, tiny_models):
+    run = capture("attention heads and the cache", tiny_models["tiny-bert"])
+    panel, sel = _panel(qtbot, run)
+    np.testing.assert_allclose(panel.heatmap.data, run.attention(0, 0), atol=1e-5)
+    assert np.triu(panel.heatmap.data, 1).sum() > 0.1
+    special = [i for i, t in enumerate(run.tokens) if t.is_special]
+    assert special
+    panel.special_box.setChecked(True)
+    n_keep = run.n_tokens - len(special)
+    assert panel.heatmap.data.shape == (n_keep, n_keep)
+    np.testing.assert_allclose(panel.heatmap.data.sum(axis=1), 1, atol=1e-5)
+
+
+def test_aggregates_and_rollout(qtbot, llama_run):
+    panel, sel = _panel(qtbot, llama_run)
+    sel.set("layer", 1)
+    panel.mode_box.setCurrentIndex(1)  # mean over heads
+    assert Background.wait_idle()
+    qtbot.waitUntil(lambda: "computing" not in panel.heatmap.plot.titleLabel.text, timeout=5000)
+    mean = np.mean([llama_run.attention(1, h) for h in range(4)], axis=0)
+    np.testing.assert_allclose(panel.heatmap.data, mean, atol=1e-5)
+    panel.mode_box.setCurrentIndex(3)  # rollout
+    assert Background.wait_idle()
+    qtbot.waitUntil(lambda: "computing" not in panel.heatmap.plot.titleLabel.text, timeout=5000)
+    np.testing.assert_allclose(panel.heatmap.data.sum(axis=1), 1, atol=1e-4)
+
+
+def test_induction_button_requests_prompt(qtbot, llama_run):
+    panel, _ = _panel(qtbot, llama_run)
+    with qtbot.waitSignal(panel.request_prompt) as blocker:
+        panel.stats.button.click()
+    words = blocker.args[0].split()
+    half = len(words) // 2
+    assert words[:half] == words[half:]
