@@ -1,0 +1,299 @@
+"""Layer-depth panel: depth as addressable memory.
+
+Top: the logit lens (depth x position; the visible window first, the rest progressively off the GUI
+thread, top-k only, cached per run; a streamed token adds one column synchronously). Below, in tabs:
+direct logit attribution, residual share, similarity and update ratios, counterfactual depth attention.
+
+The main window may set `panel.model_provider` (a callable returning the LoadedModel or None): it is
+used once per model to extract the few layer weights (key and output projections, input norms, RoPE
+frequencies) the depth-attention view and the per-head attribution need; without it those two views
+say so and everything else works from the Run alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSplitter, QTabWidget
+
+from ...core.analysis.depth import LENS_TOP_K, LensTable, compute_lens, lens_inputs
+from ...core.analysis.depth_attention import DepthWeights, depth_weights
+from ...core.run import Run
+from ..widgets.background import Background
+from ..widgets.heatmap import Heatmap
+from .base import Panel
+from .depth_views import AttributionView, DepthAttentionView, ShareView, SimilarityView, _esc, readable
+from .token_colors import piece_name
+
+WINDOW = 64  # positions computed first / per background block
+MAX_LABEL_CELLS = 1000  # text labels in the lens only when at most this many cells are visible
+MODES = ("top token: probability", "actual next token: probability (rank in labels)",
+         "clicked cell's token: probability")
+
+
+class DepthPanel(Panel):
+    title = "Layer depth"
+    help_text = (
+        "How the prediction forms through the layers. The grid (logit lens) decodes the residual stream after "
+        "every layer as if it were the last: each cell is the token the model would predict there and its "
+        "probability. The tabs below split the real logit of the target token into what the embedding and each "
+        "attention and MLP block add (exactly additive), show how much of each layer's state each earlier layer "
+        "supplies, how similar the layers' states are and how large each update is, and — as a counterfactual — "
+        "what a head would attend to if it could also read this token's earlier-layer states (as in "
+        "Mixture-of-Depths Attention). Click a cell to select its position and layer."
+    )
+
+    def __init__(self, selection, parent=None):
+        super().__init__(selection, parent)
+        self.model_provider: Callable[[], object] | None = None
+        self._weights: DepthWeights | None = None
+        self._weights_for: object | None = None
+        self.bg = Background(self)
+        self.table: LensTable | None = None
+        self._generation = 0
+        self.target_token: int | None = None  # the clicked token in "clicked" mode
+        self._texts: list[pg.TextItem] = []
+
+        self.mode = QComboBox()
+        self.mode.addItems(MODES)
+        self.status = QLabel(" ")
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Logit lens colour:"))
+        row.addWidget(self.mode)
+        row.addWidget(self.status, 1)
+        self.body.addLayout(row)
+
+        self.lens = Heatmap("viridis")
+        self.lens.plot.setLabel("left", "depth")
+        self.marker = pg.InfiniteLine(angle=90, pen=pg.mkPen((255, 80, 80), width=1.5))
+        self.lens.plot.addItem(self.marker)
+        self.tabs = QTabWidget()
+        self.attribution, self.share = AttributionView(), ShareView()
+        self.similarity, self.depth_attention = SimilarityView(), DepthAttentionView()
+        self.tabs.addTab(self.attribution, "Logit attribution")
+        self.tabs.addTab(self.share, "Residual share")
+        self.tabs.addTab(self.similarity, "Similarity && updates")
+        self.tabs.addTab(self.depth_attention, "Depth attention (counterfactual)")
+        split = QSplitter(Qt.Vertical)
+        split.addWidget(self.lens)
+        split.addWidget(self.tabs)
+        split.setSizes([420, 380])
+        self.body.addWidget(split, 1)
+
+        self.mode.currentIndexChanged.connect(lambda _i: self._refresh_lens())
+        self.lens.hovered.connect(self._on_hover)
+        self.lens.clicked.connect(self._on_click)
+        self.lens.plot.vb.sigRangeChanged.connect(lambda *_: self._update_texts())
+        self.tabs.currentChanged.connect(lambda _i: self._refresh_view())
+        self.attribution.by_head.toggled.connect(lambda _c: self._refresh_view())
+        self.share.split.toggled.connect(lambda _c: self._refresh_view())
+        self.similarity.skip_first.toggled.connect(lambda _c: self._refresh_view())
+        self.similarity.skip_massive.toggled.connect(lambda _c: self._refresh_view())
+
+    # --- Panel contract ----------------------------------------------------------------------------
+    def draw_run(self, run: Run | None) -> None:
+        self._generation += 1
+        self.table = None
+        if run is None or run.n_tokens == 0:
+            self.lens.image.clear()
+            self.status.setText(" ")
+            return
+        if run.unembed is None or run.norm is None:
+            self.status.setText("This model has no language-model head (an encoder): no logit lens here.")
+            self.lens.image.clear()
+            return
+        self.table = LensTable(run.info.n_layers + 1)
+        self.table.grow(run.n_tokens)
+        hi = run.n_tokens
+        self._window = (max(0, hi - WINDOW), hi)
+        self._refresh_lens(auto_range=True)
+        self._submit_next()
+        self._refresh_view()
+
+    def draw_step(self, run: Run, event) -> None:
+        if event.step == 0 or self.table is None or event.start > self.table.n:
+            self.draw_run(run)
+            return
+        lo, hi = event.start, run.n_tokens
+        resid, targets = lens_inputs(run, lo, hi)
+        self.table.merge(compute_lens(resid, targets, run.norm, run.unembed, start=lo))  # one column: ~30 ms
+        vb_range = self.lens.plot.vb.viewRange()[0]
+        follow = vb_range[1] >= lo - 0.5  # the view showed the end: keep following the new tokens
+        self._window = (max(0, hi - WINDOW), hi) if follow else self._window
+        self._refresh_lens(auto_range=follow)
+        self._refresh_view()
+
+    def draw_selection(self, field: str) -> None:
+        if field == "position":
+            self.marker.setValue(self.selection.position + 0.5)
+        self._refresh_view()
+
+    # --- logit lens ------------------------------------------------------------------------------
+    def _submit_next(self) -> None:
+        run, table, gen = self.run, self.table, self._generation
+        if run is None or table is None:
+            return
+        around = int(np.mean(self.lens.plot.vb.viewRange()[0]))
+        nxt = table.next_missing(around=min(max(around, 0), table.n - 1), block=WINDOW)
+        if nxt is None:
+            self.status.setText(f"Logit lens: all {table.n} positions x {table.rows} depths.")
+            return
+        lo, hi = nxt
+        resid, targets = lens_inputs(run, lo, hi)  # copied on the GUI thread: the run may grow meanwhile
+        norm, unembed = run.norm, run.unembed
+        done = int(table.done.sum())
+        self.status.setText(f"Logit lens: computing positions {lo}-{hi - 1} ({done}/{table.n} done)...")
+
+        def on_done(cols) -> None:
+            if gen != self._generation or self.table is not table:
+                return
+            table.merge(cols)
+            self._refresh_lens()
+            self._submit_next()
+
+        self.bg.submit("lens", lambda: compute_lens(resid, targets, norm, unembed, start=lo), on_done,
+                       lambda msg: self.status.setText(f"Logit lens failed: {msg}"))
+
+    def lens_values(self) -> tuple[np.ndarray, tuple[float, float]]:
+        """[depths, N] what the grid colours in the current mode, and its levels."""
+        t = self.table
+        mode = self.mode.currentIndex()
+        if mode == 0:
+            return t.top_probs[:, :, 0], (0.0, 1.0)
+        if mode == 1:
+            return np.exp(t.target_logprob), (0.0, 1.0)
+        if self.target_token is None:
+            return np.full((t.rows, t.n), np.nan, np.float32), (0.0, 1.0)
+        probs, _rank = t.token_prob(self.target_token)
+        return probs, (0.0, 1.0)
+
+    def _refresh_lens(self, auto_range: bool = False) -> None:
+        run, t = self.run, self.table
+        if run is None or t is None:
+            return
+        values, levels = self.lens_values()
+        rows = ["embed"] + [f"layer {i}" for i in range(run.info.n_layers)]
+        cols = [tok.text for tok in run.tokens[: t.n]]
+        self.lens.set_data(values, levels=levels, row_labels=rows, col_labels=cols, auto_range=False)
+        if auto_range:
+            lo, hi = self._window
+            self.lens.plot.setRange(xRange=(lo, hi), yRange=(0, t.rows), padding=0)
+        self.marker.setValue(self.selection.position + 0.5)
+        self._update_texts()
+
+    def _update_texts(self) -> None:
+        """One text item per visible cell, only when few cells are visible (else colour only)."""
+        t, run = self.table, self.run
+        for item in self._texts:
+            item.hide()
+        if t is None or run is None:
+            return
+        (x0, x1), (y0, y1) = self.lens.plot.vb.viewRange()
+        c0, c1 = max(0, int(np.floor(x0))), min(t.n, int(np.ceil(x1)))
+        r0, r1 = max(0, int(np.floor(y0))), min(t.rows, int(np.ceil(y1)))
+        if (c1 - c0) * (r1 - r0) > MAX_LABEL_CELLS or c1 <= c0:
+            return
+        mode = self.mode.currentIndex()
+        values, _ = self.lens_values()
+        k = 0
+        for r in range(r0, r1):
+            for c in range(c0, c1):
+                if not t.done[c]:
+                    continue
+                if mode == 1:
+                    rank = t.target_rank[r, c]
+                    text = "" if rank < 0 else f"#{rank}" if rank < 1000 else f"#{rank // 1000}k"
+                else:
+                    text = piece_name(run, int(t.top_ids[r, c, 0]))
+                if k == len(self._texts):
+                    item = pg.TextItem(anchor=(0.5, 0.5))
+                    self.lens.plot.addItem(item)
+                    self._texts.append(item)
+                item = self._texts[k]
+                k += 1
+                v = values[r, c]
+                item.setColor((0, 0, 0) if np.isfinite(v) and v > 0.6 else (255, 255, 255))
+                item.setText(_cell_text(text))
+                item.setPos(c + 0.5, r + 0.5)
+                item.show()
+
+    def _on_hover(self, row: int, col: int) -> None:
+        t, run = self.table, self.run
+        if t is None or run is None or col >= t.n:
+            return
+        where = "embedding" if row == 0 else f"after layer {row - 1}"
+        tok = _esc(readable(run.tokens[col].text))
+        if not t.done[col]:
+            self.lens.readout.setText(f"position {col} '{tok}', {where}: not computed yet")
+            return
+        top = ", ".join(f"<b>{_esc(readable(piece_name(run, int(i))))}</b> {p:.1%}"
+                        for i, p in zip(t.top_ids[row, col, :5], t.top_probs[row, col, :5], strict=True))
+        extra = ""
+        if t.target_ids[col] >= 0:
+            extra = (f" · actual next <b>{_esc(readable(piece_name(run, int(t.target_ids[col]))))}</b>: "
+                     f"{np.exp(t.target_logprob[row, col]):.1%}, rank {t.target_rank[row, col]}")
+        if self.mode.currentIndex() == 2 and self.target_token is not None:
+            p, rank = t.token_prob(self.target_token)
+            r = rank[row, col]
+            extra += (f" · <b>{_esc(readable(piece_name(run, self.target_token)))}</b>: "
+                      + (f"{p[row, col]:.1%}, rank {r}" if r < t.k else f"below the top {t.k}"))
+        self.lens.readout.setText(f"position {col} '{tok}', {where}: top-5 {top}{extra}")
+
+    def _on_click(self, row: int, col: int) -> None:
+        t = self.table
+        if t is not None and col < t.n and t.done[col]:
+            self.target_token = int(t.top_ids[row, col, 0])
+            if self.mode.currentIndex() == 2:
+                self._refresh_lens()
+        self.selection.set("layer", max(0, row - 1))
+        self.selection.set("position", col)
+        self._refresh_view()
+
+    # --- lower views ---------------------------------------------------------------------------
+    def attribution_target(self) -> int | None:
+        """The token scored by the attribution: the clicked one (in that mode), else the actual next one."""
+        run, t = self.run, self.table
+        pos = self.selection.position
+        if self.mode.currentIndex() == 2 and self.target_token is not None:
+            return self.target_token
+        if t is not None and pos < t.n and t.target_ids[pos] >= 0:
+            return int(t.target_ids[pos])
+        return int(np.argmax(run.next_token_logprobs(pos))) if run is not None else None
+
+    def weights(self) -> DepthWeights | None:
+        if self.model_provider is None:
+            return None
+        loaded = self.model_provider()
+        if loaded is None:
+            return None
+        if self._weights_for is not loaded:
+            self._weights, self._weights_for = depth_weights(loaded), loaded
+        return self._weights
+
+    def _refresh_view(self) -> None:
+        run = self.run
+        if run is None or run.n_tokens == 0 or run.norm is None or run.unembed is None:
+            return
+        pos = min(self.selection.position, run.n_tokens - 1)
+        layer = min(self.selection.layer, run.info.n_layers - 1)
+        view = self.tabs.currentWidget()
+        if view is self.attribution:
+            self.attribution.draw(run, pos, self.attribution_target(), self.weights())
+        elif view is self.share:
+            self.share.draw(run, pos)
+        elif view is self.similarity:
+            self.similarity.draw(run)
+        elif view is self.depth_attention:
+            head = min(self.selection.head, run.info.n_heads - 1)
+            self.depth_attention.draw(run, self.weights(), layer, head, pos)
+
+
+def _cell_text(text: str, width: int = 6) -> str:
+    text = text.replace("\n", "\u21b5").replace(" ", "\u00b7")
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+__all__ = ["LENS_TOP_K", "DepthPanel"]

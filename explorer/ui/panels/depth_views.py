@@ -1,0 +1,247 @@
+"""The lower views of the Layer-depth panel: direct logit attribution, residual share, similarity and
+update ratios, and the counterfactual depth attention. Each draws numpy results from
+explorer.core.analysis.depth*; one plot item per picture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from ...core.analysis.depth import (
+    direct_logit_attribution,
+    layer_similarity,
+    position_mask,
+    residual_share,
+    update_ratios,
+)
+from ...core.analysis.depth_attention import DepthWeights, depth_attention, head_attribution
+from ...core.run import Run
+from ..widgets.heatmap import Heatmap
+from .token_colors import piece_name
+
+POS_COLOUR = (0, 114, 178)  # Okabe-Ito blue / vermillion: colour-blind safe
+NEG_COLOUR = (213, 94, 0)
+DEPTH_COLOUR = (204, 121, 167)
+
+
+def _label(text: str = " ") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
+def _sym_levels(a: np.ndarray) -> tuple[float, float]:
+    m = float(np.nanmax(np.abs(a))) if np.isfinite(a).any() else 1.0
+    return -max(m, 1e-6), max(m, 1e-6)
+
+
+class AttributionView(QWidget):
+    """Bars along depth: embedding, attn 0, mlp 0, ...; optional heads x layers map."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.plot = _plot()
+        self.plot.showGrid(y=True, alpha=0.3)
+        self.plot.setLabel("left", "contribution to the logit")
+        self.bars = pg.BarGraphItem(x=[], height=[], width=0.8)
+        self.plot.addItem(self.bars)
+        self.by_head = QCheckBox("split attention by head")
+        self.heads = Heatmap("CET-D1")
+        self.heads.hide()
+        self.caption = _label()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.caption)
+        layout.addWidget(self.plot, 2)
+        layout.addWidget(self.by_head)
+        layout.addWidget(self.heads, 2)
+        self.last = None
+
+    def draw(self, run: Run, position: int, token_id: int, weights: DepthWeights | None) -> None:
+        att = direct_logit_attribution(run, position, token_id)
+        self.last = att
+        values = att.contributions
+        x = np.arange(values.size)
+        brushes = [pg.mkBrush(*(POS_COLOUR if v >= 0 else NEG_COLOUR)) for v in values]
+        self.bars.setOpts(x=x, height=values, width=0.8, brushes=brushes)
+        ax = self.plot.getAxis("bottom")
+        step = max(1, values.size // 24)
+        ax.setTicks([[(i, att.labels[i].replace("attn ", "a").replace("mlp ", "m")) for i in range(0, values.size,
+                                                                                                   step)]])
+        self.plot.setXRange(-1, values.size, padding=0)
+        self.plot.enableAutoRange(axis="y")
+        offset = f" + LayerNorm bias term {att.offset:+.3f}" if att.offset else ""
+        self.caption.setText(
+            f"Target <b>{_esc(readable(piece_name(run, token_id)))}</b> at position {position}: real logit "
+            f"<b>{att.logit:.3f}</b> = sum of the bars {att.contributions.sum():.3f}{offset} "
+            f"(final norm scale frozen at {att.scale:.4f}; error {att.error:+.1e}). Blue pushes the token up, "
+            "orange down.")
+        if self.by_head.isChecked() and weights is not None:
+            per_head = head_attribution(run, weights, position, token_id, att.scale)  # [L, H+1]
+            data = per_head[:, :-1].T  # [H, L]
+            self.heads.set_data(data, levels=_sym_levels(data), row_labels=[f"h{h}" for h in range(data.shape[0])],
+                                col_labels=[str(i) for i in range(data.shape[1])])
+            self.heads.readout.setText("Heads (rows) x layers (columns): each head's direct contribution "
+                                       "(o_proj bias shown separately: "
+                                       f"{per_head[:, -1].sum():+.3f} in all).")
+            self.heads.show()
+        else:
+            self.heads.setVisible(self.by_head.isChecked())
+            if self.by_head.isChecked():
+                self.heads.readout.setText("The per-head split needs the model's output projections; "
+                                           "no model is attached to this panel.")
+
+
+class ShareView(QWidget):
+    """Depth x depth: share of state l (rows) supplied by each earlier component (columns)."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.split = QCheckBox("split attention / MLP")
+        self.map = Heatmap("CET-D1")
+        self.caption = _label()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.caption)
+        layout.addWidget(self.map, 1)
+        layout.addWidget(self.split)
+
+    def draw(self, run: Run, position: int) -> None:
+        share = residual_share(run, position, split=self.split.isChecked())
+        n_layers = run.info.n_layers
+        rows = ["embed"] + [f"after {i}" for i in range(n_layers)]
+        cols = ["embed"] + ([f"{k}{i}" for i in range(n_layers) for k in ("a", "m")] if self.split.isChecked()
+                            else [str(i) for i in range(n_layers)])
+        self.map.set_data(share, levels=_sym_levels(share), row_labels=rows, col_labels=cols)
+        self.caption.setText(
+            f"Position {position}: row = the residual state after a layer; column = where it came from. "
+            "Cell = component · state / |state|² (rows sum to 1; negative = points against the state). "
+            "A standard model always sums with weight 1; Attention Residuals would learn these weights.")
+
+
+class SimilarityView(QWidget):
+    """Cosine similarity between depths (heatmap) and per-layer update ratios (lines)."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.skip_first = QCheckBox("skip the first token")
+        self.skip_first.setChecked(True)
+        self.skip_massive = QCheckBox("skip positions with massive activations")
+        self.skip_massive.setChecked(True)
+        self.map = Heatmap("viridis")
+        self.plot = _plot()
+        self.plot.setLogMode(y=True)
+        self.plot.addLegend(offset=(5, 5), labelTextColor="k")
+        self.plot.showGrid(y=True, alpha=0.3)
+        self.plot.setLabel("bottom", "layer")
+        self.plot.setLabel("left", "|update| / |input|")
+        self.curves = {name: self.plot.plot([], [], pen=pg.mkPen(c, width=2), name=name, symbol="o", symbolSize=4,
+                                            symbolBrush=c)
+                       for name, c in (("attention", POS_COLOUR), ("MLP", NEG_COLOUR), ("whole layer", (0, 0, 0)))}
+        self.caption = _label()
+        row = QHBoxLayout()
+        row.addWidget(self.skip_first)
+        row.addWidget(self.skip_massive)
+        row.addStretch(1)
+        pictures = QHBoxLayout()
+        pictures.addWidget(self.map, 1)
+        pictures.addWidget(self.plot, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.caption)
+        layout.addLayout(pictures, 1)
+        layout.addLayout(row)
+
+    def draw(self, run: Run) -> None:
+        mask = position_mask(run, self.skip_first.isChecked(), self.skip_massive.isChecked())
+        sim = layer_similarity(run, mask)
+        labels = ["emb"] + [str(i) for i in range(run.info.n_layers)]
+        lo = float(min(0.0, np.nanmin(sim)))
+        self.map.set_data(sim, levels=(lo, 1.0), row_labels=labels, col_labels=labels)
+        ratios = update_ratios(run, mask)
+        x = np.arange(run.info.n_layers)
+        for name, values in (("attention", ratios.attn), ("MLP", ratios.mlp), ("whole layer", ratios.block)):
+            self.curves[name].setData(x, values)
+        self.caption.setText(
+            f"Left: cosine similarity of the residual stream between two depths, averaged over "
+            f"{int(mask.sum())} of {mask.size} positions. Right: how big each layer's update is relative to "
+            "the residual it reads — the ratio hyper-connection designs try to keep stable.")
+
+
+class DepthAttentionView(QWidget):
+    """[sequence | depth] bars of one softmax for (layer, head, position)."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.plot = _plot()
+        self.plot.setLabel("left", "attention weight")
+        self.seq = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*POS_COLOUR))
+        self.depth = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*DEPTH_COLOUR))
+        self.real = pg.PlotDataItem([], [], pen=None, symbol="_", symbolSize=14, symbolPen=pg.mkPen("k", width=2),
+                                    name="real attention (sequence only)")
+        self.divider = pg.InfiniteLine(angle=90, pen=pg.mkPen((120, 120, 120), width=2, style=pg.QtCore.Qt.DashLine))
+        for item in (self.seq, self.depth, self.real, self.divider):
+            self.plot.addItem(item)
+        self.banner = _label("<b>Counterfactual</b>: what this head would retrieve from depth if it could. "
+                             "The model does not compute the depth part.")
+        self.banner.setStyleSheet("background: #fff3cd; color: #5c4400; padding: 4px;")
+        self.caption = _label()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.caption)
+        self.last = None
+
+    def clear(self, message: str) -> None:
+        self.last = None
+        for item in (self.seq, self.depth):
+            item.setOpts(x=[], height=[])
+        self.real.setData([], [])
+        self.caption.setText(message)
+
+    def draw(self, run: Run, weights: DepthWeights | None, layer: int, head: int, position: int) -> None:
+        if weights is None:
+            self.clear("Depth attention needs this model's key projections: no model is attached to the panel.")
+            return
+        att = depth_attention(run, weights, layer, head, position)
+        self.last = att
+        n_seq = att.seq_scores.size
+        n_depth = att.depth_scores.size
+        self.seq.setOpts(x=np.arange(n_seq), height=att.weights[:n_seq], width=0.8)
+        self.depth.setOpts(x=n_seq + 1 + np.arange(n_depth), height=att.weights[n_seq:], width=0.8)
+        self.real.setData(np.arange(n_seq), att.real)
+        self.divider.setValue(n_seq)
+        ticks = [(i, readable(run.tokens[i].text)[:6]) for i in range(n_seq)] if n_seq <= 32 else \
+            [(i, str(i)) for i in range(0, n_seq, max(1, n_seq // 12))]
+        ticks += [(n_seq + 1 + j, "emb" if j == 0 else f"d{j - 1}") for j in range(n_depth)
+                  if n_depth <= 16 or j % max(1, n_depth // 8) == 0 or j == n_depth - 1]
+        self.plot.getAxis("bottom").setTicks([ticks])
+        self.plot.setXRange(-1, n_seq + n_depth + 1, padding=0)
+        self.plot.enableAutoRange(axis="y")
+        top = int(np.argmax(att.weights[n_seq:]))
+        self.caption.setText(
+            f"Layer {layer}, head {head}, position {position}: blue = sequence keys 0..{position} (black marks: the "
+            f"head's real attention), pink = keys from this position's states after layers "
+            f"emb..{layer - 1} (d<i>j</i> = after layer <i>j</i>; the last is the state layer {layer} reads), "
+            f"with layer {layer}'s own key projection, in one softmax. Depth would take "
+            f"<b>{att.depth_mass:.0%}</b> of the attention, most from "
+            f"{'the embedding' if top == 0 else f'after layer {top - 1}'}.")
+
+
+def _plot() -> pg.PlotWidget:
+    plot = pg.PlotWidget(background="w")
+    plot.setMenuEnabled(False)
+    for axis in ("left", "bottom"):
+        plot.getAxis(axis).setPen("k")
+        plot.getAxis(axis).setTextPen("k")
+    return plot
+
+
+def readable(text: str) -> str:
+    return text.replace("\n", "\u21b5").replace("\t", "\u21e5").replace(" ", "\u00b7")
+
+
+def _esc(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
