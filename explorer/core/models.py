@@ -195,9 +195,17 @@ def _load_folder(path: Path, name: str, trust_remote_code: bool, allow_pickle: b
     return _finish(model, tokenizer, name, str(path))
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
 def _load_tokenizer(path: Path, trust_remote_code: bool = False, **kwargs: Any) -> Any:
     from transformers import AutoTokenizer
 
+    if not any((Path(path) / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{Path(path).name} has no tokenizer: none of {', '.join(_TOKENIZER_FILES)} is in the folder. "
+            "Copy the tokenizer files from the model's original release next to config.json."
+        )
     try:
         return AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code, local_files_only=True, **kwargs
@@ -207,8 +215,10 @@ def _load_tokenizer(path: Path, trust_remote_code: bool = False, **kwargs: Any) 
 
 
 def _short(exc: BaseException) -> str:
+    """The first line of an exception's message, as the end of a sentence."""
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    line = (text[0] if text else type(exc).__name__)[:300].rstrip(" :")
+    return line if line.endswith((".", ")", "!", "?")) else line + "."
 
 
 # --- GGUF: dequantise once, cache as safetensors ---------------------------------------------
@@ -252,7 +262,6 @@ def _cache_entry_valid(entry_dir: Path) -> bool:
 
 
 def _build_cache_entry(gguf: Path, entry_dir: Path, digest: str, progress: ProgressCallback) -> None:
-    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     progress(0.05, "Reading the tokenizer from the GGUF file")
@@ -265,6 +274,14 @@ def _build_cache_entry(gguf: Path, entry_dir: Path, digest: str, progress: Progr
         raise ModelLoadError(f"{gguf.name} is not a readable GGUF model: {_short(exc)}") from exc
     adapter_for(model.config.model_type)
     progress(0.88, "Writing the converted weights to the cache")
+    write_cache_entry(model, tokenizer, entry_dir, source=str(gguf), source_sha256=digest)
+
+
+def write_cache_entry(model: torch.nn.Module, tokenizer: Any, entry_dir: Path, source: str,
+                      source_sha256: str) -> None:
+    """Write config + safetensors + tokenizer + manifest into a temporary folder, then rename it into place."""
+    from safetensors.torch import save_model
+
     entry_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry_dir.name + ".tmp-", dir=entry_dir.parent))
     try:
@@ -276,8 +293,8 @@ def _build_cache_entry(gguf: Path, entry_dir: Path, digest: str, progress: Progr
         weights = tmp / "model.safetensors"
         meta = {
             "format": _CACHE_FORMAT,
-            "source": str(gguf),
-            "source_sha256": digest,
+            "source": source,
+            "source_sha256": source_sha256,
             "weights_size": weights.stat().st_size,
             "weights_sha256": sha256_file(weights),
         }
