@@ -180,11 +180,19 @@ class EvictionEffect:
         return float(self.kl.mean()) if len(self.kl) else 0.0
 
 
+_local = threading.local()  # per thread: {layer index: keep [kv_heads, R, N] bool} while re-computing
+
+
 def _evicting_attention(module, query, key, value, attention_mask, **kwargs):
-    """sdpa with the evicted keys hidden, when a keep-mask is set on the module; else the capturing function."""
-    keep = getattr(module, "_explorer_keep", None)  # [kv_heads, R, N] bool for the chunk's query rows
-    if keep is None:
+    """In a re-computing thread: sdpa with the evicted keys hidden (or plain sdpa with no keep-mask set).
+    In any other thread (a run streaming meanwhile): the capturing attention, unchanged."""
+    keeps = getattr(_local, "keeps", None)
+    if keeps is None:
         return _capturing_attention(module, query, key, value, attention_mask, **kwargs)
+    keep = keeps.get(getattr(module, "layer_idx", None)) if keeps else None
+    if keep is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    _local.applied += 1
     q_len, k_len = query.shape[2], key.shape[2]
     q_pos = torch.arange(k_len - q_len, k_len)[:, None]  # [q, 1]
     k_pos = torch.arange(k_len)[None, :]  # [1, k]
@@ -203,9 +211,11 @@ AttentionMaskInterface.register(EVICT_NAME, sdpa_mask)
 def _evicting(model: torch.nn.Module):
     previous = getattr(model.config, "_attn_implementation", None)
     model.set_attn_implementation(EVICT_NAME)
+    _local.keeps, _local.applied = {}, 0
     try:
         yield
     finally:
+        _local.keeps = None
         if previous and previous != EVICT_NAME:
             model.set_attn_implementation(previous)
 
@@ -229,8 +239,8 @@ def measure_effects(model: LoadedModel, run: Run, keeps: dict[str, np.ndarray], 
     report = progress or (lambda _f, _m: None)
     net, start, end = model.model, int(rows[0]), int(rows[-1]) + 1
     ids = torch.from_numpy(run.token_ids[:end])[None]  # [1, end]
-    cores = [adapter_for(model.info.architecture).attention_core(layer)
-             for layer in adapter_for(model.info.architecture).layers(net)]
+    adapter = adapter_for(model.info.architecture)
+    layer_ids = [getattr(adapter.attention_core(layer), "layer_idx", i) for i, layer in enumerate(adapter.layers(net))]
     total_steps = 2 + len(keeps)
     out: dict[str, EvictionEffect] = {}
     with _evicting(net), torch.inference_mode():
@@ -247,13 +257,15 @@ def measure_effects(model: LoadedModel, run: Run, keeps: dict[str, np.ndarray], 
             extra = cache.get_seq_length() - start
             if extra > 0:
                 cache.crop(-extra)  # back to the prompt (this transformers takes tokens to remove, negative)
+            _local.keeps = {idx: torch.from_numpy(np.ascontiguousarray(keep[layer, :, :, :end]))
+                            for layer, idx in enumerate(layer_ids)}
+            _local.applied = 0
             try:
-                for layer, core in enumerate(cores):
-                    core._explorer_keep = torch.from_numpy(np.ascontiguousarray(keep[layer, :, :, :end]))
                 logits = net(input_ids=ids[:, start:end], cache=cache, use_cache=True).logits[0]  # [R, vocab]
             finally:
-                for core in cores:
-                    core._explorer_keep = None
+                _local.keeps = {}
+            if _local.applied != len(layer_ids):  # e.g. a run started meanwhile and re-routed attention
+                raise RuntimeError("the model was busy with another run; measure again when it has finished")
             evicted = torch.log_softmax(logits.float(), dim=-1)  # [R, vocab]
             kl = (full.exp() * (full - evicted)).sum(-1).clamp_min(0.0)  # [R]
             visible = (rows[:, None] >= np.arange(end)[None, :]).sum() * keep.shape[0] * keep.shape[1]

@@ -8,6 +8,7 @@ from .base import Panel
 
 # name -> "module:Class" (imported lazily so one panel's import error cannot stop the others)
 REGISTRY: dict[str, str] = {
+    "kv_cache": "explorer.ui.panels.kv_cache:KVCachePanel",
     "depth": "explorer.ui.panels.depth:DepthPanel",
     "tokens": "explorer.ui.panels.tokens:TokensPanel",
     "next_token": "explorer.ui.panels.next_token:NextTokenPanel",
