@@ -129,3 +129,17 @@ def test_tied_embedding_detection(tiny_models):
     assert P.embedding_is_tied(run) is True
     bert = explorer.capture("a b a", model=tiny_models["tiny-bert"])
     assert P.embedding_is_tied(bert) is None
+
+
+def test_massive_positions_are_left_out_of_the_fit():
+    rng = np.random.default_rng(2)
+    states = rng.normal(size=(4, 30, 8)).astype(np.float32)  # [layers, N, D]
+    states[:, :, 1] *= 3.0  # the spread the fit should find: dimension 1
+    states[2:, 0, 5] = 500.0  # position 0: a massive activation along dimension 5 from layer 2
+    massive = P.massive_positions(states)
+    assert massive.tolist() == [True] + [False] * 29
+    _, with_outlier = P.project_layers(states)
+    coords, basis = P.project_layers(states, exclude=massive)
+    assert np.argmax(np.abs(with_outlier.components[0])) == 5  # the outlier alone sets PC1
+    assert np.argmax(np.abs(basis.components[0])) == 1
+    assert coords.shape == (4, 30, 2)  # excluded positions are still projected

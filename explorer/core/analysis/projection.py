@@ -88,10 +88,36 @@ def shared_basis(states: np.ndarray, max_rows: int = FIT_ROWS, seed: int = 0) ->
     return pca_fit(flat, 2, max_rows=max_rows, seed=seed)
 
 
-def project_layers(states: np.ndarray, max_rows: int = FIT_ROWS) -> tuple[np.ndarray, PcaBasis]:
-    """[layers, N, D] -> ([layers, N, 2], basis) through one shared basis."""
-    basis = shared_basis(states, max_rows=max_rows)
+def project_layers(states: np.ndarray, max_rows: int = FIT_ROWS,
+                   exclude: np.ndarray | None = None) -> tuple[np.ndarray, PcaBasis]:
+    """[layers, N, D] -> ([layers, N, 2], basis) through one shared basis (fitted without `exclude`d positions)."""
+    fit = states if exclude is None or exclude.all() else states[:, ~np.asarray(exclude, bool)]
+    basis = shared_basis(fit, max_rows=max_rows)
     return basis.transform(states), basis
+
+
+def unit_rms(states: np.ndarray) -> np.ndarray:
+    """[..., N, D] -> float16 states scaled to unit RMS per row (what a layer's RMSNorm reads, before its weight)."""
+    out = np.empty(states.shape, np.float16)
+    flat_in, flat_out = states.reshape(-1, states.shape[-1]), out.reshape(-1, states.shape[-1])  # [rows, D]
+    step = 65536
+    for lo in range(0, flat_in.shape[0], step):
+        x = flat_in[lo:lo + step].astype(np.float32)  # [chunk, D]
+        rms = np.sqrt(np.mean(x * x, axis=1, keepdims=True))  # [chunk, 1]
+        flat_out[lo:lo + step] = x / np.maximum(rms, 1e-6)
+    return out
+
+
+def massive_positions(states: np.ndarray, factor: float = 10.0) -> np.ndarray:
+    """[N] bool: positions whose state at some layer is `factor` times longer than that layer's median.
+
+    LMs give a few tokens (usually the first, an attention sink) "massive activations" hundreds of
+    times larger than the rest; left in, they alone decide the PCA axes.
+    """
+    norms = np.stack([np.linalg.norm(np.asarray(s, np.float32), axis=-1) for s in states])  # [layers, N]
+    median = np.median(norms, axis=1, keepdims=True)  # [layers, 1]
+    massive = (norms > factor * np.maximum(median, 1e-6)).any(axis=0)  # [N]
+    return massive if massive.sum() < 0.5 * massive.size else np.zeros_like(massive)
 
 
 # --- optional non-linear methods ---------------------------------------------------------------------

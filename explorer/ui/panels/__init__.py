@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "tokens": "explorer.ui.panels.tokens:TokensPanel",
     "next_token": "explorer.ui.panels.next_token:NextTokenPanel",
     "pipeline": "explorer.ui.panels.pipeline:PipelinePanel",
+    "embeddings": "explorer.ui.panels.embeddings:EmbeddingsPanel",
     "attention": "explorer.ui.panels.attention:AttentionPanel",
 }
 
