@@ -258,10 +258,20 @@ class AttentionPanel(Panel):
 
     def _show(self, view: np.ndarray, n: int) -> None:
         f = self._factor
-        self.heatmap.set_data(view, levels=self._levels(view), row_labels=self._labels() if f == 1 else None,
-                              col_labels=self._labels() if f == 1 else None,
+        rows, cols = self._axis_labels(n)
+        self.heatmap.set_data(view, levels=self._levels(view), row_labels=rows, col_labels=cols,
                               shape=(view.shape[0] * f, view.shape[1] * f))
         self._place_query_line()
+
+    def _axis_labels(self, n: int) -> tuple[list[str] | None, list[str] | None]:
+        """Token text on an axis only when every label gets room (about 14 px a row, 56 px a column)."""
+        if self._factor > 1:
+            return None, None
+        labels = self._labels()
+        size = self.heatmap.view.size()
+        rows = labels if n * 14 <= max(size.height(), 300) else None
+        cols = labels if n * 56 <= max(size.width(), 300) else None
+        return rows, cols
 
     def _levels(self, view: np.ndarray) -> tuple[float, float]:
         if not self.contrast_box.isChecked() or view.size == 0:
@@ -291,8 +301,8 @@ class AttentionPanel(Panel):
         if view.shape == old.shape:
             self.heatmap.update_rows(view)
         else:
-            labels = self._labels() if f == 1 else None
-            self.heatmap.set_data(view, levels=self.heatmap.levels, row_labels=labels, col_labels=labels,
+            row_labels, col_labels = self._axis_labels(size)
+            self.heatmap.set_data(view, levels=self.heatmap.levels, row_labels=row_labels, col_labels=col_labels,
                                   shape=(size * f, size * f), auto_range=True)
 
     def _place_query_line(self) -> None:
