@@ -150,6 +150,7 @@ class NextTokenPanel(Panel):
         width = np.concatenate([probs[order], after])
         brushes = [pg.mkBrush(CHOSEN if int(i) == actual else ORIGINAL) for i in order]
         brushes += [pg.mkBrush(FILTERED if ok else REMOVED) for ok in kept]
+        self.bars.setVisible(True)
         self.bars.setOpts(x0=x0, y=y, height=np.full(y.shape, 0.36), width=width, brushes=brushes,
                           pens=[pg.mkPen(None)] * len(y))
         ticks = [(float(r), f"{'✂ ' if not ok else ''}{piece_name(run, int(i))!r}")
@@ -174,6 +175,6 @@ class NextTokenPanel(Panel):
 
     def _clear(self, message: str) -> None:
         self.filtered = None
-        self.bars.setOpts(x0=[], y=[], height=[], width=[], brushes=[], pens=[])
+        self.bars.setVisible(False)
         self.plot.getAxis("left").setTicks(None)
         self.info.setText(message)

@@ -51,6 +51,9 @@ class TokensPanel(Panel):
             self.compare_box.addItem(f"compare with: {name}", name)
         self.compare_box.addItem(f"compare with: {OTHER_FOLDER}", OTHER_FOLDER)
         self.compare_box.activated.connect(self._compare_chosen)
+        for box in (self.mode_box, self.compare_box):  # let the panel shrink in a narrow dock
+            box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            box.setMinimumContentsLength(24)
         for w in (self.mode_box, self.ids_box):
             bar.addWidget(w)
         bar.addStretch(1)
