@@ -231,7 +231,8 @@ class TokensAtLayerView(QWidget):
             lo, hi = finite.min(axis=0), finite.max(axis=0)
             pad = 0.04 * np.maximum(hi - lo, 1e-6)
             self._bounds = np.stack([lo - pad, hi + pad])  # [2, 2]
-            self.plot.setRange(xRange=(lo[0], hi[0]), yRange=(lo[1], hi[1]), padding=0.08)
+            self.plot.setRange(xRange=(float(lo[0]), float(hi[0])), yRange=(float(lo[1]), float(hi[1])),
+                               padding=0.08)
 
     # --- drawing ----------------------------------------------------------------------------------
     def _restyle(self) -> None:
