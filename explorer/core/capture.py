@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AttentionInterface
@@ -24,6 +25,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .adapters import Adapter
 from .errors import Cancelled
+
+if TYPE_CHECKING:
+    from .models import ModelInfo
 
 ATTENTION_NAME = "explorer_capture"
 
@@ -48,26 +52,40 @@ def prepare_model(model: torch.nn.Module) -> None:
 
 @dataclass
 class StepRecord:
-    """What one forward pass recorded, as torch tensors of the new positions."""
+    """What one forward pass recorded: tensors of the new positions, allocated once per step in the
+    store dtype; the hooks write into them (one copy that also converts the dtype)."""
 
-    queries: list[torch.Tensor | None]  # per layer [heads, n, head_dim]
-    keys: list[torch.Tensor | None]  # per layer [kv_heads, n, head_dim]
-    values: list[torch.Tensor | None]
-    resid: list[torch.Tensor | None]  # per layer + 1 [n, hidden]
-    attn_out: list[torch.Tensor | None]  # per layer [n, hidden]
-    mlp_out: list[torch.Tensor | None]
+    queries: torch.Tensor  # [layers, heads, n_new, head_dim]
+    keys: torch.Tensor  # [layers, kv_heads, n_new, head_dim]
+    values: torch.Tensor  # [layers, kv_heads, n_new, head_dim]
+    resid: torch.Tensor  # [layers + 1, n_new, hidden]
+    attn_out: torch.Tensor  # [layers, n_new, hidden]
+    mlp_out: torch.Tensor  # [layers, n_new, hidden]
     scaling: list[float]
-    final_resid: torch.Tensor | None = None  # [n, hidden] float32 output of the last layer
+    final_resid: torch.Tensor | None = None  # [n_new, hidden] float32 output of the last layer
     marks: dict[str, float] = field(default_factory=dict)  # stage -> perf_counter()
     layer_ms: list[float] = field(default_factory=list)
+    filled: dict[str, int] = field(default_factory=dict)  # array name -> hook calls that wrote into it
+
+    def put(self, name: str, index: int, value: torch.Tensor) -> None:
+        getattr(self, name)[index].copy_(value)
+        self.filled[name] = self.filled.get(name, 0) + 1
+
+    def check_complete(self) -> None:
+        """Every layer's hook fired once per array (else the model took a path the adapter does not know)."""
+        for name in ("queries", "keys", "values", "resid", "attn_out", "mlp_out"):
+            expected = getattr(self, name).shape[0]
+            if self.filled.get(name, 0) != expected:
+                raise RuntimeError(f"capture of '{name}' saw {self.filled.get(name, 0)} of {expected} layers")
 
 
 class CaptureContext:
     """Installs hooks for one run; `begin_step()` starts a fresh record for each forward pass."""
 
-    def __init__(self, model: torch.nn.Module, adapter: Adapter, store_dtype: torch.dtype = torch.float16,
-                 cancel: threading.Event | None = None):
+    def __init__(self, model: torch.nn.Module, adapter: Adapter, info: ModelInfo,
+                 store_dtype: torch.dtype = torch.float16, cancel: threading.Event | None = None):
         self.model = model
+        self.info = info
         self.adapter = adapter
         self.layers = adapter.layers(model)
         self.store_dtype = store_dtype
@@ -101,19 +119,22 @@ class CaptureContext:
             core._explorer_recorder = None
         self.record = None
 
-    def begin_step(self) -> StepRecord:
-        n = len(self.layers)
+    def begin_step(self, n_new: int) -> StepRecord:
+        info = self.info
+        L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
+
+        def empty(*shape: int) -> torch.Tensor:
+            return torch.empty(shape, dtype=self.store_dtype)
+
         self.record = StepRecord(
-            queries=[None] * n, keys=[None] * n, values=[None] * n, resid=[None] * (n + 1),
-            attn_out=[None] * n, mlp_out=[None] * n, scaling=[1.0] * n, layer_ms=[0.0] * n,
+            queries=empty(L, H, n_new, d), keys=empty(L, KV, n_new, d), values=empty(L, KV, n_new, d),
+            resid=empty(L + 1, n_new, D), attn_out=empty(L, n_new, D), mlp_out=empty(L, n_new, D),
+            scaling=[1.0] * L, layer_ms=[0.0] * L,
         )
         self.record.marks["forward_start"] = time.perf_counter()
         return self.record
 
     # --- hooks ------------------------------------------------------------------------------
-    def _store(self, t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(self.store_dtype)
-
     def _mark(self, name: str) -> None:
         if self.record is not None:
             self.record.marks[name] = time.perf_counter()
@@ -123,9 +144,9 @@ class CaptureContext:
         if rec is None:
             return
         n_new = query.shape[2]
-        rec.queries[layer] = self._store(query[0])  # [heads, n_new, head_dim]
-        rec.keys[layer] = self._store(key[0, :, -n_new:])  # [kv_heads, n_new, head_dim]
-        rec.values[layer] = self._store(value[0, :, -n_new:])  # [kv_heads, n_new, head_dim]
+        rec.put("queries", layer, query[0])  # [heads, n_new, head_dim]
+        rec.put("keys", layer, key[0, :, -n_new:])  # [kv_heads, n_new, head_dim]
+        rec.put("values", layer, value[0, :, -n_new:])  # [kv_heads, n_new, head_dim]
         rec.scaling[layer] = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
 
     def _layer_pre(self, i: int):
@@ -135,7 +156,7 @@ class CaptureContext:
             self._layer_start = time.perf_counter()
             if i == 0 and self.record is not None:
                 hidden = args[0] if args else kwargs["hidden_states"]
-                self.record.resid[0] = self._store(hidden[0])  # [n_new, hidden]
+                self.record.put("resid", 0, hidden[0])  # [n_new, hidden]
         return hook
 
     def _layer_post(self, i: int, n_layers: int):
@@ -144,7 +165,7 @@ class CaptureContext:
             if rec is None:
                 return
             hidden = output[0] if isinstance(output, tuple) else output
-            rec.resid[i + 1] = self._store(hidden[0])  # [n_new, hidden]
+            rec.put("resid", i + 1, hidden[0])  # [n_new, hidden]
             if i == n_layers - 1:
                 rec.marks["final_resid"] = time.perf_counter()
                 rec.final_resid = hidden[0].detach().float()  # [n_new, hidden] exact, for logits
@@ -155,5 +176,5 @@ class CaptureContext:
         def hook(_module, _args, output):
             if self.record is not None:
                 out = output[0] if isinstance(output, tuple) else output
-                getattr(self.record, name)[i] = self._store(out[0])  # [n_new, hidden]
+                self.record.put(name, i, out[0])  # [n_new, hidden]
         return hook

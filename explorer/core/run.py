@@ -66,9 +66,10 @@ class Run:
     def _append(self, name: str, chunk: np.ndarray, axis: int) -> None:
         buf = self._buffers.get(name)
         n_new = chunk.shape[axis]
-        if buf is None:
+        if buf is None:  # room for the prompt and the planned generation, so buffers never double
+            planned = self.request.settings.max_new_tokens if self.info.is_causal else 0
             shape = list(chunk.shape)
-            shape[axis] = max(16, n_new * 2)
+            shape[axis] = max(1, n_new + planned)
             buf = np.empty(shape, chunk.dtype)
             self._buffers[name] = buf
         cap = buf.shape[axis]

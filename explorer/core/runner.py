@@ -28,7 +28,7 @@ from .run import Run
 from .tokens import IncrementalSpans, TokenBytes, readable_piece, tokenize
 
 TOP_K = 10  # alternatives kept per position
-_STATS_CHUNK = 256  # positions per lm_head product when scoring the prompt
+_STATS_CHUNK = 128  # positions per lm_head product when scoring the prompt (a [128, vocab] block)
 
 
 class Session:
@@ -109,7 +109,7 @@ class Session:
         eos = set(_as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None)))
         eos.update(_as_list(self.loaded.tokenizer.eos_token_id))
 
-        with CaptureContext(model, self.adapter, self.store_dtype, cancel) as capture, torch.inference_mode():
+        with CaptureContext(model, self.adapter, info, self.store_dtype, cancel) as capture, torch.inference_mode():
             try:
                 event = self._step(capture, ids[reuse:], reuse, step=0, tokens=tuple(tokens),
                                    previous=previous if reuse else None, tokenize_ms=tokenize_ms,
@@ -166,7 +166,7 @@ class Session:
               tokens: tuple[Token, ...], previous: Run | None, tokenize_ms: float, settings, rng,
               want_choice: bool) -> StepEvent:
         model = self.loaded.model
-        rec = capture.begin_step()
+        rec = capture.begin_step(len(new_ids))
         input_ids = torch.tensor([new_ids], dtype=torch.long)  # [1, n_new]
         if self.info.is_causal:
             out = model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
@@ -187,18 +187,18 @@ class Session:
             stats = self._prediction_stats(torch.cat([last_cached, final]), tokens[start - 1:], 0)
             stats = {k: np.concatenate([previous.prefix_array(k, start), v[1:]]) for k, v in stats.items()}
         else:
-            stats = self._prediction_stats(final, tokens, start)
+            stats = self._prediction_stats(final, tokens, start, last_logits)
         choice = None
         t_sample = time.perf_counter()
         if want_choice and last_logits is not None:
-            logits = last_logits.numpy()
+            logits = last_logits.numpy()  # [vocab]
             token_id = sampling.sample(logits, settings.temperature, settings.top_k, settings.top_p, rng)
-            logprobs = sampling.log_softmax(logits)
-            top = np.argsort(-logprobs)[:TOP_K]
+            lse = float(torch.logsumexp(last_logits, dim=-1))
             choice = TokenChoice(
-                token_id=token_id, logprob=float(logprobs[token_id]),
-                rank=int((logprobs > logprobs[token_id]).sum()), entropy=float(sampling.entropy(logprobs)),
-                top_ids=tuple(int(i) for i in top), top_logprobs=tuple(float(logprobs[i]) for i in top),
+                token_id=token_id, logprob=float(logits[token_id]) - lse,
+                rank=int((logits > logits[token_id]).sum()), entropy=float(stats["pred_entropy"][-1]),
+                top_ids=tuple(int(i) for i in stats["pred_top_ids"][-1]),
+                top_logprobs=tuple(float(v) for v in stats["pred_top_logprobs"][-1]),
             )
         t_end = time.perf_counter()
         timings = _timings(rec, forward_end, tokenize_ms, stats_ms=(t_sample - t_stats) * 1e3,
@@ -211,9 +211,13 @@ class Session:
             cached_prefix=start if previous is not None else 0,
         )
 
-    def _prediction_stats(self, final: torch.Tensor, tokens: tuple[Token, ...],
-                          offset: int) -> dict[str, np.ndarray]:
-        """Entropy and top-k of each position's prediction, and each token's logprob and rank."""
+    def _prediction_stats(self, final: torch.Tensor, tokens: tuple[Token, ...], offset: int,
+                          last_logits: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """Entropy and top-k of each position's prediction, and each token's logprob and rank.
+
+        A decode step reuses the model's own logits (`last_logits`); a prefill scores its positions in
+        chunks (the lm_head work a plain forward does for all positions, without a [n, vocab] tensor).
+        """
         n = final.shape[0]
         out = {
             "pred_entropy": np.full(n, np.nan, np.float32), "pred_top_ids": np.zeros((n, TOP_K), np.int32),
@@ -224,28 +228,33 @@ class Session:
         if head is None:
             return out
         ids = torch.tensor([t.id for t in tokens])  # [n]
-        if offset > 0 and self._last_logprobs is not None:  # the token at `offset` was predicted last step
-            lp = self._last_logprobs
-            out["token_logprob"][0] = float(lp[ids[0]])
-            out["token_rank"][0] = int((lp > lp[ids[0]]).sum())
+        if offset > 0 and self._last_logits is not None:  # the token at `offset` was predicted last step
+            logits, lse = self._last_logits
+            chosen = logits[ids[0]]
+            out["token_logprob"][0] = float(chosen - lse)
+            out["token_rank"][0] = int((logits > chosen).sum())
         for lo in range(0, n, _STATS_CHUNK):
             hi = min(n, lo + _STATS_CHUNK)
-            logprobs = torch.log_softmax(head(norm(final[lo:hi])), dim=-1)  # [chunk, vocab]
-            probs = logprobs.exp()
-            out["pred_entropy"][lo:hi] = (-(probs * logprobs.clamp_min(-1e30)).sum(-1)).numpy()
-            top = logprobs.topk(TOP_K, dim=-1)
+            if n == 1 and last_logits is not None:
+                logits = last_logits[None].float()  # [1, vocab]
+            else:
+                logits = head(norm(final[lo:hi])).float()  # [chunk, vocab]
+            lse = torch.logsumexp(logits, dim=-1)  # [chunk]
+            probs = torch.exp(logits - lse[:, None])  # [chunk, vocab]
+            out["pred_entropy"][lo:hi] = (lse - torch.einsum("cv,cv->c", probs, logits)).numpy()
+            top = logits.topk(TOP_K, dim=-1)
             out["pred_top_ids"][lo:hi] = top.indices.numpy()
-            out["pred_top_logprobs"][lo:hi] = top.values.numpy()
+            out["pred_top_logprobs"][lo:hi] = (top.values - lse[:, None]).numpy()
             nxt = ids[lo + 1: hi + 1]  # tokens predicted by positions lo .. hi-1
             m = nxt.shape[0]
             if m:
-                chosen = logprobs[:m].gather(1, nxt[:, None])  # [m, 1]
-                out["token_logprob"][lo + 1: lo + 1 + m] = chosen[:, 0].numpy()
-                out["token_rank"][lo + 1: lo + 1 + m] = (logprobs[:m] > chosen).sum(-1).numpy()
-        self._last_logprobs = logprobs[-1]
+                chosen = logits[:m].gather(1, nxt[:, None])  # [m, 1]
+                out["token_logprob"][lo + 1: lo + 1 + m] = (chosen[:, 0] - lse[:m]).numpy()
+                out["token_rank"][lo + 1: lo + 1 + m] = (logits[:m] > chosen).sum(-1).numpy()
+        self._last_logits = (logits[-1].clone(), lse[-1])
         return out
 
-    _last_logprobs: torch.Tensor | None = None
+    _last_logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _kv_bytes(self) -> np.ndarray:
         n = self.info.n_layers
@@ -265,13 +274,15 @@ def _as_list(x) -> list[int]:
 
 
 def _stack(rec: StepRecord) -> dict[str, np.ndarray]:
+    """The step's recorded tensors as numpy (views, no copy)."""
+    rec.check_complete()
     return {
-        "queries": torch.stack(rec.queries).numpy(),  # [layers, heads, n_new, head_dim]
-        "keys": torch.stack(rec.keys).numpy(),  # [layers, kv_heads, n_new, head_dim]
-        "values": torch.stack(rec.values).numpy(),  # [layers, kv_heads, n_new, head_dim]
-        "resid": torch.stack(rec.resid).numpy(),  # [layers + 1, n_new, hidden]
-        "attn_out": torch.stack(rec.attn_out).numpy(),  # [layers, n_new, hidden]
-        "mlp_out": torch.stack(rec.mlp_out).numpy(),  # [layers, n_new, hidden]
+        "queries": rec.queries.numpy(),  # [layers, heads, n_new, head_dim]
+        "keys": rec.keys.numpy(),  # [layers, kv_heads, n_new, head_dim]
+        "values": rec.values.numpy(),  # [layers, kv_heads, n_new, head_dim]
+        "resid": rec.resid.numpy(),  # [layers + 1, n_new, hidden]
+        "attn_out": rec.attn_out.numpy(),  # [layers, n_new, hidden]
+        "mlp_out": rec.mlp_out.numpy(),  # [layers, n_new, hidden]
         "final_resid": rec.final_resid.numpy(),  # [n_new, hidden] float32
     }
 

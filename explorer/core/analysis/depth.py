@@ -71,30 +71,33 @@ def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarr
     rows, n, d = resid.shape
     normed = torch.from_numpy(norm.apply(resid.reshape(rows * n, d)))  # [cells, D]
     w = torch.from_numpy(np.asarray(unembed, np.float32))  # [vocab, D]
-    tgt = torch.from_numpy(np.tile(targets, rows))  # [cells] row-major (rows, n)
+    targets_flat = np.tile(np.asarray(targets, np.int64), rows)  # [cells] row-major (rows, n)
     top_ids = np.empty((rows * n, k), np.int32)
     top_probs = np.empty((rows * n, k), np.float32)
     lse = np.empty(rows * n, np.float32)
     t_lp = np.full(rows * n, np.nan, np.float32)
     t_rank = np.full(rows * n, -1, np.int32)
+    cells = np.arange(_LENS_CHUNK)
     with torch.inference_mode():
         for lo in range(0, rows * n, _LENS_CHUNK):
             hi = min(rows * n, lo + _LENS_CHUNK)
             logits = normed[lo:hi] @ w.T  # [chunk, vocab]
-            z = torch.logsumexp(logits, dim=-1)  # [chunk]
             top = logits.topk(k, dim=-1)
             top_ids[lo:hi] = top.indices.numpy()
-            top_probs[lo:hi] = torch.exp(top.values - z[:, None]).numpy()
-            lse[lo:hi] = z.numpy()
-            t = tgt[lo:hi]
+            peak = top.values[:, :1].numpy()  # [chunk, 1]
+            raw = logits.numpy()  # [chunk, vocab] shares memory; numpy's elementwise ops are single-threaded
+            t = targets_flat[lo:hi]  # [chunk]
             has = t >= 0
-            if bool(has.any()):
-                chosen = logits.gather(1, t.clamp_min(0)[:, None])  # [chunk, 1]
-                lp = (chosen[:, 0] - z).numpy()
-                rank = (logits > chosen).sum(-1).numpy()
-                mask = has.numpy()
-                t_lp[lo:hi][mask] = lp[mask]
-                t_rank[lo:hi][mask] = rank[mask]
+            if has.any():
+                chosen = raw[cells[: hi - lo], np.maximum(t, 0)][:, None]  # [chunk, 1]
+                t_rank[lo:hi][has] = np.count_nonzero(raw > chosen, axis=-1)[has]
+                t_lp[lo:hi][has] = (chosen[:, 0] - peak[:, 0])[has]  # minus log-sum-exp below
+            np.subtract(raw, peak, out=raw)
+            np.exp(raw, out=raw)  # in place: no second [chunk, vocab] buffer
+            log_sum = np.log(raw.sum(axis=-1))  # [chunk] log-sum-exp minus the peak
+            lse[lo:hi] = peak[:, 0] + log_sum
+            top_probs[lo:hi] = np.exp(top.values.numpy() - lse[lo:hi, None])
+            t_lp[lo:hi][has] -= log_sum[has]
     return LensColumns(start, top_ids.reshape(rows, n, k), top_probs.reshape(rows, n, k), lse.reshape(rows, n),
                        targets.copy(), t_lp.reshape(rows, n), t_rank.reshape(rows, n))
 
@@ -235,7 +238,8 @@ def residual_share(run: Run, position: int, split: bool = False) -> np.ndarray:
     n_layers = (comps.shape[0] - 1) // 2
     states = run.array("resid")[:, position].astype(np.float64)  # [L+1, D]
     states[-1] = run.array("final_resid")[position]
-    dots = states @ comps.T / np.maximum((states * states).sum(-1, keepdims=True), 1e-30)  # [L+1, 2L+1]
+    # einsum, not BLAS: a tiny product that multi-threaded BLAS makes 100x slower on a busy machine
+    dots = np.einsum("ld,cd->lc", states, comps) / np.maximum((states * states).sum(-1, keepdims=True), 1e-30)
     n_comp = 1 + 2 * np.arange(n_layers + 1)  # components inside state l: embed + 2 per layer
     mask = np.arange(comps.shape[0])[None, :] < n_comp[:, None]  # [L+1, 2L+1]
     share = np.where(mask, dots, np.nan)

@@ -98,7 +98,7 @@ def depth_keys(run: Run, weights: DepthWeights, layer: int, position: int) -> np
     lw = weights.layers[layer]
     d = run.info.head_dim
     states = run.array("resid")[: layer + 1, position].astype(np.float32)  # [l+1, D]
-    keys = lw.norm.apply(states) @ lw.k_weight.T  # [l+1, kv * d]
+    keys = np.einsum("ld,kd->lk", lw.norm.apply(states), lw.k_weight)  # [l+1, kv * d] (no BLAS threads)
     if lw.k_bias is not None:
         keys = keys + lw.k_bias
     keys = keys.reshape(layer + 1, -1, d)  # [l+1, kv, d]

@@ -20,8 +20,8 @@ from ...core.run import Run
 from ..widgets.heatmap import Heatmap
 from .token_colors import piece_name
 
-POS_COLOUR = (0, 114, 178)  # Okabe-Ito blue / vermillion: colour-blind safe
-NEG_COLOUR = (213, 94, 0)
+POS_COLOUR = (213, 94, 0)  # Okabe-Ito vermillion / blue (colour-blind safe), as the red / blue of CET-D1 maps
+NEG_COLOUR = (0, 114, 178)
 DEPTH_COLOUR = (204, 121, 167)
 
 
@@ -75,8 +75,8 @@ class AttributionView(QWidget):
         self.caption.setText(
             f"Target <b>{_esc(readable(piece_name(run, token_id)))}</b> at position {position}: real logit "
             f"<b>{att.logit:.3f}</b> = sum of the bars {att.contributions.sum():.3f}{offset} "
-            f"(final norm scale frozen at {att.scale:.4f}; error {att.error:+.1e}). Blue pushes the token up, "
-            "orange down.")
+            f"(final norm scale frozen at {att.scale:.4f}; error {att.error:+.1e}). Red bars push the token up, "
+            "blue bars push it down.")
         if self.by_head.isChecked() and weights is not None:
             per_head = head_attribution(run, weights, position, token_id, att.scale)  # [L, H+1]
             data = per_head[:, :-1].T  # [H, L]
@@ -176,7 +176,7 @@ class DepthAttentionView(QWidget):
         super().__init__(parent)
         self.plot = _plot()
         self.plot.setLabel("left", "attention weight")
-        self.seq = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*POS_COLOUR))
+        self.seq = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*NEG_COLOUR))
         self.depth = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*DEPTH_COLOUR))
         self.real = pg.PlotDataItem([], [], pen=None, symbol="_", symbolSize=14, symbolPen=pg.mkPen("k", width=2),
                                     name="real attention (sequence only)")
