@@ -53,9 +53,9 @@ class EvictionView(QWidget):
         controls = QHBoxLayout()
         self.spins: dict[str, QSpinBox] = {}
         for key, label, lo, hi, value, tip in (
-            ("budget", "Budget", 2, 100_000, 32, "cache entries kept per layer and KV head"),
+            ("budget", "Budget", 2, 100_000, 16, "cache entries kept per layer and KV head"),
             ("sinks", "Sinks", 0, 64, 4, "StreamingLLM: first tokens always kept (attention sinks)"),
-            ("window", "Recent / obs. window", 1, 4096, 8,
+            ("window", "Recent / obs. window", 1, 4096, 4,
              "H2O: recent tokens always kept; SnapKV: last prompt tokens whose attention scores the rest"),
             ("steps", "Decode steps", 1, 4096, 32, "decode steps to re-compute"),
         ):

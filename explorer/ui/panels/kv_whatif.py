@@ -24,7 +24,7 @@ from ...core.models import ModelInfo
 
 GIB = float(1 << 30)
 # Okabe-Ito, colour-blind safe
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999")
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#56B4E9", "#D55E00", "#F0E442", "#999999")
 CUSTOM = "Custom (type the numbers)"
 
 
@@ -93,7 +93,7 @@ class WhatIfCalculator(QWidget):
         dashes = {"MHA": Qt.DashLine, "MQA": Qt.DotLine}
         self.variant_items = {name: self.plot.plot(pen=pg.mkPen("#444444", width=1.5, style=style), name=name)
                               for name, style in dashes.items()}
-        self.current_item = self.plot.plot(pen=pg.mkPen("#000000", width=3), name="selected")
+        self.current_item = self.plot.plot(pen=pg.mkPen("#CC79A7", width=4), name="selected")  # reads on dark and light
         self.compare_items = {cfg.name: self.plot.plot(pen=pg.mkPen(PALETTE[i % len(PALETTE)], width=2),
                                                        name=cfg.label or cfg.name)
                               for i, cfg in enumerate(self.entries)}
