@@ -62,6 +62,10 @@ def test_max_pool_and_pooled_map():
     assert p[0, 0] == a[:4, :4].max() and p[2, 2] == a[8:, 8:].max()
     chunked = att.pooled_map(lambda rows: a[rows], 10, 4, chunk=4)
     np.testing.assert_array_equal(chunked, p)
+    low = np.tril(a)
+    np.testing.assert_array_equal(att.pooled_map(lambda rows: low[rows], 10, 4, chunk=4, causal=True),
+                                  att.max_pool(low, 4))
+    assert att.max_pool(a, 3)[1, 2] == a[3:6, 6:9].max() and att.max_pool(a, 3)[3, 3] == a[9, 9]
     assert att.pool_factor(4096, 1024) == 4 and att.pool_factor(1000, 1024) == 1
 
 

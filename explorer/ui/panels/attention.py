@@ -230,7 +230,7 @@ class AttentionPanel(Panel):
         self._factor = att.pool_factor(n, MAX_PIXELS)
         layer, head = self.selection.layer, self.selection.head
         if self.mode == "head":
-            view = att.pooled_map(self.row_fn(layer, head), n, self._factor)
+            view = att.pooled_map(self.row_fn(layer, head), n, self._factor, causal=run.info.is_causal)
             self._show(view, n)
             self.heatmap.plot.setTitle(f"layer {layer}, head {head} (KV head {head // run.info.group_size})")
             return
@@ -241,13 +241,13 @@ class AttentionPanel(Panel):
         self.heatmap.plot.setTitle(f"{dict(MODES)[self.mode]}, layer {layer}: computing…")
         fns = [[self.row_fn(lay, h) for h in range(run.info.n_heads)]
                for lay in (range(layer + 1) if self.mode == "rollout" else [layer])]
-        mode, factor, gen = self.mode, self._factor, self._gen
+        mode, factor, gen, causal = self.mode, self._factor, self._gen, run.info.is_causal
 
         def job():
             if mode == "rollout":
                 maps = (att.reduce_heads(layer_fns, np.arange(n), "mean") for layer_fns in fns)
                 return att.max_pool(att.rollout(maps), factor)
-            return att.pooled_map(lambda rows: att.reduce_heads(fns[0], rows, mode), n, factor)
+            return att.pooled_map(lambda rows: att.reduce_heads(fns[0], rows, mode), n, factor, causal=causal)
 
         def done(view):
             if gen == self._gen and mode == self.mode and layer == self.selection.layer:
