@@ -76,6 +76,10 @@ class Adapter:
     def mlp_block(self, layer: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError
 
+    def output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
+        """The attention output projection, whose input is the heads' outputs side by side [n, heads * head_dim]."""
+        raise NotImplementedError
+
     def embedding(self, model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError
 
@@ -111,6 +115,9 @@ class LlamaAdapter(Adapter):
 
     def mlp_block(self, layer):
         return layer.mlp
+
+    def output_projection(self, layer):
+        return layer.self_attn.o_proj
 
     def embedding(self, model):
         return _base(model, "model").embed_tokens
@@ -151,6 +158,9 @@ class GPT2Adapter(Adapter):
     def mlp_block(self, layer):
         return layer.mlp
 
+    def output_projection(self, layer):
+        return layer.attn.c_proj
+
     def embedding(self, model):
         return _base(model, "transformer").wte
 
@@ -177,6 +187,9 @@ class BertAdapter(Adapter):
 
     def mlp_block(self, layer):
         return layer.output.dense
+
+    def output_projection(self, layer):
+        return layer.attention.output.dense
 
     def embedding(self, model):
         return _base(model, "bert").embeddings

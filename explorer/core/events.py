@@ -60,6 +60,7 @@ class RunRequest:
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     allow_special_in_text: bool = True  # False: typed special-token text is tokenized as plain text
     reuse_prefix: bool = True
+    interventions: tuple = ()  # tuple[core.interventions.Intervention, ...] applied during the run
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .adapters import NormParams
-from .errors import RunFileError
+from .errors import InputError, RunFileError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
+from .interventions import from_json, to_json
 from .models import ModelInfo
 from .run import ARRAY_FIELDS, Run
 
@@ -36,7 +37,8 @@ def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> No
     path = Path(path)
     header = {
         "format": FORMAT, "version": VERSION, "info": run.info.to_dict(),
-        "request": {**asdict(run.request), "settings": asdict(run.request.settings)},
+        "request": {**asdict(run.request), "settings": asdict(run.request.settings),
+                    "interventions": [to_json(iv) for iv in run.request.interventions]},
         "text": run.text, "n_tokens": run.n_tokens, "n_prompt": run.n_prompt, "finish_reason": run.finish_reason,
         "tokens": [_token_dict(t) for t in run.tokens],
         "steps": [_step_dict(s) for s in run.steps],
@@ -93,7 +95,8 @@ def _build(arrays: dict[str, np.ndarray], name: str) -> Run:
         raise RunFileError(f"{name} was saved by a newer LM Explorer (format {version}); update to open it.")
     info = ModelInfo(**{f.name: header["info"][f.name] for f in fields(ModelInfo)})
     settings = GenerationSettings(**header["request"]["settings"])
-    request = RunRequest(**{**header["request"], "settings": settings})
+    request = RunRequest(**{**header["request"], "settings": settings,
+                            "interventions": _interventions(header["request"].get("interventions", []), name)})
     n = int(header["n_tokens"])
     _check(arrays, info, n, name)
     norm = None
@@ -124,6 +127,15 @@ def _build(arrays: dict[str, np.ndarray], name: str) -> Run:
         raise RunFileError(f"{name}: the token spans do not rebuild the saved text.")
     run.finish_reason = header.get("finish_reason")
     return run
+
+
+def _interventions(items, name: str) -> tuple:
+    if not isinstance(items, list):
+        raise RunFileError(f"{name}: the run's interventions are not a list.")
+    try:
+        return tuple(from_json(d) for d in items)
+    except InputError as exc:
+        raise RunFileError(f"{name}: a saved intervention is invalid ({exc}).") from exc
 
 
 def _spans_tile(tokens: list[Token], text: str) -> bool:

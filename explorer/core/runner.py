@@ -23,6 +23,7 @@ from .adapters import adapter_for
 from .capture import CaptureContext, StepRecord
 from .errors import Cancelled, InputError, PromptTooLongError
 from .events import RunRequest, StepEvent, Token, TokenChoice, TokenKind
+from .interventions import InterventionContext, first_affected
 from .models import LoadedModel
 from .run import Run
 from .tokens import IncrementalSpans, TokenBytes, readable_piece, tokenize
@@ -93,7 +94,8 @@ class Session:
         if len(ids) + max_new > info.context_length:
             raise PromptTooLongError(len(ids) + max_new, info.context_length)
 
-        reuse = self._reusable_prefix(ids, previous) if request.reuse_prefix and info.is_causal else 0
+        reuse = (self._reusable_prefix(ids, previous, request.interventions)
+                 if request.reuse_prefix and info.is_causal else 0)
         if reuse == 0:
             self.forget_cache()
             self._cache = DynamicCache(config=model.config) if info.is_causal else None
@@ -109,7 +111,9 @@ class Session:
         eos = set(_as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None)))
         eos.update(_as_list(self.loaded.tokenizer.eos_token_id))
 
-        with CaptureContext(model, self.adapter, info, self.store_dtype, cancel) as capture, torch.inference_mode():
+        edits = InterventionContext(model, self.adapter, request.interventions, info.n_heads, info.head_dim)
+        with edits, CaptureContext(model, self.adapter, info, self.store_dtype, cancel) as capture, \
+                torch.inference_mode():
             try:
                 event = self._step(capture, ids[reuse:], reuse, step=0, tokens=tuple(tokens),
                                    previous=previous if reuse else None, tokenize_ms=tokenize_ms,
@@ -150,7 +154,7 @@ class Session:
                     return
                 yield event
 
-    def _reusable_prefix(self, ids: list[int], previous: Run | None) -> int:
+    def _reusable_prefix(self, ids: list[int], previous: Run | None, interventions: tuple = ()) -> int:
         if self._cache is None or previous is None or previous.n_tokens < len(self._cache_ids):
             return 0
         if list(previous.token_ids[: len(self._cache_ids)]) != self._cache_ids:
@@ -160,6 +164,9 @@ class Session:
             if a != b:
                 break
             common += 1
+        differs = first_affected(tuple(previous.request.interventions), tuple(interventions))
+        if differs is not None:  # the cache was computed under other interventions: reuse only what they left alone
+            common = min(common, differs)
         return min(common, len(ids) - 1)  # at least one new token must run to get a prediction
 
     def _step(self, capture: CaptureContext, new_ids: list[int], start: int, *, step: int,
