@@ -1,0 +1,414 @@
+"""`lm-explorer bench [--quick] [--json out.json] [--model NAME]`: the performance suite.
+
+Measures, in one process, instrumented capture against plain transformers on the same model:
+    1. load: first load (GGUF dequantise, into a temporary cache) vs cached load
+    2. prefill at 128 / 512 / 2,048 tokens: plain sdpa forward vs instrumented capture
+    3. decode: plain `model.generate` (greedy, cache) vs the instrumented runner streaming every step
+    4. capture memory at 2,048 tokens vs eager output_attentions + output_hidden_states (from shapes)
+    5. GUI (offscreen): per-step redraw of every registered panel; head selection
+    6. memory stability: resident memory before and after many consecutive runs
+Each figure is the median of several repetitions after a warm-up. Prints a table with the
+targets, writes JSON (and a copy in the user cache folder that the Pipeline panel reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .core import catalogue
+from .core.models import cache_root, load_model
+
+BENCH_FILE = "bench-latest.json"
+# figure -> (JSON path, comparison, target, unit)
+TARGETS = {
+    "decode speed vs plain": (("decode", "ratio"), ">=", 0.85, "x"),
+    "prefill time vs plain (max)": (("prefill", "ratio_max"), "<=", 1.15, "x"),
+    "capture memory vs eager": (("memory", "ratio"), "<=", 0.25, "x"),
+    "redraw p95 at 1,024 tokens": (("gui", "redraw_p95_ms_at_1024"), "<=", 16.0, "ms"),
+    "head selection at 4,096 tokens": (("gui", "head_select", "median_ms"), "<=", 100.0, "ms"),
+    "memory growth over the runs": (("stability", "growth_mb"), "<=", 50.0, "MB"),
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str
+    quick: bool
+    repeats: int = 5
+    prefill_sizes: tuple[int, ...] = (128, 512, 2048)
+    decode_tokens: int = 64
+    memory_tokens: int = 2048
+    gui_sizes: tuple[int, ...] = (256, 1024, 4096)
+    gui_steps: int = 24
+    head_tokens: int = 4096
+    stability_runs: int = 100
+
+
+def config_for(model: str, quick: bool) -> BenchConfig:
+    if quick:
+        return BenchConfig(model=model, quick=True, repeats=2, prefill_sizes=(128, 512), decode_tokens=16,
+                           memory_tokens=512, gui_sizes=(256, 1024), gui_steps=6, head_tokens=1024,
+                           stability_runs=10)
+    return BenchConfig(model=model, quick=False)
+
+
+def fit_to_context(config: BenchConfig, context: int) -> BenchConfig:
+    """Shrink sizes that do not fit the model's context (tiny test models have 512 positions)."""
+    room = context - max(config.decode_tokens, config.gui_steps) - 8
+
+    def fit(sizes):
+        return tuple(sorted({min(s, room) for s in sizes}))
+
+    return replace(config, prefill_sizes=fit(config.prefill_sizes), gui_sizes=fit(config.gui_sizes),
+                   memory_tokens=min(config.memory_tokens, room), head_tokens=min(config.head_tokens, room))
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # psutil missing: Linux fallback
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def median(xs) -> float:
+    return float(np.median(np.asarray(xs, dtype=float)))
+
+
+def p95(xs) -> float:
+    return float(np.percentile(np.asarray(xs, dtype=float), 95))
+
+
+@contextlib.contextmanager
+def temporary_env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+_TEXT = ("the model reads every token of the prompt once and then writes its answer one token at a time "
+         "while the cache keeps the keys and values of everything it has already seen so far")
+_WORDS = _TEXT.split(" ")
+
+
+def prompt_of(tokenizer, n_tokens: int) -> tuple[str, list[int]]:
+    """A plain prompt whose tokenization has close to (at most) `n_tokens` tokens, and its ids."""
+    from .core.tokens import tokenize
+
+    def build(k: int) -> str:
+        return " ".join(_WORDS[i % len(_WORDS)] for i in range(k))
+
+    lo, hi = 1, n_tokens * 2 + 8
+    while lo < hi:  # the largest word count whose token count is <= n_tokens
+        mid = (lo + hi + 1) // 2
+        if len(tokenize(tokenizer, build(mid)).ids) <= n_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    text = build(lo)
+    return text, list(tokenize(tokenizer, text).ids)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# --- 1-4 and 6: core measurements ------------------------------------------------------------------
+def measure_load(name: str, repeats: int) -> dict:
+    """First load into an empty temporary cache (GGUF: dequantise + write), then cached loads."""
+    with tempfile.TemporaryDirectory(prefix="lm-explorer-bench-") as tmp, temporary_env("LM_EXPLORER_CACHE", tmp):
+        first = timed(lambda: load_model(name))
+        gc.collect()
+        cached = [timed(lambda: load_model(name)) for _ in range(max(2, repeats))]
+        gc.collect()
+    return {"first_s": first, "cached_s": median(cached), "speedup": first / max(median(cached), 1e-9)}
+
+
+def _plain_forward(model, ids: list[int]) -> None:
+    import torch
+
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+
+
+@contextlib.contextmanager
+def plain_attention(model):
+    """The model with stock sdpa attention (the runner switches back to its capture function itself)."""
+    from .core.capture import prepare_model
+
+    model.set_attn_implementation("sdpa")
+    try:
+        yield model
+    finally:
+        prepare_model(model)
+
+
+def measure_prefill(session, sizes: tuple[int, ...], repeats: int) -> tuple[dict, dict]:
+    """Plain sdpa forward vs instrumented prefill (tokenize + capture + per-position stats)."""
+    from .core.api import run_request
+    from .core.events import GenerationSettings, RunRequest
+
+    model, out, runs = session.loaded.model, {}, {}
+    for n in sizes:
+        prompt, ids = prompt_of(session.loaded.tokenizer, n)
+        request = RunRequest(prompt=prompt, settings=GenerationSettings(max_new_tokens=0), reuse_prefix=False)
+        plain, instrumented = [], []
+        for rep in range(repeats + 1):  # rep 0 is the warm-up; alternate to share the machine's noise
+            with plain_attention(model):
+                t_plain = timed(lambda ids=ids: _plain_forward(model, ids))
+            session.forget_cache()
+            holder = {}
+            t_instr = timed(lambda request=request, holder=holder: holder.setdefault(
+                "run", run_request(session, request)))
+            if rep:
+                plain.append(t_plain * 1e3)
+                instrumented.append(t_instr * 1e3)
+            runs[n] = holder["run"]
+        out[str(n)] = {"tokens": len(ids), "plain_ms": median(plain), "instrumented_ms": median(instrumented),
+                       "ratio": median(instrumented) / max(median(plain), 1e-9)}
+    ratios = [v["ratio"] for v in out.values()]
+    return {"sizes": out, "ratio_max": max(ratios)}, runs
+
+
+def measure_decode(session, new_tokens: int, repeats: int, prompt_tokens: int = 32) -> dict:
+    """Decode tokens/s: plain greedy `generate` (cache on) vs the instrumented runner, every step streamed."""
+    import torch
+
+    from .core.events import GenerationSettings, RunRequest
+
+    model, tok = session.loaded.model, session.loaded.tokenizer
+    prompt, ids = prompt_of(tok, prompt_tokens)
+    input_ids = torch.tensor([ids])
+    pad = tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id
+
+    def generate(n: int) -> float:
+        with torch.inference_mode():
+            return timed(lambda: model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                                max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                                use_cache=True, pad_token_id=pad))
+
+    request = RunRequest(prompt=prompt, settings=GenerationSettings(max_new_tokens=new_tokens, stop_at_eos=False),
+                         reuse_prefix=False)
+
+    def instrumented() -> float:
+        session.forget_cache()
+        run = session.new_run(request)
+        stamps = []
+        for event in session.stream(request):
+            run.apply(event)
+            stamps.append(time.perf_counter())
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    plain_rates, instr_rates = [], []
+    for rep in range(repeats + 1):
+        with plain_attention(model):
+            t_one, t_all = generate(1), generate(new_tokens)
+        rate = instrumented()
+        if rep:
+            plain_rates.append((new_tokens - 1) / max(t_all - t_one, 1e-9))
+            instr_rates.append(rate)
+    plain, instr = median(plain_rates), median(instr_rates)
+    return {"new_tokens": new_tokens, "prompt_tokens": len(ids), "plain_tokens_per_s": plain,
+            "instrumented_tokens_per_s": instr, "ratio": instr / max(plain, 1e-9)}
+
+
+def eager_bytes(info, n: int) -> int:
+    """What eager output_attentions + output_hidden_states hold for n tokens (float32, from shapes)."""
+    attentions = info.n_layers * info.n_heads * n * n * 4  # [layers, heads, n, n]
+    hidden = (info.n_layers + 1) * n * info.hidden_size * 4  # [layers + 1, n, hidden]
+    return attentions + hidden
+
+
+def measure_memory(run) -> dict:
+    from .core.run import ARRAY_FIELDS
+
+    used = sum(run.array(name).nbytes for name in ARRAY_FIELDS)
+    eager = eager_bytes(run.info, run.n_tokens)
+    return {"tokens": run.n_tokens, "capture_bytes": run.capture_bytes(), "capture_used_bytes": int(used),
+            "eager_bytes": eager, "ratio": run.capture_bytes() / eager, "used_ratio": used / eager}
+
+
+def measure_stability(session, runs: int) -> dict:
+    """Resident memory before and after `runs` consecutive short runs (the last run kept, as the app does)."""
+    from .core.api import run_request
+    from .core.events import GenerationSettings, RunRequest
+
+    def one(i: int):
+        request = RunRequest(prompt=f"Run number {i}: tell me something about {_WORDS[i % len(_WORDS)]}.",
+                             settings=GenerationSettings(max_new_tokens=8, stop_at_eos=False))
+        return run_request(session, request)
+
+    last = one(-1)  # warm-up
+    gc.collect()
+    start = rss_bytes()
+    for i in range(runs):
+        last = one(i)
+    del last
+    gc.collect()
+    end = rss_bytes()
+    return {"runs": runs, "rss_start_mb": start / 1e6, "rss_end_mb": end / 1e6, "growth_mb": (end - start) / 1e6}
+
+
+# --- report ------------------------------------------------------------------------------------------
+def machine() -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def lookup(results: dict, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(results, dict) or key not in results:
+            return None
+        results = results[key]
+    return results
+
+
+def checks(results: dict) -> dict:
+    out = {}
+    for name, (path, op, target, unit) in TARGETS.items():
+        value = lookup(results, path)
+        ok = None if value is None else (value >= target if op == ">=" else value <= target)
+        out[name] = {"value": value, "target": f"{op} {target:g}{' ' + unit if unit != 'x' else 'x'}", "ok": ok}
+    return out
+
+
+def table(results: dict) -> str:
+    """The results as a markdown table (figures, then the targets)."""
+    rows = [("figure", "plain", "instrumented", "ratio")]
+    load = results["load"]
+    rows.append(("load (first / cached), s", f"{load['first_s']:.2f}", f"{load['cached_s']:.2f}",
+                 f"{load['speedup']:.0f}x faster"))
+    for v in results["prefill"]["sizes"].values():
+        rows.append((f"prefill {v['tokens']} tokens, ms", f"{v['plain_ms']:.0f}", f"{v['instrumented_ms']:.0f}",
+                     f"{v['ratio']:.2f}x"))
+    d = results["decode"]
+    rows.append((f"decode {d['new_tokens']} tokens, tokens/s", f"{d['plain_tokens_per_s']:.1f}",
+                 f"{d['instrumented_tokens_per_s']:.1f}", f"{d['ratio']:.2f}x"))
+    m = results["memory"]
+    rows.append((f"memory at {m['tokens']} tokens, MiB (eager / capture)", f"{m['eager_bytes'] / 2**20:,.0f}",
+                 f"{m['capture_bytes'] / 2**20:,.0f}", f"{m['ratio']:.1%}"))
+    gui = results["gui"]
+    for v in gui.get("sizes", {}).values():
+        rows.append((f"GUI redraw per step at {v['tokens']} tokens, ms (median / p95)", f"{v['median_ms']:.1f}",
+                     f"{v['p95_ms']:.1f}", ""))
+    head = gui.get("head_select")
+    if head:
+        rows.append((f"select a head at {head['tokens']} tokens, ms (median / max)", f"{head['median_ms']:.0f}",
+                     f"{head['max_ms']:.0f}", ""))
+    s = results["stability"]
+    rows.append((f"RSS over {s['runs']} runs, MB (start / end)", f"{s['rss_start_mb']:.0f}",
+                 f"{s['rss_end_mb']:.0f}", f"{s['growth_mb']:+.1f} MB"))
+    lines = _markdown(rows)
+    lines.append("")
+    target_rows = [("target", "measured", "target", "met")]
+    for name, c in results["checks"].items():
+        value = "-" if c["value"] is None else f"{c['value']:.3g}"
+        target_rows.append((name, value, c["target"], {True: "yes", False: "NO", None: "-"}[c["ok"]]))
+    lines += _markdown(target_rows)
+    if gui.get("errors"):
+        lines += ["", "Panels skipped or failing: " + "; ".join(f"{k}: {v}" for k, v in gui["errors"].items())]
+    return "\n".join(lines)
+
+
+def _markdown(rows) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    fmt = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return [fmt[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *fmt[1:]]
+
+
+# --- main --------------------------------------------------------------------------------------------
+def run_suite(config: BenchConfig, log=print) -> dict:
+    from .core.runner import Session
+    from .ui.bench_gui import measure_gui
+
+    started = time.perf_counter()
+    log(f"loading {config.model}")
+    session = Session(load_model(config.model))
+    config = fit_to_context(config, session.info.context_length)
+    results: dict = {"meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                              "model": config.model, "quick": config.quick, "config": asdict(config),
+                              "machine": machine()}}
+    log("1/6 load: first (temporary cache) vs cached")
+    results["load"] = measure_load(config.model, config.repeats)
+    log(f"2/6 prefill at {config.prefill_sizes} tokens")
+    results["prefill"], runs = measure_prefill(session, config.prefill_sizes, config.repeats)
+    log(f"3/6 decode {config.decode_tokens} tokens")
+    results["decode"] = measure_decode(session, config.decode_tokens, config.repeats)
+    log(f"4/6 capture memory at {config.memory_tokens} tokens")
+    run = runs.get(config.memory_tokens)
+    if run is None:
+        from .core.api import run_request
+        from .core.events import RunRequest
+
+        run = run_request(session, RunRequest(prompt=prompt_of(session.loaded.tokenizer, config.memory_tokens)[0]))
+    results["memory"] = measure_memory(run)
+    del run, runs
+    gc.collect()
+    log(f"5/6 GUI redraw at {config.gui_sizes} tokens, head selection at {config.head_tokens}")
+    results["gui"] = measure_gui(session, config.gui_sizes, config.gui_steps, config.head_tokens, prompt_of, log=log)
+    gc.collect()
+    log(f"6/6 memory over {config.stability_runs} runs")
+    results["stability"] = measure_stability(session, config.stability_runs)
+    results["checks"] = checks(results)
+    results["meta"]["duration_s"] = time.perf_counter() - started
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lm-explorer bench", description="Measure capture overhead and GUI speed.")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (under 2 minutes)")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--model", default=catalogue.default_model_name())
+    p.add_argument("--no-save", action="store_true", help="do not update the copy the Pipeline panel reads")
+    args = p.parse_args(argv if argv is not None else sys.argv[1:])
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+    def log(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    results = run_suite(config_for(args.model, args.quick), log=log)
+    text = json.dumps(results, indent=1)
+    print(table(results))
+    print(f"\n{results['meta']['model']} on {results['meta']['machine']['cpu']} "
+          f"({results['meta']['machine']['cores']} cores), {results['meta']['duration_s']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(text, encoding="utf-8")
+    if not args.no_save:
+        with contextlib.suppress(OSError):
+            cache_root().mkdir(parents=True, exist_ok=True)
+            (cache_root() / BENCH_FILE).write_text(text, encoding="utf-8")
+    return 0
