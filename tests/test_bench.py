@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from explorer import bench
+from explorer.core import benchmarks
 from explorer.ui.panels import REGISTRY
 
 SIZE_KEYS = {"tokens", "steps", "median_ms", "p95_ms", "first_draw_ms", "median_selection_ms", "median_on_step_ms",
@@ -43,7 +44,8 @@ def test_shape(results):
     sizes = data["prefill"]["sizes"]
     assert len(sizes) == 2
     for key, v in sizes.items():
-        assert set(v) == {"tokens", "plain_ms", "instrumented_ms", "ratio"}
+        assert set(v) == {"tokens", "plain_ms", "plain_last_logits_ms", "instrumented_ms", "ratio",
+                          "ratio_vs_last_logits"}
         assert 0 < v["tokens"] <= int(key) and all(map(_positive, v.values()))
         assert v["ratio"] == pytest.approx(v["instrumented_ms"] / v["plain_ms"])
     assert data["prefill"]["ratio_max"] == max(v["ratio"] for v in sizes.values())
@@ -83,8 +85,8 @@ def test_gui_part(results):
 def test_eager_bytes_matches_design_figure():
     smollm = SimpleNamespace(n_layers=30, n_heads=9, hidden_size=576)
     # 30 layers x 9 heads x 2048^2 float32 attention maps is the 4.5 GB quoted in DESIGN.md
-    assert bench.eager_bytes(smollm, 2048) == 30 * 9 * 2048**2 * 4 + 31 * 2048 * 576 * 4
-    assert 4.5e9 < bench.eager_bytes(smollm, 2048) < 4.7e9
+    assert benchmarks.eager_bytes(smollm, 2048) == 30 * 9 * 2048**2 * 4 + 31 * 2048 * 576 * 4
+    assert 4.5e9 < benchmarks.eager_bytes(smollm, 2048) < 4.7e9
 
 
 def test_checks_and_fit():
