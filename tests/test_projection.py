@@ -143,3 +143,25 @@ def test_massive_positions_are_left_out_of_the_fit():
     assert np.argmax(np.abs(with_outlier.components[0])) == 5  # the outlier alone sets PC1
     assert np.argmax(np.abs(basis.components[0])) == 1
     assert coords.shape == (4, 30, 2)  # excluded positions are still projected
+
+
+def test_project_trajectories_equals_the_two_step_path():
+    rng = np.random.default_rng(4)
+    states = (rng.normal(size=(6, 50, 16)) * np.linspace(1, 4, 6)[:, None, None]).astype(np.float16)
+    states[:, 0] *= 40  # a massive position
+    for normalise in (True, False):
+        coords, basis, massive = P.project_trajectories(states, normalise=normalise, max_rows=10**9)
+        assert massive.tolist() == [True] + [False] * 49
+        ref, ref_basis = P.project_layers(P.unit_rms(states) if normalise else states, max_rows=10**9,
+                                          exclude=massive)
+        np.testing.assert_allclose(np.abs(basis.components), np.abs(ref_basis.components), atol=2e-3)
+        sign = np.sign(np.sum(basis.components * ref_basis.components, axis=1))  # [2]
+        np.testing.assert_allclose(coords, ref * sign, atol=2e-2 * np.abs(ref).max())
+
+
+def test_top_eigenvectors_match_eigh_on_a_large_matrix():
+    x = _data(400, 120, seed=5)
+    basis = P.pca_fit(x)  # 120 > 64 dimensions: the subspace-iteration path
+    xc = x.astype(np.float64) - x.mean(axis=0)
+    evecs = np.linalg.eigh(xc.T @ xc)[1][:, ::-1][:, :2].T
+    np.testing.assert_allclose(np.abs(basis.components), np.abs(evecs), atol=1e-5)

@@ -60,8 +60,7 @@ def test_points_are_the_shared_projection_at_the_slider_layer(qtbot, llama_run):
     panel, sel = _panel(qtbot, llama_run)
     view = panel.tokens_view
     states = llama_run.array("resid")  # [layers + 1, N, D]
-    massive = P.massive_positions(states)
-    expected, _ = P.project_layers(P.unit_rms(states), exclude=massive)
+    expected, _, massive = P.project_trajectories(states, normalise=True)  # checked in test_projection.py
     for layer in (0, 2, llama_run.info.n_layers):
         view.slider.setValue(layer)
         shown = _shown(view.scatter)

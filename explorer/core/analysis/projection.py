@@ -7,6 +7,7 @@ PCA is numpy only. t-SNE (scikit-learn) and UMAP (umap-learn) are optional:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -16,6 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+
+def _one_blas_thread():
+    """Limit BLAS to one thread for these small products: on a busy CPU (the model and the GUI share it)
+    multi-threaded BLAS spin-waits and runs 10x slower. No-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
 
 INSTALL_HINT = 'pip install "lm-explorer[projections]"'
 FIT_ROWS = 4096  # rows used to fit a shared basis (a random subsample beyond this)
@@ -36,8 +48,9 @@ class PcaBasis:
         flat = x.reshape(-1, x.shape[-1])  # [rows, D]
         out = np.empty((flat.shape[0], self.components.shape[0]), np.float32)  # [rows, k]
         step = 65536  # convert float16 in chunks: never a full float32 copy of a big array
-        for lo in range(0, flat.shape[0], step):
-            out[lo:lo + step] = flat[lo:lo + step].astype(np.float32) @ self.components.T - offset
+        with _one_blas_thread():
+            for lo in range(0, flat.shape[0], step):
+                out[lo:lo + step] = flat[lo:lo + step].astype(np.float32) @ self.components.T - offset
         return out.reshape(*x.shape[:-1], self.components.shape[0])
 
 
@@ -51,6 +64,11 @@ def fix_signs(components: np.ndarray) -> np.ndarray:
 
 def pca_fit(x: np.ndarray, k: int = 2, max_rows: int | None = None, seed: int = 0) -> PcaBasis:
     """Fit a k-component PCA on rows of `x` ([N, D]); fit on a random `max_rows` subsample if given."""
+    with _one_blas_thread():
+        return _pca_fit(x, k, max_rows, seed)
+
+
+def _pca_fit(x: np.ndarray, k: int, max_rows: int | None, seed: int) -> PcaBasis:
     x = np.asarray(x).reshape(-1, np.asarray(x).shape[-1])  # [N, D]
     if max_rows is not None and x.shape[0] > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_rows, replace=False))
@@ -59,11 +77,11 @@ def pca_fit(x: np.ndarray, k: int = 2, max_rows: int | None = None, seed: int = 
     n, d = x.shape
     mean = x.mean(axis=0)  # [D]
     xc = x - mean  # [N, D]
-    if n >= 2 * d:  # tall: eigenvectors of the D x D covariance are cheaper than a thin SVD
-        evals, evecs = np.linalg.eigh(xc.T @ xc)  # [D], [D, D] ascending
-        order = np.argsort(evals)[::-1][:k]
-        comps, var = evecs[:, order].T, np.clip(evals[order], 0, None)  # [k, D], [k]
-        total = float(np.clip(evals, 0, None).sum())
+    if n >= d:  # tall: the top eigenvectors of the D x D covariance are cheaper than a thin SVD
+        xc32 = xc.astype(np.float32)  # [N, D] single precision halves the cost; ample for display axes
+        cov = (xc32.T @ xc32).astype(np.float64)  # [D, D]
+        comps, var = _top_eigenvectors(cov, k)  # [k, D], [k]
+        total = float(np.trace(cov))
     else:
         _, s, vt = np.linalg.svd(xc, full_matrices=False)  # vt: [min(N, D), D]
         comps, var = vt[:k], s[:k] ** 2
@@ -74,6 +92,28 @@ def pca_fit(x: np.ndarray, k: int = 2, max_rows: int | None = None, seed: int = 
     comps = fix_signs(comps)
     explained = var / total if total > 0 else np.zeros_like(var)
     return PcaBasis(mean.astype(np.float32), comps.astype(np.float32), explained.astype(np.float32))
+
+
+def _top_eigenvectors(cov: np.ndarray, k: int, tol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k eigenpairs of a symmetric PSD matrix by subspace iteration ([k, D], [k]); a full
+    eigh for small matrices. Much faster than eigh for k << D, converged to `tol` (relative)."""
+    d = cov.shape[0]
+    if d <= 64:
+        evals, evecs = np.linalg.eigh(cov)  # ascending
+        return evecs[:, ::-1][:, :k].T, np.clip(evals[::-1][:k], 0, None)
+    m = min(d, k + 10)  # oversampled subspace
+    q = np.linalg.qr(np.random.default_rng(0).normal(size=(d, m)))[0]  # [D, m]
+    prev = None
+    for _ in range(300):
+        q = np.linalg.qr(cov @ q)[0]  # [D, m]
+        small = q.T @ cov @ q  # [m, m] Rayleigh-Ritz
+        evals, evecs = np.linalg.eigh(small)
+        top = evals[::-1][:k]
+        if prev is not None and np.all(np.abs(top - prev) <= tol * max(abs(top[0]), 1e-300)):
+            break
+        prev = top
+    vecs = (q @ evecs[:, ::-1][:, :k]).T  # [k, D]
+    return vecs, np.clip(evals[::-1][:k], 0, None)
 
 
 def pca(x: np.ndarray, k: int = 2) -> np.ndarray:
@@ -96,6 +136,42 @@ def project_layers(states: np.ndarray, max_rows: int = FIT_ROWS,
     return basis.transform(states), basis
 
 
+def layer_norms(states: np.ndarray) -> np.ndarray:
+    """[layers, N] float32 length of every state (one pass, converted layer by layer)."""
+    out = np.empty(states.shape[:2], np.float32)  # [layers, N]
+    for i in range(states.shape[0]):
+        x = states[i].astype(np.float32)  # [N, D]
+        out[i] = np.sqrt(np.einsum("nd,nd->n", x, x))
+    return out
+
+
+def project_trajectories(states: np.ndarray, normalise: bool = True, massive_factor: float = 10.0,
+                         max_rows: int = FIT_ROWS, seed: int = 0) -> tuple[np.ndarray, PcaBasis, np.ndarray]:
+    """The panel's projection of [layers, N, D] states: ([layers, N, 2], basis, massive [N]).
+
+    Equals `project_layers(unit_rms(states) if normalise else states, exclude=massive_positions(states))`
+    without a full float32 or rescaled copy of the states: one pass for the lengths, a subsampled fit,
+    one pass for the projection.
+    """
+    layers, n, d = states.shape
+    norms = layer_norms(states)  # [layers, N]
+    massive = massive_positions(states, massive_factor, norms=norms)  # [N]
+    scale = norms / np.sqrt(d) if normalise else np.ones_like(norms)  # [layers, N] RMS (or 1)
+    scale = np.maximum(scale, 1e-6)
+    keep = np.flatnonzero(~massive) if massive.any() else np.arange(n)
+    rows = np.stack(np.meshgrid(np.arange(layers), keep, indexing="ij"), -1).reshape(-1, 2)  # [R, 2]
+    if rows.shape[0] > max_rows:
+        rows = rows[np.sort(np.random.default_rng(seed).choice(rows.shape[0], max_rows, replace=False))]
+    sample = states[rows[:, 0], rows[:, 1]].astype(np.float32) / scale[rows[:, 0], rows[:, 1]][:, None]  # [R, D]
+    basis = pca_fit(sample, 2)
+    coords = np.empty((layers, n, 2), np.float32)  # [layers, N, 2]
+    offset = basis.mean @ basis.components.T  # [2]
+    with _one_blas_thread():
+        for i in range(layers):
+            coords[i] = (states[i].astype(np.float32) @ basis.components.T) / scale[i][:, None] - offset
+    return coords, basis, massive
+
+
 def unit_rms(states: np.ndarray) -> np.ndarray:
     """[..., N, D] -> float16 states scaled to unit RMS per row (what a layer's RMSNorm reads, before its weight)."""
     out = np.empty(states.shape, np.float16)
@@ -108,13 +184,13 @@ def unit_rms(states: np.ndarray) -> np.ndarray:
     return out
 
 
-def massive_positions(states: np.ndarray, factor: float = 10.0) -> np.ndarray:
+def massive_positions(states: np.ndarray, factor: float = 10.0, norms: np.ndarray | None = None) -> np.ndarray:
     """[N] bool: positions whose state at some layer is `factor` times longer than that layer's median.
 
     LMs give a few tokens (usually the first, an attention sink) "massive activations" hundreds of
     times larger than the rest; left in, they alone decide the PCA axes.
     """
-    norms = np.stack([np.linalg.norm(np.asarray(s, np.float32), axis=-1) for s in states])  # [layers, N]
+    norms = layer_norms(states) if norms is None else norms  # [layers, N]
     median = np.median(norms, axis=1, keepdims=True)  # [layers, 1]
     massive = (norms > factor * np.maximum(median, 1e-6)).any(axis=0)  # [N]
     return massive if massive.sum() < 0.5 * massive.size else np.zeros_like(massive)
