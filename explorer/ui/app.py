@@ -1,0 +1,107 @@
+"""`lm-explorer [options]`: start the desktop app (or take a screenshot of it and exit)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lm-explorer", description="Watch a small language model work, live.")
+    p.add_argument("--model", help="built-in model name, a model folder or a .gguf file")
+    p.add_argument("--prompt", help="prompt to run at start")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--system", help="system prompt (chat mode)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate")
+    p.add_argument("--screenshot", metavar="PNG", help="run the prompt, save a picture of the window, exit")
+    p.add_argument("--quit-after-load", action="store_true", help="start, load the model, exit (smoke test)")
+    p.add_argument("--presenter", action="store_true", help="start in presenter mode")
+    p.add_argument("--size", default="1600x1000", help="window size for --screenshot (WxH)")
+    p.add_argument("--settings", help="settings ini file (default: the per-user one)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from PySide6.QtCore import QTimer
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication
+
+    from .main_window import MainWindow
+    from .settings import APPLICATION, ORGANISATION, open_settings
+    from .widgets.background import Background
+
+    app = QApplication.instance() or QApplication(["lm-explorer"])
+    app.setOrganizationName(ORGANISATION)
+    app.setApplicationName(APPLICATION)
+    icon = ASSETS / "icon.png"
+    if icon.is_file():
+        app.setWindowIcon(QIcon(str(icon)))
+
+    headless = bool(args.screenshot or args.quit_after_load)
+    settings = open_settings(args.settings)
+    if args.screenshot and args.settings is None:  # a screenshot must not depend on (or change) user state
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory()
+        settings = open_settings(Path(tmp.name) / "settings.ini")
+    autorun = True if args.prompt or args.screenshot else None
+    window = MainWindow(settings, model=args.model, autorun=autorun)
+    bar = window.prompt_bar
+    if args.prompt is not None:
+        bar.prompt.setPlainText(args.prompt)
+    if args.chat:
+        bar.chat.setChecked(True)
+    if args.system is not None:
+        bar.system.setPlainText(args.system)
+    if args.max_new_tokens is not None:
+        bar.max_new.setValue(args.max_new_tokens)
+    if args.screenshot:
+        w, _, h = args.size.partition("x")
+        window.resize(int(w), int(h))
+        window.apply_default_layout()
+    window.show()
+    if args.presenter:
+        window.set_presenter(True)
+    result = {"code": 0}
+
+    def fail(message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        result["code"] = 1
+        window.close()
+
+    if args.quit_after_load:
+        window.model_ready.connect(lambda info: (print(f"loaded {info.name}"), window.close()))
+        window.model_failed.connect(fail)
+    elif args.screenshot:
+        def shoot(reason: str) -> None:
+            if reason == "error":
+                fail(window.banner_label.text())
+                return
+            Background.wait_idle()
+            for _ in range(5):
+                app.processEvents()
+                Background.wait_idle()
+            path = Path(args.screenshot)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not window.grab().save(str(path)):
+                fail(f"could not write {path}")
+                return
+            print(f"saved {path}")
+            window.close()
+
+        window.run_done.connect(lambda reason: QTimer.singleShot(300, lambda: shoot(reason)))
+        window.model_failed.connect(fail)
+    if headless:  # never hang a script: give up after 10 minutes
+        QTimer.singleShot(600_000, lambda: fail("timed out waiting for the model or the run"))
+    code = app.exec()
+    return result["code"] or (code if headless else code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

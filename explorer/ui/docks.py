@@ -1,0 +1,102 @@
+"""A dock per registered panel: title bar with a "What am I looking at?" (?) toggle.
+
+A panel whose import or construction fails becomes a dock that shows the error, so one broken
+panel never stops the window from opening.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QDockWidget, QHBoxLayout, QLabel, QStyle, QToolButton, QVBoxLayout, QWidget
+
+from .panels import Panel, panel_class
+from .selection import Selection
+
+log = logging.getLogger(__name__)
+
+
+class _TitleBar(QWidget):
+    def __init__(self, dock: PanelDock):
+        super().__init__(dock)
+        self.dock = dock
+        row = QHBoxLayout(self)
+        row.setContentsMargins(6, 2, 2, 2)
+        row.setSpacing(2)
+        self.label = QLabel(f"<b>{dock.windowTitle()}</b>")
+        row.addWidget(self.label)
+        row.addStretch(1)
+        self.help_button = QToolButton()
+        self.help_button.setText("?")
+        self.help_button.setCheckable(True)
+        self.help_button.setToolTip("What am I looking at?")
+        self.help_button.setAccessibleName(f"Help for {dock.windowTitle()}")
+        row.addWidget(self.help_button)
+        for icon, tip, slot in ((QStyle.SP_TitleBarNormalButton, "Float / dock", self._float),
+                                (QStyle.SP_TitleBarCloseButton, "Close panel (View menu brings it back)",
+                                 dock.close)):
+            button = QToolButton()
+            button.setIcon(self.style().standardIcon(icon))
+            button.setToolTip(tip)
+            button.setAutoRaise(True)
+            button.clicked.connect(slot)
+            row.addWidget(button)
+
+    def _float(self) -> None:
+        self.dock.setFloating(not self.dock.isFloating())
+
+
+class PanelDock(QDockWidget):
+    """Holds one panel (or the error that stopped it) plus its help text."""
+
+    def __init__(self, name: str, selection: Selection, parent: QWidget | None = None):
+        self.name = name
+        self.panel: Panel | None = None
+        self.error: str | None = None
+        try:
+            cls = panel_class(name)
+            title = getattr(cls, "title", name)
+            panel = cls(selection)
+        except Exception as exc:  # noqa: BLE001 - any panel failure becomes a message in its dock
+            log.exception("panel %s failed to load", name)
+            title, panel = name.replace("_", " ").title(), None
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._traceback = traceback.format_exc(limit=4)
+        super().__init__(title, parent)
+        self.setObjectName(f"dock-{name}")  # saveState/restoreState key
+        self.setFeatures(QDockWidget.DockWidgetMovable | QDockWidget.DockWidgetFloatable
+                         | QDockWidget.DockWidgetClosable)
+        holder = QWidget()
+        layout = QVBoxLayout(holder)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        self.help_label = QLabel(getattr(panel, "help_text", "") or "This panel has no help text yet.")
+        self.help_label.setWordWrap(True)
+        self.help_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.help_label.setStyleSheet("padding: 6px; border-bottom: 1px solid palette(mid);"
+                                      "background: palette(alternate-base);")
+        self.help_label.hide()
+        layout.addWidget(self.help_label)
+        if panel is not None:
+            self.panel = panel
+            layout.addWidget(panel, 1)
+        else:
+            message = QLabel(f"The <b>{title}</b> panel could not be loaded:<br><code>{self.error}</code>"
+                             "<br><br>The other panels work; see the log for details.")
+            message.setWordWrap(True)
+            message.setAlignment(Qt.AlignTop | Qt.AlignLeft)
+            message.setStyleSheet("color: #b00020; padding: 8px;")
+            message.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            layout.addWidget(message, 1)
+        self.setWidget(holder)
+        self.title_bar = _TitleBar(self)
+        self.setTitleBarWidget(self.title_bar)
+        self.title_bar.help_button.toggled.connect(self.help_label.setVisible)
+
+    def set_help_visible(self, visible: bool) -> None:
+        self.title_bar.help_button.setChecked(visible)
+
+    def help_visible(self) -> bool:
+        return self.title_bar.help_button.isChecked()

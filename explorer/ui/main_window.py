@@ -1,0 +1,615 @@
+"""The main window: prompt, panels (one dock each, from the registry), timeline, status bar.
+
+The worker streams StepEvents; this window grows the Run with `run.apply(event)` on the GUI
+thread and hands it to every panel (`set_run` on the first event, `on_step` after).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core import catalogue
+from ..core.errors import PromptTooLongError, RunFileError
+from ..core.events import RunRequest
+from ..core.run import Run
+from . import theme
+from .dialogs import diagnostics, show_about
+from .docks import PanelDock
+from .export import export_widget
+from .menus import build_menus
+from .panels import REGISTRY
+from .prompt_bar import PromptBar
+from .selection import Selection
+from .settings import open_settings, push_recent, recent
+from .timeline import Timeline
+from .worker import WorkerHost
+
+log = logging.getLogger(__name__)
+OPEN_MODEL = "__open__"
+# default dock placement by panel name (a panel class may also set `dock_area = "left" | "right" | "bottom"`)
+_LEFT_HINTS = ("token",)
+_RIGHT_TOP_HINTS = ("attention",)
+
+
+class MainWindow(QMainWindow):
+    colormap_changed = Signal(str)  # panels may also use theme.colormap() / theme.events()
+    run_done = Signal(str)  # finish reason ("max_tokens", "eos", "prompt_only", "cancelled", "error")
+    model_ready = Signal(object)  # ModelInfo
+    model_failed = Signal(str)
+
+    def __init__(self, settings: QSettings | None = None, *, model: str | None = None, autoload: bool = True,
+                 autorun: bool | None = None, panels: list[str] | None = None):
+        super().__init__()
+        self.setWindowTitle("LM Explorer")
+        self.setAcceptDrops(True)
+        self.settings = settings if settings is not None else open_settings()
+        self.selection = Selection(self)
+        self.host = WorkerHost(self)
+        self.info = None  # ModelInfo of the loaded model
+        self.run: Run | None = None  # the run on screen
+        self.running = False
+        self._incoming: tuple[int, Run] | None = None
+        self._last_request: RunRequest | None = None
+        self._loading_spec: str | None = None
+        self._closed = False
+        first_launch = not self.settings.contains("model")
+        self._autorun = first_launch if autorun is None else autorun
+
+        self._build_prompt_dock()
+        self.docks: dict[str, PanelDock] = {}
+        for name in (panels if panels is not None else list(REGISTRY)):
+            dock = PanelDock(name, self.selection, self)
+            self.docks[name] = dock
+        self.setDockNestingEnabled(True)
+        self.apply_default_layout()
+        self._build_toolbar()
+        self._build_status()
+        build_menus(self)
+        self._connect_worker()
+        self.selection.changed.connect(self._selection_changed)
+        theme.events().colormap_changed.connect(self.colormap_changed)
+        self._restore_settings()
+        if autoload:
+            self.load_model(model or str(self.settings.value("model", catalogue.default_model_name())))
+
+    # --- construction ---------------------------------------------------------------------------
+    def _build_prompt_dock(self) -> None:
+        holder = QWidget()
+        layout = QVBoxLayout(holder)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        self.banner = QWidget()
+        row = QHBoxLayout(self.banner)
+        row.setContentsMargins(8, 4, 8, 4)
+        self.banner_label = QLabel()
+        self.banner_label.setWordWrap(True)
+        self.banner_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.banner_action = QPushButton()
+        self.banner_action.hide()
+        self.banner_action.clicked.connect(self._banner_clicked)
+        close = QPushButton("Dismiss")
+        close.clicked.connect(self.hide_banner)
+        row.addWidget(self.banner_label, 1)
+        row.addWidget(self.banner_action)
+        row.addWidget(close)
+        self.banner.hide()
+        self._banner_callback = None
+        self.prompt_bar = PromptBar()
+        self.timeline = Timeline(self.selection)
+        self.timeline.set_describer(self._describe_step)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.prompt_bar)
+        layout.addWidget(self.timeline)
+        self.prompt_dock = QToolBar("Prompt", self)  # a toolbar keeps its natural height; docks fill the rest
+        self.prompt_dock.setObjectName("toolbar-prompt")
+        self.prompt_dock.setMovable(False)
+        self.prompt_dock.setFloatable(False)
+        self.prompt_dock.toggleViewAction().setEnabled(False)
+        self.prompt_dock.addWidget(holder)
+        central = QWidget()
+        central.setMaximumSize(0, 0)
+        self.setCentralWidget(central)
+        central.hide()
+        self.addToolBar(Qt.TopToolBarArea, self.prompt_dock)
+        self.prompt_bar.run_clicked.connect(self.run_prompt)
+        self.prompt_bar.stop_clicked.connect(self.stop)
+        self.prompt_bar.step_clicked.connect(self.step_one_token)
+
+    def _build_toolbar(self) -> None:
+        bar = QToolBar("Model", self)
+        bar.setObjectName("toolbar-model")
+        bar.setMovable(False)
+        self.insertToolBar(self.prompt_dock, bar)
+        self.insertToolBarBreak(self.prompt_dock)
+        bar.addWidget(QLabel(" Model "))
+        self.model_combo = QComboBox()
+        self.model_combo.setMinimumContentsLength(24)
+        self.model_combo.setToolTip("Pick a built-in model, or open a model folder or .gguf file "
+                                    "(you can also drop one on the window)")
+        self._fill_model_combo()
+        self.model_combo.activated.connect(self._model_combo_activated)
+        bar.addWidget(self.model_combo)
+
+    def _fill_model_combo(self) -> None:
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for name in catalogue.builtin_names():
+            entry = catalogue.get(name)
+            self.model_combo.addItem(name, name)
+            self.model_combo.setItemData(self.model_combo.count() - 1, entry.description, Qt.ToolTipRole)
+        for path in recent(self.settings, "recent_models"):
+            if catalogue.get(path) is None:
+                self.model_combo.addItem(Path(path).name, path)
+                self.model_combo.setItemData(self.model_combo.count() - 1, path, Qt.ToolTipRole)
+        self.model_combo.insertSeparator(self.model_combo.count())
+        self.model_combo.addItem("Open model folder or GGUF...", OPEN_MODEL)
+        self.model_combo.blockSignals(False)
+        self._show_model_in_combo()
+
+    def _show_model_in_combo(self) -> None:
+        current = self.info.name if self.info is not None else None
+        spec = str(self.settings.value("model", "")) or current
+        for i in range(self.model_combo.count()):
+            if self.model_combo.itemData(i) in (spec, current):
+                self.model_combo.setCurrentIndex(i)
+                return
+
+    def _build_status(self) -> None:
+        status = self.statusBar()
+        self.status_model = QLabel("no model")
+        self.status_tokens = QLabel("")
+        self.status_speed = QLabel("")
+        self.status_memory = QLabel("")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setMaximumWidth(260)
+        self.progress.setFormat("loading %p%")
+        self.progress.hide()
+        for w in (self.status_model, self.status_tokens, self.status_speed, self.status_memory):
+            w.setContentsMargins(8, 0, 8, 0)
+            status.addPermanentWidget(w)
+        status.addPermanentWidget(self.progress)
+
+    def apply_default_layout(self) -> None:
+        """Tokens on the left, attention on the right, the rest tabbed below it (View > Reset layout)."""
+        left, right_top, rest = [], [], []
+        for name, dock in self.docks.items():
+            area = getattr(dock.panel, "dock_area", None)
+            if area == "left" or (area is None and any(h in name for h in _LEFT_HINTS)):
+                left.append(dock)
+            elif area == "right" or (area is None and any(h in name for h in _RIGHT_TOP_HINTS)):
+                right_top.append(dock)
+            else:
+                rest.append(dock)
+        if not right_top and rest:
+            right_top.append(rest.pop(0))
+        for dock in self.docks.values():
+            dock.setFloating(False)
+            self.removeDockWidget(dock)
+        for dock in left:
+            self.addDockWidget(Qt.LeftDockWidgetArea, dock, Qt.Vertical)
+        for dock in right_top:
+            self.addDockWidget(Qt.RightDockWidgetArea, dock, Qt.Vertical)
+        if rest:
+            self.addDockWidget(Qt.RightDockWidgetArea, rest[0], Qt.Vertical)
+            for dock in rest[1:]:
+                self.tabifyDockWidget(rest[0], dock)
+            rest[0].raise_()
+        for dock in self.docks.values():
+            dock.show()
+        if left and (right_top or rest):
+            self.resizeDocks([left[0], (right_top or rest)[0]], [2, 3], Qt.Horizontal)
+
+    def _connect_worker(self) -> None:
+        w = self.host.worker
+        w.load_progress.connect(self._load_progress)
+        w.model_loaded.connect(self._model_loaded)
+        w.load_failed.connect(self._load_failed)
+        w.run_started.connect(self._run_started)
+        w.step.connect(self._step)
+        w.run_finished.connect(self._run_finished)
+        w.run_failed.connect(self._run_failed)
+        w.truncated.connect(self._truncated)
+
+    # --- banner -----------------------------------------------------------------------------------
+    def show_banner(self, text: str, *, error: bool = True, action: str | None = None, callback=None) -> None:
+        colour = "#fde2e4" if error else "#e3f0ff"
+        self.banner.setStyleSheet(f"background: {colour}; color: #1a1a1a;")
+        self.banner_label.setText(text)
+        self.banner_action.setVisible(action is not None)
+        self.banner_action.setText(action or "")
+        self._banner_callback = callback
+        self.banner.show()
+        self.statusBar().showMessage(text.split("\n")[0][:160], 10000)
+
+    def hide_banner(self) -> None:
+        self.banner.hide()
+        self._banner_callback = None
+
+    def banner_text(self) -> str:
+        return self.banner_label.text() if self.banner.isVisible() or not self.banner.isHidden() else ""
+
+    def _banner_clicked(self) -> None:
+        callback = self._banner_callback
+        self.hide_banner()
+        if callback is not None:
+            callback()
+
+    # --- model ------------------------------------------------------------------------------------
+    def load_model(self, spec: str) -> None:
+        self._loading_spec = spec
+        self.progress.setValue(0)
+        self.progress.show()
+        self.status_model.setText(f"loading {Path(spec).name or spec}...")
+        self.host.load(spec)
+
+    def _load_progress(self, fraction: float, message: str) -> None:
+        self.progress.setValue(int(fraction * 1000))
+        self.progress.setToolTip(message)
+        self.statusBar().showMessage(message, 3000)
+
+    def _model_loaded(self, info) -> None:
+        self.info = info
+        spec = self._loading_spec or info.name
+        self.progress.hide()
+        self.settings.setValue("model", spec)
+        if catalogue.get(spec) is None:
+            push_recent(self.settings, "recent_models", spec)
+            self._fill_model_combo()
+        self._show_model_in_combo()
+        self.status_model.setText(f"{info.name} · {info.n_layers} layers · {info.n_heads} heads "
+                                  f"({info.n_kv_heads} KV)")
+        self.model_ready.emit(info)
+        if self._autorun:
+            self._autorun = False
+            self.run_prompt()
+
+    def _load_failed(self, spec: str, message: str) -> None:
+        self.progress.hide()
+        still = f"The previous model ({self.info.name}) stays loaded." if self.info else "No model is loaded."
+        self.status_model.setText(self.info.name if self.info else "no model")
+        self._show_model_in_combo()
+        self.show_banner(f"Could not load the model {spec}:\n{message}\n{still}")
+        self.model_failed.emit(message)
+
+    def _model_combo_activated(self, index: int) -> None:
+        data = self.model_combo.itemData(index)
+        if data == OPEN_MODEL:
+            self._show_model_in_combo()
+            self.open_model_dialog()
+        elif data:
+            self.load_model(str(data))
+
+    def open_model_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open model: a .gguf file, or any file inside a Hugging Face model folder", "",
+            "Models (*.gguf config.json *.safetensors);;All files (*)")
+        if path:
+            p = Path(path)
+            self.load_model(str(p if p.suffix.lower() == ".gguf" else p.parent))
+
+    # --- running ----------------------------------------------------------------------------------
+    def run_prompt(self) -> None:
+        request = self.prompt_bar.request()
+        if not request.prompt.strip():
+            self.show_banner("The prompt is empty: type some text, then press Run (Ctrl+Enter).")
+            return
+        self.prompt_bar.set_recent(push_recent(self.settings, "recent_prompts", request.prompt))
+        self.submit(request)
+
+    def submit(self, request: RunRequest) -> None:
+        if self.info is None and self._loading_spec is None:
+            self.show_banner("No model is loaded: pick one in the Model box.")
+            return
+        self.hide_banner()
+        self._last_request = request
+        self.running = True
+        self.prompt_bar.set_running(True)
+        self.timeline.set_playing(False)
+        self.statusBar().showMessage("running...")
+        previous = self.run if self.run is not None and self.info is not None and self.run.info == self.info else None
+        self.host.submit(request, previous)
+
+    def stop(self) -> None:
+        self.timeline.set_playing(False)
+        if self.running:
+            self.host.stop()
+            self.statusBar().showMessage("stopping...")
+
+    def step_one_token(self) -> None:
+        """Generate exactly one more token than the run on screen (the prompt's cache is reused)."""
+        if self.running:
+            return
+        run = self.run
+        if run is None or run.info != self.info or run.finish_reason == "eos":
+            request = replace(self.prompt_bar.request(), settings=self.prompt_bar.settings(max_new_tokens=1))
+            if not request.prompt.strip():
+                self.show_banner("The prompt is empty: type some text first.")
+                return
+        else:
+            base = run.request
+            request = replace(base, settings=replace(base.settings, max_new_tokens=run.n_generated + 1))
+        self.prompt_bar.max_new.setValue(request.settings.max_new_tokens)
+        self.submit(request)
+
+    def _run_started(self, run_id: int, run: Run) -> None:
+        if run_id == self.host.active_id:
+            self._incoming = (run_id, run)
+
+    def _step(self, run_id: int, event) -> None:
+        if run_id != self.host.active_id or self._closed:
+            return
+        if self._incoming is not None and self._incoming[0] == run_id:
+            run = self._incoming[1]
+            self._incoming = None
+            run.apply(event)
+            self.show_run(run, follow=True)
+            return
+        run = self.run
+        if run is None:
+            return
+        following = self.selection.step >= len(run.steps) - 1
+        run.apply(event)
+        self._set_limits(run)
+        for dock in self.docks.values():
+            if dock.panel is not None:
+                dock.panel.on_step(run, event)
+        if following:
+            self.selection.set("step", len(run.steps) - 1)
+            self.selection.set("position", run.n_tokens - 1)
+        self._update_status()
+
+    def show_run(self, run: Run | None, follow: bool = False) -> None:
+        """Put a run on screen (a new one, or one opened from a file)."""
+        self.run = run
+        if run is not None:
+            self._set_limits(run)
+            if follow or self.selection.step >= len(run.steps):
+                self.selection.set("step", len(run.steps) - 1)
+                self.selection.set("position", run.n_tokens - 1)
+        for dock in self.docks.values():
+            if dock.panel is not None:
+                dock.panel.set_run(run)
+        self._update_status()
+
+    def _set_limits(self, run: Run) -> None:
+        info = run.info
+        self.selection.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=info.n_layers,
+                                  heads=info.n_heads)
+        self.timeline.set_steps(len(run.steps))
+
+    def _run_finished(self, run_id: int, reason: str) -> None:
+        if run_id != self.host.active_id:
+            return
+        self.running = False
+        self.prompt_bar.set_running(False)
+        self._incoming = None
+        self.statusBar().showMessage("stopped" if reason == "cancelled" else f"finished ({reason})", 5000)
+        self._update_status()
+        self.run_done.emit(reason)
+
+    def _run_failed(self, run_id: int, exc: Exception, message: str) -> None:
+        if run_id not in (self.host.active_id, -1):
+            return
+        self.running = False
+        self.prompt_bar.set_running(False)
+        self._incoming = None
+        if isinstance(exc, PromptTooLongError) and run_id != -1 and self._last_request is not None:
+            request = self._last_request
+            self.show_banner(f"{message}\nNothing was cut. Truncate keeps the last tokens that fit and shows you "
+                             "the shortened prompt first.", action="Truncate to fit",
+                             callback=lambda: self.host.truncate(request))
+        else:
+            self.show_banner(message)
+        self.run_done.emit("error")
+
+    def _truncated(self, request: RunRequest, dropped: int) -> None:
+        self.prompt_bar.show_request(request)
+        self.submit(request)
+        self.show_banner(f"The prompt was truncated: its first {dropped} tokens were dropped so that it fits "
+                         "the model's context. The shortened prompt is in the editor.", error=False)
+
+    def _describe_step(self, step: int) -> str:
+        run = self.run
+        if run is None or step >= len(run.steps):
+            return ""
+        event = run.steps[step]
+        if event.is_prefill:
+            return f"prefill: {event.n_new} prompt tokens"
+        return f"generated {event.tokens[0].text!r}" if event.tokens else ""
+
+    def _update_status(self) -> None:
+        run = self.run
+        if run is None or not run.steps:
+            for w in (self.status_tokens, self.status_speed, self.status_memory):
+                w.setText("")
+            return
+        self.status_tokens.setText(f"{run.n_tokens} tokens ({run.n_prompt} prompt + {run.n_generated} generated)")
+        speed = f"prefill {run.prefill_tokens_per_s():,.0f} tok/s"
+        if len(run.steps) > 1:
+            speed += f" · decode {run.decode_tokens_per_s():,.1f} tok/s"
+        self.status_speed.setText(speed)
+        self.status_memory.setText(f"capture {run.capture_bytes() / 2**20:,.1f} MiB")
+
+    # --- selection & keyboard ---------------------------------------------------------------------
+    def _selection_changed(self, field: str) -> None:
+        if field == "step" and self.run is not None:
+            self.statusBar().showMessage(f"step {self.selection.step}: {self._describe_step(self.selection.step)}",
+                                         3000)
+
+    def navigate(self, key: str) -> None:
+        """Keyboard navigation: left/right (step, or token if the run has one step), up/down (layer),
+        pageup/pagedown (head), shift-left/shift-right (token)."""
+        sel = self.selection
+        by_step = self.run is not None and len(self.run.steps) > 1
+        moves = {"left": ("step" if by_step else "position", -1), "right": ("step" if by_step else "position", 1),
+                 "shift-left": ("position", -1), "shift-right": ("position", 1),
+                 "up": ("layer", 1), "down": ("layer", -1), "pageup": ("head", -1), "pagedown": ("head", 1)}
+        field, delta = moves[key]
+        sel.move(field, delta)
+
+    # --- files ------------------------------------------------------------------------------------
+    def open_run(self, path: str | Path) -> bool:
+        from ..core.runfile import load_run
+
+        try:
+            run = load_run(path)
+        except RunFileError as exc:
+            self.show_banner(f"Could not open the run file:\n{exc}")
+            return False
+        self.hide_banner()
+        self.show_run(run, follow=True)
+        self.statusBar().showMessage(f"opened {Path(path).name} ({run.info.name}; no model needed)", 8000)
+        return True
+
+    def save_run(self, path: str | Path) -> bool:
+        if self.run is None:
+            self.show_banner("There is no run to save yet.")
+            return False
+        try:
+            self.run.save(path)
+        except Exception as exc:  # noqa: BLE001 - disk full, permissions...
+            self.show_banner(f"Could not save the run: {exc}")
+            return False
+        self.statusBar().showMessage(f"saved {path}", 5000)
+        return True
+
+    def export_panel(self, name: str, path: str | Path) -> bool:
+        dock = self.docks[name]
+        widget = dock.panel.export_widget() if dock.panel is not None else dock.widget()
+        try:
+            export_widget(widget, path)
+        except (OSError, ValueError) as exc:
+            self.show_banner(f"Could not export the {dock.windowTitle()} panel: {exc}")
+            return False
+        self.statusBar().showMessage(f"exported {dock.windowTitle()} to {path}", 5000)
+        return True
+
+    def export_panel_dialog(self) -> None:
+        names = [n for n, d in self.docks.items() if d.isVisible()] or list(self.docks)
+        titles = [self.docks[n].windowTitle() for n in names]
+        title, ok = QInputDialog.getItem(self, "Export panel", "Panel:", titles, 0, False)
+        if not ok:
+            return
+        name = names[titles.index(title)]
+        path, _ = QFileDialog.getSaveFileName(self, "Export panel", f"{name}.png", "PNG image (*.png);;SVG (*.svg)")
+        if path:
+            if not Path(path).suffix:
+                path += ".png"
+            self.export_panel(name, path)
+
+    def copy_diagnostics(self) -> str:
+        text = diagnostics(self.info, extra={"run": f"{self.run.n_tokens} tokens" if self.run else "none"})
+        QGuiApplication.clipboard().setText(text)
+        self.statusBar().showMessage("diagnostics copied to the clipboard", 4000)
+        return text
+
+    def about(self) -> None:
+        show_about(self, self.info)
+
+    # --- presenter & theme ------------------------------------------------------------------------
+    def set_presenter(self, on: bool) -> None:
+        self.presenter_action.setChecked(on)
+        theme.apply(presenter=on)
+        if on:
+            self.showFullScreen()
+        else:
+            self.showNormal()
+
+    def set_theme(self, name: str) -> None:
+        theme.apply(name=name)
+        self.settings.setValue("theme", name)
+
+    # --- drag and drop ----------------------------------------------------------------------------
+    @staticmethod
+    def _dropped_path(event) -> Path | None:
+        urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
+        if len(urls) != 1 or not urls[0].isLocalFile():
+            return None
+        path = Path(urls[0].toLocalFile())
+        return path if path.is_dir() or path.suffix.lower() in (".gguf", ".npz") else None
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if self._dropped_path(event) is not None:
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        path = self._dropped_path(event)
+        if path is None:
+            return
+        event.acceptProposedAction()
+        if path.suffix.lower() == ".npz":
+            self.open_run(path)
+        else:
+            self.load_model(str(path))
+
+    # --- settings & shutdown ----------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        s = self.settings
+        self.prompt_bar.set_recent(recent(s, "recent_prompts"))
+        state = s.value("prompt_state")
+        if isinstance(state, dict):
+            self.prompt_bar.from_state(state)
+        name = str(s.value("theme", "light"))
+        theme.apply(name=name if name in theme.THEMES else "light", presenter=False)
+        geometry = s.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1600, 1000)
+        dock_state = s.value("dock_state")
+        if dock_state is not None:
+            self.restoreState(dock_state)
+
+    def save_settings(self) -> None:
+        s = self.settings
+        s.setValue("prompt_state", self.prompt_bar.to_state())
+        if not self.isFullScreen():
+            s.setValue("geometry", self.saveGeometry())
+        s.setValue("dock_state", self.saveState())
+        s.sync()
+
+    def reset_layout(self) -> None:
+        self.apply_default_layout()
+        self.settings.remove("dock_state")
+
+    def shortcut(self, text: str, keys: str | QKeySequence, slot, menu=None, checkable: bool = False) -> QAction:
+        action = QAction(text, self)
+        action.setShortcut(QKeySequence(keys))
+        action.setShortcutContext(Qt.WindowShortcut)
+        action.setCheckable(checkable)
+        (action.toggled if checkable else action.triggered).connect(slot)
+        self.addAction(action)
+        if menu is not None:
+            menu.addAction(action)
+        return action
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if not self._closed:
+            self._closed = True
+            self.timeline.set_playing(False)
+            self.save_settings()
+            self.host.shutdown()
+            for dock in self.docks.values():
+                bg = getattr(dock.panel, "background", None)
+                if bg is not None and hasattr(bg, "wait_idle"):
+                    bg.wait_idle(5000)
+        super().closeEvent(event)

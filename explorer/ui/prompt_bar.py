@@ -1,0 +1,173 @@
+"""The prompt editor (plain or chat with a system prompt) and the generation settings."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.events import GenerationSettings, RunRequest
+
+EXAMPLE_PROMPT = "The capital of France is"
+
+
+class PromptBar(QWidget):
+    """Prompt, chat/system, settings and the Run / Stop / Step buttons."""
+
+    run_clicked = Signal()
+    stop_clicked = Signal()
+    step_clicked = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        outer = QHBoxLayout(self)
+        outer.setContentsMargins(6, 4, 6, 4)
+
+        left = QVBoxLayout()
+        top = QHBoxLayout()
+        self.chat = QCheckBox("Chat mode")
+        self.chat.setToolTip("Wrap the prompt in the model's chat template (user message), with a system prompt")
+        self.recent = QComboBox()
+        self.recent.setToolTip("Recent prompts")
+        self.recent.setMinimumContentsLength(30)
+        self.recent.setPlaceholderText("Recent prompts")
+        self.recent.activated.connect(lambda i: self.prompt.setPlainText(self.recent.itemData(i) or ""))
+        top.addWidget(QLabel("<b>Prompt</b>"))
+        top.addWidget(self.chat)
+        top.addStretch(1)
+        top.addWidget(self.recent)
+        left.addLayout(top)
+        self.system = QPlainTextEdit()
+        self.system.setPlaceholderText("System prompt (chat mode)")
+        self.system.setFixedHeight(44)
+        self.system.setVisible(False)
+        self.prompt = QPlainTextEdit()
+        self.prompt.setPlaceholderText("Type a prompt and press Ctrl+Enter")
+        self.prompt.setPlainText(EXAMPLE_PROMPT)
+        self.prompt.setMinimumHeight(48)
+        self.prompt.setMaximumHeight(110)
+        left.addWidget(self.system)
+        left.addWidget(self.prompt, 1)
+        self.chat.toggled.connect(self.system.setVisible)
+        outer.addLayout(left, 3)
+
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(8)
+        self.max_new = QSpinBox()
+        self.max_new.setRange(0, 4096)
+        self.max_new.setValue(16)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 5.0)
+        self.temperature.setSingleStep(0.1)
+        self.temperature.setToolTip("0 = greedy (always the most likely token)")
+        self.top_k = QSpinBox()
+        self.top_k.setRange(0, 100000)
+        self.top_k.setSpecialValueText("off")
+        self.top_p = QDoubleSpinBox()
+        self.top_p.setRange(0.0, 1.0)
+        self.top_p.setSingleStep(0.05)
+        self.top_p.setValue(1.0)
+        self.top_p.setToolTip("1.0 = off")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        form1, form2 = QFormLayout(), QFormLayout()
+        form1.addRow("Max new tokens", self.max_new)
+        form1.addRow("Temperature", self.temperature)
+        form1.addRow("Seed", self.seed)
+        form2.addRow("Top-k", self.top_k)
+        form2.addRow("Top-p", self.top_p)
+        grid.addLayout(form1, 0, 0)
+        grid.addLayout(form2, 0, 1)
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Run the prompt (Ctrl+Enter)")
+        self.run_button.setDefault(True)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop generating (Esc)")
+        self.stop_button.setEnabled(False)
+        self.step_button = QPushButton("Step +1")
+        self.step_button.setToolTip("Generate exactly one more token")
+        for b in (self.run_button, self.stop_button, self.step_button):
+            buttons.addWidget(b)
+        grid.addLayout(buttons, 1, 0, 1, 2)
+        outer.addLayout(grid, 0)
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
+        self.run_button.clicked.connect(self.run_clicked)
+        self.stop_button.clicked.connect(self.stop_clicked)
+        self.step_button.clicked.connect(self.step_clicked)
+        self.prompt.setTabChangesFocus(True)
+
+    # --- values ---------------------------------------------------------------------------------
+    def settings(self, max_new_tokens: int | None = None) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=self.max_new.value() if max_new_tokens is None else max_new_tokens,
+            temperature=float(self.temperature.value()),
+            top_k=self.top_k.value() or None,
+            top_p=float(self.top_p.value()) if self.top_p.value() < 1.0 else None,
+            seed=self.seed.value(),
+        )
+
+    def request(self) -> RunRequest:
+        system = self.system.toPlainText().strip() or None
+        return RunRequest(prompt=self.prompt.toPlainText(), chat=self.chat.isChecked(),
+                          system=system if self.chat.isChecked() else None, settings=self.settings())
+
+    def show_request(self, request: RunRequest) -> None:
+        """Put a request's prompt and settings back into the editor (e.g. after truncation)."""
+        self.prompt.setPlainText(request.prompt)
+        self.chat.setChecked(request.chat)
+        self.system.setPlainText(request.system or "")
+        s = request.settings
+        self.max_new.setValue(s.max_new_tokens)
+        self.temperature.setValue(s.temperature)
+        self.top_k.setValue(s.top_k or 0)
+        self.top_p.setValue(1.0 if s.top_p is None else s.top_p)
+        self.seed.setValue(s.seed)
+
+    def set_recent(self, prompts: list[str]) -> None:
+        self.recent.clear()
+        for p in prompts:
+            label = " ".join(p.split())
+            self.recent.addItem(label[:60] + ("..." if len(label) > 60 else ""), p)
+        self.recent.setCurrentIndex(-1)
+
+    def set_running(self, running: bool) -> None:
+        self.stop_button.setEnabled(running)
+        self.step_button.setEnabled(not running)
+
+    def to_state(self) -> dict:
+        return {"prompt": self.prompt.toPlainText(), "chat": self.chat.isChecked(),
+                "system": self.system.toPlainText(), "max_new": self.max_new.value(),
+                "temperature": self.temperature.value(), "top_k": self.top_k.value(),
+                "top_p": self.top_p.value(), "seed": self.seed.value()}
+
+    def from_state(self, state: dict) -> None:
+        def get(key, kind, default):
+            try:
+                return kind(state.get(key, default))
+            except (TypeError, ValueError):
+                return default
+        self.prompt.setPlainText(str(state.get("prompt", EXAMPLE_PROMPT)))
+        self.chat.setChecked(str(state.get("chat", "false")).lower() in ("true", "1"))
+        self.system.setPlainText(str(state.get("system", "")))
+        self.max_new.setValue(get("max_new", int, 16))
+        self.temperature.setValue(get("temperature", float, 0.0))
+        self.top_k.setValue(get("top_k", int, 0))
+        self.top_p.setValue(get("top_p", float, 1.0))
+        self.seed.setValue(get("seed", int, 0))
+
+
+__all__ = ["EXAMPLE_PROMPT", "PromptBar", "Qt"]
