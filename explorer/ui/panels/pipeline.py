@@ -21,6 +21,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QLabel, QSplitter, QWidget
 
 from ...core.events import StepEvent
+from ...core.models import cache_root
 from ...core.run import Run
 from .base import Panel
 
@@ -34,7 +35,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "sample": ("sample", "#D55E00"),
     "other": ("other", "#999999"),
 }
-_LAYER_ALT = "#5BA3D9"  # odd layers in the Gantt strip, so layer boundaries stay visible
+_LAYER_ALT = "#004C80"  # odd layers in the Gantt strip, so layer boundaries stay visible
 BENCH_FILE = "bench-latest.json"
 
 EXPLANATION = (
@@ -73,12 +74,7 @@ def step_group_ms(timings: tuple[tuple[str, float], ...]) -> dict[str, float]:
 
 def bench_path() -> Path:
     """Where `lm-explorer bench` leaves its latest results (the user cache folder)."""
-    env = os.environ.get("LM_EXPLORER_CACHE")
-    if env:
-        return Path(env) / BENCH_FILE
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("lm-explorer")) / BENCH_FILE
+    return cache_root() / BENCH_FILE
 
 
 def read_bench() -> dict | None:
@@ -101,6 +97,14 @@ def process_rss_bytes() -> int:
         return pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _small_font():
+    from PySide6.QtGui import QFont
+
+    font = QFont()
+    font.setPointSize(8)
+    return font
 
 
 def _mib(n: float) -> str:
@@ -162,6 +166,7 @@ class PipelinePanel(Panel):
         self.detail.getPlotItem().invertY(True)
         self.detail.setLabel("bottom", "milliseconds since the step started")
         self.detail.getPlotItem().hideButtons()
+        self.detail.getPlotItem().getAxis("left").setStyle(tickFont=_small_font())
         self.gantt = pg.BarGraphItem(x0=[], y=[], height=[], width=[])
         self.detail.addItem(self.gantt)
         split.addWidget(self.detail)
@@ -184,7 +189,7 @@ class PipelinePanel(Panel):
         self._cursor = pg.BarGraphItem(x0=[0], y=[0], height=[1.0], width=[0], brush=None,
                                        pen=pg.mkPen("k", width=2))
         self.overview.addItem(self._cursor)
-        self._prefill_note = pg.TextItem(anchor=(1, 0.5), color="k")
+        self._prefill_note = pg.TextItem(anchor=(1, 0.5), color="k", fill=pg.mkBrush(255, 255, 255, 220))
         self.overview.addItem(self._prefill_note)
         self.overview.scene().sigMouseClicked.connect(self._overview_clicked)
         split.addWidget(self.overview)
@@ -281,8 +286,9 @@ class PipelinePanel(Panel):
         y = np.arange(len(names), dtype=float)
         self.gantt.setOpts(x0=starts, y=y, height=0.8, width=np.maximum(ms, 1e-6), brushes=brushes, pen=None)
         axis = self.detail.getPlotItem().getAxis("left")
-        every = max(1, len(names) // 16)  # keep labels readable for deep models
-        ticks = [(i, n) for i, n in enumerate(names) if i % every == 0 or not n.startswith("layer")]
+        height = self.detail.getPlotItem().vb.height() or 300.0
+        every = max(1, int(np.ceil(len(names) * 13.0 / height)))  # about 13 px per label: no overlaps
+        ticks = [(i, n) for i, n in enumerate(names) if i % every == 0]
         axis.setTicks([ticks])
         kind = "prefill" if step.is_prefill else "decode"
         n_new = step.n_new - step.cached_prefix
