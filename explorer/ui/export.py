@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QRect, QSize
+from PySide6.QtCore import QPoint, QRect, QSize
 from PySide6.QtGui import QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import QWidget
@@ -35,7 +35,7 @@ def export_widget(widget: QWidget, path: str | Path) -> Path:
     if not painter.begin(generator):
         raise OSError(f"Could not write {path}.")
     try:
-        widget.render(painter)
+        widget.render(painter, QPoint())
     finally:
         painter.end()
     if not path.is_file() or path.stat().st_size == 0:

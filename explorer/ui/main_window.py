@@ -570,10 +570,8 @@ class MainWindow(QMainWindow):
             self.prompt_bar.from_state(state)
         name = str(s.value("theme", "light"))
         theme.apply(name=name if name in theme.THEMES else "light", presenter=False)
-        geometry = s.value("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        else:
+        self._pending_geometry = s.value("geometry")
+        if self._pending_geometry is None:
             self.resize(1600, 1000)
         dock_state = s.value("dock_state")
         if dock_state is not None:
@@ -584,6 +582,7 @@ class MainWindow(QMainWindow):
         s.setValue("prompt_state", self.prompt_bar.to_state())
         if not self.isFullScreen():
             s.setValue("geometry", self.saveGeometry())
+            s.setValue("size", self.size())
         s.setValue("dock_state", self.saveState())
         s.sync()
 
@@ -601,6 +600,15 @@ class MainWindow(QMainWindow):
         if menu is not None:
             menu.addAction(action)
         return action
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if self._pending_geometry is not None:  # restoring before the first show loses the frame size
+            geometry, self._pending_geometry = self._pending_geometry, None
+            self.restoreGeometry(geometry)
+            size = self.settings.value("size")
+            if size is not None and not (self.isMaximized() or self.isFullScreen()):
+                self.resize(size)  # some platforms (offscreen) restore a stale normal geometry
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         if not self._closed:

@@ -16,7 +16,7 @@ import threading
 import traceback
 from dataclasses import replace
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from ..core.errors import Cancelled, ExplorerError, InputError, PromptTooLongError
 from ..core.events import RunRequest
@@ -140,6 +140,9 @@ class WorkerHost(QObject):
         self._next_id = 0
         self._cancel: threading.Event | None = None
         self.active_id = -1  # the run whose events the GUI should apply
+        app = QCoreApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
 
     def load(self, spec: str) -> None:
         self.worker._load.emit(spec)
