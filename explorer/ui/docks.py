@@ -10,7 +10,17 @@ import logging
 import traceback
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDockWidget, QHBoxLayout, QLabel, QStyle, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QStyle,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .panels import Panel, panel_class
 from .selection import Selection
@@ -81,7 +91,12 @@ class PanelDock(QDockWidget):
         layout.addWidget(self.help_label)
         if panel is not None:
             self.panel = panel
-            layout.addWidget(panel, 1)
+            # a scroll area lets the dock shrink below the panel's minimum size (the panel scrolls)
+            self.scroll = QScrollArea()
+            self.scroll.setWidgetResizable(True)
+            self.scroll.setFrameShape(QFrame.NoFrame)
+            self.scroll.setWidget(panel)
+            layout.addWidget(self.scroll, 1)
         else:
             message = QLabel(f"The <b>{title}</b> panel could not be loaded:<br><code>{self.error}</code>"
                              "<br><br>The other panels work; see the log for details.")

@@ -7,16 +7,14 @@ thread and hands it to every panel (`set_run` on the first event, `on_step` afte
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QGuiApplication, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QInputDialog,
     QLabel,
     QMainWindow,
     QProgressBar,
@@ -27,16 +25,15 @@ from PySide6.QtWidgets import (
 )
 
 from ..core import catalogue
-from ..core.errors import PromptTooLongError, RunFileError
 from ..core.events import RunRequest
 from ..core.run import Run
 from . import theme
-from .dialogs import diagnostics, show_about
 from .docks import PanelDock
-from .export import export_widget
+from .file_actions import FileActions
 from .menus import build_menus
 from .panels import REGISTRY
 from .prompt_bar import PromptBar
+from .run_control import RunControl
 from .selection import Selection
 from .settings import open_settings, push_recent, recent
 from .timeline import Timeline
@@ -47,9 +44,10 @@ OPEN_MODEL = "__open__"
 # default dock placement by panel name (a panel class may also set `dock_area = "left" | "right" | "bottom"`)
 _LEFT_HINTS = ("token",)
 _RIGHT_TOP_HINTS = ("attention",)
+_RAISE_HINTS = ("depth",)  # the tab shown first in the tabbed group
 
 
-class MainWindow(QMainWindow):
+class MainWindow(RunControl, FileActions, QMainWindow):
     colormap_changed = Signal(str)  # panels may also use theme.colormap() / theme.events()
     run_done = Signal(str)  # finish reason ("max_tokens", "eos", "prompt_only", "cancelled", "error")
     model_ready = Signal(object)  # ModelInfo
@@ -209,14 +207,17 @@ class MainWindow(QMainWindow):
         for dock in right_top:
             self.addDockWidget(Qt.RightDockWidgetArea, dock, Qt.Vertical)
         if rest:
+            shown = next((d for d in rest if any(h in d.name for h in _RAISE_HINTS)), rest[0])
+            rest.remove(shown)
+            rest.insert(0, shown)  # the first dock of a tab group stays the visible tab
             self.addDockWidget(Qt.RightDockWidgetArea, rest[0], Qt.Vertical)
             for dock in rest[1:]:
                 self.tabifyDockWidget(rest[0], dock)
-            rest[0].raise_()
+            shown.raise_()
         for dock in self.docks.values():
             dock.show()
         if left and (right_top or rest):
-            self.resizeDocks([left[0], (right_top or rest)[0]], [2, 3], Qt.Horizontal)
+            self.resizeDocks([left[0], (right_top or rest)[0]], [600, 1000], Qt.Horizontal)
 
     def _connect_worker(self) -> None:
         w = self.host.worker
@@ -306,149 +307,6 @@ class MainWindow(QMainWindow):
             p = Path(path)
             self.load_model(str(p if p.suffix.lower() == ".gguf" else p.parent))
 
-    # --- running ----------------------------------------------------------------------------------
-    def run_prompt(self) -> None:
-        request = self.prompt_bar.request()
-        if not request.prompt.strip():
-            self.show_banner("The prompt is empty: type some text, then press Run (Ctrl+Enter).")
-            return
-        self.prompt_bar.set_recent(push_recent(self.settings, "recent_prompts", request.prompt))
-        self.submit(request)
-
-    def submit(self, request: RunRequest) -> None:
-        if self.info is None and self._loading_spec is None:
-            self.show_banner("No model is loaded: pick one in the Model box.")
-            return
-        self.hide_banner()
-        self._last_request = request
-        self.running = True
-        self.prompt_bar.set_running(True)
-        self.timeline.set_playing(False)
-        self.statusBar().showMessage("running...")
-        previous = self.run if self.run is not None and self.info is not None and self.run.info == self.info else None
-        self.host.submit(request, previous)
-
-    def stop(self) -> None:
-        self.timeline.set_playing(False)
-        if self.running:
-            self.host.stop()
-            self.statusBar().showMessage("stopping...")
-
-    def step_one_token(self) -> None:
-        """Generate exactly one more token than the run on screen (the prompt's cache is reused)."""
-        if self.running:
-            return
-        run = self.run
-        if run is None or run.info != self.info or run.finish_reason == "eos":
-            request = replace(self.prompt_bar.request(), settings=self.prompt_bar.settings(max_new_tokens=1))
-            if not request.prompt.strip():
-                self.show_banner("The prompt is empty: type some text first.")
-                return
-        else:
-            base = run.request
-            request = replace(base, settings=replace(base.settings, max_new_tokens=run.n_generated + 1))
-        self.prompt_bar.max_new.setValue(request.settings.max_new_tokens)
-        self.submit(request)
-
-    def _run_started(self, run_id: int, run: Run) -> None:
-        if run_id == self.host.active_id:
-            self._incoming = (run_id, run)
-
-    def _step(self, run_id: int, event) -> None:
-        if run_id != self.host.active_id or self._closed:
-            return
-        if self._incoming is not None and self._incoming[0] == run_id:
-            run = self._incoming[1]
-            self._incoming = None
-            run.apply(event)
-            self.show_run(run, follow=True)
-            return
-        run = self.run
-        if run is None:
-            return
-        following = self.selection.step >= len(run.steps) - 1
-        run.apply(event)
-        self._set_limits(run)
-        for dock in self.docks.values():
-            if dock.panel is not None:
-                dock.panel.on_step(run, event)
-        if following:
-            self.selection.set("step", len(run.steps) - 1)
-            self.selection.set("position", run.n_tokens - 1)
-        self._update_status()
-
-    def show_run(self, run: Run | None, follow: bool = False) -> None:
-        """Put a run on screen (a new one, or one opened from a file)."""
-        self.run = run
-        if run is not None:
-            self._set_limits(run)
-            if follow or self.selection.step >= len(run.steps):
-                self.selection.set("step", len(run.steps) - 1)
-                self.selection.set("position", run.n_tokens - 1)
-        for dock in self.docks.values():
-            if dock.panel is not None:
-                dock.panel.set_run(run)
-        self._update_status()
-
-    def _set_limits(self, run: Run) -> None:
-        info = run.info
-        self.selection.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=info.n_layers,
-                                  heads=info.n_heads)
-        self.timeline.set_steps(len(run.steps))
-
-    def _run_finished(self, run_id: int, reason: str) -> None:
-        if run_id != self.host.active_id:
-            return
-        self.running = False
-        self.prompt_bar.set_running(False)
-        self._incoming = None
-        self.statusBar().showMessage("stopped" if reason == "cancelled" else f"finished ({reason})", 5000)
-        self._update_status()
-        self.run_done.emit(reason)
-
-    def _run_failed(self, run_id: int, exc: Exception, message: str) -> None:
-        if run_id not in (self.host.active_id, -1):
-            return
-        self.running = False
-        self.prompt_bar.set_running(False)
-        self._incoming = None
-        if isinstance(exc, PromptTooLongError) and run_id != -1 and self._last_request is not None:
-            request = self._last_request
-            self.show_banner(f"{message}\nNothing was cut. Truncate keeps the last tokens that fit and shows you "
-                             "the shortened prompt first.", action="Truncate to fit",
-                             callback=lambda: self.host.truncate(request))
-        else:
-            self.show_banner(message)
-        self.run_done.emit("error")
-
-    def _truncated(self, request: RunRequest, dropped: int) -> None:
-        self.prompt_bar.show_request(request)
-        self.submit(request)
-        self.show_banner(f"The prompt was truncated: its first {dropped} tokens were dropped so that it fits "
-                         "the model's context. The shortened prompt is in the editor.", error=False)
-
-    def _describe_step(self, step: int) -> str:
-        run = self.run
-        if run is None or step >= len(run.steps):
-            return ""
-        event = run.steps[step]
-        if event.is_prefill:
-            return f"prefill: {event.n_new} prompt tokens"
-        return f"generated {event.tokens[0].text!r}" if event.tokens else ""
-
-    def _update_status(self) -> None:
-        run = self.run
-        if run is None or not run.steps:
-            for w in (self.status_tokens, self.status_speed, self.status_memory):
-                w.setText("")
-            return
-        self.status_tokens.setText(f"{run.n_tokens} tokens ({run.n_prompt} prompt + {run.n_generated} generated)")
-        speed = f"prefill {run.prefill_tokens_per_s():,.0f} tok/s"
-        if len(run.steps) > 1:
-            speed += f" · decode {run.decode_tokens_per_s():,.1f} tok/s"
-        self.status_speed.setText(speed)
-        self.status_memory.setText(f"capture {run.capture_bytes() / 2**20:,.1f} MiB")
-
     # --- selection & keyboard ---------------------------------------------------------------------
     def _selection_changed(self, field: str) -> None:
         if field == "step" and self.run is not None:
@@ -466,65 +324,6 @@ class MainWindow(QMainWindow):
         field, delta = moves[key]
         sel.move(field, delta)
 
-    # --- files ------------------------------------------------------------------------------------
-    def open_run(self, path: str | Path) -> bool:
-        from ..core.runfile import load_run
-
-        try:
-            run = load_run(path)
-        except RunFileError as exc:
-            self.show_banner(f"Could not open the run file:\n{exc}")
-            return False
-        self.hide_banner()
-        self.show_run(run, follow=True)
-        self.statusBar().showMessage(f"opened {Path(path).name} ({run.info.name}; no model needed)", 8000)
-        return True
-
-    def save_run(self, path: str | Path) -> bool:
-        if self.run is None:
-            self.show_banner("There is no run to save yet.")
-            return False
-        try:
-            self.run.save(path)
-        except Exception as exc:  # noqa: BLE001 - disk full, permissions...
-            self.show_banner(f"Could not save the run: {exc}")
-            return False
-        self.statusBar().showMessage(f"saved {path}", 5000)
-        return True
-
-    def export_panel(self, name: str, path: str | Path) -> bool:
-        dock = self.docks[name]
-        widget = dock.panel.export_widget() if dock.panel is not None else dock.widget()
-        try:
-            export_widget(widget, path)
-        except (OSError, ValueError) as exc:
-            self.show_banner(f"Could not export the {dock.windowTitle()} panel: {exc}")
-            return False
-        self.statusBar().showMessage(f"exported {dock.windowTitle()} to {path}", 5000)
-        return True
-
-    def export_panel_dialog(self) -> None:
-        names = [n for n, d in self.docks.items() if d.isVisible()] or list(self.docks)
-        titles = [self.docks[n].windowTitle() for n in names]
-        title, ok = QInputDialog.getItem(self, "Export panel", "Panel:", titles, 0, False)
-        if not ok:
-            return
-        name = names[titles.index(title)]
-        path, _ = QFileDialog.getSaveFileName(self, "Export panel", f"{name}.png", "PNG image (*.png);;SVG (*.svg)")
-        if path:
-            if not Path(path).suffix:
-                path += ".png"
-            self.export_panel(name, path)
-
-    def copy_diagnostics(self) -> str:
-        text = diagnostics(self.info, extra={"run": f"{self.run.n_tokens} tokens" if self.run else "none"})
-        QGuiApplication.clipboard().setText(text)
-        self.statusBar().showMessage("diagnostics copied to the clipboard", 4000)
-        return text
-
-    def about(self) -> None:
-        show_about(self, self.info)
-
     # --- presenter & theme ------------------------------------------------------------------------
     def set_presenter(self, on: bool) -> None:
         self.presenter_action.setChecked(on)
@@ -537,29 +336,6 @@ class MainWindow(QMainWindow):
     def set_theme(self, name: str) -> None:
         theme.apply(name=name)
         self.settings.setValue("theme", name)
-
-    # --- drag and drop ----------------------------------------------------------------------------
-    @staticmethod
-    def _dropped_path(event) -> Path | None:
-        urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
-        if len(urls) != 1 or not urls[0].isLocalFile():
-            return None
-        path = Path(urls[0].toLocalFile())
-        return path if path.is_dir() or path.suffix.lower() in (".gguf", ".npz") else None
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
-        if self._dropped_path(event) is not None:
-            event.acceptProposedAction()
-
-    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
-        path = self._dropped_path(event)
-        if path is None:
-            return
-        event.acceptProposedAction()
-        if path.suffix.lower() == ".npz":
-            self.open_run(path)
-        else:
-            self.load_model(str(path))
 
     # --- settings & shutdown ----------------------------------------------------------------------
     def _restore_settings(self) -> None:

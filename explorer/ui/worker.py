@@ -19,7 +19,7 @@ from dataclasses import replace
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from ..core.errors import Cancelled, ExplorerError, InputError, PromptTooLongError
-from ..core.events import RunRequest
+from ..core.events import GenerationSettings, RunRequest
 from ..core.models import LoadedModel, load_model
 from ..core.run import Run
 from ..core.runner import Session
@@ -102,7 +102,15 @@ class Worker(QObject):
             message = str(exc) if isinstance(exc, ExplorerError) else f"{type(exc).__name__}: {exc}"
             self.load_failed.emit(spec, message)
             return
-        self.session = Session(loaded)
+        session = Session(loaded)
+        self.load_progress.emit(1.0, f"Warming up {loaded.info.name}")
+        try:  # one tiny run so that the first real run's timings are not those of a cold start
+            for _ in session.stream(RunRequest("Hi", settings=GenerationSettings(max_new_tokens=1))):
+                pass
+        except Exception:  # noqa: BLE001 - warm-up is optional
+            log.warning("warm-up run failed", exc_info=True)
+        session.forget_cache()
+        self.session = session
         self.model_loaded.emit(loaded.info)
 
     @Slot(object)

@@ -1,0 +1,97 @@
+"""Files: open/save runs, export panels, diagnostics, drag and drop (a mixin of MainWindow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtWidgets import QFileDialog, QInputDialog
+
+from ..core.errors import RunFileError
+from .dialogs import diagnostics, show_about
+from .export import export_widget
+
+
+class FileActions:
+    # --- files ------------------------------------------------------------------------------------
+    def open_run(self, path: str | Path) -> bool:
+        from ..core.runfile import load_run
+
+        try:
+            run = load_run(path)
+        except RunFileError as exc:
+            self.show_banner(f"Could not open the run file:\n{exc}")
+            return False
+        self.hide_banner()
+        self.show_run(run, follow=True)
+        self.statusBar().showMessage(f"opened {Path(path).name} ({run.info.name}; no model needed)", 8000)
+        return True
+
+    def save_run(self, path: str | Path) -> bool:
+        if self.run is None:
+            self.show_banner("There is no run to save yet.")
+            return False
+        try:
+            self.run.save(path)
+        except Exception as exc:  # noqa: BLE001 - disk full, permissions...
+            self.show_banner(f"Could not save the run: {exc}")
+            return False
+        self.statusBar().showMessage(f"saved {path}", 5000)
+        return True
+
+    def export_panel(self, name: str, path: str | Path) -> bool:
+        dock = self.docks[name]
+        widget = dock.panel.export_widget() if dock.panel is not None else dock.widget()
+        try:
+            export_widget(widget, path)
+        except (OSError, ValueError) as exc:
+            self.show_banner(f"Could not export the {dock.windowTitle()} panel: {exc}")
+            return False
+        self.statusBar().showMessage(f"exported {dock.windowTitle()} to {path}", 5000)
+        return True
+
+    def export_panel_dialog(self) -> None:
+        names = [n for n, d in self.docks.items() if d.isVisible()] or list(self.docks)
+        titles = [self.docks[n].windowTitle() for n in names]
+        title, ok = QInputDialog.getItem(self, "Export panel", "Panel:", titles, 0, False)
+        if not ok:
+            return
+        name = names[titles.index(title)]
+        path, _ = QFileDialog.getSaveFileName(self, "Export panel", f"{name}.png", "PNG image (*.png);;SVG (*.svg)")
+        if path:
+            if not Path(path).suffix:
+                path += ".png"
+            self.export_panel(name, path)
+
+    def copy_diagnostics(self) -> str:
+        text = diagnostics(self.info, extra={"run": f"{self.run.n_tokens} tokens" if self.run else "none"})
+        QGuiApplication.clipboard().setText(text)
+        self.statusBar().showMessage("diagnostics copied to the clipboard", 4000)
+        return text
+
+    def about(self) -> None:
+        show_about(self, self.info)
+
+    # --- drag and drop ----------------------------------------------------------------------------
+    @staticmethod
+    def _dropped_path(event) -> Path | None:
+        urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
+        if len(urls) != 1 or not urls[0].isLocalFile():
+            return None
+        path = Path(urls[0].toLocalFile())
+        return path if path.is_dir() or path.suffix.lower() in (".gguf", ".npz") else None
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if self._dropped_path(event) is not None:
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        path = self._dropped_path(event)
+        if path is None:
+            return
+        event.acceptProposedAction()
+        if path.suffix.lower() == ".npz":
+            self.open_run(path)
+        else:
+            self.load_model(str(path))
+

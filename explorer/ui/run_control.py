@@ -1,0 +1,159 @@
+"""Running prompts: submit to the worker, grow the Run from step events, stop, step one token, errors.
+
+A mixin of MainWindow (it uses the window's prompt bar, host, selection, docks and banner).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..core.errors import PromptTooLongError
+from ..core.events import RunRequest
+from ..core.run import Run
+from .settings import push_recent
+
+
+class RunControl:
+    # --- running ----------------------------------------------------------------------------------
+    def run_prompt(self) -> None:
+        request = self.prompt_bar.request()
+        if not request.prompt.strip():
+            self.show_banner("The prompt is empty: type some text, then press Run (Ctrl+Enter).")
+            return
+        self.prompt_bar.set_recent(push_recent(self.settings, "recent_prompts", request.prompt))
+        self.submit(request)
+
+    def submit(self, request: RunRequest) -> None:
+        if self.info is None and self._loading_spec is None:
+            self.show_banner("No model is loaded: pick one in the Model box.")
+            return
+        self.hide_banner()
+        self._last_request = request
+        self.running = True
+        self.prompt_bar.set_running(True)
+        self.timeline.set_playing(False)
+        self.statusBar().showMessage("running...")
+        previous = self.run if self.run is not None and self.info is not None and self.run.info == self.info else None
+        self.host.submit(request, previous)
+
+    def stop(self) -> None:
+        self.timeline.set_playing(False)
+        if self.running:
+            self.host.stop()
+            self.statusBar().showMessage("stopping...")
+
+    def step_one_token(self) -> None:
+        """Generate exactly one more token than the run on screen (the prompt's cache is reused)."""
+        if self.running:
+            return
+        run = self.run
+        if run is None or run.info != self.info or run.finish_reason == "eos":
+            request = replace(self.prompt_bar.request(), settings=self.prompt_bar.settings(max_new_tokens=1))
+            if not request.prompt.strip():
+                self.show_banner("The prompt is empty: type some text first.")
+                return
+        else:
+            base = run.request
+            request = replace(base, settings=replace(base.settings, max_new_tokens=run.n_generated + 1))
+        self.prompt_bar.max_new.setValue(request.settings.max_new_tokens)
+        self.submit(request)
+
+    def _run_started(self, run_id: int, run: Run) -> None:
+        if run_id == self.host.active_id:
+            self._incoming = (run_id, run)
+
+    def _step(self, run_id: int, event) -> None:
+        if run_id != self.host.active_id or self._closed:
+            return
+        if self._incoming is not None and self._incoming[0] == run_id:
+            run = self._incoming[1]
+            self._incoming = None
+            run.apply(event)
+            self.show_run(run, follow=True)
+            return
+        run = self.run
+        if run is None:
+            return
+        following = self.selection.step >= len(run.steps) - 1
+        run.apply(event)
+        self._set_limits(run)
+        for dock in self.docks.values():
+            if dock.panel is not None:
+                dock.panel.on_step(run, event)
+        if following:
+            self.selection.set("step", len(run.steps) - 1)
+            self.selection.set("position", run.n_tokens - 1)
+        self._update_status()
+
+    def show_run(self, run: Run | None, follow: bool = False) -> None:
+        """Put a run on screen (a new one, or one opened from a file)."""
+        self.run = run
+        if run is not None:
+            self._set_limits(run)
+            if follow or self.selection.step >= len(run.steps):
+                self.selection.set("step", len(run.steps) - 1)
+                self.selection.set("position", run.n_tokens - 1)
+        for dock in self.docks.values():
+            if dock.panel is not None:
+                dock.panel.set_run(run)
+        self._update_status()
+
+    def _set_limits(self, run: Run) -> None:
+        info = run.info
+        self.selection.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=info.n_layers,
+                                  heads=info.n_heads)
+        self.timeline.set_steps(len(run.steps))
+
+    def _run_finished(self, run_id: int, reason: str) -> None:
+        if run_id != self.host.active_id:
+            return
+        self.running = False
+        self.prompt_bar.set_running(False)
+        self._incoming = None
+        self.statusBar().showMessage("stopped" if reason == "cancelled" else f"finished ({reason})", 5000)
+        self._update_status()
+        self.run_done.emit(reason)
+
+    def _run_failed(self, run_id: int, exc: Exception, message: str) -> None:
+        if run_id not in (self.host.active_id, -1):
+            return
+        self.running = False
+        self.prompt_bar.set_running(False)
+        self._incoming = None
+        if isinstance(exc, PromptTooLongError) and run_id != -1 and self._last_request is not None:
+            request = self._last_request
+            self.show_banner(f"{message}\nNothing was cut. Truncate keeps the last tokens that fit and shows you "
+                             "the shortened prompt first.", action="Truncate to fit",
+                             callback=lambda: self.host.truncate(request))
+        else:
+            self.show_banner(message)
+        self.run_done.emit("error")
+
+    def _truncated(self, request: RunRequest, dropped: int) -> None:
+        self.prompt_bar.show_request(request)
+        self.submit(request)
+        self.show_banner(f"The prompt was truncated: its first {dropped} tokens were dropped so that it fits "
+                         "the model's context. The shortened prompt is in the editor.", error=False)
+
+    def _describe_step(self, step: int) -> str:
+        run = self.run
+        if run is None or step >= len(run.steps):
+            return ""
+        event = run.steps[step]
+        if event.is_prefill:
+            return f"prefill: {event.n_new} prompt tokens"
+        return f"generated {event.tokens[0].text!r}" if event.tokens else ""
+
+    def _update_status(self) -> None:
+        run = self.run
+        if run is None or not run.steps:
+            for w in (self.status_tokens, self.status_speed, self.status_memory):
+                w.setText("")
+            return
+        self.status_tokens.setText(f"{run.n_tokens} tokens ({run.n_prompt} prompt + {run.n_generated} generated)")
+        speed = f"prefill {run.prefill_tokens_per_s():,.0f} tok/s"
+        if len(run.steps) > 1:
+            speed += f" · decode {run.decode_tokens_per_s():,.1f} tok/s"
+        self.status_speed.setText(speed)
+        self.status_memory.setText(f"capture {run.capture_bytes() / 2**20:,.1f} MiB")
+
