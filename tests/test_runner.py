@@ -273,3 +273,21 @@ def test_stream_events_are_immutable(tiny_session):
     assert run.steps[-1].finish_reason == "max_tokens"
     names = [k for k, _ in event.timings_ms]
     assert names[0] == "tokenize" and "embed" in names and "layer.0" in names and "lm_head" in names
+
+
+def test_real_bert_encoder_attention_matches_eager():
+    """all-MiniLM-L6-v2 (real weights): attention and hidden states equal transformers' eager outputs."""
+    from explorer.core.models import load_model
+
+    loaded = load_model("minilm-l6")
+    run = capture("Attention is bidirectional in an encoder, even for émigrés.", Session(loaded), max_new_tokens=3)
+    assert run.finish_reason == "prompt_only" and run.n_generated == 0
+    eager = copy.deepcopy(loaded.model)
+    eager.set_attn_implementation("eager")
+    out = _eager(eager, run.token_ids)
+    for layer in range(loaded.info.n_layers):
+        for head in range(loaded.info.n_heads):
+            np.testing.assert_allclose(run.attention(layer, head), out.attentions[layer][0, head].numpy(), atol=2e-3)
+        np.testing.assert_allclose(run.hidden_states(layer + 1), out.hidden_states[layer + 1][0].numpy(),
+                                   atol=2e-2, rtol=2e-3)
+    assert np.triu(run.attention(0, 0), 1).sum() > 0.1  # not causal

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .models import ModelInfo
 
 ATTENTION_NAME = "explorer_capture"
+_DEFER_MAX = 8  # steps with at most this many new positions keep references and stack them once
 
 
 def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
@@ -67,16 +68,25 @@ class StepRecord:
     layer_ms: list[float] = field(default_factory=list)
     filled: dict[str, int] = field(default_factory=dict)  # array name -> hook calls that wrote into it
 
-    def put(self, name: str, index: int, value: torch.Tensor) -> None:
-        getattr(self, name)[index].copy_(value)
-        self.filled[name] = self.filled.get(name, 0) + 1
+    deferred: dict[str, list] | None = None  # decode steps: references, stacked once at the end
 
-    def check_complete(self) -> None:
-        """Every layer's hook fired once per array (else the model took a path the adapter does not know)."""
+    def put(self, name: str, index: int, value: torch.Tensor) -> None:
+        self.filled[name] = self.filled.get(name, 0) + 1
+        if self.deferred is not None:  # a few positions: one stack per array beats L small copies
+            self.deferred.setdefault(name, []).append((index, value.detach()))
+        else:  # many positions: convert layer by layer, never holding L float32 copies
+            getattr(self, name)[index].copy_(value)
+
+    def finish(self) -> None:
+        """Check every layer's hook fired once per array, and stack what was deferred."""
         for name in ("queries", "keys", "values", "resid", "attn_out", "mlp_out"):
-            expected = getattr(self, name).shape[0]
-            if self.filled.get(name, 0) != expected:
-                raise RuntimeError(f"capture of '{name}' saw {self.filled.get(name, 0)} of {expected} layers")
+            target = getattr(self, name)
+            if self.filled.get(name, 0) != target.shape[0]:
+                raise RuntimeError(f"capture of '{name}' saw {self.filled.get(name, 0)} of {target.shape[0]} layers")
+            if self.deferred is not None:
+                parts = [v for _i, v in sorted(self.deferred[name], key=lambda iv: iv[0])]
+                setattr(self, name, torch.stack(parts).to(target.dtype))
+        self.deferred = None
 
 
 class CaptureContext:
@@ -123,13 +133,15 @@ class CaptureContext:
         info = self.info
         L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
 
+        defer = n_new <= _DEFER_MAX
+
         def empty(*shape: int) -> torch.Tensor:
-            return torch.empty(shape, dtype=self.store_dtype)
+            return torch.empty((shape[0], 0) if defer else shape, dtype=self.store_dtype)
 
         self.record = StepRecord(
             queries=empty(L, H, n_new, d), keys=empty(L, KV, n_new, d), values=empty(L, KV, n_new, d),
             resid=empty(L + 1, n_new, D), attn_out=empty(L, n_new, D), mlp_out=empty(L, n_new, D),
-            scaling=[1.0] * L, layer_ms=[0.0] * L,
+            scaling=[1.0] * L, layer_ms=[0.0] * L, deferred={} if defer else None,
         )
         self.record.marks["forward_start"] = time.perf_counter()
         return self.record

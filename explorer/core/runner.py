@@ -29,7 +29,7 @@ from .run import Run
 from .tokens import IncrementalSpans, TokenBytes, readable_piece, tokenize
 
 TOP_K = 10  # alternatives kept per position
-_STATS_CHUNK = 128  # positions per lm_head product when scoring the prompt (a [128, vocab] block)
+_STATS_CHUNK = 512  # positions per lm_head product when scoring the prompt (smaller re-reads the lm_head weight)
 
 
 class Session:
@@ -118,7 +118,7 @@ class Session:
                 event = self._step(capture, ids[reuse:], reuse, step=0, tokens=tuple(tokens),
                                    previous=previous if reuse else None, tokenize_ms=tokenize_ms,
                                    settings=settings, rng=rng, want_choice=max_new > 0)
-            except Cancelled:
+            except BaseException:  # cancelled or failed mid-forward: the cache may be half-updated
                 self.forget_cache()
                 raise
             self._cache_ids = list(ids)
@@ -144,7 +144,7 @@ class Session:
                     event = self._step(capture, [token_id], position, step=generated, tokens=(token,),
                                        previous=None, tokenize_ms=0.0, settings=settings, rng=rng,
                                        want_choice=not finished)
-                except Cancelled:
+                except BaseException:  # cancelled or failed mid-forward: the cache may be half-updated
                     self.forget_cache()
                     raise
                 self._cache_ids.append(token_id)
@@ -200,7 +200,7 @@ class Session:
         if want_choice and last_logits is not None:
             logits = last_logits.numpy()  # [vocab]
             token_id = sampling.sample(logits, settings.temperature, settings.top_k, settings.top_p, rng)
-            lse = float(torch.logsumexp(last_logits, dim=-1))
+            lse = float(self._last_logits[1])  # the prediction just scored: same logits as the last row
             choice = TokenChoice(
                 token_id=token_id, logprob=float(logits[token_id]) - lse,
                 rank=int((logits > logits[token_id]).sum()), entropy=float(stats["pred_entropy"][-1]),
@@ -240,15 +240,21 @@ class Session:
             chosen = logits[ids[0]]
             out["token_logprob"][0] = float(chosen - lse)
             out["token_rank"][0] = int((logits > chosen).sum())
+        if n == 1 and last_logits is not None:  # a decode step: numpy on one row (no thread-pool round trips)
+            row = last_logits.float().numpy()  # [vocab]
+            lse, entropy, top = _row_stats(row)
+            out["pred_entropy"][0] = entropy
+            out["pred_top_ids"][0] = top
+            out["pred_top_logprobs"][0] = row[top] - lse
+            self._last_logits = (torch.from_numpy(row), torch.tensor(lse, dtype=torch.float32))
+            return out
         for lo in range(0, n, _STATS_CHUNK):
             hi = min(n, lo + _STATS_CHUNK)
-            if n == 1 and last_logits is not None:
-                logits = last_logits[None].float()  # [1, vocab]
-            else:
-                logits = head(norm(final[lo:hi])).float()  # [chunk, vocab]
+            logits = head(norm(final[lo:hi])).float()  # [chunk, vocab]
             lse = torch.logsumexp(logits, dim=-1)  # [chunk]
-            probs = torch.exp(logits - lse[:, None])  # [chunk, vocab]
+            probs = (logits - lse[:, None]).exp_()  # [chunk, vocab]
             out["pred_entropy"][lo:hi] = (lse - torch.einsum("cv,cv->c", probs, logits)).numpy()
+            del probs
             top = logits.topk(TOP_K, dim=-1)
             out["pred_top_ids"][lo:hi] = top.indices.numpy()
             out["pred_top_logprobs"][lo:hi] = (top.values - lse[:, None]).numpy()
@@ -274,6 +280,17 @@ class Session:
         return np.asarray(sizes, np.int64)
 
 
+def _row_stats(logits: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """log-sum-exp, entropy (nats) and the top-K ids (best first) of one row of logits [vocab]."""
+    m = float(logits.max())
+    e = np.exp(logits - m)  # [vocab]
+    total = float(e.sum())
+    lse = m + float(np.log(total))
+    entropy = lse - float(e @ logits) / total
+    top = np.argpartition(-logits, TOP_K)[:TOP_K]
+    return lse, entropy, top[np.argsort(-logits[top], kind="stable")].astype(np.int32)
+
+
 def _as_list(x) -> list[int]:
     if x is None:
         return []
@@ -282,7 +299,7 @@ def _as_list(x) -> list[int]:
 
 def _stack(rec: StepRecord) -> dict[str, np.ndarray]:
     """The step's recorded tensors as numpy (views, no copy)."""
-    rec.check_complete()
+    rec.finish()
     return {
         "queries": rec.queries.numpy(),  # [layers, heads, n_new, head_dim]
         "keys": rec.keys.numpy(),  # [layers, kv_heads, n_new, head_dim]
