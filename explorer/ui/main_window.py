@@ -7,6 +7,7 @@ thread and hands it to every panel (`set_run` on the first event, `on_step` afte
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
@@ -82,6 +83,7 @@ class MainWindow(RunControl, FileActions, QMainWindow):
         self._build_status()
         build_menus(self)
         self._connect_worker()
+        self._connect_panels()
         self.selection.changed.connect(self._selection_changed)
         theme.events().colormap_changed.connect(self.colormap_changed)
         self._restore_settings()
@@ -229,6 +231,28 @@ class MainWindow(RunControl, FileActions, QMainWindow):
         w.run_finished.connect(self._run_finished)
         w.run_failed.connect(self._run_failed)
         w.truncated.connect(self._truncated)
+
+    def _connect_panels(self) -> None:
+        """Optional panel hooks: a model provider for panels that re-compute (eviction, depth attention)
+        and prompt requests (the attention panel's induction test)."""
+        for dock in self.docks.values():
+            panel = dock.panel
+            if panel is None:
+                continue
+            if hasattr(panel, "model_provider"):
+                panel.model_provider = self.loaded_model
+            if hasattr(panel, "request_prompt"):
+                panel.request_prompt.connect(self.run_text)
+
+    def loaded_model(self):
+        """The LoadedModel the worker holds (None before a model is loaded); read-only use off the worker."""
+        session = self.host.worker.session
+        return None if session is None else session.loaded
+
+    def run_text(self, text: str) -> None:
+        """Put `text` in the prompt editor (plain mode) and run it."""
+        self.prompt_bar.show_request(replace(self.prompt_bar.request(), prompt=text, chat=False))
+        self.run_prompt()
 
     # --- banner -----------------------------------------------------------------------------------
     def show_banner(self, text: str, *, error: bool = True, action: str | None = None, callback=None) -> None:
