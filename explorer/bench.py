@@ -45,12 +45,12 @@ TARGETS = {
 class BenchConfig:
     model: str
     quick: bool
-    repeats: int = 5
+    repeats: int = 3
     prefill_sizes: tuple[int, ...] = (128, 512, 2048)
     decode_tokens: int = 64
     memory_tokens: int = 2048
     gui_sizes: tuple[int, ...] = (256, 1024, 4096)
-    gui_steps: int = 24
+    gui_steps: int = 16
     head_tokens: int = 4096
     stability_runs: int = 100
 
@@ -95,7 +95,7 @@ def measure_stability(session, runs: int) -> dict:
 
     def one(i: int):
         request = RunRequest(prompt=f"Run number {i}: tell me something about {_TOPICS[i % len(_TOPICS)]}.",
-                             settings=GenerationSettings(max_new_tokens=8, stop_at_eos=False))
+                             settings=GenerationSettings(max_new_tokens=4, stop_at_eos=False))
         return run_request(session, request)
 
     last = one(-1)  # warm-up
@@ -123,6 +123,13 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__}
+
+
+def machine_line(results: dict) -> str:
+    meta, m = results["meta"], results["meta"]["machine"]
+    return (f"{meta['model']}{' (--quick)' if meta['quick'] else ''}, {meta['date']}: {m['cpu']}, {m['cores']} cores "
+            f"({m['torch_threads']} torch threads), {m['platform']}, Python {m['python']}, torch {m['torch']}, "
+            f"transformers {m['transformers']}; suite took {meta['duration_s']:.0f} s.")
 
 
 def lookup(results: dict, path: tuple[str, ...]):
@@ -232,9 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (under 2 minutes)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--model", default=catalogue.default_model_name())
+    p.add_argument("--markdown", help="write the table (with the machine it ran on) to this markdown file")
     p.add_argument("--no-save", action="store_true", help="do not update the copy the Pipeline panel reads")
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("QT_LOGGING_RULES", "qt.qpa.*=false")  # offscreen plugin chatter
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the table
 
     def log(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
@@ -242,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     results = run_suite(config_for(args.model, args.quick), log=log)
     text = json.dumps(results, indent=1)
     print(table(results))
-    print(f"\n{results['meta']['model']} on {results['meta']['machine']['cpu']} "
-          f"({results['meta']['machine']['cores']} cores), {results['meta']['duration_s']:.0f} s")
+    print("\n" + machine_line(results))
+    if args.markdown:
+        Path(args.markdown).write_text(f"{table(results)}\n\n{machine_line(results)}\n", encoding="utf-8")
     if args.json:
         Path(args.json).write_text(text, encoding="utf-8")
     if not args.no_save:

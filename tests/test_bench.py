@@ -22,9 +22,12 @@ def results(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LM_EXPLORER_CACHE", str(tmp / "cache"))
         mp.setitem(REGISTRY, "broken", "explorer.ui.panels.does_not_exist:Nope")  # a panel whose import fails
-        assert bench.main(["--quick", "--model", "tiny-llama", "--json", str(tmp / "out.json")]) == 0
+        assert bench.main(["--quick", "--model", "tiny-llama", "--json", str(tmp / "out.json"),
+                           "--markdown", str(tmp / "out.md")]) == 0
     data = json.loads((tmp / "out.json").read_text())
     saved = json.loads((tmp / "cache" / bench.BENCH_FILE).read_text())
+    markdown = (tmp / "out.md").read_text()
+    assert "| decode 16 tokens, tokens/s" in markdown and "tiny-llama (--quick)" in markdown
     return data, saved
 
 
