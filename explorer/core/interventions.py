@@ -148,9 +148,11 @@ class InterventionContext:
     """Hooks for a tuple of interventions, installed on enter and removed on exit."""
 
     def __init__(self, model: torch.nn.Module, adapter: Adapter, interventions: tuple[Intervention, ...],
-                 n_heads: int, head_dim: int):
+                 n_heads: int, head_dim: int, batch_rows: tuple[int, ...] | None = None):
         self.model, self.adapter = model, adapter
         self.interventions = tuple(interventions)
+        # which batch element each intervention acts on (None: all of them), for sweeps that batch ablations
+        self._batch = {id(iv): b for iv, b in zip(self.interventions, batch_rows, strict=True)} if batch_rows else {}
         self.n_heads, self.head_dim = n_heads, head_dim
         self.offset = 0  # absolute position of the forward pass' first token
         self._handles: list = []
@@ -209,14 +211,15 @@ class InterventionContext:
                 rows = torch.from_numpy(self._rows(iv, n))
                 if rows.numel() == 0:
                     continue
+                b = self._batch.get(id(iv), slice(None))
                 if iv.kind == "zero_head":
-                    z[:, rows, iv.head] = 0
+                    z[b, rows, iv.head] = 0
                 elif iv.kind == "scale_head":
-                    z[:, rows, iv.head] *= iv.scale
+                    z[b, rows, iv.head] *= iv.scale
                 elif iv.kind == "mean_head":
-                    z[:, rows, iv.head] = torch.tensor(iv.source, dtype=z.dtype)
+                    z[b, rows, iv.head] = torch.tensor(iv.source, dtype=z.dtype)
                 else:  # patch_head
-                    z[:, rows, iv.head] = torch.from_numpy(iv.source[rows.numpy() + self.offset]).to(z.dtype)
+                    z[b, rows, iv.head] = torch.from_numpy(iv.source[rows.numpy() + self.offset]).to(z.dtype)
             return (z.reshape(x.shape), *args[1:])
         return hook
 
@@ -229,13 +232,14 @@ class InterventionContext:
                 rows = self._rows(iv, n)
                 if rows.size == 0:
                     continue
+                b = self._batch.get(id(iv), slice(None))
                 if iv.kind == "patch_resid":
                     if iv.source.shape[1] != new.shape[-1]:
                         raise InputError(f"{iv.describe()}: the source has width {iv.source.shape[1]}, "
                                          f"the model {new.shape[-1]}.")
-                    new[:, torch.from_numpy(rows)] = torch.from_numpy(iv.source[rows + self.offset]).to(new.dtype)
+                    new[b, torch.from_numpy(rows)] = torch.from_numpy(iv.source[rows + self.offset]).to(new.dtype)
                 else:
-                    new[:, torch.from_numpy(rows)] = 0
+                    new[b, torch.from_numpy(rows)] = 0
             return (new, *output[1:]) if isinstance(output, tuple) else new
         return hook
 

@@ -65,11 +65,12 @@ def sweep_plan(n_layers: int, n_heads: int, position: int, mode: str, blocks: bo
 
 
 def head_sweep(session, token_ids, position: int, target_id: int, *, mode: str = "last", blocks: bool = True,
-               progress: Callable[[int, int], None] | None = None,
+               batch: int = 9, progress: Callable[[int, int], None] | None = None,
                cancel: threading.Event | None = None) -> SweepResult:
     """Ablate each head in turn at `position` of `token_ids` and score `target_id` (the token after it).
 
     `session` is a runner.Session (its model, adapter and info are used; its KV cache is left alone).
+    `batch` ablations run side by side in one forward (batch element 0 is always the unablated baseline).
     On cancel the result holds what was done so far (NaN elsewhere).
     """
     info, model, adapter = session.info, session.loaded.model, session.adapter
@@ -83,34 +84,41 @@ def head_sweep(session, token_ids, position: int, target_id: int, *, mode: str =
     effects = np.full(len(plan), np.nan, np.float64)
     t0 = time.perf_counter()
     forwards = 0
+    batch = max(1, batch)
     with torch.inference_mode():
         if mode == "last":
-            cache = DynamicCache(config=model.config)
+            prefix = DynamicCache(config=model.config)
             if position > 0:
-                model(input_ids=torch.tensor([ids[:position]]), cache=cache, use_cache=True, logits_to_keep=1)
+                model(input_ids=torch.tensor([ids[:position]]), cache=prefix, use_cache=True, logits_to_keep=1)
                 forwards += 1
+            cache = _repeat_cache(prefix, model, batch + 1) if position > 0 else None
+            inputs = torch.tensor([ids[position:]] * (batch + 1))  # [batch + 1, 1]
 
-            def score(ivs: tuple[Intervention, ...]) -> float:
-                with InterventionContext(model, adapter, ivs, H, info.head_dim):
-                    out = model(input_ids=torch.tensor([ids[position:]]), cache=cache, use_cache=True,
-                                logits_to_keep=1)
-                cache.crop(-1)  # back to the shared prefix
-                return _logprob(out.logits[0, -1], target_id)
+            def score(ivs: tuple[Intervention, ...]) -> np.ndarray:
+                """Row 0: no intervention (the baseline); row i + 1: ivs[i] alone."""
+                with InterventionContext(model, adapter, ivs, H, info.head_dim, tuple(range(1, len(ivs) + 1))):
+                    out = model(input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=1)
+                if cache is not None:
+                    cache.crop(-1)  # back to the shared prefix
+                return _logprobs(out.logits[:, -1], target_id)[: len(ivs) + 1]
         else:
-            def score(ivs: tuple[Intervention, ...]) -> float:
-                with InterventionContext(model, adapter, ivs, H, info.head_dim):
-                    out = model(input_ids=torch.tensor([ids]), logits_to_keep=1)
-                return _logprob(out.logits[0, -1], target_id)
+            inputs = torch.tensor([ids] * (batch + 1))  # [batch + 1, position + 1]
 
-        baseline = score(())
+            def score(ivs: tuple[Intervention, ...]) -> np.ndarray:
+                with InterventionContext(model, adapter, ivs, H, info.head_dim, tuple(range(1, len(ivs) + 1))):
+                    out = model(input_ids=inputs, logits_to_keep=1)
+                return _logprobs(out.logits[:, -1], target_id)[: len(ivs) + 1]
+
+        baseline = float(score(())[0])
         forwards += 1
-        for i, iv in enumerate(plan):
+        for lo in range(0, len(plan), batch):
             if cancel is not None and cancel.is_set():
                 break
-            effects[i] = score((iv,)) - baseline
+            chunk = tuple(plan[lo: lo + batch])
+            effects[lo: lo + len(chunk)] = score(chunk)[1:] - baseline
             forwards += 1
             if progress is not None:
-                progress(i + 1, len(plan))
+                progress(lo + len(chunk), len(plan))
     heads = effects[: L * H].reshape(L, H)
     rest = effects[L * H:]
     attn, mlp = (rest[:L], rest[L:]) if blocks else (np.full(L, np.nan), np.full(L, np.nan))
@@ -125,6 +133,14 @@ def default_target(run, position: int) -> int:
     return int(run.array("pred_top_ids")[position, 0])
 
 
-def _logprob(logits: torch.Tensor, target: int) -> float:
-    logits = logits.float()  # [vocab]
-    return float(logits[target] - torch.logsumexp(logits, dim=-1))
+def _logprobs(logits: torch.Tensor, target: int) -> np.ndarray:
+    logits = logits.float()  # [batch, vocab]
+    return (logits[:, target] - torch.logsumexp(logits, dim=-1)).double().numpy()  # [batch]
+
+
+def _repeat_cache(prefix: DynamicCache, model, n: int) -> DynamicCache:
+    """A cache holding the prefix `n` times along the batch axis."""
+    out = DynamicCache(config=model.config)
+    for i, layer in enumerate(prefix.layers):
+        out.update(layer.keys.expand(n, -1, -1, -1).contiguous(), layer.values.expand(n, -1, -1, -1).contiguous(), i)
+    return out
