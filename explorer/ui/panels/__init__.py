@@ -15,6 +15,9 @@ REGISTRY: dict[str, str] = {
     "pipeline": "explorer.ui.panels.pipeline:PipelinePanel",
     "embeddings": "explorer.ui.panels.embeddings:EmbeddingsPanel",
     "attention": "explorer.ui.panels.attention:AttentionPanel",
+    "interventions": "explorer.ui.panels.interventions:InterventionsPanel",
+    "head_sweep": "explorer.ui.panels.head_sweep:HeadSweepPanel",
+    "compare": "explorer.ui.panels.compare:ComparePanel",
 }
 
 

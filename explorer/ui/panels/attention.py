@@ -19,6 +19,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSpinBo
 from ...core.analysis import attention as att
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
+from . import intervention_menu as im
 from .attention_overview import HeadStatsTable, OverviewGrid
 from .base import Panel
 from .head_view import HeadLines, HeadView
@@ -117,6 +118,10 @@ class AttentionPanel(Panel):
         self.stats.induction_test.connect(lambda: self.request_prompt.emit(att.induction_prompt(
             seed=int(np.random.default_rng().integers(1 << 16)))))
         self.head_view.clicked.connect(lambda pos: self.selection.set("position", pos))
+        im.attach_head_menu(self.heatmap.view, lambda _p: (self.selection.layer, self.selection.head))  # right-click:
+        im.attach_head_menu(self.overview.view, im.plot_locator(self.overview.view, self.overview.plot,  # ablate,
+                                                                self.overview.cell_at))  # scale, patch
+        im.attach_head_menu(self.stats.table, im.table_head_locator(self.stats.table))
 
     # --- Panel contract ---------------------------------------------------------------------------
     def draw_run(self, run) -> None:

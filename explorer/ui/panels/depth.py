@@ -24,6 +24,7 @@ from ...core.analysis.depth_attention import DepthWeights, depth_weights
 from ...core.run import Run
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
+from . import intervention_menu as im
 from .base import Panel
 from .depth_views import AttributionView, DepthAttentionView, ShareView, SimilarityView, _esc, readable
 from .token_colors import piece_name
@@ -86,6 +87,9 @@ class DepthPanel(Panel):
         self.mode.currentIndexChanged.connect(lambda _i: self._refresh_lens())
         self.lens.hovered.connect(self._on_hover)
         self.lens.clicked.connect(self._on_click)
+        im.attach_layer_menu(self.lens.view, im.plot_locator(  # right-click a depth row: ablate / patch that layer
+            self.lens.view, self.lens.plot,
+            lambda _x, y: int(y) - 1 if self.run is not None and 1 <= int(y) <= self.run.info.n_layers else None))
         self.lens.plot.vb.sigRangeChanged.connect(lambda *_: self._update_texts())
         self.tabs.currentChanged.connect(lambda _i: self._refresh_view())
         self.attribution.by_head.toggled.connect(lambda _c: self._refresh_view())

@@ -1,0 +1,218 @@
+"""Head sweep and head search: which heads matter for this prediction, and which heads behave how."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...core.analysis import head_search
+from ...core.analysis.sweep import SweepResult, default_target, head_sweep
+from ..widgets.background import Background
+from ..widgets.heatmap import Heatmap
+from .base import Panel
+from .intervention_menu import ModelJobs, attach_head_menu, find_host, plot_locator
+
+SWEEP_MODES = (("last", "ablate at the predicting position only (prefix from the KV cache, fast)"),
+               ("all", "ablate at every position (whole prompt recomputed per head, slow)"))
+
+
+class HeadSweepPanel(Panel):
+    title = "Head sweep & search"
+    help_text = (
+        "Head sweep: for the prediction made at the selected position (the token that follows it), every head is "
+        "knocked out in turn (its output set to zero) and the change in that token's log-probability is drawn as "
+        "a layers x heads map: blue cells are heads the prediction relies on, red ones work against it. The right "
+        "strip does the same for whole attention and MLP blocks. By default a head is ablated only at the "
+        "predicting position: everything before it is unchanged, so the prompt's KV cache is reused and the "
+        "sweep is quick; 'every position' recomputes the whole prompt per head. Click a cell to open that head. "
+        "Head search ranks heads by behaviour on this run: sink, previous-token, induction, or attention to a "
+        "token or a span of positions."
+    )
+
+    def __init__(self, selection, parent=None):
+        super().__init__(selection, parent)
+        self.jobs: ModelJobs | None = None
+        self.result: SweepResult | None = None
+        self.background = Background(self)
+        self.tabs = QTabWidget()
+        self.body.addWidget(self.tabs, 1)
+        self._build_sweep()
+        self._build_search()
+
+    # --- sweep -----------------------------------------------------------------------------------------
+    def _build_sweep(self) -> None:
+        page = QWidget()
+        v = QVBoxLayout(page)
+        row = QHBoxLayout()
+        self.mode = QComboBox()
+        for key, text in SWEEP_MODES:
+            self.mode.addItem(text, key)
+        self.start = QPushButton("Sweep heads")
+        self.stop = QPushButton("Cancel")
+        self.stop.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(200)
+        for w in (self.mode, self.start, self.stop, self.progress):
+            row.addWidget(w)
+        row.addStretch(1)
+        v.addLayout(row)
+        self.sweep_label = QLabel("Select a position, then press 'Sweep heads'.")
+        self.sweep_label.setWordWrap(True)
+        v.addWidget(self.sweep_label)
+        self.map = Heatmap("CET-D1")
+        self.map.plot.setLabel("left", "layer")
+        self.map.plot.setLabel("bottom", "head")
+        self.blocks = Heatmap("CET-D1")
+        self.blocks.plot.setLabel("left", "layer")
+        split = QSplitter()
+        split.addWidget(self.map)
+        split.addWidget(self.blocks)
+        split.setSizes([700, 220])
+        v.addWidget(split, 1)
+        self.tabs.addTab(page, "Head sweep")
+        self.start.clicked.connect(self.start_sweep)
+        self.stop.clicked.connect(lambda: self.jobs and self.jobs.cancel())
+        self.map.clicked.connect(self.open_head)
+        self.map.hovered.connect(self._hover)
+        attach_head_menu(self.map.view, plot_locator(self.map.view, self.map.plot, self._cell))
+
+    def _cell(self, x: float, y: float) -> tuple[int, int] | None:
+        if self.result is None:
+            return None
+        L, H = self.result.heads.shape
+        layer, head = int(y), int(x)
+        return (layer, head) if 0 <= layer < L and 0 <= head < H else None
+
+    def target(self) -> tuple[int, int]:
+        pos = min(self.selection.position, self.run.n_tokens - 1)
+        return pos, default_target(self.run, pos)
+
+    def start_sweep(self) -> None:
+        if self.run is None or not self.run.info.is_causal:
+            self.sweep_label.setText("A head sweep needs a run of a causal language model.")
+            return
+        if self.jobs is None:
+            host = find_host(self)
+            if host is None:
+                self.sweep_label.setText("The sweep needs the app's model (no worker found).")
+                return
+            self.jobs = ModelJobs(host, self)
+        pos, target = self.target()
+        ids, mode = self.run.token_ids, self.mode.currentData()
+        self.start.setEnabled(False)
+        self.stop.setEnabled(True)
+        self.progress.setValue(0)
+        self.sweep_label.setText(f"Sweeping {self.run.info.n_layers * self.run.info.n_heads} heads for "
+                                 f"{self._name(target)} after position {pos}...")
+        self.jobs.submit(lambda session, cancel, progress: head_sweep(session, ids, pos, target, mode=mode,
+                                                                      progress=progress, cancel=cancel),
+                         self.show_result, self._failed, self._progress)
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.setMaximum(total)
+        self.progress.setValue(done)
+
+    def _failed(self, message: str) -> None:
+        self.start.setEnabled(True)
+        self.stop.setEnabled(False)
+        self.sweep_label.setText(f"The sweep failed: {message}")
+
+    def show_result(self, result: SweepResult) -> None:
+        self.start.setEnabled(True)
+        self.stop.setEnabled(False)
+        self.result = result
+        span = float(np.nanmax(np.abs(np.concatenate([result.heads.ravel(), result.attn, result.mlp]))) or 1e-6)
+        heads = np.nan_to_num(result.heads, nan=0.0).astype(np.float32)
+        L, H = heads.shape
+        self.map.set_data(heads, (-span, span), row_labels=[str(i) for i in range(L)],
+                          col_labels=[str(i) for i in range(H)])
+        strip = np.nan_to_num(np.stack([result.attn, result.mlp], axis=1), nan=0.0).astype(np.float32)  # [L, 2]
+        self.blocks.set_data(strip, (-span, span), row_labels=[str(i) for i in range(L)], col_labels=["attn", "mlp"])
+        top = ", ".join(f"L{a}.H{b} {c:+.2f}" for a, b, c in result.strongest(3))
+        state = "" if result.complete else " (cancelled: the rest is blank)"
+        self.sweep_label.setText(
+            f"Target {self._name(result.target_id)} after position {result.position}: logprob {result.baseline:.3f}; "
+            f"change when ablated ({'predicting position only' if result.mode == 'last' else 'every position'})"
+            f"{state}. Strongest: {top}. {result.forwards} forwards in {result.seconds:.1f} s.")
+
+    def _hover(self, row: int, col: int) -> None:
+        if self.result is not None and 0 <= row < self.result.heads.shape[0] and 0 <= col < self.result.heads.shape[1]:
+            self.map.readout.setText(f"L{row}.H{col}: target logprob change {self.result.heads[row, col]:+.4f}")
+
+    def open_head(self, layer: int, head: int) -> None:
+        if self.run is None:
+            return
+        if 0 <= layer < self.run.info.n_layers and 0 <= head < self.run.info.n_heads:
+            self.selection.set("layer", layer)
+            self.selection.set("head", head)
+
+    def _name(self, token_id: int) -> str:
+        vocab = self.run.vocab if self.run is not None else None
+        return repr(vocab[token_id]) if vocab and token_id < len(vocab) else f"token {token_id}"
+
+    # --- search ------------------------------------------------------------------------------------------
+    def _build_search(self) -> None:
+        page = QWidget()
+        v = QVBoxLayout(page)
+        row = QHBoxLayout()
+        self.behaviour = QComboBox()
+        self.behaviour.addItems(head_search.BEHAVIOURS)
+        self.token = QLineEdit()
+        self.token.setPlaceholderText("token text (for 'token')")
+        self.span_lo, self.span_hi = QSpinBox(), QSpinBox()
+        for box in (self.span_lo, self.span_hi):
+            box.setMaximum(1_000_000)
+        self.span_hi.setValue(1)
+        self.find = QPushButton("Find heads")
+        for w in (QLabel("Behaviour"), self.behaviour, self.token, QLabel("span"), self.span_lo, self.span_hi,
+                  self.find):
+            row.addWidget(w)
+        row.addStretch(1)
+        v.addLayout(row)
+        self.hits = QTableWidget(0, 3)
+        self.hits.setHorizontalHeaderLabels(["layer", "head", "score"])
+        self.hits.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.hits.setSelectionBehavior(QTableWidget.SelectRows)
+        v.addWidget(self.hits, 1)
+        self.tabs.addTab(page, "Head search")
+        self.find.clicked.connect(self.search)
+        self.hits.cellClicked.connect(lambda r, _c: self.open_head(*self._hit(r)))
+        attach_head_menu(self.hits, lambda p: self._hit(self.hits.rowAt(p.y())) if self.hits.rowAt(p.y()) >= 0
+                         else None)
+
+    def _hit(self, row: int) -> tuple[int, int]:
+        return int(self.hits.item(row, 0).text()), int(self.hits.item(row, 1).text())
+
+    def search(self) -> None:
+        if self.run is None:
+            return
+        run, behaviour, token = self.run, self.behaviour.currentText(), self.token.text()
+        span = (self.span_lo.value(), self.span_hi.value())
+        self.background.submit("search", lambda: head_search.search(run, behaviour, token=token, span=span),
+                               self.show_hits)
+
+    def show_hits(self, hits) -> None:
+        self.hits.setRowCount(len(hits))
+        for r, hit in enumerate(hits):
+            for c, text in enumerate((str(hit.layer), str(hit.head), f"{hit.score:.3f}")):
+                item = QTableWidgetItem(text)
+                item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                self.hits.setItem(r, c, item)
+
+    def draw_run(self, run) -> None:
+        self.result = None
