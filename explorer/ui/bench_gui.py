@@ -104,6 +104,10 @@ def measure_size(session, n_tokens: int, steps: int, prompt_of: Callable, errors
             paint[name].append((time.perf_counter() - t5) * 1e3)
         app.processEvents()
         t4 = time.perf_counter()
+        for name, panel in panels.items():
+            message = _panel_error(panel)
+            if message:
+                errors.setdefault(name, message[:300])
         totals.append((t4 - t0) * 1e3)
         for key, ms in zip(parts, ((t1 - t0) * 1e3, (t3 - t1) * 1e3, (t4 - t3) * 1e3), strict=True):
             parts[key].append(ms)

@@ -67,14 +67,20 @@ def test_draws_every_step_with_its_measured_time(qtbot, run):
 
 
 def test_streaming_matches_full_draw(qtbot, tiny_session, run):
-    panel, _ = _panel(qtbot, run)
+    panel, sel = _panel(qtbot, run)
     grown = tiny_session.new_run(run.request)
     for i, event in enumerate(run.steps):
         grown.apply(event)
+        # as the main window does: the selection follows the newest step before panels get on_step
+        sel.set_limits(steps=len(grown.steps), positions=grown.n_tokens, layers=4, heads=4)
+        sel.set("step", i)
+        assert panel._error.isHidden(), panel._error.text()
         if i == 0:
             panel.set_run(grown)
         else:
             panel.on_step(grown, event)
+        assert panel._error.isHidden(), panel._error.text()
+        assert f"step {i} (" in panel.detail.getPlotItem().titleLabel.text
     assert len(panel._groups) == len(run.steps)
     expected = np.array([sum(ms for _, ms in s.timings_ms) for s in run.steps])
     np.testing.assert_allclose(_bar_totals(panel), expected, rtol=1e-9)

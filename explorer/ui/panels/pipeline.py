@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,17 +86,17 @@ def read_bench() -> dict | None:
 
 
 def process_rss_bytes() -> int:
-    """Resident memory of this process (psutil when present, else /proc/self/statm)."""
+    """Resident memory of this process (/proc/self/statm on Linux, else psutil, else 0)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
     try:
         import psutil
 
         return int(psutil.Process().memory_info().rss)
     except Exception:  # psutil missing or unsupported platform
-        pass
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
         return 0
 
 
@@ -193,6 +194,9 @@ class PipelinePanel(Panel):
         self.overview.addItem(self._prefill_note)
         self.overview.scene().sigMouseClicked.connect(self._overview_clicked)
         split.addWidget(self.overview)
+        for plot in (self.detail, self.overview):
+            for name in ("left", "bottom"):
+                plot.getPlotItem().getAxis(name).enableAutoSIPrefix(False)  # no label re-layout per update
         split.setSizes([300, 200])
         self.body.addWidget(split, stretch=1)
 
@@ -202,6 +206,7 @@ class PipelinePanel(Panel):
         self.explain.linkActivated.connect(lambda link: self.panel_requested.emit(link.split(":", 1)[-1]))
         self.body.addWidget(self.explain)
         self._groups = np.zeros((0, len(GROUPS)), np.float64)  # [steps, groups] ms
+        self._rss_at = -1.0
 
     # --- drawing -------------------------------------------------------------------------------
     def draw_run(self, run: Run | None) -> None:
@@ -225,7 +230,7 @@ class PipelinePanel(Panel):
         row = np.array([list(step_group_ms(event.timings_ms).values())])
         self._groups = np.concatenate([self._groups, row])
         self._redraw_overview()
-        if self._shown_step() == len(run.steps) - 1 or self.selection.step >= len(run.steps) - 1:
+        if self._shown_step() == len(run.steps) - 1:
             self._redraw_detail()
         self._redraw_figures()
 
@@ -235,8 +240,8 @@ class PipelinePanel(Panel):
             self._move_cursor()
 
     def _shown_step(self) -> int:
-        n = len(self.run.steps) if self.run is not None else 0
-        return min(self.selection.step, n - 1)
+        """The selected step, among the steps drawn so far (the selection may run ahead of on_step)."""
+        return max(0, min(self.selection.step, len(self._groups) - 1))
 
     def _redraw_overview(self) -> None:
         groups = self._groups  # [steps, groups]
@@ -257,8 +262,7 @@ class PipelinePanel(Panel):
         else:
             xmax = float(totals.max()) * 1.05 if n else 1.0
             self._prefill_note.setText("")
-        plot.setXRange(0, max(xmax, 1e-3), padding=0)
-        plot.setYRange(-0.6, max(n, 4) - 0.4, padding=0)
+        plot.vb.setRange(xRange=(0, max(xmax, 1e-3)), yRange=(-0.6, max(n, 4) - 0.4), padding=0)
         self._move_cursor()
 
     def _move_cursor(self) -> None:
@@ -269,7 +273,7 @@ class PipelinePanel(Panel):
         self._cursor.setOpts(x0=[0], y=[s], height=[0.95], width=[total])
 
     def _redraw_detail(self) -> None:
-        if self.run is None or not self.run.steps:
+        if self.run is None or not len(self._groups):
             return
         s = self._shown_step()
         step = self.run.steps[s]
@@ -294,9 +298,9 @@ class PipelinePanel(Panel):
         n_new = step.n_new - step.cached_prefix
         self.detail.setTitle(f"step {s} ({kind}, {n_new} new token{'s' * (n_new != 1)}): {ms.sum():,.1f} ms",
                              size="10pt")
-        plot = self.detail.getPlotItem()
-        plot.setXRange(0, max(float(ms.sum()), 1e-3), padding=0.02)
-        plot.setYRange(-0.6, len(names) - 0.4, padding=0)
+        total = max(float(ms.sum()), 1e-3)
+        self.detail.getPlotItem().vb.setRange(xRange=(-0.02 * total, 1.02 * total),
+                                              yRange=(-0.6, len(names) - 0.4), padding=0)
 
     def _redraw_figures(self) -> None:
         run = self.run
@@ -312,7 +316,10 @@ class PipelinePanel(Panel):
         share = totals[list(GROUPS).index("capture")] / max(totals.sum(), 1e-9)
         f["overhead"].setText(f"stats {share:.0%} of this run; {overhead_text(self._bench)}")
         f["capture"].setText(f"<b>{_mib(run.capture_bytes())}</b> for {run.n_tokens} tokens")
-        f["process"].setText(f"<b>{_mib(process_rss_bytes())}</b> resident")
+        now = time.monotonic()
+        if now - self._rss_at > 0.5 or self.run.finish_reason is not None:  # at most twice a second while streaming
+            self._rss_at = now
+            f["process"].setText(f"<b>{_mib(process_rss_bytes())}</b> resident")
 
     # --- interaction ---------------------------------------------------------------------------
     def _overview_clicked(self, event) -> None:
