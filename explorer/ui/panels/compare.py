@@ -66,7 +66,7 @@ class ComparePanel(Panel):
         self.lens.setLabel("left", "KL(A || B) of the logit lens, nats")
         self.lens_curve = self.lens.plot([], [], pen=pg.mkPen("#e67e22", width=2), symbol="o", symbolSize=5)
         self.attn_a, self.attn_b, self.attn_d = Heatmap("viridis"), Heatmap("viridis"), Heatmap("CET-D1")
-        for hm, name in ((self.attn_a, "A"), (self.attn_b, "B"), (self.attn_d, "A - B (matched positions)")):
+        for hm, name in ((self.attn_a, "A"), (self.attn_b, "B"), (self.attn_d, "A - B (matched)")):
             hm.plot.setTitle(f"attention, selected head: {name}")
         split = QSplitter()
         for w in (self.lens, self.attn_a, self.attn_b, self.attn_d):

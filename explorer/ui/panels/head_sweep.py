@@ -136,13 +136,15 @@ class HeadSweepPanel(Panel):
         self.start.setEnabled(True)
         self.stop.setEnabled(False)
         self.result = result
-        span = float(np.nanmax(np.abs(np.concatenate([result.heads.ravel(), result.attn, result.mlp]))) or 1e-6)
         heads = np.nan_to_num(result.heads, nan=0.0).astype(np.float32)
+        span = float(np.abs(heads).max()) or 1e-6  # heads and blocks have their own scales (blocks move far more)
         L, H = heads.shape
         self.map.set_data(heads, (-span, span), row_labels=[str(i) for i in range(L)],
                           col_labels=[str(i) for i in range(H)])
         strip = np.nan_to_num(np.stack([result.attn, result.mlp], axis=1), nan=0.0).astype(np.float32)  # [L, 2]
-        self.blocks.set_data(strip, (-span, span), row_labels=[str(i) for i in range(L)], col_labels=["attn", "mlp"])
+        block_span = float(np.abs(strip).max()) or 1e-6
+        self.blocks.set_data(strip, (-block_span, block_span), row_labels=[str(i) for i in range(L)],
+                             col_labels=["attn", "mlp"])
         top = ", ".join(f"L{a}.H{b} {c:+.2f}" for a, b, c in result.strongest(3))
         state = "" if result.complete else " (cancelled: the rest is blank)"
         self.sweep_label.setText(

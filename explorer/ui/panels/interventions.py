@@ -83,7 +83,7 @@ class InterventionsPanel(Panel):
         self.table.setHorizontalHeaderLabels(["token", "baseline", "now", "change"])
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.verticalHeader().hide()
-        self.lens = Heatmap("CET-D1")
+        self.lens = Heatmap("inferno")
         self.lens.plot.setTitle("logit-lens KL(baseline || now) by layer and position")
         self.lens.plot.setLabel("left", "depth")
         self.attn = Heatmap("CET-D1")
@@ -264,7 +264,7 @@ class InterventionsPanel(Panel):
         self.table.resizeColumnsToContents()
         peak = float(max(lens.max(), 1e-6))
         labels = [self.run.tokens[p].text for p in range(lo, lo + lens.shape[1])]
-        self.lens.set_data(lens, (-peak, peak), row_labels=["emb"] + [str(i) for i in range(lens.shape[0] - 1)],
+        self.lens.set_data(lens, (0.0, peak), row_labels=["emb"] + [str(i) for i in range(lens.shape[0] - 1)],
                            col_labels=labels)
         self._lens_lo = lo
         span = float(max(np.abs(attn).max(), 1e-6))
