@@ -220,6 +220,8 @@ class MainWindow(RunControl, FileActions, QMainWindow):
             dock.show()
         if left and (right_top or rest):
             self.resizeDocks([left[0], (right_top or rest)[0]], [600, 1000], Qt.Horizontal)
+        if right_top and rest:  # the tabbed group (layer depth first) gets a little more than attention
+            self.resizeDocks([right_top[0], rest[0]], [330, 430], Qt.Vertical)
 
     def _connect_worker(self) -> None:
         w = self.host.worker

@@ -2,6 +2,9 @@
 
 Query heads that share a KV head (GQA: head // group_size) sit on a lighter frame, with a wider gap
 between groups. The image is an RGB uint8 array painted with numpy and shown by one ImageItem.
+The image (`rgb`, and the coordinates of head_x / layer_y / cell_at) always has layers as rows; on
+screen it is shown transposed (layers as columns) when that makes the thumbnails bigger, and it
+fills the available area (thumbnails stretched to at most MAX_STRETCH : 1).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QPen
+from PySide6.QtGui import QColor, QFontMetricsF, QPen
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
@@ -22,9 +25,11 @@ from PySide6.QtWidgets import (
 )
 
 from ...core.analysis.attention import STAT_NAMES, LayerSummary, Thresholds, label_head
+from ..widgets.heatmap import tick_step
 
 BACKGROUND = (30, 30, 34)
 FRAME = (120, 120, 128)
+MAX_STRETCH = 2.0  # a thumbnail is at most this many times wider than tall on screen (or taller than wide)
 
 
 class OverviewGrid(QWidget):
@@ -40,7 +45,6 @@ class OverviewGrid(QWidget):
         self.plot: pg.PlotItem = self.view.addPlot()
         self.plot.invertY(True)
         self.plot.setMenuEnabled(False)
-        self.plot.setAspectLocked(True)
         self.plot.hideButtons()
         self.plot.showAxis("top")
         self.plot.hideAxis("bottom")
@@ -61,7 +65,11 @@ class OverviewGrid(QWidget):
         self.rgb: np.ndarray | None = None
         self.n_layers = self.n_heads = 0
         self.group = 1
+        self.transposed = False  # on screen: layers as columns, heads as rows
+        self._selected = (0, 0)
+        self._tick_steps: tuple[int, int] | None = None
         self.view.scene().sigMouseClicked.connect(self._on_click)
+        self.plot.vb.sigResized.connect(lambda *_: self.fit())
 
     # --- geometry ---------------------------------------------------------------------------------
     @property
@@ -88,14 +96,65 @@ class OverviewGrid(QWidget):
                 x1 = self.head_x(min(n_heads, g + self.group) - 1) + self.size + 1
                 self.rgb[y - 1: y + self.size + 1, x0:x1] = FRAME
                 self.rgb[y: y + self.size, x0 + 1: x1 - 1] = BACKGROUND
-        self.image.setImage(self.rgb, levels=(0, 255), autoLevels=False)
-        self.image.setRect(0, 0, width, height)
-        self.plot.getAxis("left").setTicks([[(self.layer_y(i) + self.size / 2, str(i)) for i in range(n_layers)]])
-        self.plot.getAxis("top").setTicks([[(self.head_x(h) + self.size / 2, str(h)) for h in range(n_heads)]])
-        self.plot.getAxis("left").setLabel("layer")
-        self.plot.getAxis("top").setLabel(f"head (groups of {self.group} share a KV head)" if self.group > 1
-                                          else "head")
-        self.plot.setRange(xRange=(0, width), yRange=(0, height), padding=0.01)
+        self._tick_steps = None
+        self.fit(force=True)
+
+    # --- on-screen layout -------------------------------------------------------------------------
+    def _show_image(self) -> None:
+        height, width = self.rgb.shape[:2]
+        shown = self.rgb.transpose(1, 0, 2) if self.transposed else self.rgb  # [rows, cols, rgb] on screen
+        self.image.setImage(shown, levels=(0, 255), autoLevels=False)
+        self.image.setRect(0, 0, *((height, width) if self.transposed else (width, height)))
+
+    def fit(self, force: bool = False) -> None:
+        """Pick the orientation with the bigger thumbnails for the current widget size, fill the area
+        (stretching thumbnails up to MAX_STRETCH : 1) and label every Nth layer / head so labels never overlap."""
+        if self.rgb is None:
+            return
+        height, width = self.rgb.shape[:2]
+        vw, vh = self.plot.vb.width(), self.plot.vb.height()
+        if vw > 1 and vh > 1:
+            upright, across = min(vw / width, vh / height), min(vw / height, vh / width)
+            transposed = across > upright * 1.1 or (self.transposed and across > upright / 1.1)
+        else:
+            transposed = self.transposed
+        if transposed != self.transposed or force:
+            self.transposed = transposed
+            self._tick_steps = None
+            self._show_image()
+            self.select(*self._selected)
+        dw, dh = (height, width) if self.transposed else (width, height)  # data extent on screen
+        x_span, y_span = float(dw), float(dh)
+        if vw > 1 and vh > 1:
+            sx, sy = vw / dw, vh / dh  # screen pixels per image pixel
+            if sx > MAX_STRETCH * sy:
+                x_span = vw / (MAX_STRETCH * sy)
+            elif sy > MAX_STRETCH * sx:
+                y_span = vh / (MAX_STRETCH * sx)
+        self.plot.setRange(xRange=((dw - x_span) / 2, (dw + x_span) / 2),
+                           yRange=((dh - y_span) / 2, (dh + y_span) / 2), padding=0)
+        self._label_axes(vw / x_span if vw > 1 else 0.0, vh / y_span if vh > 1 else 0.0)
+
+    def _label_axes(self, px_x: float, px_y: float) -> None:
+        metrics = QFontMetricsF(self.view.font())
+        layer_px, head_px = (px_x, px_y) if self.transposed else (px_y, px_x)
+        wide = metrics.horizontalAdvance(str(max(self.n_layers, self.n_heads) - 1)) + 6
+        tall = metrics.height() + 1
+        steps = (tick_step(layer_px * (self.size + 3), wide if self.transposed else tall),
+                 tick_step(head_px * (self.size + 1), tall if self.transposed else wide))
+        if steps == self._tick_steps:
+            return
+        self._tick_steps = steps
+        layers = [(self.layer_y(i) + self.size / 2, str(i)) for i in range(0, self.n_layers, steps[0])]
+        heads = [(self.head_x(h) + self.size / 2, str(h)) for h in range(0, self.n_heads, steps[1])]
+        head_title = "head" if self.group == 1 else f"head (KV groups of {self.group})" if self.transposed \
+            else f"head (groups of {self.group} share a KV head)"
+        (top, left), (top_title, left_title) = ((layers, heads), ("layer", head_title)) if self.transposed \
+            else ((heads, layers), (head_title, "layer"))
+        self.plot.getAxis("top").setTicks([top])
+        self.plot.getAxis("left").setTicks([left])
+        self.plot.getAxis("top").setLabel(top_title)
+        self.plot.getAxis("left").setLabel(left_title)
 
     def set_layer(self, layer: int, thumbs: np.ndarray) -> None:
         """Paint one layer's thumbnails [heads, size, size] (values 0..1)."""
@@ -107,11 +166,13 @@ class OverviewGrid(QWidget):
         for h in range(min(self.n_heads, thumbs.shape[0])):
             x = self.head_x(h)
             self.rgb[y: y + self.size, x: x + self.size] = colours[h]
-        self.image.setImage(self.rgb, levels=(0, 255), autoLevels=False)
+        self._show_image()
 
     def select(self, layer: int, head: int) -> None:
+        self._selected = (layer, head)
         if self.rgb is not None:
-            self.marker.setRect(self.head_x(head) - 1, self.layer_y(layer) - 1, self.size + 2, self.size + 2)
+            x, y = self.head_x(head) - 1, self.layer_y(layer) - 1
+            self.marker.setRect(*((y, x) if self.transposed else (x, y)), self.size + 2, self.size + 2)
 
     def cell_at(self, x: float, y: float) -> tuple[int, int] | None:
         layer = int((y - 2) // (self.size + 3))
@@ -124,7 +185,7 @@ class OverviewGrid(QWidget):
         if event.button() != Qt.LeftButton or self.rgb is None:
             return
         p = self.plot.vb.mapSceneToView(event.scenePos())
-        cell = self.cell_at(p.x(), p.y())
+        cell = self.cell_at(p.y(), p.x()) if self.transposed else self.cell_at(p.x(), p.y())
         if cell is not None:
             self.clicked.emit(*cell)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont, QFontMetricsF
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSplitter, QTabWidget
 
 from ...core.analysis.depth import LENS_TOP_K, LensTable, compute_lens, lens_inputs
@@ -31,6 +32,7 @@ from .token_colors import piece_name
 
 WINDOW = 64  # positions computed first / per background block
 MAX_LABEL_CELLS = 1000  # text labels in the lens only when at most this many cells are visible
+MIN_LABEL_CELL = (40, 14)  # ... and only when a cell is at least this many screen pixels wide and tall
 MODES = ("top token: probability", "actual next token: probability (rank in labels)",
          "clicked cell's token: probability")
 
@@ -81,7 +83,9 @@ class DepthPanel(Panel):
         split = QSplitter(Qt.Vertical)
         split.addWidget(self.lens)
         split.addWidget(self.tabs)
-        split.setSizes([420, 380])
+        split.setSizes([480, 320])
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
         self.body.addWidget(split, 1)
 
         self.mode.currentIndexChanged.connect(lambda _i: self._refresh_lens())
@@ -91,6 +95,7 @@ class DepthPanel(Panel):
             self.lens.view, self.lens.plot,
             lambda _x, y: int(y) - 1 if self.run is not None and 1 <= int(y) <= self.run.info.n_layers else None))
         self.lens.plot.vb.sigRangeChanged.connect(lambda *_: self._update_texts())
+        self.lens.plot.vb.sigResized.connect(lambda *_: self._update_texts())
         self.tabs.currentChanged.connect(lambda _i: self._refresh_view())
         self.attribution.by_head.toggled.connect(lambda _c: self._refresh_view())
         self.share.split.toggled.connect(lambda _c: self._refresh_view())
@@ -128,6 +133,8 @@ class DepthPanel(Panel):
         follow = vb_range[1] >= lo - 0.5  # the view showed the end: keep following the new tokens
         self._window = (max(0, hi - WINDOW), hi) if follow else self._window
         self._refresh_lens(auto_range=follow)
+        if self.table.done.all():  # the streamed column completed the table: keep the count current
+            self.status.setText(f"Logit lens: all {self.table.n} positions x {self.table.rows} depths.")
         self._refresh_view()
 
     def draw_selection(self, field: str) -> None:
@@ -179,7 +186,8 @@ class DepthPanel(Panel):
         if run is None or t is None:
             return
         values, levels = self.lens_values()
-        rows = ["embed"] + [f"layer {i}" for i in range(run.info.n_layers)]
+        rows = ["embed"] + [f"layer\u00a0{i}" for i in range(run.info.n_layers)]  # no-break space: the axis
+        # shows a token's spaces as "·", these are not tokens
         cols = [tok.text for tok in run.tokens[: t.n]]
         self.lens.set_data(values, levels=levels, row_labels=rows, col_labels=cols, auto_range=False)
         if auto_range:
@@ -188,8 +196,15 @@ class DepthPanel(Panel):
         self.marker.setValue(self.selection.position + 0.5)
         self._update_texts()
 
+    def cell_pixels(self) -> tuple[float, float]:
+        """(width, height) of one lens cell on screen, in pixels, at the current view range and size."""
+        vb = self.lens.plot.vb
+        (x0, x1), (y0, y1) = vb.viewRange()
+        return vb.width() / max(x1 - x0, 1e-9), vb.height() / max(y1 - y0, 1e-9)
+
     def _update_texts(self) -> None:
-        """One text item per visible cell, only when few cells are visible (else colour only)."""
+        """One text item per visible cell, only when cells are big enough on screen to hold a readable label
+        and few are visible (else colour only)."""
         t, run = self.table, self.run
         for item in self._texts:
             item.hide()
@@ -198,8 +213,14 @@ class DepthPanel(Panel):
         (x0, x1), (y0, y1) = self.lens.plot.vb.viewRange()
         c0, c1 = max(0, int(np.floor(x0))), min(t.n, int(np.ceil(x1)))
         r0, r1 = max(0, int(np.floor(y0))), min(t.rows, int(np.ceil(y1)))
-        if (c1 - c0) * (r1 - r0) > MAX_LABEL_CELLS or c1 <= c0:
+        cell_w, cell_h = self.cell_pixels()
+        if (c1 - c0) * (r1 - r0) > MAX_LABEL_CELLS or c1 <= c0 or cell_w < MIN_LABEL_CELL[0] \
+                or cell_h < MIN_LABEL_CELL[1]:
             return
+        font = QFont(self.font())
+        font.setPixelSize(int(min(cell_h - 3, QFontMetricsF(self.font()).height())))
+        metrics = QFontMetricsF(font)
+        width = max(1, min(8, int((cell_w - 4) / max(1.0, metrics.averageCharWidth()))))
         mode = self.mode.currentIndex()
         values, _ = self.lens_values()
         k = 0
@@ -214,13 +235,15 @@ class DepthPanel(Panel):
                     text = piece_name(run, int(t.top_ids[r, c, 0]))
                 if k == len(self._texts):
                     item = pg.TextItem(anchor=(0.5, 0.5))
+                    item.textItem.document().setDocumentMargin(0)
                     self.lens.plot.addItem(item)
                     self._texts.append(item)
                 item = self._texts[k]
                 k += 1
                 v = values[r, c]
+                item.setFont(font)
                 item.setColor((0, 0, 0) if np.isfinite(v) and v > 0.6 else (255, 255, 255))
-                item.setText(_cell_text(text))
+                item.setText(_cell_text(text, width))
                 item.setPos(c + 0.5, r + 0.5)
                 item.show()
 

@@ -43,7 +43,7 @@ class AttributionView(QWidget):
         super().__init__(parent)
         self.plot = _plot()
         self.plot.showGrid(y=True, alpha=0.3)
-        self.plot.setLabel("left", "contribution to the logit")
+        self.plot.setLabel("left", "Δ logit")
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.8)
         self.plot.addItem(self.bars)
         self.by_head = QCheckBox("split attention by head")
@@ -67,8 +67,8 @@ class AttributionView(QWidget):
         self.bars.setOpts(x=x, height=values, width=0.8, brushes=brushes)
         ax = self.plot.getAxis("bottom")
         step = max(1, values.size // 24)
-        ax.setTicks([[(i, att.labels[i].replace("attn ", "a").replace("mlp ", "m")) for i in range(0, values.size,
-                                                                                                   step)]])
+        ax.setTicks([[(i, att.labels[i].replace("attn ", "a").replace("mlp ", "m")
+                       .replace("embed", "emb")) for i in range(0, values.size, step)]])
         self.plot.setXRange(-1, values.size, padding=0)
         self.plot.enableAutoRange(axis="y")
         offset = f" + LayerNorm bias term {att.offset:+.3f}" if att.offset else ""

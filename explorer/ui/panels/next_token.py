@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import QGridLayout, QLabel, QPushButton, QSlider, QSpinBox
 
 from ...core import sampling
@@ -17,6 +17,14 @@ from .token_colors import piece_name
 
 ORIGINAL, FILTERED, REMOVED = (170, 170, 170), (40, 110, 200), (230, 230, 230)
 CHOSEN = (230, 120, 20)
+
+
+class _BarPlot(pg.PlotWidget):
+    """A modest preferred size: the dock's scroll area sizes a panel with wrapped text to its preferred
+    height, and pyqtgraph's default (~600 x 400) would put a scroll bar on a normal dock."""
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return QSize(300, 180)
 
 
 class NextTokenPanel(Panel):
@@ -57,7 +65,7 @@ class NextTokenPanel(Panel):
         self.info.setWordWrap(True)
         self.body.addWidget(self.info)
 
-        self.plot = pg.PlotWidget(background="w")
+        self.plot = _BarPlot(background="w")
         self.plot.setMenuEnabled(False)
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.getPlotItem().hideButtons()

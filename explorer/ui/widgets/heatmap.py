@@ -3,11 +3,13 @@ optional token labels on the axes, hover readout and click signals."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFontMetricsF
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
@@ -47,8 +49,12 @@ class Heatmap(QWidget):
         self.data: np.ndarray | None = None
         self.row_scale = 1.0  # rows of the source per image row (when downsampled)
         self.col_scale = 1.0
+        self._labels: dict[str, list[str] | None] = {"left": None, "bottom": None}
+        self._steps: dict[str, tuple[int, int]] = {}
         self.view.scene().sigMouseMoved.connect(self._on_move)
         self.view.scene().sigMouseClicked.connect(self._on_click)
+        self.plot.vb.sigResized.connect(self._thin_labels)
+        self.plot.vb.sigRangeChanged.connect(self._thin_labels)
 
     def set_colormap(self, name: str) -> None:
         cmap = pg.colormap.get(name)
@@ -108,10 +114,37 @@ class Heatmap(QWidget):
 
     def _set_ticks(self, axis: str, labels: Sequence[str] | None, n: int) -> None:
         ax = self.plot.getAxis(axis)
+        self._steps.pop(axis, None)
         if labels is not None and len(labels) <= MAX_LABELS:
-            ax.setTicks([[(i + 0.5, _short(s)) for i, s in enumerate(labels)]])
+            self._labels[axis] = [_short(s) for s in labels]
+            self._thin_labels()
         else:
+            self._labels[axis] = None
             ax.setTicks(None)
+
+    def _thin_labels(self, *_args) -> None:
+        """Label every Nth row / column so that labels never overlap at the current on-screen cell size."""
+        vb = self.plot.vb
+        (x0, x1), (y0, y1) = vb.viewRange()
+        metrics = QFontMetricsF(self.view.font())
+        for axis, span, pixels in (("left", y1 - y0, vb.height()), ("bottom", x1 - x0, vb.width())):
+            labels = self._labels[axis]
+            if labels is None:
+                continue
+            cell = pixels / span if span > 0 and pixels > 1 else 0.0
+            chars = 0  # bottom labels: shorten to fit the cell width when 4 or more characters fit
+            if axis == "left":
+                need = metrics.height() + 1
+            else:
+                need = max((metrics.horizontalAdvance(s) for s in labels), default=0.0) + 6
+                if 0 < cell < need:
+                    chars = int((cell - 6) // max(1.0, metrics.averageCharWidth()))
+                    need = cell if chars >= 4 else need
+            step = tick_step(cell, need)
+            if self._steps.get(axis) != (step, chars):
+                self._steps[axis] = (step, chars)
+                short = [_short(s, chars) for s in labels] if chars >= 4 else labels
+                self.plot.getAxis(axis).setTicks([[(i + 0.5, s) for i, s in enumerate(short) if i % step == 0]])
 
     def cell_at(self, scene_pos) -> tuple[int, int] | None:
         if self.data is None or not self.plot.sceneBoundingRect().contains(scene_pos):
@@ -136,6 +169,16 @@ class Heatmap(QWidget):
         cell = self.cell_at(event.scenePos())
         if cell is not None and event.button() == Qt.LeftButton:
             self.clicked.emit(*cell)
+
+
+def tick_step(cell_pixels: float, label_pixels: float) -> int:
+    """Label every `step`th cell (1, 2, 5, 10, 20, 50, ...) so labels `label_pixels` long fit cells
+    `cell_pixels` apart; 1 when the cell size is not known yet (0)."""
+    if cell_pixels <= 0 or cell_pixels >= label_pixels:
+        return 1
+    need = label_pixels / cell_pixels
+    magnitude = 10 ** math.floor(math.log10(need))
+    return next(int(m * magnitude) for m in (1, 2, 5, 10) if m * magnitude >= need)
 
 
 def _short(label: str, width: int = 10) -> str:
