@@ -17,11 +17,17 @@ SUBCOMMANDS = ("capture", "inspect", "fetch", "bench")
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
+        import logging
+
+        from .logfile import setup_logging
+
+        setup_logging(console_level=logging.ERROR)  # the file gets INFO; the terminal only our own lines
         command, rest = argv[0], argv[1:]
         try:
             handlers = {"capture": cmd_capture, "inspect": cmd_inspect, "fetch": cmd_fetch, "bench": cmd_bench}
             return handlers[command](rest)
         except ExplorerError as exc:
+            logging.getLogger("explorer.cli").warning("%s failed: %s", command, exc)
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if "--version" in argv:

@@ -69,8 +69,11 @@ class StepRecord:
     filled: dict[str, int] = field(default_factory=dict)  # array name -> hook calls that wrote into it
 
     deferred: dict[str, list] | None = None  # decode steps: references, stacked once at the end
+    skip: frozenset[str] = frozenset()  # arrays not stored (memory budget): hooks ignore them
 
     def put(self, name: str, index: int, value: torch.Tensor) -> None:
+        if name in self.skip:
+            return
         self.filled[name] = self.filled.get(name, 0) + 1
         if self.deferred is not None:  # a few positions: one stack per array beats L small copies
             self.deferred.setdefault(name, []).append((index, value.detach()))
@@ -80,6 +83,8 @@ class StepRecord:
     def finish(self) -> None:
         """Check every layer's hook fired once per array, and stack what was deferred."""
         for name in ("queries", "keys", "values", "resid", "attn_out", "mlp_out"):
+            if name in self.skip:
+                continue
             target = getattr(self, name)
             if self.filled.get(name, 0) != target.shape[0]:
                 raise RuntimeError(f"capture of '{name}' saw {self.filled.get(name, 0)} of {target.shape[0]} layers")
@@ -93,13 +98,15 @@ class CaptureContext:
     """Installs hooks for one run; `begin_step()` starts a fresh record for each forward pass."""
 
     def __init__(self, model: torch.nn.Module, adapter: Adapter, info: ModelInfo,
-                 store_dtype: torch.dtype = torch.float16, cancel: threading.Event | None = None):
+                 store_dtype: torch.dtype = torch.float16, cancel: threading.Event | None = None,
+                 skip: tuple[str, ...] = ()):
         self.model = model
         self.info = info
         self.adapter = adapter
         self.layers = adapter.layers(model)
         self.store_dtype = store_dtype
         self.cancel = cancel
+        self.skip = frozenset(skip)  # arrays not stored (core.budget.OPTIONAL)
         self.record: StepRecord | None = None
         self._handles: list = []
         self._layer_start = 0.0
@@ -135,13 +142,16 @@ class CaptureContext:
 
         defer = n_new <= _DEFER_MAX
 
-        def empty(*shape: int) -> torch.Tensor:
+        def empty(name: str, *shape: int) -> torch.Tensor:
+            if name in self.skip:
+                return torch.empty(0, dtype=self.store_dtype)
             return torch.empty((shape[0], 0) if defer else shape, dtype=self.store_dtype)
 
         self.record = StepRecord(
-            queries=empty(L, H, n_new, d), keys=empty(L, KV, n_new, d), values=empty(L, KV, n_new, d),
-            resid=empty(L + 1, n_new, D), attn_out=empty(L, n_new, D), mlp_out=empty(L, n_new, D),
-            scaling=[1.0] * L, layer_ms=[0.0] * L, deferred={} if defer else None,
+            queries=empty("queries", L, H, n_new, d), keys=empty("keys", L, KV, n_new, d),
+            values=empty("values", L, KV, n_new, d), resid=empty("resid", L + 1, n_new, D),
+            attn_out=empty("attn_out", L, n_new, D), mlp_out=empty("mlp_out", L, n_new, D),
+            scaling=[1.0] * L, layer_ms=[0.0] * L, deferred={} if defer else None, skip=self.skip,
         )
         self.record.marks["forward_start"] = time.perf_counter()
         return self.record

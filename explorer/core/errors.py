@@ -6,7 +6,14 @@ class ExplorerError(Exception):
 
 
 class ModelLoadError(ExplorerError):
-    """A model could not be loaded (missing, corrupt, unsupported, refused for safety, offline)."""
+    """A model could not be loaded (missing, corrupt, unsupported, refused for safety, offline).
+
+    `needs` names the opt-in that would let it load ("trust_remote_code" or "allow_pickle"), if any.
+    """
+
+    def __init__(self, message: str, needs: str | None = None):
+        super().__init__(message)
+        self.needs = needs
 
 
 class InputError(ExplorerError):
@@ -16,13 +23,21 @@ class InputError(ExplorerError):
 class PromptTooLongError(InputError):
     """The prompt has more tokens than the model's context window."""
 
-    def __init__(self, n_tokens: int, limit: int):
-        self.n_tokens = n_tokens
+    def __init__(self, n_tokens: int, limit: int, max_new: int = 0):
+        self.n_tokens = n_tokens  # prompt tokens
         self.limit = limit
-        super().__init__(
-            f"The prompt is {n_tokens} tokens long but the model's context holds {limit}. "
-            "Shorten it, or truncate it to the last tokens that fit."
-        )
+        self.max_new = max_new
+        if max_new >= limit:
+            text = (f"Max new tokens ({max_new}) does not fit the model's context ({limit} tokens): "
+                    f"lower it below {limit}.")
+        elif max_new:
+            text = (f"The prompt is {n_tokens} tokens long and {max_new} new tokens are asked for, but the "
+                    f"model's context holds {limit}. Shorten it, truncate it to the last tokens that fit, "
+                    "or generate fewer tokens.")
+        else:
+            text = (f"The prompt is {n_tokens} tokens long but the model's context holds {limit}. "
+                    "Shorten it, or truncate it to the last tokens that fit.")
+        super().__init__(text)
 
 
 class RunFileError(ExplorerError):

@@ -61,6 +61,7 @@ class RunRequest:
     allow_special_in_text: bool = True  # False: typed special-token text is tokenized as plain text
     reuse_prefix: bool = True
     interventions: tuple = ()  # tuple[core.interventions.Intervention, ...] applied during the run
+    skip_arrays: tuple[str, ...] = ()  # captured arrays not stored (core.budget.OPTIONAL), to save memory
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ class TokenChoice:
 class StepEvent:
     """What one step (prefill = step 0, then one per decoded token) adds to a Run.
 
-    All arrays cover only the new positions `[start, start + n_new)` and are read-only.
+    All arrays cover only the new positions `[start, start + n_new)` and are read-only; an array the
+    request's `skip_arrays` leaves out is None.
     """
 
     step: int

@@ -167,7 +167,8 @@ def _load_folder(path: Path, name: str, trust_remote_code: bool, allow_pickle: b
         raise ModelLoadError(
             f"{path.name} asks to run Python code shipped in the folder (auto_map in config.json). "
             "That code could do anything on this computer, so it is refused. Only if you trust its "
-            "author, tick 'Allow code from this model folder' (trust_remote_code)."
+            "author, tick 'Allow code from this model folder' (trust_remote_code).",
+            needs="trust_remote_code",
         )
     has_safetensors = any(path.glob("*.safetensors"))
     has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
@@ -176,7 +177,8 @@ def _load_folder(path: Path, name: str, trust_remote_code: bool, allow_pickle: b
     if not has_safetensors and not allow_pickle:
         raise ModelLoadError(
             f"{path.name} only has pickle checkpoints (*.bin/*.pt), which can execute code when loaded. "
-            "They are refused unless you opt in to loading pickle weights."
+            "They are refused unless you opt in to loading pickle weights.",
+            needs="allow_pickle",
         )
     adapter_for(raw.get("model_type", "?"))  # raises ModelLoadError for unsupported architectures
     try:
@@ -185,7 +187,7 @@ def _load_folder(path: Path, name: str, trust_remote_code: bool, allow_pickle: b
         factory = AutoModel if is_encoder else AutoModelForCausalLM
         model = factory.from_pretrained(
             path, dtype=torch.float32, trust_remote_code=trust_remote_code, local_files_only=True,
-            use_safetensors=None if allow_pickle else True,
+            use_safetensors=None if allow_pickle else True, weights_only=True,  # never unpickle code
         )
     except ModelLoadError:
         raise

@@ -23,6 +23,18 @@ ARRAY_FIELDS = {
 }
 
 
+class NotCaptured(KeyError):  # noqa: N818 - a KeyError, as before, with a sentence
+    """The run did not store this array (left out to fit the capture memory budget)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return (f"This run did not store '{self.name}' (left out to fit the capture memory budget), so this "
+                "view cannot be drawn. Raise the budget (Run > Capture memory budget) and run again.")
+
+
 @dataclass
 class Run:
     info: ModelInfo
@@ -51,7 +63,9 @@ class Run:
         if event.start != self._n:
             raise ValueError(f"step {event.step} starts at {event.start}, run has {self._n} positions")
         for name, axis in ARRAY_FIELDS.items():
-            self._append(name, getattr(event, name), axis)
+            chunk = getattr(event, name)
+            if chunk is not None:  # None: not stored (RunRequest.skip_arrays)
+                self._append(name, chunk, axis)
         self._n += event.n_new
         self.tokens.extend(event.tokens)
         # spans tile the text and a non-empty span's token text is exactly that span
@@ -85,10 +99,16 @@ class Run:
         """A captured array over all positions so far (a read-only view)."""
         buf = self._buffers.get(name)
         if buf is None:
+            if name in ARRAY_FIELDS:
+                raise NotCaptured(name)
             raise KeyError(name)
         view = _view(buf, ARRAY_FIELDS[name], 0, self._n)
         view.flags.writeable = False
         return view
+
+    def has_array(self, name: str) -> bool:
+        """Whether the run stored this array (see RunRequest.skip_arrays)."""
+        return name in self._buffers
 
     def prefix_array(self, name: str, n: int) -> np.ndarray:
         return np.array(_view(self._buffers[name], ARRAY_FIELDS[name], 0, n))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .adapters import NormParams
+from .budget import OPTIONAL
 from .errors import InputError, RunFileError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
 from .interventions import from_json, to_json
@@ -44,7 +45,7 @@ def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> No
         "steps": [_step_dict(s) for s in run.steps],
         "norm": None if run.norm is None else {"kind": run.norm.kind, "eps": run.norm.eps},
     }
-    arrays = {name: np.ascontiguousarray(run.array(name)) for name in ARRAY_FIELDS}
+    arrays = {name: np.ascontiguousarray(run.array(name)) for name in ARRAY_FIELDS if run.has_array(name)}
     arrays["kv_bytes"] = np.stack([np.asarray(s.kv_bytes_per_layer) for s in run.steps])  # [steps, layers]
     if run.scaling is not None:
         arrays["scaling"] = np.asarray(run.scaling, np.float32)
@@ -95,10 +96,13 @@ def _build(arrays: dict[str, np.ndarray], name: str) -> Run:
         raise RunFileError(f"{name} was saved by a newer LM Explorer (format {version}); update to open it.")
     info = ModelInfo(**{f.name: header["info"][f.name] for f in fields(ModelInfo)})
     settings = GenerationSettings(**header["request"]["settings"])
-    request = RunRequest(**{**header["request"], "settings": settings,
+    skip = header["request"].get("skip_arrays", [])
+    if not isinstance(skip, list) or not set(skip) <= OPTIONAL or any(k in arrays for k in skip):
+        raise RunFileError(f"{name}: the list of arrays left out ({skip}) does not match the file.")
+    request = RunRequest(**{**header["request"], "settings": settings, "skip_arrays": tuple(skip),
                             "interventions": _interventions(header["request"].get("interventions", []), name)})
     n = int(header["n_tokens"])
-    _check(arrays, info, n, name)
+    _check(arrays, info, n, name, skip=tuple(skip))
     norm = None
     if header.get("norm") and "norm_weight" in arrays:
         bias = arrays.get("norm_bias")
@@ -147,7 +151,7 @@ def _spans_tile(tokens: list[Token], text: str) -> bool:
     return cursor == len(text)
 
 
-def _check(arrays: dict[str, np.ndarray], info: ModelInfo, n: int, name: str) -> None:
+def _check(arrays: dict[str, np.ndarray], info: ModelInfo, n: int, name: str, skip: tuple[str, ...] = ()) -> None:
     L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
     expected = {
         "queries": (L, H, n, d), "keys": (L, KV, n, d), "values": (L, KV, n, d), "resid": (L + 1, n, D),
@@ -157,7 +161,7 @@ def _check(arrays: dict[str, np.ndarray], info: ModelInfo, n: int, name: str) ->
     }
     for key, shape in expected.items():
         if key not in arrays:
-            if key in ARRAY_FIELDS or key == "kv_bytes":
+            if (key in ARRAY_FIELDS and key not in skip) or key == "kv_bytes":
                 raise RunFileError(f"{name} lacks the array '{key}'.")
             continue
         a = arrays[key]
@@ -197,7 +201,8 @@ def _step(meta: dict, arrays: dict[str, np.ndarray], tokens: list[Token], lo: in
 
     choice = meta.get("choice")
     return StepEvent(
-        step=int(meta["step"]), start=lo, tokens=tuple(tokens), **{k: cut(k) for k in ARRAY_FIELDS},
+        step=int(meta["step"]), start=lo, tokens=tuple(tokens),
+        **{k: cut(k) if k in arrays else None for k in ARRAY_FIELDS},
         kv_bytes_per_layer=arrays["kv_bytes"][i], timings_ms=tuple((str(a), float(b)) for a, b in meta["timings_ms"]),
         choice=None if choice is None else TokenChoice(**{**choice, "top_ids": tuple(choice["top_ids"]),
                                                           "top_logprobs": tuple(choice["top_logprobs"])}),
@@ -211,4 +216,6 @@ def runs_equal(a: Run, b: Run) -> bool:
         return False
     if [_step_dict(s) for s in a.steps] != [_step_dict(s) for s in b.steps]:
         return False
-    return all(np.array_equal(a.array(k), b.array(k), equal_nan=True) for k in ARRAY_FIELDS)
+    if any(a.has_array(k) != b.has_array(k) for k in ARRAY_FIELDS):
+        return False
+    return all(np.array_equal(a.array(k), b.array(k), equal_nan=True) for k in ARRAY_FIELDS if a.has_array(k))

@@ -92,9 +92,9 @@ class Session:
         ids = tokenized.ids
         max_new = settings.max_new_tokens if info.is_causal else 0
         if len(ids) + max_new > info.context_length:
-            raise PromptTooLongError(len(ids) + max_new, info.context_length)
+            raise PromptTooLongError(len(ids), info.context_length, max_new=max_new)
 
-        reuse = (self._reusable_prefix(ids, previous, request.interventions)
+        reuse = (self._reusable_prefix(ids, previous, request.interventions, request.skip_arrays)
                  if request.reuse_prefix and info.is_causal else 0)
         if reuse == 0:
             self.forget_cache()
@@ -112,7 +112,8 @@ class Session:
         eos.update(_as_list(self.loaded.tokenizer.eos_token_id))
 
         edits = InterventionContext(model, self.adapter, request.interventions, info.n_heads, info.head_dim)
-        with edits, CaptureContext(model, self.adapter, info, self.store_dtype, cancel) as capture, \
+        with edits, CaptureContext(model, self.adapter, info, self.store_dtype, cancel,
+                                   skip=request.skip_arrays) as capture, \
                 torch.inference_mode():
             try:
                 event = self._step(capture, ids[reuse:], reuse, step=0, tokens=tuple(tokens),
@@ -154,8 +155,11 @@ class Session:
                     return
                 yield event
 
-    def _reusable_prefix(self, ids: list[int], previous: Run | None, interventions: tuple = ()) -> int:
+    def _reusable_prefix(self, ids: list[int], previous: Run | None, interventions: tuple = (),
+                         skip: tuple[str, ...] = ()) -> int:
         if self._cache is None or previous is None or previous.n_tokens < len(self._cache_ids):
+            return 0
+        if set(previous.request.skip_arrays) - set(skip):  # the prefix lacks arrays this run stores
             return 0
         if list(previous.token_ids[: len(self._cache_ids)]) != self._cache_ids:
             return 0
@@ -212,7 +216,8 @@ class Session:
                            sample_ms=(t_end - t_sample) * 1e3)
         event_start = 0 if previous is not None else start
         return StepEvent(
-            step=step, start=event_start, tokens=tokens, **{k: _frozen(v) for k, v in arrays.items()},
+            step=step, start=event_start, tokens=tokens, **{k: None for k in rec.skip},
+            **{k: _frozen(v) for k, v in arrays.items()},
             **{k: _frozen(v) for k, v in stats.items()},
             kv_bytes_per_layer=_frozen(self._kv_bytes()), timings_ms=timings, choice=choice,
             cached_prefix=start if previous is not None else 0,
@@ -300,7 +305,7 @@ def _as_list(x) -> list[int]:
 def _stack(rec: StepRecord) -> dict[str, np.ndarray]:
     """The step's recorded tensors as numpy (views, no copy)."""
     rec.finish()
-    return {
+    out = {
         "queries": rec.queries.numpy(),  # [layers, heads, n_new, head_dim]
         "keys": rec.keys.numpy(),  # [layers, kv_heads, n_new, head_dim]
         "values": rec.values.numpy(),  # [layers, kv_heads, n_new, head_dim]
@@ -309,6 +314,9 @@ def _stack(rec: StepRecord) -> dict[str, np.ndarray]:
         "mlp_out": rec.mlp_out.numpy(),  # [layers, n_new, hidden]
         "final_resid": rec.final_resid.numpy(),  # [n_new, hidden] float32
     }
+    for name in rec.skip:  # not stored (memory budget)
+        del out[name]
+    return out
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

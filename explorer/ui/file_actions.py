@@ -64,7 +64,14 @@ class FileActions:
             self.export_panel(name, path)
 
     def copy_diagnostics(self) -> str:
-        text = diagnostics(self.info, extra={"run": f"{self.run.n_tokens} tokens" if self.run else "none"})
+        from ..logfile import log_path
+
+        loaded = self.loaded_model() if hasattr(self, "loaded_model") else None
+        extra = {"run": f"{self.run.n_tokens} tokens" if self.run else "none",
+                 "capture budget": f"{self.capture_budget() / 2**30:.2f} GiB",
+                 "log file": str(log_path()),
+                 "last error": " / ".join(self.last_error.splitlines()) or "none"}
+        text = diagnostics(self.info, source=loaded.source if loaded is not None else None, extra=extra)
         QGuiApplication.clipboard().setText(text)
         self.statusBar().showMessage("diagnostics copied to the clipboard", 4000)
         return text

@@ -35,6 +35,7 @@ from .menus import build_menus
 from .panels import REGISTRY
 from .prompt_bar import PromptBar
 from .run_control import RunControl
+from .safeguards import Safeguards
 from .selection import Selection
 from .settings import open_settings, push_recent, recent
 from .timeline import Timeline
@@ -48,7 +49,7 @@ _RIGHT_TOP_HINTS = ("attention",)
 _RAISE_HINTS = ("depth",)  # the tab shown first in the tabbed group
 
 
-class MainWindow(RunControl, FileActions, QMainWindow):
+class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
     colormap_changed = Signal(str)  # panels may also use theme.colormap() / theme.events()
     run_done = Signal(str)  # finish reason ("max_tokens", "eos", "prompt_only", "cancelled", "error")
     model_ready = Signal(object)  # ModelInfo
@@ -69,6 +70,7 @@ class MainWindow(RunControl, FileActions, QMainWindow):
         self._last_request: RunRequest | None = None
         self._loading_spec: str | None = None
         self._closed = False
+        self.last_error = ""  # the last error shown, for Help > Copy diagnostics
         first_launch = not self.settings.contains("model")
         self._autorun = first_launch if autorun is None else autorun
 
@@ -233,6 +235,8 @@ class MainWindow(RunControl, FileActions, QMainWindow):
         w.run_finished.connect(self._run_finished)
         w.run_failed.connect(self._run_failed)
         w.truncated.connect(self._truncated)
+        w.capture_reduced.connect(self._capture_reduced)
+        w.capture_budget = self.capture_budget()
 
     def _connect_panels(self) -> None:
         """Optional panel hooks: a model provider for panels that re-compute (eviction, depth attention)
@@ -264,6 +268,9 @@ class MainWindow(RunControl, FileActions, QMainWindow):
         self.banner_action.setVisible(action is not None)
         self.banner_action.setText(action or "")
         self._banner_callback = callback
+        if error:
+            self.last_error = text
+            log.warning("shown to the user: %s", text)
         self.banner.show()
         self.statusBar().showMessage(text.split("\n")[0][:160], 10000)
 
@@ -281,12 +288,14 @@ class MainWindow(RunControl, FileActions, QMainWindow):
             callback()
 
     # --- model ------------------------------------------------------------------------------------
-    def load_model(self, spec: str) -> None:
+    def load_model(self, spec: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+        """Load a model on the worker (a run in progress is stopped first, so the switch is prompt)."""
+        self.stop()
         self._loading_spec = spec
         self.progress.setValue(0)
         self.progress.show()
         self.status_model.setText(f"loading {Path(spec).name or spec}...")
-        self.host.load(spec)
+        self.host.load(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
     def _load_progress(self, fraction: float, message: str) -> None:
         self.progress.setValue(int(fraction * 1000))
@@ -304,17 +313,22 @@ class MainWindow(RunControl, FileActions, QMainWindow):
         self._show_model_in_combo()
         self.status_model.setText(f"{info.name} · {info.n_layers} layers · {info.n_heads} heads "
                                   f"({info.n_kv_heads} KV)")
+        self.prompt_bar.set_context_limit(info.context_length if info.is_causal else None)
         self.model_ready.emit(info)
         if self._autorun:
             self._autorun = False
             self.run_prompt()
 
-    def _load_failed(self, spec: str, message: str) -> None:
+    def _load_failed(self, spec: str, message: str, needs: str = "") -> None:
         self.progress.hide()
         still = f"The previous model ({self.info.name}) stays loaded." if self.info else "No model is loaded."
         self.status_model.setText(self.info.name if self.info else "no model")
         self._show_model_in_combo()
-        self.show_banner(f"Could not load the model {spec}:\n{message}\n{still}")
+        if needs:  # refused for safety: offer the opt-in, behind a dialog that says what it means
+            self.show_banner(f"Refused to load the model {spec}:\n{message}\n{still}", action="Review options...",
+                             callback=lambda: self.review_unsafe_model(spec, needs))
+        else:
+            self.show_banner(f"Could not load the model {spec}:\n{message}\n{still}")
         self.model_failed.emit(message)
 
     def _model_combo_activated(self, index: int) -> None:

@@ -18,6 +18,7 @@ def build_menus(w: MainWindow) -> None:
     bar = w.menuBar()
     file = bar.addMenu("&File")
     w.shortcut("Open model folder or GGUF...", QKeySequence.Open, w.open_model_dialog, file)
+    file.addAction("Load prompt from text file...", w.open_prompt_dialog)
     file.addSeparator()
     w.shortcut("Open run...", "Ctrl+Shift+O", lambda: _open_run(w), file)
     w.shortcut("Save run...", QKeySequence.Save, lambda: _save_run(w), file)
@@ -30,6 +31,8 @@ def build_menus(w: MainWindow) -> None:
     w.shortcut("Run", "Ctrl+Enter", w.run_prompt)  # the keypad Enter
     w.stop_action = w.shortcut("Stop", "Esc", w.stop, run)
     w.shortcut("Step one token", "Ctrl+Right", w.step_one_token, run)
+    run.addSeparator()
+    run.addAction("Capture memory budget...", w.capture_budget_dialog)
 
     nav = bar.addMenu("&Navigate")
     for text, key, name in (("Previous step / token", "Left", "left"), ("Next step / token", "Right", "right"),

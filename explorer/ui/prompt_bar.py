@@ -47,6 +47,11 @@ class PromptBar(QWidget):
         self.recent.activated.connect(lambda i: self.prompt.setPlainText(self.recent.itemData(i) or ""))
         top.addWidget(QLabel("<b>Prompt</b>"))
         top.addWidget(self.chat)
+        self.special_as_text = QCheckBox("Treat special-token text as plain text")
+        self.special_as_text.setToolTip(
+            "Typed text like <|im_start|> becomes the model's real control token unless this is ticked "
+            "(such tokens are flagged in the Tokens panel: it is a prompt-injection path)")
+        top.addWidget(self.special_as_text)
         top.addStretch(1)
         top.addWidget(self.recent)
         left.addLayout(top)
@@ -77,7 +82,7 @@ class PromptBar(QWidget):
         self.top_k.setRange(0, 100000)
         self.top_k.setSpecialValueText("off")
         self.top_p = QDoubleSpinBox()
-        self.top_p.setRange(0.0, 1.0)
+        self.top_p.setRange(0.01, 1.0)  # 0 would keep no token
         self.top_p.setSingleStep(0.05)
         self.top_p.setValue(1.0)
         self.top_p.setToolTip("1.0 = off")
@@ -123,12 +128,20 @@ class PromptBar(QWidget):
     def request(self) -> RunRequest:
         system = self.system.toPlainText().strip() or None
         return RunRequest(prompt=self.prompt.toPlainText(), chat=self.chat.isChecked(),
-                          system=system if self.chat.isChecked() else None, settings=self.settings())
+                          system=system if self.chat.isChecked() else None, settings=self.settings(),
+                          allow_special_in_text=not self.special_as_text.isChecked())
+
+    def set_context_limit(self, context_length: int | None) -> None:
+        """Max new tokens cannot reach the model's context window (None: no generation limit known)."""
+        self.max_new.setMaximum(4096 if context_length is None else max(1, min(4096, context_length - 1)))
+        self.max_new.setToolTip(f"At most {self.max_new.maximum()} (the model's context is "
+                                f"{context_length} tokens)" if context_length else "")
 
     def show_request(self, request: RunRequest) -> None:
         """Put a request's prompt and settings back into the editor (e.g. after truncation)."""
         self.prompt.setPlainText(request.prompt)
         self.chat.setChecked(request.chat)
+        self.special_as_text.setChecked(not request.allow_special_in_text)
         self.system.setPlainText(request.system or "")
         s = request.settings
         self.max_new.setValue(s.max_new_tokens)
@@ -150,6 +163,7 @@ class PromptBar(QWidget):
 
     def to_state(self) -> dict:
         return {"prompt": self.prompt.toPlainText(), "chat": self.chat.isChecked(),
+                "special_as_text": self.special_as_text.isChecked(),
                 "system": self.system.toPlainText(), "max_new": self.max_new.value(),
                 "temperature": self.temperature.value(), "top_k": self.top_k.value(),
                 "top_p": self.top_p.value(), "seed": self.seed.value()}
@@ -162,6 +176,7 @@ class PromptBar(QWidget):
                 return default
         self.prompt.setPlainText(str(state.get("prompt", EXAMPLE_PROMPT)))
         self.chat.setChecked(str(state.get("chat", "false")).lower() in ("true", "1"))
+        self.special_as_text.setChecked(str(state.get("special_as_text", "false")).lower() in ("true", "1"))
         self.system.setPlainText(str(state.get("system", "")))
         self.max_new.setValue(get("max_new", int, 16))
         self.temperature.setValue(get("temperature", float, 0.0))

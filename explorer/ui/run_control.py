@@ -10,7 +10,10 @@ from dataclasses import replace
 from ..core.errors import PromptTooLongError
 from ..core.events import RunRequest
 from ..core.run import Run
+from ..core.textin import clean_text
 from .settings import push_recent
+
+MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
 
 
 class RunControl:
@@ -20,8 +23,16 @@ class RunControl:
         if not request.prompt.strip():
             self.show_banner("The prompt is empty: type some text, then press Run (Ctrl+Enter).")
             return
-        self.prompt_bar.set_recent(push_recent(self.settings, "recent_prompts", request.prompt))
+        prompt, warnings = clean_text(request.prompt)
+        system, more = clean_text(request.system) if request.system else (request.system, [])
+        if warnings or more:  # a broken paste: fix it in the editor too, and say so
+            request = replace(request, prompt=prompt, system=system)
+            self.prompt_bar.show_request(request)
+        if len(request.prompt) <= MAX_RECENT_CHARS:  # a 1 MB prompt stays out of the settings file
+            self.prompt_bar.set_recent(push_recent(self.settings, "recent_prompts", request.prompt))
         self.submit(request)
+        if warnings or more:
+            self.show_banner(" ".join(warnings + more), error=False)
 
     def submit(self, request: RunRequest) -> None:
         if self.info is None and self._loading_spec is None:
@@ -120,7 +131,8 @@ class RunControl:
         self.running = False
         self.prompt_bar.set_running(False)
         self._incoming = None
-        if isinstance(exc, PromptTooLongError) and run_id != -1 and self._last_request is not None:
+        if (isinstance(exc, PromptTooLongError) and run_id != -1 and self._last_request is not None
+                and exc.max_new < exc.limit):
             request = self._last_request
             self.show_banner(f"{message}\nNothing was cut. Truncate keeps the last tokens that fit and shows you "
                              "the shortened prompt first.", action="Truncate to fit",

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
+from ..core.budget import DEFAULT_BUDGET, fit_request
 from ..core.errors import Cancelled, ExplorerError, InputError, PromptTooLongError
 from ..core.events import GenerationSettings, RunRequest
 from ..core.models import LoadedModel, load_model
@@ -33,20 +34,22 @@ class Worker(QObject):
 
     load_progress = Signal(float, str)
     model_loaded = Signal(object)  # ModelInfo
-    load_failed = Signal(str, str)  # (spec, message)
+    load_failed = Signal(str, str, str)  # (spec, message, opt-in that would allow it: "", "trust_remote_code"...)
     run_started = Signal(int, object)  # (run id, empty Run)
     step = Signal(int, object)  # (run id, StepEvent)
     run_finished = Signal(int, str)  # (run id, finish reason, "cancelled" when stopped)
     run_failed = Signal(int, object, str)  # (run id, exception, message)
     truncated = Signal(object, int)  # (RunRequest that fits, tokens dropped)
+    capture_reduced = Signal(int, str)  # (run id, message): the run stores less to fit the memory budget
 
     _wake = Signal()
-    _load = Signal(str)
+    _load = Signal(str, bool, bool)  # (spec, trust_remote_code, allow_pickle)
     _truncate = Signal(object)
 
     def __init__(self) -> None:
         super().__init__()
         self.session: Session | None = None
+        self.capture_budget = DEFAULT_BUDGET  # bytes; set by the window from its settings
         self._lock = threading.Lock()
         self._pending: tuple[int, RunRequest, Run | None, threading.Event] | None = None
         self._wake.connect(self._take_pending)
@@ -76,6 +79,9 @@ class Worker(QObject):
             self.run_failed.emit(run_id, InputError("No model is loaded yet."), "No model is loaded yet.")
             return
         try:
+            request, plan = fit_request(self.session, request, self.capture_budget)  # fails fast when too long
+            if plan.reduced:
+                self.capture_reduced.emit(run_id, plan.message())
             run = self.session.new_run(request)
             self.run_started.emit(run_id, run)
             reason = "done"
@@ -89,18 +95,23 @@ class Worker(QObject):
             self.run_finished.emit(run_id, "cancelled")
         except ExplorerError as exc:
             self.run_failed.emit(run_id, exc, str(exc))
+        except MemoryError as exc:
+            log.exception("out of memory during a run")
+            self.run_failed.emit(run_id, exc, "The computer ran out of memory during this run. Lower the capture "
+                                 "budget (Run > Capture memory budget), shorten the prompt or generate fewer tokens.")
         except Exception as exc:  # anything else: report it, keep the thread alive
             log.exception("run failed")
             self.run_failed.emit(run_id, exc, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=3)}")
 
-    @Slot(str)
-    def _do_load(self, spec: str) -> None:
+    @Slot(str, bool, bool)
+    def _do_load(self, spec: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
         try:
-            loaded: LoadedModel = load_model(spec, on_progress=lambda f, m: self.load_progress.emit(float(f), m))
+            loaded: LoadedModel = load_model(spec, on_progress=lambda f, m: self.load_progress.emit(float(f), m),
+                                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         except Exception as exc:  # the old model stays
-            log.exception("model load failed")
+            log.warning("model load failed: %s", spec, exc_info=not isinstance(exc, ExplorerError))
             message = str(exc) if isinstance(exc, ExplorerError) else f"{type(exc).__name__}: {exc}"
-            self.load_failed.emit(spec, message)
+            self.load_failed.emit(spec, message, getattr(exc, "needs", None) or "")
             return
         session = Session(loaded)
         self.load_progress.emit(1.0, f"Warming up {loaded.info.name}")
@@ -121,7 +132,7 @@ class Worker(QObject):
         info, tok = self.session.info, self.session.loaded.tokenizer
         budget = info.context_length - (request.settings.max_new_tokens if info.is_causal else 0)
         ids = tok.encode(request.prompt, add_special_tokens=False)
-        cut = 0
+        cut = max(0, len(ids) - budget)  # never re-tokenize the whole (maybe 1 MB) prompt with spans
         while cut < len(ids):
             text = tok.decode(ids[cut:])
             candidate = replace(request, prompt=text)
@@ -152,8 +163,8 @@ class WorkerHost(QObject):
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
 
-    def load(self, spec: str) -> None:
-        self.worker._load.emit(spec)
+    def load(self, spec: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+        self.worker._load.emit(spec, trust_remote_code, allow_pickle)
 
     def submit(self, request: RunRequest, previous: Run | None) -> int:
         """Start a run (cancelling the one in progress); returns its id."""

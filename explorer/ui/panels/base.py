@@ -13,7 +13,7 @@ from typing import ClassVar
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ...core.events import StepEvent
-from ...core.run import Run
+from ...core.run import NotCaptured, Run
 from ..selection import Selection
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,24 @@ class Panel(QWidget):
         if self.run is not None:
             self._guard(self.draw_selection, field)
 
+    _failed_in: str | None = None  # the drawing method whose error is shown
+
     def _guard(self, fn, *args) -> None:
+        name = getattr(fn, "__name__", "")
         try:
             fn(*args)
+        except NotCaptured as exc:  # the run stored less (memory budget): say so, not a bug
+            log.info("panel %s: %s", self.title, exc)
+            self._show_error(name, str(exc))
         except Exception as exc:  # a panel bug must not crash the app: show it, log it, go on
             log.exception("panel %s failed", self.title)
-            self._error.setText(f"This panel hit an error and skipped this update: {type(exc).__name__}: {exc}")
-            self._error.show()
-        else:
-            self._error.hide()
+            self._show_error(name, f"This panel hit an error and skipped this update: {type(exc).__name__}: {exc}")
+        else:  # the error stays until the method that failed (or a full redraw) succeeds
+            if self._failed_in is None or name in (self._failed_in, "draw_run"):
+                self._failed_in = None
+                self._error.hide()
+
+    def _show_error(self, name: str, text: str) -> None:
+        self._failed_in = name
+        self._error.setText(text)
+        self._error.show()

@@ -1,0 +1,140 @@
+"""Safeguards (a mixin of MainWindow): opt-in for unsafe model folders, the capture memory budget,
+prompts loaded from files with their decoding warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QInputDialog,
+    QLabel,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.textin import decode_prompt_bytes
+
+log = logging.getLogger(__name__)
+MAX_PROMPT_FILE = 16 * 2**20  # bytes; a prompt file above this is refused (the editor would crawl)
+
+OPT_INS = {
+    "trust_remote_code": (
+        "Allow code from this model folder (trust_remote_code)",
+        "This model folder ships Python code that runs when the model loads. That code can do anything your "
+        "user account can: read or delete files, send data away. Tick the box only if you trust the people "
+        "who made this folder and where you got it from.",
+    ),
+    "allow_pickle": (
+        "Allow pickle weights from this model folder (*.bin / *.pt)",
+        "This model folder has only pickle checkpoints. Loading them uses torch.load with weights_only=True, "
+        "which refuses code, but pickle files are still a common way to smuggle code. Tick the box only if "
+        "you trust where the folder came from; prefer a safetensors copy.",
+    ),
+}
+
+
+class UnsafeModelDialog(QDialog):
+    """Explains why a model was refused; Load stays disabled until the opt-in box is ticked."""
+
+    def __init__(self, spec: str, needs: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Load a model that was refused?")
+        self.needs = needs
+        label, explanation = OPT_INS.get(needs, (f"Allow {needs}", "This model needs an unsafe option."))
+        layout = QVBoxLayout(self)
+        text = QLabel(f"<b>{Path(spec).name or spec}</b> was refused.<br><br>{explanation}")
+        text.setWordWrap(True)
+        layout.addWidget(text)
+        self.checkbox = QCheckBox(label)
+        layout.addWidget(self.checkbox)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
+        self.load_button = self.buttons.addButton("Load", QDialogButtonBox.AcceptRole)
+        self.load_button.setEnabled(False)
+        self.checkbox.toggled.connect(self.load_button.setEnabled)
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        layout.addWidget(self.buttons)
+        self.setMinimumWidth(480)
+
+    def options(self) -> dict[str, bool]:
+        """Keyword arguments for load_model: only the option this dialog is about, only when ticked."""
+        ticked = self.checkbox.isChecked()
+        return {"trust_remote_code": ticked and self.needs == "trust_remote_code",
+                "allow_pickle": ticked and self.needs == "allow_pickle"}
+
+
+class Safeguards:
+    def review_unsafe_model(self, spec: str, needs: str) -> None:
+        """The opt-in dialog for a refused model (remote code or pickle weights); loads only if ticked."""
+        dialog = UnsafeModelDialog(spec, needs, self)
+        self.unsafe_dialog = dialog  # tests reach it here
+        dialog.accepted.connect(lambda: self.load_model(spec, **dialog.options()))
+        dialog.open()
+
+    # --- capture memory budget --------------------------------------------------------------------
+    def capture_budget(self) -> int:
+        """Bytes a run may use for its captured arrays before it stores less (QSettings, default 4 GiB)."""
+        from ..core.budget import DEFAULT_BUDGET, GIB
+
+        try:
+            gib = float(self.settings.value("capture_budget_gib", DEFAULT_BUDGET / GIB))
+        except (TypeError, ValueError):
+            gib = DEFAULT_BUDGET / GIB
+        return max(1, int(gib * GIB))
+
+    def set_capture_budget(self, gib: float) -> None:
+        from ..core.budget import GIB
+
+        self.settings.setValue("capture_budget_gib", float(gib))
+        self.host.worker.capture_budget = max(1, int(gib * GIB))
+
+    def _capture_reduced(self, run_id: int, message: str) -> None:
+        if run_id == self.host.active_id:
+            log.info("capture reduced: %s", message)
+            self.show_banner(message, error=False)
+
+    def capture_budget_dialog(self) -> None:
+        from ..core.budget import GIB
+
+        gib, ok = QInputDialog.getDouble(
+            self, "Capture memory budget",
+            "Most memory a run may use for its captured arrays (GiB).\nAbove it, a run stores less "
+            "(no values or block outputs, then no per-layer residuals) and says so.",
+            self.capture_budget() / GIB, 0.01, 1024.0, 2)
+        if ok:
+            self.set_capture_budget(gib)
+
+    # --- prompts from files -----------------------------------------------------------------------
+    def open_prompt_file(self, path: str | Path) -> bool:
+        """Put a text file's content in the prompt editor; undecodable bytes are replaced, with a warning."""
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            if size > MAX_PROMPT_FILE:
+                self.show_banner(f"{path.name} is {size / 2**20:.0f} MiB: too large for a prompt "
+                                 f"(at most {MAX_PROMPT_FILE // 2**20} MiB).")
+                return False
+            data = path.read_bytes()
+        except OSError as exc:
+            self.show_banner(f"Could not read {path.name}: {exc.strerror or exc}.")
+            return False
+        text, warnings = decode_prompt_bytes(data)
+        self.prompt_bar.prompt.setPlainText(text)
+        if warnings:
+            self.show_banner(f"Loaded {path.name} into the prompt. " + " ".join(warnings), error=False)
+        else:
+            self.hide_banner()
+            self.statusBar().showMessage(f"loaded {path.name} ({len(text):,} characters)", 5000)
+        return True
+
+    def open_prompt_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load prompt from a text file", "",
+                                              "Text (*.txt *.md *.py *.json);;All files (*)")
+        if path:
+            self.open_prompt_file(path)
