@@ -116,3 +116,27 @@ def test_next_token_panel_fits_a_small_dock_without_scrolling(qtbot, run):
     panel.set_run(run)
     qtbot.wait(20)
     assert not area.verticalScrollBar().isVisible()
+
+
+def test_check_boxes_keep_a_visible_frame_on_black(qtbot):
+    from PySide6.QtGui import QColor
+    from PySide6.QtWidgets import QCheckBox, QStyle, QStyleOptionButton
+
+    from explorer.ui import theme
+
+    before = theme.state()
+    theme.apply(presenter=True)  # high contrast: black window and base
+    try:
+        box = QCheckBox("option")
+        qtbot.addWidget(box)
+        box.resize(200, 50)
+        option = QStyleOptionButton()
+        box.initStyleOption(option)
+        rect = box.style().subElementRect(QStyle.SE_CheckBoxIndicator, option, box)
+        assert rect.width() >= 18  # bigger indicators in presenter mode
+        image = box.grab().toImage()
+        light = max(QColor(image.pixel(x, y)).lightness() for x in range(rect.left(), rect.right() + 1)
+                    for y in range(rect.top(), rect.bottom() + 1))
+        assert light > 180  # the unchecked box's frame shows against the black background
+    finally:
+        theme.apply(name=before.name, presenter=before.presenter)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtGui import QFontMetricsF
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ...core.analysis.depth import (
@@ -17,7 +18,7 @@ from ...core.analysis.depth import (
 )
 from ...core.analysis.depth_attention import DepthWeights, depth_attention, head_attribution
 from ...core.run import Run
-from ..widgets.heatmap import Heatmap
+from ..widgets.heatmap import Heatmap, tick_step
 from .token_colors import piece_name
 
 POS_COLOUR = (213, 94, 0)  # Okabe-Ito vermillion / blue (colour-blind safe), as the red / blue of CET-D1 maps
@@ -57,6 +58,18 @@ class AttributionView(QWidget):
         layout.addWidget(self.by_head)
         layout.addWidget(self.heads, 2)
         self.last = None
+        self._ticks: list[str] = []
+        self.plot.getViewBox().sigResized.connect(self._thin_ticks)
+
+    def _thin_ticks(self, *_args) -> None:
+        """Label every Nth bar (1, 2, 5, 10...) so labels never overlap at the plot's width."""
+        if not self._ticks:
+            return
+        metrics = QFontMetricsF(self.plot.font())
+        need = max(metrics.horizontalAdvance(t) for t in self._ticks) + 4
+        step = tick_step(self.plot.getViewBox().width() / (len(self._ticks) + 1), need)
+        step += step % 2 if step > 1 else 0  # even: always the MLP bars (emb, m0, m1, ...)
+        self.plot.getAxis("bottom").setTicks([[(i, t) for i, t in enumerate(self._ticks) if i % step == 0]])
 
     def draw(self, run: Run, position: int, token_id: int, weights: DepthWeights | None) -> None:
         att = direct_logit_attribution(run, position, token_id)
@@ -65,11 +78,10 @@ class AttributionView(QWidget):
         x = np.arange(values.size)
         brushes = [pg.mkBrush(*(POS_COLOUR if v >= 0 else NEG_COLOUR)) for v in values]
         self.bars.setOpts(x=x, height=values, width=0.8, brushes=brushes)
-        ax = self.plot.getAxis("bottom")
-        step = max(1, values.size // 24)
-        ax.setTicks([[(i, att.labels[i].replace("attn ", "a").replace("mlp ", "m")
-                       .replace("embed", "emb")) for i in range(0, values.size, step)]])
+        self._ticks = [label.replace("attn ", "a").replace("mlp ", "m").replace("embed", "emb")
+                       for label in att.labels]
         self.plot.setXRange(-1, values.size, padding=0)
+        self._thin_ticks()
         self.plot.enableAutoRange(axis="y")
         offset = f" + LayerNorm bias term {att.offset:+.3f}" if att.offset else ""
         self.caption.setText(

@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from PySide6.QtCore import QPoint, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QPoint, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QMouseEvent, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QScrollArea, QSizePolicy, QToolTip, QWidget
 
@@ -62,12 +62,7 @@ class TokenView(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
         self.tooltip_for: Callable[[int], str] | None = None
-        self._font = QFont(self.font())
-        self._small = QFont(self._font)
-        self._small.setPointSizeF(max(6.0, self._font.pointSizeF() * 0.75))
-        self._fm = QFontMetrics(self._font)
-        self._fm_small = QFontMetrics(self._small)
-        self._advance: dict[str, int] = {}
+        self._take_font()
         self.show_ids = False
         self.tokens: list[Token] = []
         self._labels: list[str | None] = []  # label for tokens without characters
@@ -117,6 +112,21 @@ class TokenView(QWidget):
     @property
     def line_height(self) -> int:
         return self._fm.height() + 6 + (self._fm_small.height() if self.show_ids else 0)
+
+    def _take_font(self) -> None:
+        self._font = QFont(self.font())
+        self._small = QFont(self._font)
+        self._small.setPointSizeF(max(6.0, self._font.pointSizeF() * 0.75))
+        self._fm = QFontMetrics(self._font)
+        self._fm_small = QFontMetrics(self._small)
+        self._advance: dict[str, int] = {}
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """The application font changed (presenter mode): measure the tokens again."""
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.FontChange:
+            self._take_font()
+            self.relayout()
 
     def _clear_layout(self) -> None:
         self.fragments: list[Fragment] = []
