@@ -99,6 +99,9 @@ class RunControl:
     def show_run(self, run: Run | None, follow: bool = False) -> None:
         """Put a run on screen (a new one, or one opened from a file)."""
         self.run = run
+        for dock in self.docks.values():  # a full redraw follows: no selection callback may see the old run
+            if dock.panel is not None:
+                dock.panel.run = None
         if run is not None:
             self._set_limits(run)
             if follow or self.selection.step >= len(run.steps):
