@@ -62,14 +62,16 @@ class AttributionView(QWidget):
         self.plot.getViewBox().sigResized.connect(self._thin_ticks)
 
     def _thin_ticks(self, *_args) -> None:
-        """Label every Nth bar (1, 2, 5, 10...) so labels never overlap at the plot's width."""
+        """"emb" under the first bar, then each layer's number under its pair of bars (attention, MLP);
+        every Nth layer (1, 2, 5, ...) so the numbers never overlap at the plot's width."""
         if not self._ticks:
             return
-        metrics = QFontMetricsF(self.plot.font())
-        need = max(metrics.horizontalAdvance(t) for t in self._ticks) + 4
-        step = tick_step(self.plot.getViewBox().width() / (len(self._ticks) + 1), need)
-        step += step % 2 if step > 1 else 0  # even: always the MLP bars (emb, m0, m1, ...)
-        self.plot.getAxis("bottom").setTicks([[(i, t) for i, t in enumerate(self._ticks) if i % step == 0]])
+        n_layers = (len(self._ticks) - 1) // 2
+        metrics = QFontMetricsF(self.plot.getAxis("bottom").font())
+        need = metrics.horizontalAdvance(str(max(0, n_layers - 1))) + 8
+        step = tick_step(2 * self.plot.getViewBox().width() / (len(self._ticks) + 1), need)
+        self.plot.getAxis("bottom").setTicks([[(0, "emb")] + [(2 * layer + 1.5, str(layer))
+                                                             for layer in range(0, n_layers, step)]])
 
     def draw(self, run: Run, position: int, token_id: int, weights: DepthWeights | None) -> None:
         att = direct_logit_attribution(run, position, token_id)
@@ -78,8 +80,7 @@ class AttributionView(QWidget):
         x = np.arange(values.size)
         brushes = [pg.mkBrush(*(POS_COLOUR if v >= 0 else NEG_COLOUR)) for v in values]
         self.bars.setOpts(x=x, height=values, width=0.8, brushes=brushes)
-        self._ticks = [label.replace("attn ", "a").replace("mlp ", "m").replace("embed", "emb")
-                       for label in att.labels]
+        self._ticks = list(att.labels)  # embed, attn 0, mlp 0, attn 1, ...
         self.plot.setXRange(-1, values.size, padding=0)
         self._thin_ticks()
         self.plot.enableAutoRange(axis="y")
@@ -88,7 +89,7 @@ class AttributionView(QWidget):
             f"Target <b>{_esc(readable(piece_name(run, token_id)))}</b> at position {position}: real logit "
             f"<b>{att.logit:.3f}</b> = sum of the bars {att.contributions.sum():.3f}{offset} "
             f"(final norm scale frozen at {att.scale:.4f}; error {att.error:+.1e}). Red bars push the token up, "
-            "blue bars push it down.")
+            "blue bars push it down; each layer has two bars: attention, then MLP.")
         if self.by_head.isChecked() and weights is not None:
             per_head = head_attribution(run, weights, position, token_id, att.scale)  # [L, H+1]
             data = per_head[:, :-1].T  # [H, L]
