@@ -299,3 +299,22 @@ def test_log_file_is_rotated_and_overridable(tmp_path, monkeypatch):
             if h not in before:
                 root.removeHandler(h)
                 h.close()
+
+
+def test_cli_errors_reach_the_log_file(tmp_path, monkeypatch, capsys):
+    from explorer.cli import main
+
+    monkeypatch.setenv("LM_EXPLORER_LOG_DIR", str(tmp_path))
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        assert main(["capture", "--prompt", "x", "--model", "no-such-model", "--out", str(tmp_path / "r.npz")]) == 2
+        assert "no-such-model" in capsys.readouterr().err
+        for h in root.handlers:
+            h.flush()
+        assert "no-such-model" in (tmp_path / "lm-explorer.log").read_text()
+    finally:
+        for h in root.handlers[:]:
+            if h not in before:
+                root.removeHandler(h)
+                h.close()

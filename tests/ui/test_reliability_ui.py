@@ -38,6 +38,19 @@ class SpyPanel(Panel):
         self.steps += 1
 
 
+class BoundsPanel(SpyPanel):
+    """Fails (like a real panel would) if the selection points past the run it holds."""
+
+    title = "Bounds"
+
+    violations: list = []
+
+    def draw_selection(self, field):
+        if self.selection.position >= self.run.n_tokens:
+            self.violations.append((self.selection.position, self.run.n_tokens))
+        self.run.next_token_logprobs(min(self.selection.position, self.run.n_tokens - 1))
+
+
 class ExplodingPanel(SpyPanel):
     title = "Exploding"
 
@@ -49,6 +62,7 @@ class ExplodingPanel(SpyPanel):
 def window(qtbot, tmp_path, monkeypatch):
     monkeypatch.setitem(REGISTRY, "spy", f"{__name__}:SpyPanel")
     monkeypatch.setitem(REGISTRY, "exploding", f"{__name__}:ExplodingPanel")
+    monkeypatch.setitem(REGISTRY, "bounds", f"{__name__}:BoundsPanel")
     made = []
 
     def make(panels=("spy",), load=True) -> MainWindow:
@@ -283,6 +297,18 @@ def test_over_budget_run_stores_less_and_panels_say_so(qtbot, window):
     w.set_capture_budget(4.0)
     assert run_and_wait(qtbot, w, "A prompt over a tiny budget", max_new=3) == "max_tokens"
     assert w.run.has_array("resid") and w.run.has_array("values")
+
+
+def test_a_new_run_never_sends_the_old_run_an_out_of_range_selection(qtbot, window):
+    """Found by the soak: the selection moved to the new run's last token before panels had the new run."""
+    w = window(panels=("bounds",))
+    panel = w.docks["bounds"].panel
+    panel.violations = []
+    for prompt, n in (("Short", 1), ("A much longer prompt than the first one was", 3), ("Tiny", 1)):
+        assert run_and_wait(qtbot, w, prompt, max_new=n) == "max_tokens"
+        w.selection.set("position", w.run.n_tokens - 1)
+        assert panel._error.isHidden(), panel._error.text()
+    assert panel.violations == []
 
 
 # --- 6. diagnostics ---------------------------------------------------------------------------------------
