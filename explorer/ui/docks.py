@@ -69,6 +69,7 @@ class PanelDock(QDockWidget):
             cls = panel_class(name)
             title = getattr(cls, "title", name)
             panel = cls(selection)
+            panel.defer_when_hidden = True  # a background tab skips per-token work until shown
         except Exception as exc:  # noqa: BLE001 - any panel failure becomes a message in its dock
             log.exception("panel %s failed to load", name)
             title, panel = name.replace("_", " ").title(), None
@@ -97,6 +98,7 @@ class PanelDock(QDockWidget):
             self.scroll.setFrameShape(QFrame.NoFrame)
             self.scroll.setWidget(panel)
             layout.addWidget(self.scroll, 1)
+            self.visibilityChanged.connect(lambda visible: visible and panel.catch_up())
         else:
             message = QLabel(f"The <b>{title}</b> panel could not be loaded:<br><code>{self.error}</code>"
                              "<br><br>The other panels work; see the log for details.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from PySide6.QtWidgets import QTabBar
 
 from explorer.ui.main_window import MainWindow
 from explorer.ui.settings import open_settings
@@ -24,4 +25,38 @@ def test_model_provider_and_prompt_requests(qtbot, tmp_path, tiny_llama):
         w.docks["attention"].panel.request_prompt.emit("one two three one two three")
     assert w.run is not None and w.run.request.prompt == "one two three one two three"
     assert w.prompt_bar.prompt.toPlainText() == "one two three one two three"
+    w.close()
+
+
+def test_hidden_dock_tab_defers_work_until_shown(qtbot, tmp_path, tiny_llama):
+    """A panel in a background dock tab skips per-token drawing and catches up when its tab is raised."""
+    w = MainWindow(open_settings(tmp_path / "s.ini"), model="tiny-llama", autoload=False, autorun=False,
+                   panels=["kv_cache", "pipeline"])
+    qtbot.addWidget(w)
+    w.tabifyDockWidget(w.docks["kv_cache"], w.docks["pipeline"])
+    w.show()
+    qtbot.waitExposed(w)
+    tabs = next(bar for bar in w.findChildren(QTabBar) if bar.count() == 2)
+    titles = [tabs.tabText(i) for i in range(2)]
+    shown_name = "pipeline" if tabs.tabText(tabs.currentIndex()) == w.docks["pipeline"].windowTitle() else "kv_cache"
+    hidden_name = "kv_cache" if shown_name == "pipeline" else "pipeline"
+    hidden, shown = w.docks[hidden_name].panel, w.docks[shown_name].panel
+    assert hidden.visibleRegion().isEmpty() and not shown.visibleRegion().isEmpty(), titles
+    calls = {"hidden": [], "shown": []}
+    for key, panel in (("hidden", hidden), ("shown", shown)):
+        original = panel.draw_step
+        panel.draw_step = lambda run, event, key=key, original=original: (calls[key].append(event.step),
+                                                                          original(run, event))
+    with qtbot.waitSignal(w.model_ready, timeout=30000):
+        w.load_model("tiny-llama")
+    w.prompt_bar.prompt.setPlainText("Hello world")
+    w.prompt_bar.max_new.setValue(4)
+    with qtbot.waitSignal(w.run_done, timeout=30000):
+        w.run_prompt()
+    assert calls["shown"] == [1, 2, 3, 4] and calls["hidden"] == [] and hidden._update_skipped
+    drawn = []
+    hidden.draw_run = lambda run: drawn.append(run)
+    tabs.setCurrentIndex(titles.index(w.docks[hidden_name].windowTitle()))
+    qtbot.waitUntil(lambda: bool(drawn), timeout=5000)
+    assert drawn[-1] is w.run and not hidden._update_skipped
     w.close()

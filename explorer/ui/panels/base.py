@@ -3,6 +3,10 @@
 A panel never sees the model: it gets the Run (numpy arrays and tokens) and step events.
 Exceptions inside a panel's drawing are caught here and shown in the panel, so one broken
 panel never takes down the window.
+
+With `defer_when_hidden` (the main window sets it), a panel that is not on screen, e.g. a dock
+tab in the background, skips streaming and selection updates and redraws once when it is shown:
+the per-token cost is paid only by the panels a person can see.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ log = logging.getLogger(__name__)
 class Panel(QWidget):
     title: ClassVar[str] = "Panel"
     help_text: ClassVar[str] = ""  # one paragraph for a student: "what am I looking at?"
+    defer_when_hidden = False  # per instance: skip work while not visible, redraw when shown
+    _update_skipped = False  # updates were skipped while hidden
 
     def __init__(self, selection: Selection, parent: QWidget | None = None):
         super().__init__(parent)
@@ -54,15 +60,36 @@ class Panel(QWidget):
     # --- called by the main window -------------------------------------------------------------
     def set_run(self, run: Run | None) -> None:
         self.run = run
-        self._guard(self.draw_run, run)
+        if not self._deferred():
+            self._guard(self.draw_run, run)
 
     def on_step(self, run: Run, event: StepEvent) -> None:
         self.run = run
-        self._guard(self.draw_step, run, event)
+        if not self._deferred():
+            self._guard(self.draw_step, run, event)
 
     def _selection_changed(self, field: str) -> None:
-        if self.run is not None:
+        if self.run is not None and not self._deferred():
             self._guard(self.draw_selection, field)
+
+    def _deferred(self) -> bool:
+        """True (and remember to redraw) when this update can wait until the panel is shown."""
+        # a background dock tab is moved off screen rather than hidden: its visible region is empty
+        off_screen = not self.isVisible() or self.visibleRegion().isEmpty()
+        if self._update_skipped or (self.defer_when_hidden and off_screen):
+            self._update_skipped = True
+            return True
+        return False
+
+    def catch_up(self) -> None:
+        """Redraw once if updates were skipped while hidden (called when the panel comes on screen)."""
+        if self._update_skipped:
+            self._update_skipped = False
+            self._guard(self.draw_run, self.run)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self.catch_up()
 
     _failed_in: str | None = None  # the drawing method whose error is shown
 
