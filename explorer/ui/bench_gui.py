@@ -1,7 +1,8 @@
 """GUI part of `lm-explorer bench` (offscreen): per-step redraw of every registered panel, head selection.
 
-Every panel in the registry is instantiated with one shared Selection and laid out in one shown
-window. A run of N prompt tokens plus a few generated tokens is captured first; its events are
+Every panel in the registry is built as the app builds it: a dock of the main window in its default
+layout at 1600x1000, so panels in background dock tabs defer their work as they do for a user.
+A run of N prompt tokens plus a few generated tokens is captured first; its events are
 then fed to the panels as the main window does while streaming (Run.apply, selection limits and
 step, `panel.on_step`, then Qt event processing, which paints). Background analyses are let
 finish between steps, outside the timed region. A panel whose import or construction fails is
@@ -11,16 +12,15 @@ skipped and its error recorded; so is a panel that shows an error while drawing.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 
 import numpy as np
 import shiboken6
-from PySide6.QtWidgets import QApplication, QGridLayout, QWidget
+from PySide6.QtWidgets import QApplication, QWidget
 
 from ..core.events import GenerationSettings, RunRequest
-from .panels import REGISTRY, panel_class
+from .panels import REGISTRY
 from .selection import Selection
 from .widgets.background import Background
 
@@ -36,22 +36,25 @@ def _settle(app: QApplication) -> None:
         app.processEvents()
 
 
-def build_panels(selection: Selection, errors: dict[str, str]) -> tuple[QWidget, dict]:
-    window = QWidget()
-    grid = QGridLayout(window)
+def build_panels(errors: dict[str, str]) -> tuple[QWidget, dict]:
+    """The main window (default layout, no model, private settings) and its panels."""
+    import tempfile
+    from pathlib import Path
+
+    from .main_window import MainWindow
+    from .settings import open_settings
+
+    settings = open_settings(Path(tempfile.mkdtemp(prefix="lmx-bench-")) / "settings.ini")
+    window = MainWindow(settings, autoload=False, autorun=False)
     panels = {}
-    for name in REGISTRY:
-        try:
-            panel = panel_class(name)(selection)
-        except Exception as exc:  # a panel that cannot even be built is skipped, not fatal
-            errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+    for name, dock in window.docks.items():
+        if dock.panel is None:
+            errors[name] = (dock.error or "could not be built")[:300]
             continue
-        panels[name] = panel
-    cols = max(1, math.ceil(math.sqrt(len(panels))))
-    for i, panel in enumerate(panels.values()):
-        grid.addWidget(panel, i // cols, i % cols)
-    window.resize(1920, 1080)
+        panels[name] = dock.panel
+    window.resize(1600, 1000)
     window.show()
+    _app().processEvents()
     return window, panels
 
 
@@ -69,8 +72,8 @@ def measure_size(session, n_tokens: int, steps: int, prompt_of: Callable, errors
     session.forget_cache()
     events = list(session.stream(request))
     run = session.new_run(request)
-    selection = Selection()
-    window, panels = build_panels(selection, errors)
+    window, panels = build_panels(errors)
+    selection = window.selection
     info = session.info
 
     def limits() -> None:
