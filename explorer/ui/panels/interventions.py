@@ -47,7 +47,8 @@ class InterventionsPanel(Panel):
         "panel then shows the new run. Below: the difference against the baseline run (the last run without "
         "interventions): the next-token distribution before and after (KL divergence, top-1 change), the logit "
         "lens KL per layer and position, and the change in the selected head's attention. 'Run B' (for patching) "
-        "is a run you pin here first, e.g. the same prompt with one word changed."
+        "is a run you pin here first, e.g. the same prompt with one word changed. Run in the prompt bar starts "
+        "a fresh baseline without interventions; 'Apply' re-runs it with the ticked ones."
     )
     rerun = Signal(object)  # RunRequest sent to the main window
 
