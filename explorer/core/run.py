@@ -82,6 +82,11 @@ class Run:
         n_new = chunk.shape[axis]
         if buf is None:  # room for the prompt and the planned generation, so buffers never double
             planned = self.request.settings.max_new_tokens if self.info.is_causal else 0
+            if planned == 0 and not chunk.flags.writeable:
+                # nothing will be appended: keep the event's read-only array itself (a later append, if any,
+                # grows into a new buffer and never writes into it)
+                self._buffers[name] = chunk
+                return
             shape = list(chunk.shape)
             shape[axis] = max(1, n_new + planned)
             buf = np.empty(shape, chunk.dtype)
