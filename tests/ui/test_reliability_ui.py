@@ -9,6 +9,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PySide6.QtCore import Qt
 
 from explorer.core.api import run_request
 from explorer.core.events import GenerationSettings, RunRequest
@@ -271,6 +272,7 @@ def test_model_switch_during_a_run(qtbot, window):
 
 def test_exception_inside_a_panel_is_shown_logged_and_contained(qtbot, window, caplog):
     w = window(panels=("spy", "exploding"))
+    w.splitDockWidget(w.docks["spy"], w.docks["exploding"], Qt.Horizontal)  # both on screen, not tabbed
     with caplog.at_level(logging.ERROR):
         assert run_and_wait(qtbot, w, max_new=3) == "max_tokens"
     exploding, spy = w.docks["exploding"].panel, w.docks["spy"].panel
