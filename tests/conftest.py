@@ -41,3 +41,16 @@ def default_model():
 @pytest.fixture(scope="session")
 def default_session(default_model):
     return Session(default_model)
+
+
+@pytest.fixture
+def remote_code_folder(tiny_llama, tmp_path):
+    """A saved tiny model whose config asks for code shipped in the folder; running it writes `ran`."""
+    folder = tmp_path / "remote"
+    tiny_llama.model.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    config = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(config.replace('"model_type"', '"auto_map": {"AutoModel": "x.Y"}, '
+                                                       '"model_type"', 1))
+    (folder / "x.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('code ran')\n")
+    return folder

@@ -146,14 +146,8 @@ def test_pickle_checkpoint_of_plain_tensors_loads_when_opted_in(tiny_llama, tmp_
     assert loaded.info.n_layers == tiny_llama.info.n_layers
 
 
-def test_remote_code_refusal_names_the_opt_in(tiny_llama, tmp_path):
-    folder = tmp_path / "remote"
-    tiny_llama.model.save_pretrained(folder)
-    tiny_llama.tokenizer.save_pretrained(folder)
-    config = (folder / "config.json").read_text()
-    (folder / "config.json").write_text(config.replace('"model_type"', '"auto_map": {"AutoModel": "x.Y"}, '
-                                                       '"model_type"', 1))
-    (folder / "x.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('code ran')\n")
+def test_remote_code_refusal_names_the_opt_in(remote_code_folder, tmp_path):
+    folder = remote_code_folder
     with pytest.raises(ModelLoadError) as err:
         load_model(folder)
     assert err.value.needs == "trust_remote_code" and "trust_remote_code" in str(err.value)

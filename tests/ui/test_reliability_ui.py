@@ -173,14 +173,9 @@ def test_settings_out_of_range_are_prevented(qtbot, window):
 # --- 2. model files ---------------------------------------------------------------------------------------
 
 
-def test_remote_code_folder_needs_the_ticked_opt_in(qtbot, window, tiny_llama, tmp_path, monkeypatch):
+def test_remote_code_folder_needs_the_ticked_opt_in(qtbot, window, remote_code_folder, monkeypatch):
     w = window()
-    folder = tmp_path / "remote"
-    tiny_llama.model.save_pretrained(folder)
-    tiny_llama.tokenizer.save_pretrained(folder)
-    config = (folder / "config.json").read_text()
-    (folder / "config.json").write_text(config.replace('"model_type"', '"auto_map": {"AutoModel": "x.Y"}, '
-                                                       '"model_type"', 1))
+    folder = remote_code_folder
     with qtbot.waitSignal(w.model_failed, timeout=30000):
         w.load_model(str(folder))
     assert "Refused" in w.banner_label.text() and w.info.name == "tiny-llama"
