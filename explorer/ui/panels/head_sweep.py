@@ -32,7 +32,7 @@ SWEEP_MODES = (("last", "ablate at the predicting position only (prefix from the
 
 
 class HeadSweepPanel(Panel):
-    title = "Head sweep & search"
+    title = "Head sweep and search"
     help_text = (
         "Head sweep: for the prediction made at the selected position (the token that follows it), every head is "
         "knocked out in turn (its output set to zero) and the change in that token's log-probability is drawn as "
