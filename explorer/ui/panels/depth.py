@@ -127,20 +127,27 @@ class DepthPanel(Panel):
             self.draw_run(run)
             return
         lo, hi = event.start, run.n_tokens
-        resid, targets = lens_inputs(run, lo, hi)
-        self.table.merge(compute_lens(resid, targets, run.norm, run.unembed, start=lo))  # one column: ~30 ms
-        vb_range = self.lens.plot.vb.viewRange()[0]
-        follow = vb_range[1] >= lo - 0.5  # the view showed the end: keep following the new tokens
-        self._window = (max(0, hi - WINDOW), hi) if follow else self._window
-        self._refresh_lens(auto_range=follow)
-        if self.table.done.all():  # the streamed column completed the table: keep the count current
-            self.status.setText(f"Logit lens: all {self.table.n} positions x {self.table.rows} depths.")
-        self._refresh_view()
+        resid, targets = lens_inputs(run, lo, hi)  # copied here: the run grows meanwhile
+        norm, unembed, table, gen = run.norm, run.unembed, self.table, self._generation
+
+        def on_done(cols) -> None:  # one column (31 lm_head products) off the GUI thread, ahead of fill-in
+            if gen != self._generation or self.table is not table:
+                return
+            table.merge(cols)
+            follow = self.lens.plot.vb.viewRange()[0][1] >= lo - 0.5  # the view showed the end: keep following
+            self._window = (max(0, hi - WINDOW), hi) if follow else self._window
+            self._refresh_lens(auto_range=follow)
+            if table.done.all():  # the streamed column completed the table: keep the count current
+                self.status.setText(f"Logit lens: all {table.n} positions x {table.rows} depths.")
+
+        self.bg.submit(f"column-{lo}", lambda: compute_lens(resid, targets, norm, unembed, start=lo), on_done,
+                       lambda msg: self.status.setText(f"Logit lens failed: {msg}"), priority=1)
+        self._refresh_view({"step", "position"})
 
     def draw_selection(self, field: str) -> None:
         if field == "position":
             self.marker.setValue(self.selection.position + 0.5)
-        self._refresh_view()
+        self._refresh_view({field})
 
     # --- logit lens ------------------------------------------------------------------------------
     def _submit_next(self) -> None:
@@ -300,13 +307,18 @@ class DepthPanel(Panel):
             self._weights, self._weights_for = depth_weights(loaded), loaded
         return self._weights
 
-    def _refresh_view(self) -> None:
+    def _refresh_view(self, changed: set[str] | None = None) -> None:
+        """Redraw the visible lower view; with `changed`, only when it depends on what changed."""
         run = self.run
         if run is None or run.n_tokens == 0 or run.norm is None or run.unembed is None:
             return
         pos = min(self.selection.position, run.n_tokens - 1)
         layer = min(self.selection.layer, run.info.n_layers - 1)
         view = self.tabs.currentWidget()
+        depends = {self.attribution: {"position"}, self.share: {"position"}, self.similarity: {"step"},
+                   self.depth_attention: {"position", "layer", "head"}}.get(view, set())
+        if changed is not None and not (changed & depends):
+            return
         if view is self.attribution:
             self.attribution.draw(run, pos, self.attribution_target(), self.weights())
         elif view is self.share:

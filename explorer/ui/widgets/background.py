@@ -58,11 +58,13 @@ class Background(QObject):
         return cls._pool
 
     def submit(self, key: str, fn: Callable[[], Any], on_done: Callable[[Any], None],
-               on_error: Callable[[str], None] | None = None) -> int:
+               on_error: Callable[[str], None] | None = None, priority: int = 0) -> int:
+        """Queue `fn`; a higher `priority` runs before queued jobs of lower priority (e.g. live updates
+        ahead of progressive fill-in)."""
         job_id = next(self._ids)
         self._latest[key] = job_id
         self._callbacks[job_id] = (key, on_done, on_error)
-        self.pool().start(_Job(job_id, fn, self._relay))
+        self.pool().start(_Job(job_id, fn, self._relay), priority)
         return job_id
 
     def _on_done(self, job_id: int, result: Any) -> None:
