@@ -29,11 +29,14 @@ def _app() -> QApplication:
     return QApplication.instance() or QApplication([])
 
 
-def _settle(app: QApplication) -> None:
-    """Let background analyses finish and deliver their results (twice: a result may submit more)."""
-    for _ in range(2):
+def _settle(app: QApplication, rounds: int = 400) -> None:
+    """Let background analyses finish and deliver their results, including the chains a result
+    starts (the depth panel's progressive logit lens), so no leftover work lands in a timed region."""
+    for _ in range(rounds):
         Background.wait_idle()
         app.processEvents()
+        if Background.pool().activeThreadCount() == 0:
+            return
 
 
 def build_panels(errors: dict[str, str]) -> tuple[QWidget, dict]:
