@@ -26,7 +26,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .core import catalogue
-from .core.benchmarks import measure_decode, measure_load, measure_memory, measure_prefill, prompt_of
+from .core.benchmarks import (
+    markdown_table,
+    measure_decode,
+    measure_load,
+    measure_memory,
+    measure_prefill,
+    prompt_of,
+)
 from .core.models import cache_root, load_model
 
 BENCH_FILE = "bench-latest.json"
@@ -178,22 +185,16 @@ def table(results: dict) -> str:
     s = results["stability"]
     rows.append((f"RSS over {s['runs']} runs, MB (start / end)", f"{s['rss_start_mb']:.0f}",
                  f"{s['rss_end_mb']:.0f}", f"{s['growth_mb']:+.1f} MB"))
-    lines = _markdown(rows)
+    lines = markdown_table(rows)
     lines.append("")
     target_rows = [("target", "measured", "target", "met")]
     for name, c in results["checks"].items():
         value = "-" if c["value"] is None else f"{c['value']:.3g}"
         target_rows.append((name, value, c["target"], {True: "yes", False: "NO", None: "-"}[c["ok"]]))
-    lines += _markdown(target_rows)
+    lines += markdown_table(target_rows)
     if gui.get("errors"):
         lines += ["", "Panels skipped or failing: " + "; ".join(f"{k}: {v}" for k, v in gui["errors"].items())]
     return "\n".join(lines)
-
-
-def _markdown(rows) -> list[str]:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    fmt = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-    return [fmt[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *fmt[1:]]
 
 
 # --- main --------------------------------------------------------------------------------------------

@@ -234,14 +234,15 @@ def table(results: dict) -> str:
     m = results["memory"]
     rows.append((f"memory at {m['tokens']} tokens, MiB (eager / capture)", f"{m['eager_bytes'] / 2**20:,.0f}",
                  f"{m['capture_bytes'] / 2**20:,.0f}", f"{m['ratio']:.1%}"))
-    lines = _markdown(rows) + [""]
+    lines = markdown_table(rows) + [""]
     target_rows = [("target", "measured", "target", "met")]
     for name, c in results["checks"].items():
         target_rows.append((name, f"{c['value']:.3g}", c["target"], "yes" if c["ok"] else "NO"))
-    return "\n".join(lines + _markdown(target_rows))
+    return "\n".join(lines + markdown_table(target_rows))
 
 
-def _markdown(rows) -> list[str]:
+def markdown_table(rows) -> list[str]:
+    """Rows (first = header) as the lines of a markdown table with aligned columns."""
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     fmt = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     return [fmt[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *fmt[1:]]
