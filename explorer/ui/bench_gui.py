@@ -155,8 +155,18 @@ def measure_head_selection(app: QApplication, panels: dict, selection: Selection
 
 def measure_gui(session, sizes: tuple[int, ...], steps: int, head_tokens: int, prompt_of: Callable,
                 log: Callable[[str], None] = print) -> dict:
+    panel_log = logging.getLogger("explorer.ui.panels.base")
+    level = panel_log.level
+    panel_log.setLevel(logging.CRITICAL)  # failures go to the JSON, not the console
+    try:
+        return _measure_gui(session, sizes, steps, head_tokens, prompt_of, log)
+    finally:
+        panel_log.setLevel(level)
+
+
+def _measure_gui(session, sizes: tuple[int, ...], steps: int, head_tokens: int, prompt_of: Callable,
+                 log: Callable[[str], None]) -> dict:
     app = _app()
-    logging.getLogger("explorer.ui.panels.base").setLevel(logging.CRITICAL)  # failures go to the JSON
     errors: dict[str, str] = {}
     out: dict = {"panels": list(REGISTRY), "errors": errors, "sizes": {}, "head_select": None}
     head_done = False
