@@ -142,7 +142,9 @@ class DepthPanel(Panel):
 
         self.bg.submit(f"column-{lo}", lambda: compute_lens(resid, targets, norm, unembed, start=lo), on_done,
                        lambda msg: self.status.setText(f"Logit lens failed: {msg}"), priority=1)
-        self._refresh_view({"step", "position"})
+        # views of one position follow the selection (the window moves it to the new token when following);
+        # only the whole-run similarity view changes with every step
+        self._refresh_view({"step"})
 
     def draw_selection(self, field: str) -> None:
         if field == "position":
