@@ -235,6 +235,33 @@ def test_next_token_logprobs_equal_the_models_logits(name, tiny_models):
     nxt = run.token_ids[1:]
     np.testing.assert_allclose(run.array("token_logprob")[1:], ref[np.arange(run.n_tokens - 1), nxt], atol=1e-4)
     assert np.isnan(run.array("token_logprob")[0])
+    # ranks, entropies and top-k logprobs against the reference distribution, prompt and decode positions alike
+    chosen = ref[np.arange(run.n_tokens - 1), nxt]  # [N - 1]
+    np.testing.assert_array_equal(run.array("token_rank")[1:], (ref[:-1] > chosen[:, None]).sum(-1))
+    np.testing.assert_allclose(run.array("pred_entropy"), -(np.exp(ref) * ref).sum(-1), atol=1e-3)
+    top = run.array("pred_top_logprobs").shape[1]
+    np.testing.assert_allclose(run.array("pred_top_logprobs"), -np.sort(-ref, axis=-1)[:, :top], atol=1e-4)
+    assert choice.entropy == pytest.approx(-(np.exp(ref[run.n_prompt - 1]) * ref[run.n_prompt - 1]).sum(), abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_sampled_choices_report_their_rank_and_logprob(name, tiny_models):
+    loaded = tiny_models[name]
+    run = capture(PROMPT, Session(loaded), max_new_tokens=6, temperature=1.5, seed=3)
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=torch.tensor([run.token_ids.tolist()])).logits[0]  # [N, vocab]
+    ref = torch.log_softmax(logits.double(), -1).numpy()
+    ranks = []
+    for step in run.steps[:-1]:
+        pos = step.start + step.n_new - 1  # the prediction this step's choice was sampled from
+        c = step.choice
+        assert c.logprob == pytest.approx(ref[pos, c.token_id], abs=1e-4)
+        assert c.rank == int((ref[pos] > ref[pos, c.token_id]).sum())
+        ranks.append(c.rank)
+        # the sampled token's own position reports the same logprob and rank
+        assert run.array("token_logprob")[pos + 1] == pytest.approx(c.logprob, abs=1e-6)
+        assert run.array("token_rank")[pos + 1] == c.rank
+    assert any(r > 0 for r in ranks), "at temperature 1.5 some sampled token should not be the arg-max"
 
 
 def test_encoder_has_no_prediction(tiny_models):

@@ -37,7 +37,7 @@ def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
     """sdpa, plus a record of the post-RoPE query and the new keys/values when a capture is active."""
     recorder = getattr(module, "_explorer_recorder", None)
     if recorder is not None:
-        recorder.on_attention(module._explorer_layer, query, key, value, kwargs.get("scaling"))
+        recorder.on_attention(module._explorer_layer, query, key, value)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -62,7 +62,6 @@ class StepRecord:
     resid: torch.Tensor  # [layers + 1, n_new, hidden]
     attn_out: torch.Tensor  # [layers, n_new, hidden]
     mlp_out: torch.Tensor  # [layers, n_new, hidden]
-    scaling: list[float]
     final_resid: torch.Tensor | None = None  # [n_new, hidden] float32 output of the last layer
     marks: dict[str, float] = field(default_factory=dict)  # stage -> perf_counter()
     layer_ms: list[float] = field(default_factory=list)
@@ -151,7 +150,7 @@ class CaptureContext:
             queries=empty("queries", L, H, n_new, d), keys=empty("keys", L, KV, n_new, d),
             values=empty("values", L, KV, n_new, d), resid=empty("resid", L + 1, n_new, D),
             attn_out=empty("attn_out", L, n_new, D), mlp_out=empty("mlp_out", L, n_new, D),
-            scaling=[1.0] * L, layer_ms=[0.0] * L, deferred={} if defer else None, skip=self.skip,
+            layer_ms=[0.0] * L, deferred={} if defer else None, skip=self.skip,
         )
         self.record.marks["forward_start"] = time.perf_counter()
         return self.record
@@ -161,7 +160,7 @@ class CaptureContext:
         if self.record is not None:
             self.record.marks[name] = time.perf_counter()
 
-    def on_attention(self, layer: int, query, key, value, scaling) -> None:
+    def on_attention(self, layer: int, query, key, value) -> None:
         rec = self.record
         if rec is None:
             return
@@ -169,7 +168,6 @@ class CaptureContext:
         rec.put("queries", layer, query[0])  # [heads, n_new, head_dim]
         rec.put("keys", layer, key[0, :, -n_new:])  # [kv_heads, n_new, head_dim]
         rec.put("values", layer, value[0, :, -n_new:])  # [kv_heads, n_new, head_dim]
-        rec.scaling[layer] = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
 
     def _layer_pre(self, i: int):
         def hook(_module, args, kwargs):

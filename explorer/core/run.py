@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .adapters import NormParams
-from .events import RunRequest, StepEvent, Token, TokenKind
+from .events import RunRequest, StepEvent, Token
 from .models import ModelInfo
 from .sampling import log_softmax
 
@@ -116,7 +116,8 @@ class Run:
         return name in self._buffers
 
     def prefix_array(self, name: str, n: int) -> np.ndarray:
-        return np.array(_view(self._buffers[name], ARRAY_FIELDS[name], 0, n))
+        """The first `n` positions of a captured array (a view: callers copy by concatenating)."""
+        return _view(self._buffers[name], ARRAY_FIELDS[name], 0, n)
 
     # --- public API -----------------------------------------------------------------------------
     @property
@@ -129,7 +130,7 @@ class Run:
 
     @property
     def n_generated(self) -> int:
-        return sum(1 for t in self.tokens if t.kind == TokenKind.GENERATED)
+        return self._n - self.n_prompt if self.steps else 0  # every position after the prompt was generated
 
     @property
     def generated_text(self) -> str:
@@ -137,19 +138,11 @@ class Run:
 
     def attention(self, layer: int, head: int, rows: slice | None = None) -> np.ndarray:
         """[N, N] float32 attention of query rows over key columns (or only `rows`)."""
+        from .analysis.attention import attention_rows  # the one implementation (chunk-friendly, masked)
+
         q = self.array("queries")[layer, head]  # [N, head_dim]
         k = self.array("keys")[layer, head // self.info.group_size]  # [N, head_dim]
-        rows = rows or slice(0, self._n)
-        start = rows.start or 0
-        qs = q[rows].astype(np.float32)  # [rows, head_dim]
-        scores = qs @ k.astype(np.float32).T * self.layer_scaling(layer)  # [rows, N]
-        if self.info.is_causal:
-            query_pos = np.arange(start, start + qs.shape[0])[:, None]
-            scores[np.arange(self._n)[None, :] > query_pos] = -np.inf
-        scores -= scores.max(axis=1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=1, keepdims=True)
-        return scores
+        return attention_rows(q, k, self.layer_scaling(layer), rows or slice(0, self._n), self.info.is_causal)
 
     def layer_scaling(self, layer: int) -> float:
         if self.scaling is not None:

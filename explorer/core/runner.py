@@ -88,7 +88,7 @@ class Session:
             raise InputError("Max new tokens cannot be negative.")
         t0 = time.perf_counter()
         tokenized = tokenize(self.loaded.tokenizer, request.prompt, chat=request.chat, system=request.system,
-                             allow_special_in_text=request.allow_special_in_text)
+                             allow_special_in_text=request.allow_special_in_text, token_bytes=self.token_bytes)
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         ids = tokenized.ids
         max_new = settings.max_new_tokens if info.is_causal else 0
@@ -145,7 +145,7 @@ class Session:
                 try:
                     event = self._step(capture, [token_id], position, step=generated, tokens=(token,),
                                        previous=None, tokenize_ms=0.0, settings=settings, rng=rng,
-                                       want_choice=not finished)
+                                       want_choice=not finished, predicted=event.choice)
                 except BaseException:  # cancelled or failed mid-forward: the cache may be half-updated
                     self.forget_cache()
                     raise
@@ -176,7 +176,7 @@ class Session:
 
     def _step(self, capture: CaptureContext, new_ids: list[int], start: int, *, step: int,
               tokens: tuple[Token, ...], previous: Run | None, tokenize_ms: float, settings, rng,
-              want_choice: bool) -> StepEvent:
+              want_choice: bool, predicted: TokenChoice | None = None) -> StepEvent:
         model = self.loaded.model
         rec = capture.begin_step(len(new_ids))
         input_ids = torch.tensor([new_ids], dtype=torch.long)  # [1, n_new]
@@ -195,17 +195,17 @@ class Session:
             # new positions, plus the last cached one whose prediction gives the first new token's logprob.
             arrays = {k: np.concatenate([previous.prefix_array(k, start), v], axis=-2 if k != "final_resid"
                                         else 0) for k, v in arrays.items()}
-            last_cached = torch.from_numpy(previous.prefix_array("final_resid", start)[-1:])  # [1, hidden]
-            stats = self._prediction_stats(torch.cat([last_cached, final]), tokens[start - 1:], 0)
+            last_cached = torch.tensor(previous.prefix_array("final_resid", start)[-1:])  # [1, hidden] one row
+            stats = self._prediction_stats(torch.cat([last_cached, final]), tokens[start - 1:])
             stats = {k: np.concatenate([previous.prefix_array(k, start), v[1:]]) for k, v in stats.items()}
         else:
-            stats = self._prediction_stats(final, tokens, start, last_logits)
+            stats = self._prediction_stats(final, tokens, predicted, last_logits)
         choice = None
         t_sample = time.perf_counter()
         if want_choice and last_logits is not None:
             logits = last_logits.numpy()  # [vocab]
             token_id = sampling.sample(logits, settings.temperature, settings.top_k, settings.top_p, rng)
-            lse = float(self._last_logits[1])  # the prediction just scored: same logits as the last row
+            lse = self._last_lse  # the prediction just scored: same logits as the last row
             choice = TokenChoice(
                 token_id=token_id, logprob=float(logits[token_id]) - lse,
                 rank=int((logits > logits[token_id]).sum()), entropy=float(stats["pred_entropy"][-1]),
@@ -224,12 +224,14 @@ class Session:
             cached_prefix=start if previous is not None else 0,
         )
 
-    def _prediction_stats(self, final: torch.Tensor, tokens: tuple[Token, ...], offset: int,
+    def _prediction_stats(self, final: torch.Tensor, tokens: tuple[Token, ...],
+                          predicted: TokenChoice | None = None,
                           last_logits: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         """Entropy and top-k of each position's prediction, and each token's logprob and rank.
 
-        A decode step reuses the model's own logits (`last_logits`); a prefill scores its positions in
-        chunks (the lm_head work a plain forward does for all positions, without a [n, vocab] tensor).
+        A decode step reuses the model's own logits (`last_logits`) and takes its token's logprob and
+        rank from the choice that sampled it (`predicted`); a prefill scores its positions in chunks
+        (the lm_head work a plain forward does for all positions, without a [n, vocab] tensor).
         """
         n = final.shape[0]
         out = {
@@ -240,20 +242,18 @@ class Session:
         norm, head = self.adapter.final_norm(self.loaded.model), self.adapter.lm_head(self.loaded.model)
         if head is None:
             return out
-        ids = torch.tensor([t.id for t in tokens])  # [n]
-        if offset > 0 and self._last_logits is not None:  # the token at `offset` was predicted last step
-            logits, lse = self._last_logits
-            chosen = logits[ids[0]]
-            out["token_logprob"][0] = float(chosen - lse)
-            out["token_rank"][0] = int((logits > chosen).sum())
+        if predicted is not None:  # the first token was sampled last step from the prediction it was scored by
+            out["token_logprob"][0] = predicted.logprob
+            out["token_rank"][0] = predicted.rank
         if n == 1 and last_logits is not None:  # a decode step: numpy on one row (no thread-pool round trips)
             row = last_logits.float().numpy()  # [vocab]
             lse, entropy, top = _row_stats(row)
             out["pred_entropy"][0] = entropy
             out["pred_top_ids"][0] = top
             out["pred_top_logprobs"][0] = row[top] - lse
-            self._last_logits = (torch.from_numpy(row), torch.tensor(lse, dtype=torch.float32))
+            self._last_lse = lse
             return out
+        ids = torch.tensor([t.id for t in tokens])  # [n]
         for chunk_lo in range(0, n, _STATS_CHUNK):
             block = head(norm(final[chunk_lo:chunk_lo + _STATS_CHUNK])).float()  # [chunk, vocab]
             # the passes over the vocabulary run on small row blocks that stay in the CPU cache
@@ -276,10 +276,10 @@ class Session:
                     chosen = logits[:m].gather(1, nxt[:, None])  # [m, 1]
                     out["token_logprob"][lo + 1: lo + 1 + m] = (chosen[:, 0] - lse[:m]).numpy()
                     out["token_rank"][lo + 1: lo + 1 + m] = (logits[:m] > chosen).sum(-1).numpy()
-        self._last_logits = (logits[-1].clone(), lse[-1])
+        self._last_lse = float(lse[-1])
         return out
 
-    _last_logits: tuple[torch.Tensor, torch.Tensor] | None = None
+    _last_lse = 0.0  # log-sum-exp of the last scored prediction (the one a choice is sampled from)
 
     def _kv_bytes(self) -> np.ndarray:
         n = self.info.n_layers

@@ -60,9 +60,10 @@ def filter_logits(
 def sample(
     logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None, rng: np.random.Generator
 ) -> int:
+    if temperature == 0:  # greedy: what filter_logits keeps is the arg-max, without its vocab-sized arrays
+        validate(temperature, top_k, top_p)
+        return int(np.argmax(logits))
     filtered = filter_logits(logits, temperature, top_k, top_p)
-    if temperature == 0:
-        return int(np.argmax(filtered.probs))
     return int(rng.choice(filtered.probs.shape[0], p=filtered.probs))
 
 

@@ -117,8 +117,12 @@ def tokenize(
     chat: bool = False,
     system: str | None = None,
     allow_special_in_text: bool = True,
+    token_bytes: TokenBytes | None = None,
 ) -> Tokenized:
-    """Tokenize a prompt (plain or chat template) into ids and spanned, kind-tagged tokens."""
+    """Tokenize a prompt (plain or chat template) into ids and spanned, kind-tagged tokens.
+
+    `token_bytes`: a TokenBytes of this tokenizer to reuse (its id -> bytes cache stays warm across runs).
+    """
     _check_text(prompt, "prompt")
     if system:
         _check_text(system, "system message")
@@ -131,7 +135,7 @@ def tokenize(
         regions = [(0, len(text), TokenKind.PROMPT)]
         content_kind = TokenKind.PROMPT
     ids = _encode(tokenizer, text, chat, regions, allow_special_in_text)
-    tokens = spans_for(tokenizer, text, ids, regions, default_kind=content_kind)
+    tokens = spans_for(tokenizer, text, ids, regions, default_kind=content_kind, token_bytes=token_bytes)
     return Tokenized(text=text, ids=ids, tokens=tokens)
 
 
@@ -187,9 +191,10 @@ def _encode(tokenizer: Any, text: str, chat: bool, regions, allow_special: bool)
     return ids
 
 
-def spans_for(tokenizer: Any, text: str, ids: list[int], regions, default_kind: TokenKind) -> list[Token]:
+def spans_for(tokenizer: Any, text: str, ids: list[int], regions, default_kind: TokenKind,
+              token_bytes: TokenBytes | None = None) -> list[Token]:
     """Spans for `ids` over `text` from token bytes; falls back to the tokenizer's offsets."""
-    to_bytes = TokenBytes(tokenizer)
+    to_bytes = token_bytes if token_bytes is not None else TokenBytes(tokenizer)
     spans = _byte_spans(text, ids, to_bytes)
     if spans is None:
         spans = _offset_spans(tokenizer, text, ids, to_bytes)
