@@ -39,6 +39,7 @@ from .safeguards import Safeguards
 from .selection import Selection
 from .settings import open_settings, push_recent, recent
 from .timeline import Timeline
+from .widgets.background import Background
 from .worker import WorkerHost
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,8 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
                 panel.model_provider = self.loaded_model
             if hasattr(panel, "request_prompt"):
                 panel.request_prompt.connect(self.run_text)
+            if hasattr(panel, "rerun"):
+                panel.rerun.connect(self.submit)
 
     def loaded_model(self):
         """The LoadedModel the worker holds (None before a model is loaded); read-only use off the worker."""
@@ -432,8 +435,5 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
             self.timeline.set_playing(False)
             self.save_settings()
             self.host.shutdown()
-            for dock in self.docks.values():
-                bg = getattr(dock.panel, "background", None)
-                if bg is not None and hasattr(bg, "wait_idle"):
-                    bg.wait_idle(5000)
+            Background.wait_idle(5000)  # one pool for every panel's analyses
         super().closeEvent(event)

@@ -60,3 +60,37 @@ def test_hidden_dock_tab_defers_work_until_shown(qtbot, tmp_path, tiny_llama):
     qtbot.waitUntil(lambda: bool(drawn), timeout=5000)
     assert drawn[-1] is w.run and not hidden._update_skipped
     w.close()
+
+
+def test_superseded_background_job_is_skipped(qtbot):
+    """A job replaced by a newer one with the same key before it starts never runs."""
+    import threading
+
+    from explorer.ui.widgets.background import Background
+
+    bg = Background()
+    gate, ran, results = threading.Event(), [], []
+    bg.submit("blocker", gate.wait, lambda _r: None)  # holds the single pool thread
+    bg.submit("k", lambda: ran.append("old"), results.append)
+    bg.submit("k", lambda: ran.append("new") or "new", results.append)
+    gate.set()
+    qtbot.waitUntil(lambda: results == ["new"], timeout=5000)
+    Background.wait_idle()
+    assert ran == ["new"]
+
+
+def test_interventions_rerun_reaches_the_window(qtbot, tmp_path, tiny_llama):
+    from explorer.core.events import GenerationSettings, RunRequest
+    from explorer.core.interventions import Intervention
+
+    w = MainWindow(open_settings(tmp_path / "s.ini"), model="tiny-llama", autoload=False, autorun=False,
+                   panels=["interventions"])
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.model_ready, timeout=30000):
+        w.load_model("tiny-llama")
+    ablate = Intervention(kind="zero_head", layer=1, head=0)
+    request = RunRequest("Hello there", settings=GenerationSettings(max_new_tokens=2), interventions=(ablate,))
+    with qtbot.waitSignal(w.run_done, timeout=30000):
+        w.docks["interventions"].panel.rerun.emit(request)
+    assert w.run is not None and w.run.request.interventions == (ablate,)
+    w.close()

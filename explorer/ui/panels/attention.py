@@ -147,8 +147,8 @@ class AttentionPanel(Panel):
             self.draw_run(run)  # nothing usable drawn yet, or a mode that needs a full recompute
             return
         self.append_rows(event.start, run.n_tokens)
-        if self.selection.position >= event.start - 1:
-            self._draw_head_view()
+        if not run.info.is_causal and self.selection.position >= event.start - 1:
+            self._draw_head_view()  # (a causal row never changes when later keys arrive)
         if event.finish_reason:
             self._start_summaries()
 

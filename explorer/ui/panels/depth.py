@@ -143,8 +143,8 @@ class DepthPanel(Panel):
         self.bg.submit(f"column-{lo}", lambda: compute_lens(resid, targets, norm, unembed, start=lo), on_done,
                        lambda msg: self.status.setText(f"Logit lens failed: {msg}"), priority=1)
         # views of one position follow the selection (the window moves it to the new token when following);
-        # only the whole-run similarity view changes with every step
-        self._refresh_view({"step"})
+        # only the whole-run similarity view changes as the run grows
+        self._refresh_view({"run"})
 
     def draw_selection(self, field: str) -> None:
         if field == "position":
@@ -317,7 +317,7 @@ class DepthPanel(Panel):
         pos = min(self.selection.position, run.n_tokens - 1)
         layer = min(self.selection.layer, run.info.n_layers - 1)
         view = self.tabs.currentWidget()
-        depends = {self.attribution: {"position"}, self.share: {"position"}, self.similarity: {"step"},
+        depends = {self.attribution: {"position"}, self.share: {"position"}, self.similarity: {"run"},
                    self.depth_attention: {"position", "layer", "head"}}.get(view, set())
         if changed is not None and not (changed & depends):
             return

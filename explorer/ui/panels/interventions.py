@@ -30,7 +30,7 @@ from ...core.run import Run
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
-from .intervention_menu import InterventionRequest, bus, find_main
+from .intervention_menu import InterventionRequest, bus
 
 SCOPES = (("all", "at every position"), ("selected", "at the selected position"),
           ("last", "at the last prompt position"))
@@ -197,10 +197,7 @@ class InterventionsPanel(Panel):
             return
         if self.run is not None and self.run.request == request:
             return
-        self.rerun.emit(request)
-        window = find_main(self)
-        if window is not None:
-            window.submit(request)
+        self.rerun.emit(request)  # the main window runs it (connected in MainWindow._connect_panels)
 
     # --- Panel contract -----------------------------------------------------------------------------
     def draw_run(self, run: Run | None) -> None:

@@ -1,7 +1,8 @@
 """Heavy analyses off the GUI thread: submit a function, get its result (or error) by signal.
 
 Results come back through a queued signal to the GUI thread; a newer job with the same key
-supersedes an older one (its result is dropped), so fast scrubbing never piles up stale work.
+supersedes an older one: if it has not started, it is skipped, and if it has, its result is dropped,
+so fast scrubbing never piles up stale work.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ class Background(QObject):
         job_id = next(self._ids)
         self._latest[key] = job_id
         self._callbacks[job_id] = (key, on_done, on_error)
-        self.pool().start(_Job(job_id, fn, self._relay), priority)
+        latest = self._latest
+
+        def unless_superseded():  # a newer job with this key was queued meanwhile: skip the work
+            return fn() if latest.get(key) == job_id else None
+
+        self.pool().start(_Job(job_id, unless_superseded, self._relay), priority)
         return job_id
 
     def _on_done(self, job_id: int, result: Any) -> None:
