@@ -24,7 +24,7 @@ from ...core.analysis.depth import LENS_TOP_K, LensTable, compute_lens, lens_inp
 from ...core.analysis.depth_attention import DepthWeights, depth_weights
 from ...core.run import Run
 from ..widgets.background import Background
-from ..widgets.heatmap import Heatmap
+from ..widgets.heatmap import Heatmap, readable_label
 from . import intervention_menu as im
 from .base import Panel
 from .depth_views import AttributionView, DepthAttentionView, ShareView, SimilarityView, _esc, readable
@@ -252,7 +252,7 @@ class DepthPanel(Panel):
                 v = values[r, c]
                 item.setFont(font)
                 item.setColor((0, 0, 0) if np.isfinite(v) and v > 0.6 else (255, 255, 255))
-                item.setText(_cell_text(text, width))
+                item.setText(readable_label(text, width))
                 item.setPos(c + 0.5, r + 0.5)
                 item.show()
 
@@ -331,10 +331,6 @@ class DepthPanel(Panel):
             head = min(self.selection.head, run.info.n_heads - 1)
             self.depth_attention.draw(run, self.weights(), layer, head, pos)
 
-
-def _cell_text(text: str, width: int = 6) -> str:
-    text = text.replace("\n", "\u21b5").replace(" ", "\u00b7")
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 __all__ = ["LENS_TOP_K", "DepthPanel"]

@@ -4,6 +4,8 @@ explorer.core.analysis.depth*; one plot item per picture."""
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtGui import QFontMetricsF
@@ -18,7 +20,7 @@ from ...core.analysis.depth import (
 )
 from ...core.analysis.depth_attention import DepthWeights, depth_attention, head_attribution
 from ...core.run import Run
-from ..widgets.heatmap import Heatmap, tick_step
+from ..widgets.heatmap import Heatmap, readable_label, tick_step
 from .token_colors import piece_name
 
 POS_COLOUR = (213, 94, 0)  # Okabe-Ito vermillion / blue (colour-blind safe), as the red / blue of CET-D1 maps
@@ -253,8 +255,8 @@ def _plot() -> pg.PlotWidget:
 
 
 def readable(text: str) -> str:
-    return text.replace("\n", "\u21b5").replace("\t", "\u21e5").replace(" ", "\u00b7")
+    return readable_label(text, width=None)
 
 
 def _esc(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html.escape(s, quote=False)

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushBu
 
 from ...core.analysis import projection as P
 from ...core.events import TokenKind
+from ..widgets.heatmap import readable_label
 
 MAX_LABELS = 40  # label points with their token text up to this many points
 PLAY_MS = 160  # one layer per tick while playing
@@ -64,8 +65,7 @@ def vocab_label(run, token_id: int, known: dict[int, str] | None = None, width: 
 
 
 def readable(text: str, width: int = 14) -> str:
-    text = text.replace(" ", "\u00b7").replace("\n", "\u21b5").replace("\t", "\u21e5")
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
+    return readable_label(text, width)
 
 
 def layer_name(layer: int, n_layers: int) -> str:

@@ -14,6 +14,8 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from ..widgets.heatmap import readable_label
+
 # Okabe-Ito (colour-blind safe), repeated for models with many heads
 HEAD_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
                 "#999999", "#882255", "#117733", "#44AA99")
@@ -119,7 +121,4 @@ class HeadView(QWidget):
 
 
 def _label(pos: int, text: str) -> str:
-    text = text.replace("\n", "\u21b5").replace("\t", "\u21e5")
-    if len(text) > 14:
-        text = text[:13] + "\u2026"
-    return f"{pos}: {text}"
+    return f"{pos}: {readable_label(text, 14, spaces=False)}"

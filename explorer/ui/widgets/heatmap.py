@@ -181,6 +181,13 @@ def tick_step(cell_pixels: float, label_pixels: float) -> int:
     return next(int(m * magnitude) for m in (1, 2, 5, 10) if m * magnitude >= need)
 
 
-def _short(label: str, width: int = 10) -> str:
-    label = label.replace("\n", "\u21b5").replace("\t", "\u21e5").replace(" ", "\u00b7")
-    return label if len(label) <= width else label[: width - 1] + "\u2026"
+def readable_label(label: str, width: int | None = 10, spaces: bool = True) -> str:
+    """Token text for a label: newline, tab (and spaces, unless `spaces` is False) made visible,
+    shortened to `width` characters with an ellipsis (None: not shortened). Every panel uses this."""
+    label = label.replace("\n", "\u21b5").replace("\t", "\u21e5")
+    if spaces:
+        label = label.replace(" ", "\u00b7")
+    return label if width is None or len(label) <= width else label[: width - 1] + "\u2026"
+
+
+_short = readable_label
