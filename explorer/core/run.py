@@ -50,12 +50,14 @@ class Run:
     vocab: list[str] | None = None  # readable text of every token id (set by Session.new_run; None when loaded)
     _buffers: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _n: int = 0
+    _planned: int | None = field(default=None, repr=False)  # positions after the first step (None: max_new_tokens)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def start(cls, info: ModelInfo, request: RunRequest, norm: NormParams | None,
-              unembed: np.ndarray | None) -> Run:
-        return cls(info=info, request=request, norm=norm, unembed=unembed)
+              unembed: np.ndarray | None, planned: int | None = None) -> Run:
+        """`planned`: positions that will follow the first step (default: the request's max_new_tokens)."""
+        return cls(info=info, request=request, norm=norm, unembed=unembed, _planned=planned)
 
     # --- growth -------------------------------------------------------------------------------
     def apply(self, event: StepEvent) -> None:
@@ -81,7 +83,8 @@ class Run:
         buf = self._buffers.get(name)
         n_new = chunk.shape[axis]
         if buf is None:  # room for the prompt and the planned generation, so buffers never double
-            planned = self.request.settings.max_new_tokens if self.info.is_causal else 0
+            planned = self._planned if self._planned is not None else (
+                self.request.settings.max_new_tokens if self.info.is_causal else 0)
             if planned == 0 and not chunk.flags.writeable:
                 # nothing will be appended: keep the event's read-only array itself (a later append, if any,
                 # grows into a new buffer and never writes into it)

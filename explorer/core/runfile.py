@@ -6,10 +6,13 @@ model info and the token count) and raises RunFileError with a sentence when any
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -22,9 +25,9 @@ from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoic
 from .interventions import from_json, to_json
 from .models import ModelInfo
 from .run import ARRAY_FIELDS, Run
+from .runfile_check import FORMAT, VERSION, check_header
+from .runfile_read import check_member, member_infos, memory_limit, read_array, read_header
 
-FORMAT = "lm-explorer-run"
-VERSION = 1
 _DTYPES = {
     "queries": "f", "keys": "f", "values": "f", "resid": "f", "attn_out": "f", "mlp_out": "f",
     "final_resid": "f", "pred_entropy": "f", "pred_top_ids": "i", "pred_top_logprobs": "f",
@@ -55,50 +58,111 @@ def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> No
         if run.norm.bias is not None:
             arrays["norm_bias"] = run.norm.bias
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    _check_name(path)
+    # a short temporary name (a long target name plus a suffix would overflow NAME_MAX)
+    fd, tmp = tempfile.mkstemp(prefix="." + _short(path.name) + ".", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, header=blob, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _short(name: str, limit: int = 40) -> str:
+    """At most `limit` bytes of a file name, cut on a character boundary."""
+    return name.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
+
+def _check_name(path: Path) -> None:
+    """Refuse a name the folder cannot hold before writing anything (ENAMETOOLONG, with the limit)."""
+    try:
+        limit = os.pathconf(path.parent or ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    if len(os.fsencode(path.name)) > limit:
+        raise OSError(errno.ENAMETOOLONG, f"The file name is {len(os.fsencode(path.name))} bytes long; this folder "
+                      f"allows {limit}. Choose a shorter name", str(path))
+
+
 def load_run(path: str | os.PathLike) -> Run:
+    """Load a run file, checking every size against the header before anything is inflated.
+
+    Slow for big runs (it reads every array): call it off the GUI thread.
+    """
     path = Path(path)
     if not path.is_file():
         raise RunFileError(f"No run file at {path}.")
     if not zipfile.is_zipfile(path):
         raise RunFileError(f"{path.name} is not a run file (a run is a .npz archive; this is something else).")
+    name = path.name
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as exc:  # a damaged zip fails in many ways (CRC, struct, zlib, bad .npy header...)
-        raise RunFileError(f"{path.name} is not a readable run file (damaged): {type(exc).__name__}: "
-                           f"{str(exc)[:200]}") from exc
-    try:
-        return _build(arrays, path.name)
+        with zipfile.ZipFile(path) as zf:
+            header, arrays = _read(zf, name)
     except RunFileError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, UnicodeDecodeError) as exc:
-        raise RunFileError(f"{path.name} is inconsistent and was not loaded ({type(exc).__name__}: {exc}).") from exc
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError,
+            ValueError, struct.error, MemoryError) as exc:  # a damaged zip fails in many ways
+        raise RunFileError(f"{name} is not a readable run file (damaged): {type(exc).__name__}: "
+                           f"{str(exc)[:200]}") from exc
+    try:
+        return _build(header, arrays, name)
+    except RunFileError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, UnicodeDecodeError, OverflowError,
+            RecursionError, MemoryError) as exc:
+        raise RunFileError(f"{name} is inconsistent and was not loaded ({type(exc).__name__}: {str(exc)[:200]}).") \
+            from exc
 
 
-def _build(arrays: dict[str, np.ndarray], name: str) -> Run:
-    if "header" not in arrays or arrays["header"].dtype != np.uint8 or arrays["header"].ndim != 1:
+def _read(zf: zipfile.ZipFile, name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The header, then the arrays, each checked against the shapes the header implies before reading."""
+    members = member_infos(zf, {"header", *_DTYPES}, name)
+    if "header" not in members:
         raise RunFileError(f"{name} is not an LM Explorer run (no header).")
-    header = json.loads(arrays["header"].tobytes().decode("utf-8"))
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise RunFileError(f"{name} is not an LM Explorer run.")
-    version = header.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise RunFileError(f"{name} was saved by a newer LM Explorer (format {version}); update to open it.")
+    header = read_header(zf, members["header"], name)
+    info, n = check_header(header, name)
+    expected = _expected_shapes(info, n, len(header["steps"]))
+    top_k_cap = 1024
+    planned: dict[str, tuple] = {}
+    total = 0
+    for key, zinfo in members.items():
+        if key == "header":
+            continue
+        shape = expected[key]
+        limit = int(np.prod([s if s is not None else top_k_cap for s in shape], dtype=object))
+        got, dtype = check_member(zf, zinfo, name, key, _DTYPES[key], shape, limit)
+        planned[key] = shape
+        total += int(np.prod(got, dtype=object)) * dtype.itemsize
+    if total > memory_limit():
+        raise RunFileError(f"{name} needs {total / 2**30:,.1f} GiB of memory, more than this machine has "
+                           f"({memory_limit() / 2**30:,.1f} GiB); it was not loaded.")
+    arrays = {key: read_array(zf, members[key], name, key, _DTYPES[key], shape, 2**62)
+              for key, shape in planned.items()}
+    return header, arrays
+
+
+def _expected_shapes(info: ModelInfo, n: int, n_steps: int) -> dict[str, tuple]:
+    """Every array's shape implied by the header (None: any length, capped by the caller)."""
+    L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
+    return {
+        "queries": (L, H, n, d), "keys": (L, KV, n, d), "values": (L, KV, n, d), "resid": (L + 1, n, D),
+        "attn_out": (L, n, D), "mlp_out": (L, n, D), "final_resid": (n, D), "pred_entropy": (n,),
+        "pred_top_ids": (n, None), "pred_top_logprobs": (n, None), "token_logprob": (n,), "token_rank": (n,),
+        "kv_bytes": (n_steps, L), "scaling": (L,), "norm_weight": (D,), "norm_bias": (D,),
+        "unembed": (info.vocab_size, D),
+    }
+
+
+def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
     info = ModelInfo(**{f.name: header["info"][f.name] for f in fields(ModelInfo)})
     settings = GenerationSettings(**header["request"]["settings"])
     skip = header["request"].get("skip_arrays", [])
     if not isinstance(skip, list) or not set(skip) <= OPTIONAL or any(k in arrays for k in skip):
-        raise RunFileError(f"{name}: the list of arrays left out ({skip}) does not match the file.")
+        raise RunFileError(f"{name}: the list of arrays left out ({str(skip)[:100]}) does not match the file.")
     request = RunRequest(**{**header["request"], "settings": settings, "skip_arrays": tuple(skip),
                             "interventions": _interventions(header["request"].get("interventions", []), name)})
     n = int(header["n_tokens"])
@@ -106,18 +170,21 @@ def _build(arrays: dict[str, np.ndarray], name: str) -> Run:
     norm = None
     if header.get("norm") and "norm_weight" in arrays:
         bias = arrays.get("norm_bias")
-        norm = NormParams(header["norm"]["kind"], arrays["norm_weight"].astype(np.float32),
+        norm = NormParams(str(header["norm"]["kind"]), arrays["norm_weight"].astype(np.float32),
                           None if bias is None else bias.astype(np.float32), float(header["norm"]["eps"]))
     unembed = arrays.get("unembed")
     if unembed is not None and unembed.shape != (info.vocab_size, info.hidden_size):
         raise RunFileError(f"{name}: the saved unembedding has shape {unembed.shape}, not vocab x hidden.")
-    run = Run.start(info, request, norm, None if unembed is None else unembed.astype(np.float32))
+    steps = header["steps"]
+    first = int(steps[0]["n_new"]) if steps else 0
+    # buffers sized to the file (never to the request's max_new_tokens, which the file cannot vouch for)
+    run = Run.start(info, request, norm, None if unembed is None else unembed.astype(np.float32),
+                    planned=max(0, n - first))
     if "scaling" in arrays:
         run.scaling = arrays["scaling"]
-    tokens = [_token(d) for d in header["tokens"]]
+    tokens = [_token(d, info.vocab_size) for d in header["tokens"]]
     if len(tokens) != n:
         raise RunFileError(f"{name}: {len(tokens)} tokens in the header but {n} positions of data.")
-    steps = header["steps"]
     if len(steps) != arrays["kv_bytes"].shape[0]:
         raise RunFileError(f"{name}: the step list and the KV sizes disagree.")
     for i, meta in enumerate(steps):
@@ -152,23 +219,10 @@ def _spans_tile(tokens: list[Token], text: str) -> bool:
 
 
 def _check(arrays: dict[str, np.ndarray], info: ModelInfo, n: int, name: str, skip: tuple[str, ...] = ()) -> None:
-    L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
-    expected = {
-        "queries": (L, H, n, d), "keys": (L, KV, n, d), "values": (L, KV, n, d), "resid": (L + 1, n, D),
-        "attn_out": (L, n, D), "mlp_out": (L, n, D), "final_resid": (n, D), "pred_entropy": (n,),
-        "pred_top_ids": (n, None), "pred_top_logprobs": (n, None), "token_logprob": (n,), "token_rank": (n,),
-        "kv_bytes": (None, L), "scaling": (L,), "norm_weight": (D,), "norm_bias": (D,),
-    }
-    for key, shape in expected.items():
-        if key not in arrays:
-            if (key in ARRAY_FIELDS and key not in skip) or key == "kv_bytes":
-                raise RunFileError(f"{name} lacks the array '{key}'.")
-            continue
-        a = arrays[key]
-        if a.dtype.kind != _DTYPES[key] or a.ndim != len(shape) or any(
-            want is not None and got != want for got, want in zip(a.shape, shape, strict=True)
-        ):
-            raise RunFileError(f"{name}: array '{key}' has shape {a.shape} and type {a.dtype}, expected {shape}.")
+    """Required arrays present (shapes and dtypes were checked before reading) and top-k ids in range."""
+    for key in (*ARRAY_FIELDS, "kv_bytes"):
+        if key not in arrays and (key == "kv_bytes" or key not in skip):
+            raise RunFileError(f"{name} lacks the array '{key}'.")
     if arrays["pred_top_ids"].shape != arrays["pred_top_logprobs"].shape:
         raise RunFileError(f"{name}: the top-k arrays disagree in shape.")
     if (arrays["pred_top_ids"] < 0).any() or (arrays["pred_top_ids"] >= info.vocab_size).any():
@@ -180,7 +234,9 @@ def _token_dict(t: Token) -> dict:
             "bytes": t.raw_bytes.hex(), "partial": t.partial, "injected": t.injected, "special": t.is_special}
 
 
-def _token(d: dict) -> Token:
+def _token(d: dict, vocab_size: int) -> Token:
+    if not 0 <= int(d["id"]) < vocab_size:
+        raise RunFileError(f"token id {d['id']} is outside the vocabulary ({vocab_size})")
     return Token(id=int(d["id"]), text=str(d["text"]), start=int(d["start"]), end=int(d["end"]),
                  kind=TokenKind(d["kind"]), raw_bytes=bytes.fromhex(d["bytes"]), partial=bool(d["partial"]),
                  injected=bool(d["injected"]), is_special=bool(d["special"]))
