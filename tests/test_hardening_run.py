@@ -1,0 +1,331 @@
+"""Hardening round 2 (issue 16), run side: crafted run files, atomic saves, prompts, spans, patching, fp16."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from explorer.core import runfile, runfile_read
+from explorer.core.api import capture
+from explorer.core.errors import ExplorerError, RunFileError
+from explorer.core.runfile import load_run, runs_equal
+from explorer.core.runner import Session
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_models):
+    return capture("Hello 東京 👩‍👩‍👧", Session(tiny_models["tiny-llama"]), max_new_tokens=3)
+
+
+@pytest.fixture(scope="module")
+def members(small_run, tmp_path_factory) -> dict[str, bytes]:
+    """The saved run's zip members: name -> raw .npy bytes."""
+    path = tmp_path_factory.mktemp("runs") / "run.npz"
+    small_run.save(path)
+    with zipfile.ZipFile(path) as zf:
+        return {i.filename: zf.read(i) for i in zf.infolist()}
+
+
+def _zip(members: dict[str, bytes], compress: dict[str, int] | None = None) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data, compress_type=(compress or {}).get(name, zipfile.ZIP_STORED))
+    return out.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def _header(members) -> dict:
+    return json.loads(np.load(io.BytesIO(members["header.npy"])).tobytes())
+
+
+def _with_header(members, header_bytes: bytes) -> dict[str, bytes]:
+    return {**members, "header.npy": _npy(np.frombuffer(header_bytes, np.uint8))}
+
+
+def _load_bytes(data: bytes, tmp_path, name="crafted.npz"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return load_run(path)
+
+
+def _peak_mib(fn) -> float:
+    """Peak traced allocation while `fn` runs (numpy reports its buffers to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak / 2**20
+
+
+# --- item 4: run files are checked before anything is inflated or allocated ------------------------------------
+def test_the_pristine_file_loads(members, small_run, tmp_path):
+    assert runs_equal(small_run, _load_bytes(_zip(members), tmp_path))
+
+
+def test_a_member_that_inflates_1000x_is_refused_before_inflating(members, tmp_path):
+    bomb = {**members, "values.npy": _npy(np.zeros((64, 2**20), np.float16))}  # 128 MiB of zeros, deflated
+    data = _zip(bomb, {"values.npy": zipfile.ZIP_DEFLATED})
+    assert len(data) < 2**20
+    holder = {}
+
+    def attempt():
+        try:
+            _load_bytes(data, tmp_path)
+        except RunFileError as exc:
+            holder["error"] = exc
+    # refused from the central directory's sizes: nothing close to the member's 128 MiB was allocated
+    assert _peak_mib(attempt) < 16
+    assert "inflate" in str(holder["error"])
+
+
+def test_a_npy_header_that_lies_about_its_shape_is_refused_without_allocating(members, tmp_path):
+    raw = bytearray(members["values.npy"])
+    end = raw.index(b"\n")
+    text = raw[:end + 1].decode("latin1")
+    shape = text[text.index("(") : text.index(")") + 1]
+    huge = "(100000, 100000, 100000, 100000)"
+    patched = text.replace(shape, huge)
+    # keep the .npy header length (padding spaces) so the member stays a well-formed .npy
+    body = patched.rstrip("\n").rstrip(" ")
+    assert len(body) < len(text) - 1
+    patched = body.ljust(len(text) - 1) + "\n"
+    lied = {**members, "values.npy": patched.encode("latin1") + bytes(raw[end + 1:])}
+    holder = {}
+
+    def attempt():
+        try:
+            _load_bytes(_zip(lied), tmp_path)
+        except RunFileError as exc:
+            holder["error"] = exc
+    assert _peak_mib(attempt) < 16
+    assert "shape" in str(holder["error"])
+
+
+def test_a_header_above_the_cap_is_refused_unread(members, tmp_path, monkeypatch):
+    monkeypatch.setattr(runfile_read, "HEADER_MAX_BYTES", 1000)
+    calls = []
+    monkeypatch.setattr(runfile_read, "parse_json", lambda *a: calls.append(a))
+    with pytest.raises(RunFileError, match="header is .* MiB"):
+        _load_bytes(_zip(members), tmp_path)
+    assert not calls
+
+
+def test_a_real_oversized_header_is_refused(members, tmp_path):
+    big = b'{"format": "lm-explorer-run", "pad": "' + b"x" * (runfile_read.HEADER_MAX_BYTES + 10) + b'"}'
+    with pytest.raises(RunFileError, match="header"):
+        _load_bytes(_zip(_with_header(members, big), {"header.npy": zipfile.ZIP_DEFLATED}), tmp_path)
+
+
+def _edited(members, change) -> dict[str, bytes]:
+    header = _header(members)
+    change(header)
+    return _with_header(members, json.dumps(header, allow_nan=True).encode())
+
+
+NUMBER_ATTACKS = {
+    "layers_huge": lambda h: h["info"].update(n_layers=10**12),
+    "vocab_huge": lambda h: h["info"].update(vocab_size=2 * 10**7),
+    "tokens_huge": lambda h: h.update(n_tokens=2**40),
+    "max_new_planned_huge": lambda h: h["request"]["settings"].update(max_new_tokens=2**40),
+    "kv_heads_zero": lambda h: h["info"].update(n_kv_heads=0),
+    "heads_not_multiple": lambda h: h["info"].update(n_heads=h["info"]["n_kv_heads"] * 2 + 1),
+    "nan_eps": lambda h: h["norm"].update(eps=float("nan")),
+    "inf_temperature": lambda h: h["request"]["settings"].update(temperature=float("inf")),
+    "bool_as_int": lambda h: h["info"].update(n_layers=True),
+    "float_layers": lambda h: h["info"].update(n_layers=2.0),
+    "negative_start": lambda h: h["tokens"][0].update(start=-5),
+    "token_id_beyond_vocab": lambda h: h["tokens"][0].update(id=h["info"]["vocab_size"]),
+    "choice_id_beyond_vocab": lambda h: h["steps"][0]["choice"].update(token_id=10**9),
+    "steps_not_list": lambda h: h.update(steps={"a": 1}),
+    "timing_garbled": lambda h: h["steps"][0].update(timings_ms=[[1, 2, 3]]),
+    "info_extra_field": lambda h: h["info"].update(wizard=1),
+    "nested_interventions": lambda h: h["request"].update(interventions=[[[[[[[[[[[[[[1]]]]]]]]]]]]]]),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(NUMBER_ATTACKS))
+def test_header_numbers_are_validated(attack, members, tmp_path):
+    with pytest.raises(RunFileError):
+        _load_bytes(_zip(_edited(members, NUMBER_ATTACKS[attack])), tmp_path)
+
+
+RAW_ATTACKS = {
+    "literal_nan": lambda t: t.replace('"eps": ', '"eps": NaN, "x": ', 1),
+    "literal_infinity": lambda t: t.replace('"eps": ', '"eps": Infinity, "x": ', 1),
+    "overflow_float": lambda t: t.replace('"eps": ', '"eps": 1e999, "x": ', 1),
+    "huge_int": lambda t: t.replace('"n_tokens": ', '"n_tokens": ' + "9" * 5000 + ', "x": ', 1),
+    "deep_nesting": lambda t: t.replace('"text": ', '"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "text": ', 1),
+    "deep_nesting_unclosed": lambda t: t.replace('"text": ', '"deep": ' + "{\"a\": " * 50_000, 1),
+    "not_utf8": lambda t: t.replace('"text": "', '"text": "\udcff', 1),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(RAW_ATTACKS))
+def test_raw_header_attacks_give_runfileerror(attack, members, tmp_path):
+    text = RAW_ATTACKS[attack](json.dumps(_header(members)))
+    with pytest.raises(RunFileError):
+        _load_bytes(_zip(_with_header(members, text.encode("utf-8", errors="surrogateescape"))), tmp_path)
+
+
+def test_a_loaded_run_is_sized_to_the_file_not_to_max_new_tokens(members, small_run, tmp_path):
+    edited = _edited(members, lambda h: h["request"]["settings"].update(max_new_tokens=h["info"]["context_length"]))
+    loaded = _load_bytes(_zip(edited), tmp_path)
+    assert loaded.request.settings.max_new_tokens == loaded.info.context_length
+    # no spare capacity for the 2,048 planned positions: at most the first step's size again
+    assert loaded.capture_bytes() <= 2 * sum(np.asarray(loaded.array(k)).nbytes
+                                             for k in runfile.ARRAY_FIELDS if loaded.has_array(k))
+
+
+def test_member_list_attacks(members, tmp_path):
+    attacks = {
+        "unknown_member": {**members, "evil.pkl": b"\x80\x04."},
+        "no_header": {k: v for k, v in members.items() if k != "header.npy"},
+        "many_members": {**members, **{f"m{i}.npy": b"" for i in range(100)}},
+        "object_dtype": {**members, "token_rank.npy": _npy(np.array([None] * 3, dtype=object))},
+        "header_as_floats": {**members, "header.npy": _npy(np.zeros(10, np.float32))},
+    }
+    for name, m in attacks.items():
+        with pytest.raises(RunFileError):
+            _load_bytes(_zip(m), tmp_path, f"{name}.npz")
+
+
+def _json_values():
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
+    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                        max_leaves=12)
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:3]):
+            yield from _paths(v, (*prefix, i))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_headers_load_or_raise_runfileerror(data, members, tmp_path):
+    header = _header(members)
+    paths = list(_paths(header))[1:]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent = header
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            if data.draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = data.draw(_json_values())
+        except (KeyError, IndexError, TypeError):
+            continue
+    try:
+        loaded = _load_bytes(_zip(_with_header(members, json.dumps(header).encode())), tmp_path)
+    except RunFileError:
+        return
+    assert loaded.n_tokens >= 1  # an edit that keeps the run consistent may load
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_member_lists_load_or_raise_runfileerror(data, members, tmp_path):
+    names = sorted(members)
+    out = dict(members)
+    for _ in range(data.draw(st.integers(1, 3))):
+        action = data.draw(st.sampled_from(["drop", "swap", "reshape", "retype", "truncate", "deflate"]))
+        name = data.draw(st.sampled_from(names))
+        if name not in out:
+            continue
+        if action == "drop":
+            out.pop(name)
+        elif action == "swap":
+            other = data.draw(st.sampled_from(names))
+            if other in out:
+                out[name], out[other] = out[other], out[name]
+        elif action in ("reshape", "retype"):
+            try:
+                a = np.load(io.BytesIO(out[name]))
+            except (ValueError, OSError, EOFError):  # an earlier truncation
+                continue
+            if action == "reshape":
+                shape = data.draw(st.lists(st.integers(0, 5), max_size=4))
+                a = np.resize(a, shape)
+            else:
+                a = a.astype(data.draw(st.sampled_from(["f2", "f4", "i4", "u1", "i8", "f8", "c8", "?"])))
+            out[name] = _npy(a)
+        elif action == "truncate":
+            out[name] = out[name][: data.draw(st.integers(0, len(out[name])))]
+    compress = {n: zipfile.ZIP_DEFLATED for n in out if data.draw(st.booleans())}
+    with contextlib.suppress(RunFileError):
+        _load_bytes(_zip(out, compress), tmp_path)
+
+
+def test_every_load_error_is_an_explorer_error(members, tmp_path):
+    """The class: nothing but RunFileError escapes, whatever the bytes (sampled corruptions of each member)."""
+    rng = np.random.default_rng(0)
+    for name, data in members.items():
+        for _ in range(5):
+            blob = bytearray(data)
+            for where in rng.integers(0, min(len(blob), 256), 3):
+                blob[where] = int(rng.integers(0, 256))
+            try:
+                _load_bytes(_zip({**members, name: bytes(blob)}), tmp_path)
+            except ExplorerError as exc:
+                assert isinstance(exc, RunFileError)
+
+
+# --- item 4: atomic saves with long names ---------------------------------------------------------------------
+def test_a_long_target_name_saves_without_overflowing_the_temporary_name(small_run, tmp_path):
+    path = tmp_path / ("r" * 245 + ".npz")  # 249 bytes: fits NAME_MAX (255), but name + ".XXXXXXXX.tmp" does not
+    small_run.save(path)
+    assert runs_equal(small_run, load_run(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_multibyte_long_name_is_cut_on_a_character(small_run, tmp_path):
+    path = tmp_path / ("東" * 80 + ".npz")  # 244 bytes
+    small_run.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_name_too_long_for_the_folder_fails_before_writing(small_run, tmp_path):
+    path = tmp_path / ("r" * 300 + ".npz")
+    with pytest.raises(OSError) as info:
+        small_run.save(path)
+    assert info.value.errno == errno.ENAMETOOLONG and "shorter name" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_save_leaves_nothing(small_run, tmp_path, monkeypatch):
+    def interrupted(fh, **arrays):
+        fh.write(b"PK half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runfile.np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        small_run.save(tmp_path / ("x" * 240 + ".npz"))
+    assert list(tmp_path.iterdir()) == []
