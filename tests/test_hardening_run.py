@@ -329,3 +329,119 @@ def test_an_interrupted_save_leaves_nothing(small_run, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         small_run.save(tmp_path / ("x" * 240 + ".npz"))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- item 14: SentencePiece byte fallback with a dummy prefix (Llama-2 / Mistral style) -----------------------
+SP_WORDS = ["▁Hello", "▁world", "▁the", "▁東京", "ing", "ll", "▁a", "▁é", "é", "▁", "▁▁"]
+
+
+def sentencepiece_tokenizer(scheme: str):
+    """A small BPE with byte fallback and a dummy prefix, built in memory (no download).
+
+    scheme: "first" / "always" (Metaspace pre-tokenizer) or "legacy" (Llama-2's Prepend("▁") normaliser).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    alphabet = sorted({ch for w in SP_WORDS for ch in w} | set("abcdefghijklmnopqrstuvwxyzHW"))
+    for ch in alphabet:
+        vocab.setdefault(ch, len(vocab))
+    merges = []
+    for word in SP_WORDS:
+        for i in range(1, len(word)):
+            left, right = word[:i], word[i]
+            if (left, right) not in merges:
+                merges.append((left, right))
+            vocab.setdefault(left + right, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    if scheme == "legacy":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁",
+                                                                                     prepend_scheme=scheme)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+SP_SCHEMES = ("first", "always", "legacy")
+
+
+@pytest.fixture(scope="module")
+def sp_tokenizers():
+    return {scheme: sentencepiece_tokenizer(scheme) for scheme in SP_SCHEMES}
+
+
+def _char_ends(text: str) -> dict[int, int]:
+    """Byte offset where each character ends -> that character's index."""
+    out, offset = {}, 0
+    for i, ch in enumerate(text):
+        offset += len(ch.encode("utf-8"))
+        out[offset] = i
+    return out
+
+
+def assert_sentencepiece_spans(tokens, text: str) -> None:
+    cursor = 0
+    for t in tokens:  # the spans tile the text
+        assert t.start == cursor and t.end >= t.start, t
+        cursor = t.end
+    assert cursor == len(text)
+    content = [t for t in tokens if not (t.is_special and t.end == t.start)]
+    assert b"".join(t.raw_bytes for t in content) == text.encode("utf-8")  # the dummy "▁" adds no byte
+    ends, offset = _char_ends(text), 0
+    for t in content:
+        lo, hi = offset, offset + len(t.raw_bytes)
+        completed = [ends[b] for b in range(lo + 1, hi + 1) if b in ends]
+        # every character goes to the token holding its last byte
+        if completed:
+            assert t.end == completed[-1] + 1
+        else:
+            assert t.end == t.start
+        starts_mid = lo > 0 and lo not in ends
+        ends_mid = hi > 0 and hi not in ends and hi != lo
+        assert t.partial == (starts_mid or ends_mid), t  # partial: exactly the pieces that cut a character
+        offset = hi
+
+
+@pytest.mark.parametrize("scheme", SP_SCHEMES)
+def test_sentencepiece_examples(scheme, sp_tokenizers):
+    from explorer.core.tokens import tokenize
+
+    tok = sp_tokenizers[scheme]
+    for text in ["Hello world", "é東京x", " Hello", "\u00a0", "\n\n", "\t", "👩‍👩‍👧 the", "a  b"]:
+        tokens = tokenize(tok, text).tokens
+        assert_sentencepiece_spans(tokens, text)
+    tokens = tokenize(tok, "Hello").tokens
+    assert tokens[0].is_special and tokens[0].end == 0  # BOS
+    first_word = [t for t in tokens if t.end > t.start][0]
+    assert first_word.text.startswith("H") and first_word.start == 0  # the dummy "▁" took no character
+    tokens = tokenize(tok, "ß").tokens  # not in the vocabulary: two byte tokens
+    bytes_ = [t for t in tokens if t.raw_bytes and not t.is_special]
+    assert [t.partial for t in bytes_] == [True, True] and bytes_[0].end == bytes_[0].start
+    assert bytes_[1].end == 1  # the character belongs to the byte token that completes it
+
+
+@FUZZ
+@given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\u2581"),
+                    min_size=1, max_size=24),
+       scheme=st.sampled_from(SP_SCHEMES))
+def test_sentencepiece_spans_over_unicode(text, scheme, sp_tokenizers):
+    from explorer.core.tokens import tokenize
+
+    assert_sentencepiece_spans(tokenize(sp_tokenizers[scheme], text).tokens, text)
+
+
+@pytest.mark.parametrize("scheme", SP_SCHEMES)
+def test_offset_fallback_gives_a_character_to_its_last_token(scheme, sp_tokenizers):
+    """A literal "▁" in the text makes the bytes ambiguous: spans come from offsets, and there too the
+    character goes to the last of the tokens that share it (not the first byte token)."""
+    from explorer.core.tokens import tokenize
+
+    tokens = tokenize(sp_tokenizers[scheme], "ß▁").tokens
+    owners = [t for t in tokens if t.start <= 0 < t.end]
+    assert len(owners) == 1 and owners[0].text == "ß"
+    assert tokens[tokens.index(owners[0]) - 1].end == tokens[tokens.index(owners[0]) - 1].start  # <0xC3>: empty

@@ -3,7 +3,8 @@
 Every token maps to a `[start, end)` span of the run's text; the spans tile the text (no gap,
 no overlap). A character belongs to the token that completes it, so a token holding only the
 first bytes of a multi-byte character has an empty span and is marked `partial`; this also
-works while generated tokens stream in.
+works while generated tokens stream in. SentencePiece's dummy prefix space ("▁" added before the
+text, Llama-2/Mistral style) is not part of the text: a token that is only that space has an empty span.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ def spans_for(tokenizer: Any, text: str, ids: list[int], regions, default_kind: 
         if is_special and (spelled or end == start or kind not in _TYPED):
             kind = TokenKind.SPECIAL
         shown = readable_piece(text[start:end], piece, partial)
-        if is_special and end == start:  # inserted by the tokenizer (BOS, [CLS]): show its name, not ""
+        if end == start and (is_special or not partial):
+            # inserted by the tokenizer (BOS, [CLS], SentencePiece's dummy "▁"): show its name, not ""
             shown = str(tokenizer.convert_ids_to_tokens(int(token_id)))
         tokens.append(Token(
             id=int(token_id), text=shown, start=start, end=end,
@@ -230,19 +232,46 @@ def _kind_at(start: int, end: int, regions, default_kind: TokenKind) -> TokenKin
 
 
 def _byte_spans(text: str, ids: list[int], to_bytes: TokenBytes):
+    """Spans from the tokens' bytes; None when they do not spell the text.
+
+    SentencePiece tokenizers (Llama-2, Mistral) add a dummy space ("▁") at the start of the text or of
+    each segment after a special token: that space is not in the text, so it is dropped from the first
+    piece of a segment. Two readings are tried: drop it only where the piece does not fit otherwise
+    (Metaspace, which adds no dummy before a real space), then drop it at every segment start (the
+    legacy `Prepend("▁")` normaliser, which always adds one).
+    """
     encoded = text.encode("utf-8", errors="surrogatepass")
-    spans = []
-    builder = IncrementalSpans()
-    offset = 0
+    pieces = []
     for token_id in ids:
         piece = to_bytes(token_id)
         if piece is None:
             return None
-        if token_id in to_bytes.special_ids and encoded[offset: offset + len(piece)] != piece:
+        pieces.append(piece)
+    passes = ("none",) if to_bytes.scheme != "sentencepiece" else ("needed", "always")
+    for dummy in passes:
+        spans = _spell(text, encoded, ids, pieces, to_bytes.special_ids, dummy)
+        if spans is not None:
+            return spans
+    return None
+
+
+def _spell(text: str, encoded: bytes, ids: list[int], pieces: list[bytes], specials, dummy: str):
+    spans = []
+    builder = IncrementalSpans()
+    offset = 0
+    segment_start = True
+    for token_id, piece in zip(ids, pieces, strict=True):
+        special = token_id in specials
+        if special and encoded[offset: offset + len(piece)] != piece:
             piece = b""  # inserted by the tokenizer (BOS, [CLS]): not part of the text
+        elif segment_start and not special and dummy != "none" and piece.startswith(b" "):
+            fits = encoded.startswith(piece, offset)
+            if dummy == "always" or (not fits and encoded.startswith(piece[1:], offset)):
+                piece = piece[1:]  # the dummy prefix space: not in the text
         start, end, partial = builder.add(piece)
         spans.append((start, end, piece, partial))
         offset += len(piece)
+        segment_start = special
     return spans if builder.text == text else None
 
 
@@ -257,6 +286,11 @@ def _offset_spans(tokenizer: Any, text: str, ids: list[int], to_bytes: TokenByte
         if hi <= lo:  # inserted special token
             spans.append((cursor, cursor, b"", False))
             continue
+        if i + 1 < len(ids) and tuple(offsets[i + 1]) == (lo, hi):
+            # several tokens for one character: it goes to the last (the one that completes it); their bytes
+            # do not spell the text here (that is why offsets are used), so none is claimed for the earlier ones
+            spans.append((cursor, cursor, b"", False))
+            continue
         start, end = cursor, max(cursor, hi)
         spans.append((start, end, text[start:end].encode("utf-8", errors="surrogatepass"), False))
         cursor = end
@@ -266,3 +300,4 @@ def _offset_spans(tokenizer: Any, text: str, ids: list[int], to_bytes: TokenByte
         spans[last] = (start, len(text), text[start:].encode("utf-8", errors="surrogatepass"), False)
         spans[last + 1:] = [(len(text), len(text), b"", False)] * (len(spans) - last - 1)
     return spans
+
