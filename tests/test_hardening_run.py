@@ -384,7 +384,19 @@ def _char_ends(text: str) -> dict[int, int]:
     return out
 
 
-def assert_sentencepiece_spans(tokens, text: str) -> None:
+def _sp_piece(tokenizer, token_id: int) -> bytes:
+    """The bytes a SentencePiece token stands for, from the vocabulary itself (the ground truth)."""
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if len(piece) == 6 and piece.startswith("<0x"):
+        return bytes([int(piece[3:5], 16)])
+    return piece.replace("▁", " ").encode()
+
+
+def assert_sentencepiece_spans(tokens, text: str, tokenizer) -> None:
+    for t in tokens:  # each token carries its own vocabulary bytes, less at most a dummy prefix space
+        if not t.is_special:
+            piece = _sp_piece(tokenizer, t.id)
+            assert t.raw_bytes in (piece, piece[1:] if piece.startswith(b" ") else piece), t
     cursor = 0
     for t in tokens:  # the spans tile the text
         assert t.start == cursor and t.end >= t.start, t
@@ -414,7 +426,7 @@ def test_sentencepiece_examples(scheme, sp_tokenizers):
     tok = sp_tokenizers[scheme]
     for text in ["Hello world", "é東京x", " Hello", "\u00a0", "\n\n", "\t", "👩‍👩‍👧 the", "a  b"]:
         tokens = tokenize(tok, text).tokens
-        assert_sentencepiece_spans(tokens, text)
+        assert_sentencepiece_spans(tokens, text, tok)
     tokens = tokenize(tok, "Hello").tokens
     assert tokens[0].is_special and tokens[0].end == 0  # BOS
     first_word = [t for t in tokens if t.end > t.start][0]
@@ -432,7 +444,7 @@ def test_sentencepiece_examples(scheme, sp_tokenizers):
 def test_sentencepiece_spans_over_unicode(text, scheme, sp_tokenizers):
     from explorer.core.tokens import tokenize
 
-    assert_sentencepiece_spans(tokenize(sp_tokenizers[scheme], text).tokens, text)
+    assert_sentencepiece_spans(tokenize(sp_tokenizers[scheme], text).tokens, text, sp_tokenizers[scheme])
 
 
 @pytest.mark.parametrize("scheme", SP_SCHEMES)
@@ -441,7 +453,8 @@ def test_offset_fallback_gives_a_character_to_its_last_token(scheme, sp_tokenize
     character goes to the last of the tokens that share it (not the first byte token)."""
     from explorer.core.tokens import tokenize
 
-    tokens = tokenize(sp_tokenizers[scheme], "ß▁").tokens
+    tok = sp_tokenizers[scheme]
+    tokens = tokenize(tok, "ß▁").tokens
     owners = [t for t in tokens if t.start <= 0 < t.end]
-    assert len(owners) == 1 and owners[0].text == "ß"
+    assert len(owners) == 1 and tok.convert_ids_to_tokens(owners[0].id) == "<0x9F>"  # ß is C3 9F
     assert tokens[tokens.index(owners[0]) - 1].end == tokens[tokens.index(owners[0]) - 1].start  # <0xC3>: empty
