@@ -458,3 +458,20 @@ def test_offset_fallback_gives_a_character_to_its_last_token(scheme, sp_tokenize
     owners = [t for t in tokens if t.start <= 0 < t.end]
     assert len(owners) == 1 and tok.convert_ids_to_tokens(owners[0].id) == "<0x9F>"  # ß is C3 9F
     assert tokens[tokens.index(owners[0]) - 1].end == tokens[tokens.index(owners[0]) - 1].start  # <0xC3>: empty
+
+
+# --- item 13: whitespace that is real tokens is a valid prompt --------------------------------------------------
+@pytest.mark.parametrize("prompt", ["\u00a0", "\n\n", "\t", " ", "\u3000"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
+def test_whitespace_prompts_run(prompt, name, tiny_models):
+    run = capture(prompt, Session(tiny_models[name]), max_new_tokens=1)
+    assert run.n_prompt >= 1
+    prompt_text = run.text[: run.tokens[run.n_prompt - 1].end]
+    assert prompt in prompt_text
+
+
+def test_an_empty_prompt_is_still_refused(tiny_models):
+    from explorer.core.errors import InputError
+
+    with pytest.raises(InputError, match="empty"):
+        capture("", Session(tiny_models["tiny-llama"]), max_new_tokens=1)

@@ -82,7 +82,7 @@ class Session:
         model, info = self.loaded.model, self.info
         settings = request.settings
         sampling.validate(settings.temperature, settings.top_k, settings.top_p)
-        if not request.prompt.strip():
+        if not request.prompt:  # whitespace alone ("\n\n", "\t", a no-break space) is real tokens: valid
             raise InputError("The prompt is empty: type some text to run.")
         if settings.max_new_tokens < 0:
             raise InputError("Max new tokens cannot be negative.")
@@ -91,6 +91,8 @@ class Session:
                              allow_special_in_text=request.allow_special_in_text, token_bytes=self.token_bytes)
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         ids = tokenized.ids
+        if not ids:
+            raise InputError("The prompt gives no tokens with this model's tokenizer: type some other text.")
         max_new = settings.max_new_tokens if info.is_causal else 0
         if len(ids) + max_new > info.context_length:
             raise PromptTooLongError(len(ids), info.context_length, max_new=max_new)

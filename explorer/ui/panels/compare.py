@@ -77,7 +77,7 @@ class ComparePanel(Panel):
         self.strip.cellClicked.connect(self._strip_clicked)
 
     def run_prompt_b(self) -> None:
-        if self.run is None or not self.prompt_b.text().strip():
+        if self.run is None or not self.prompt_b.text():  # whitespace is a valid prompt
             return
         if self.jobs is None:
             host = find_host(self)
