@@ -475,3 +475,66 @@ def test_an_empty_prompt_is_still_refused(tiny_models):
 
     with pytest.raises(InputError, match="empty"):
         capture("", Session(tiny_models["tiny-llama"]), max_new_tokens=1)
+
+
+# --- item 17: fp16 capture never turns a value into inf ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def loud_llama(tiny_models):
+    """tiny-llama with its embedding scaled so the residual stream exceeds float16's 65504."""
+    import copy
+
+    import torch
+
+    from explorer.core.models import LoadedModel
+
+    base = tiny_models["tiny-llama"]
+    model = copy.deepcopy(base.model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(4e6)
+    return LoadedModel(model=model, tokenizer=base.tokenizer, info=base.info, source="scaled for the test")
+
+
+LONG_PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen"
+
+
+def test_values_beyond_float16_are_stored_in_float32(loud_llama, tmp_path):
+    import torch
+
+    run = capture(LONG_PROMPT, Session(loud_llama), max_new_tokens=3)  # a long prefill, then small decode steps
+    exact = capture(LONG_PROMPT, Session(loud_llama, store_dtype=torch.float32), max_new_tokens=3)
+    resid = run.array("resid")
+    assert np.abs(exact.array("resid")).max() > 65504  # the model really goes beyond float16
+    assert np.isfinite(resid).all() and resid.dtype == np.float32
+    np.testing.assert_allclose(resid, exact.array("resid"), rtol=1e-6, atol=0)
+    assert "resid" in run.widened and "queries" not in run.widened
+    assert run.array("queries").dtype == np.float16  # arrays in range stay compact
+    for name in ("queries", "keys", "values", "attn_out", "mlp_out"):
+        assert np.isfinite(run.array(name)).all(), name
+    path = tmp_path / "loud.npz"
+    run.save(path)
+    loaded = load_run(path)
+    assert loaded.widened == run.widened and np.isfinite(loaded.array("resid")).all()
+    assert np.isfinite(loaded.unembed).all()  # the tied (scaled) unembedding was not saved as inf
+
+
+def test_an_ordinary_run_is_not_widened(small_run):
+    assert small_run.widened == ()
+    assert small_run.array("resid").dtype == np.float16
+
+
+def test_a_run_widens_an_array_when_a_later_step_overflows(tiny_models):
+    """Run.apply: a decode step stored in float32 widens the whole buffer (earlier steps kept exactly)."""
+    from dataclasses import replace
+
+    run = capture("Hello there", Session(tiny_models["tiny-llama"]), max_new_tokens=2)
+    rebuilt = type(run).start(run.info, run.request, run.norm, run.unembed)
+    for i, event in enumerate(run.steps):
+        if i == 1:
+            wide = event.resid.astype(np.float32)
+            wide[0, 0, 0] = 1e6
+            event = replace(event, resid=wide)
+        rebuilt.apply(event)
+    resid = rebuilt.array("resid")
+    assert resid.dtype == np.float32 and resid[0, run.steps[1].start, 0] == 1e6
+    np.testing.assert_array_equal(resid[:, : run.steps[1].start], run.array("resid")[:, : run.steps[1].start])
+    assert rebuilt.widened == ("resid",)

@@ -9,6 +9,11 @@ Canonical activation names (one per captured array, as in TransformerLens):
     mlp_out.{l}  MLP block output                            [n, hidden]
 
 Hooks live inside `CaptureContext`; leaving it removes every hook, so none outlives a run.
+
+Arrays are stored in float16 (the store dtype). An array with a value beyond float16's range
+(|x| > 65504, e.g. the residual stream's massive activations in some models) is stored in
+float32 for that step instead of turning into inf; the Run keeps it in float32 from then on and
+lists it in `Run.widened` so a panel can say so.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     from .models import ModelInfo
 
 ATTENTION_NAME = "explorer_capture"
+_NARROW = (torch.float16, torch.bfloat16)  # store dtypes a model's float32 values can overflow (fp16 above 65504)
 _DEFER_MAX = 8  # steps with at most this many new positions keep references and stack them once
 
 
@@ -70,14 +76,25 @@ class StepRecord:
     deferred: dict[str, list] | None = None  # decode steps: references, stacked once at the end
     skip: frozenset[str] = frozenset()  # arrays not stored (memory budget): hooks ignore them
 
+    widened: set[str] = field(default_factory=set)  # arrays kept in float32: a value overflowed float16
+
     def put(self, name: str, index: int, value: torch.Tensor) -> None:
         if name in self.skip:
             return
         self.filled[name] = self.filled.get(name, 0) + 1
         if self.deferred is not None:  # a few positions: one stack per array beats L small copies
             self.deferred.setdefault(name, []).append((index, value.detach()))
-        else:  # many positions: convert layer by layer, never holding L float32 copies
-            getattr(self, name)[index].copy_(value)
+            return
+        # many positions: convert layer by layer, never holding L float32 copies
+        target = getattr(self, name)
+        slot = target[index]
+        slot.copy_(value)
+        if slot.dtype in _NARROW and not torch.isfinite(slot).all() and torch.isfinite(value).all():
+            # beyond float16's range (65504): this array is kept in float32 from here on, never inf
+            wide = target.float()
+            wide[index].copy_(value)
+            setattr(self, name, wide)
+            self.widened.add(name)
 
     def finish(self) -> None:
         """Check every layer's hook fired once per array, and stack what was deferred."""
@@ -89,7 +106,12 @@ class StepRecord:
                 raise RuntimeError(f"capture of '{name}' saw {self.filled.get(name, 0)} of {target.shape[0]} layers")
             if self.deferred is not None:
                 parts = [v for _i, v in sorted(self.deferred[name], key=lambda iv: iv[0])]
-                setattr(self, name, torch.stack(parts).to(target.dtype))
+                stacked = torch.stack(parts)
+                narrow = stacked.to(target.dtype)
+                if narrow.dtype in _NARROW and not torch.isfinite(narrow).all() and torch.isfinite(stacked).all():
+                    narrow = stacked.float()  # beyond float16's range: stored in float32, never inf
+                    self.widened.add(name)
+                setattr(self, name, narrow)
         self.deferred = None
 
 

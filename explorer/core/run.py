@@ -22,6 +22,8 @@ ARRAY_FIELDS = {
     "token_logprob": 0, "token_rank": 0,
 }
 
+_ACTIVATIONS = ("queries", "keys", "values", "resid", "attn_out", "mlp_out")  # stored in the store dtype
+
 
 class NotCaptured(KeyError):  # noqa: N818 - a KeyError, as before, with a sentence
     """The run did not store this array (left out to fit the capture memory budget)."""
@@ -94,6 +96,10 @@ class Run:
             shape[axis] = max(1, n_new + planned)
             buf = np.empty(shape, chunk.dtype)
             self._buffers[name] = buf
+        if chunk.dtype != buf.dtype and np.result_type(buf.dtype, chunk.dtype) != buf.dtype:
+            # a step stored this array wider (float16 overflow, see core/capture.py): widen the whole buffer
+            buf = buf.astype(np.result_type(buf.dtype, chunk.dtype))
+            self._buffers[name] = buf
         cap = buf.shape[axis]
         if self._n + n_new > cap:
             shape = list(buf.shape)
@@ -113,6 +119,19 @@ class Run:
         view = _view(buf, ARRAY_FIELDS[name], 0, self._n)
         view.flags.writeable = False
         return view
+
+    @property
+    def widened(self) -> tuple[str, ...]:
+        """Arrays stored in float32 because a value overflowed float16 (|x| > 65504); see core/capture.py.
+
+        Read from the dtypes, so it survives a save and load: an array wider than the narrowest
+        stored activation array.
+        """
+        names = [k for k in _ACTIVATIONS if k in self._buffers]
+        if not names:
+            return ()
+        narrow = min(self._buffers[k].dtype.itemsize for k in names)
+        return tuple(k for k in names if self._buffers[k].dtype.itemsize > narrow)
 
     def has_array(self, name: str) -> bool:
         """Whether the run stored this array (see RunRequest.skip_arrays)."""

@@ -53,7 +53,10 @@ def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> No
     if run.scaling is not None:
         arrays["scaling"] = np.asarray(run.scaling, np.float32)
     if include_head and run.unembed is not None and run.norm is not None:
-        arrays["unembed"] = run.unembed.astype(np.float16)
+        with np.errstate(over="ignore"):
+            half = run.unembed.astype(np.float16)
+        # a weight beyond float16's range stays float32 (never saved as inf)
+        arrays["unembed"] = half if np.isfinite(half).all() or not np.isfinite(run.unembed).all() else run.unembed
         arrays["norm_weight"] = run.norm.weight
         if run.norm.bias is not None:
             arrays["norm_bias"] = run.norm.bias
