@@ -538,3 +538,70 @@ def test_a_run_widens_an_array_when_a_later_step_overflows(tiny_models):
     assert resid.dtype == np.float32 and resid[0, run.steps[1].start, 0] == 1e6
     np.testing.assert_array_equal(resid[:, : run.steps[1].start], run.array("resid")[:, : run.steps[1].start])
     assert rebuilt.widened == ("resid",)
+
+
+# --- item 15: patching from a run B of another length follows the token alignment ------------------------------
+@pytest.fixture(scope="module")
+def session32(tiny_models):
+    import torch
+
+    return Session(tiny_models["tiny-llama"], store_dtype=torch.float32)
+
+
+def _position_of(run, word: str) -> int:
+    """The token that ends the word (the tiny tokenizer splits words into several pieces)."""
+    end = run.text.index(word) + len(word)
+    return next(i for i, t in enumerate(run.tokens) if t.end == end)
+
+
+def test_patching_from_a_longer_run_b_uses_the_aligned_positions(session32):
+    from explorer.core.analysis.patching import patch_from_run_b
+    from explorer.core.api import run_request
+    from explorer.core.events import RunRequest
+
+    a = run_request(session32, RunRequest("The capital of France is Paris"))
+    b = run_request(session32, RunRequest("The capital of the lovely old country France is Rome"))
+    last = a.info.n_layers - 1
+    iv = patch_from_run_b(a, b, last)  # the residual after the last layer, every position
+    assert iv.positions == tuple(range(a.n_tokens))  # every A token has a partner in B
+    assert "all positions" not in iv.describe() and "aligned" in iv.describe()
+    patched = run_request(session32, RunRequest("The capital of France is Paris", interventions=(iv,)))
+    # the final state at A's "France" is B's at B's "France" (3 positions later), not B's at the same index
+    pa, pb = _position_of(a, "France"), _position_of(b, "France")
+    assert pb != pa
+    got, want = patched.array("final_resid")[pa], b.array("final_resid")[pb]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    same_index = b.array("final_resid")[pa]
+    assert np.abs(got - same_index).max() > 1e-3 * np.abs(same_index).max()
+
+
+def test_patching_from_a_shorter_run_b_leaves_unmatched_positions_and_says_so(session32):
+    from explorer.core.analysis.patching import patch_from_run_b
+    from explorer.core.api import run_request
+    from explorer.core.errors import InputError
+    from explorer.core.events import RunRequest
+
+    a = run_request(session32, RunRequest("The capital of the lovely old country France is Paris"))
+    b = run_request(session32, RunRequest("The capital of France is Rome"))
+    iv = patch_from_run_b(a, b, 1, head=2)
+    unmatched = a.n_tokens - len(iv.positions)
+    assert unmatched == a.n_tokens - b.n_tokens > 0
+    assert f"{unmatched} position(s) with no counterpart" in iv.describe()
+    pa, pb = _position_of(a, "France"), _position_of(b, "France")
+    from explorer.core.interventions import head_outputs
+
+    want = head_outputs(b, 1, 2)[pb]
+    np.testing.assert_allclose(iv.source[pa], want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
+    lonely = next(p for p in range(a.n_tokens) if p not in iv.positions)
+    with pytest.raises(InputError, match="lines up"):
+        patch_from_run_b(a, b, 1, head=2, positions=(lonely,))
+
+
+def test_patching_from_another_models_run_is_refused(session32, tiny_models):
+    from explorer.core.analysis.patching import patch_from_run_b
+    from explorer.core.errors import InputError
+
+    a = capture("Hello there", session32)
+    b = capture("Hello there", Session(tiny_models["tiny-gpt2"]))
+    with pytest.raises(InputError, match="another model"):
+        patch_from_run_b(a, b, 0, head=0)

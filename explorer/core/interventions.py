@@ -77,7 +77,9 @@ class Intervention:
         return 0 if self.positions is None else self.positions[0]
 
     def describe(self) -> str:
-        where = "all positions" if self.positions is None else (
+        rows = self.source.shape[0] if self.source is not None and self.source.ndim == 2 else None
+        where = ("all positions" if rows is None else f"positions 0-{rows - 1} (the source's {rows})") \
+            if self.positions is None else (
             f"position {self.positions[0]}" if len(self.positions) == 1 else f"{len(self.positions)} positions")
         what = {
             "zero_head": f"zero head L{self.layer}.H{self.head}",
@@ -98,13 +100,17 @@ def head_outputs(run: Any, layer: int, head: int) -> np.ndarray:
 
 
 def mean_ablation(run: Any, layer: int, head: int, positions: tuple[int, ...] | None = None) -> Intervention:
-    """Replace the head's output with its mean over this run's positions."""
+    """Replace the head's output with its mean over this run's positions (one prompt, not a dataset)."""
     return Intervention("mean_head", layer, head, positions, source=head_outputs(run, layer, head).mean(axis=0),
-                        label="mean over the run")
+                        label=f"mean over this prompt's {run.n_tokens} positions")
 
 
 def patch_head_from(run_b: Any, layer: int, head: int, positions: tuple[int, ...] | None = None,
                     label: str = "from run B") -> Intervention:
+    """Patch with run B's head output at the SAME absolute positions (only B's first N_b exist).
+
+    For a run B of another length or wording use `analysis.patching.patch_from_run_b`, which aligns tokens.
+    """
     return Intervention("patch_head", layer, head, positions, source=head_outputs(run_b, layer, head), label=label)
 
 

@@ -232,7 +232,11 @@ def residual_share(run: Run, position: int, split: bool = False) -> np.ndarray:
 
     Columns: embedding then each layer (merged attention + MLP) -> [L+1, L+1], or with `split`
     embedding, attn 0, mlp 0, ... -> [L+1, 2L+1]. Entries a state does not contain are nan.
-    Each row sums to 1 up to the storage precision (the state is the sum of its components).
+    A geometric share (the component's projection on the state), not "what the prediction is built
+    from" (that is `direct_logit_attribution`). In a pre-norm model (Llama, GPT-2) each state is the
+    sum of its components, so each row sums to 1 up to the storage precision. In a post-norm model
+    (BERT: LayerNorm after each block) the state is a renormalised sum, rows do not sum to 1 and the
+    entries are only projections: `additivity_error` tells the two apart.
     """
     _, comps = components(run, position)  # [2L+1, D]
     n_layers = (comps.shape[0] - 1) // 2
@@ -247,6 +251,22 @@ def residual_share(run: Run, position: int, split: bool = False) -> np.ndarray:
         return share
     merged = np.concatenate([share[:, :1], share[:, 1::2] + share[:, 2::2]], axis=1)  # [L+1, L+1]
     return merged
+
+
+def additivity_error(run: Run, position: int) -> np.ndarray:
+    """[L+1] |h_l - (embedding + components up to l)| / |h_l|: about 0 (storage precision) in a pre-norm
+    model, where the residual stream is a plain sum; large in a post-norm one (BERT), where each block
+    renormalises the sum."""
+    _, comps = components(run, position)  # [2L+1, D]
+    states = run.array("resid")[:, position].astype(np.float64)  # [L+1, D]
+    states[-1] = run.array("final_resid")[position]
+    sums = np.cumsum(comps, axis=0)[::2]  # [L+1, D] embed, embed + a0 + m0, ...
+    return np.linalg.norm(states - sums, axis=-1) / np.maximum(np.linalg.norm(states, axis=-1), 1e-30)
+
+
+def is_additive(run: Run, position: int, tolerance: float = 2e-2) -> bool:
+    """Whether each state is the sum of its components here (pre-norm), within float16 storage error."""
+    return bool(np.all(additivity_error(run, position) < tolerance))
 
 
 # --- layer similarity and update ratios ----------------------------------------------------------

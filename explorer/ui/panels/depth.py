@@ -42,11 +42,16 @@ class DepthPanel(Panel):
     help_text = (
         "How the prediction forms through the layers. The grid (logit lens) decodes the residual stream after "
         "every layer as if it were the last: each cell is the token the model would predict there and its "
-        "probability. The tabs below split the real logit of the target token into what the embedding and each "
-        "attention and MLP block add (exactly additive), show how much of each layer's state each earlier layer "
-        "supplies, how similar the layers' states are and how large each update is, and — as a counterfactual — "
-        "what a head would attend to if it could also read this token's earlier-layer states (as in "
-        "Mixture-of-Depths Attention). Click a cell to select its position and layer."
+        "probability. The tabs below: 'Logit attribution' splits the real logit of the target token into what "
+        "the embedding and each attention and MLP block add directly. It is a linearisation with the final "
+        "norm's scale frozen at its real value: exact as a sum, but a bar is not the effect of removing that "
+        "block (removing it changes the later layers and the norm; use Interventions for that). This is the "
+        "view for 'which layers the prediction is built from'. 'Residual share' is geometry: how much of each "
+        "layer's state points along each earlier output (a projection, negative when it points against the "
+        "state), not how much the prediction depends on it. Then how similar the layers' states are and how "
+        "large each update is, and, as a counterfactual, what a head would attend to if it could also read "
+        "this token's earlier-layer states (as in Mixture-of-Depths Attention). Encoders have no lens or "
+        "attribution; share, similarity and updates still apply. Click a cell to select its position and layer."
     )
 
     def __init__(self, selection, parent=None):
@@ -111,8 +116,16 @@ class DepthPanel(Panel):
             self.status.setText(" ")
             return
         if run.unembed is None or run.norm is None:
-            self.status.setText("This model has no language-model head (an encoder): no logit lens here.")
+            self.status.setText("This model has no language-model head (an encoder): no logit lens or logit "
+                                "attribution here; residual share, similarity and update ratios below still apply.")
             self.lens.image.clear()
+            self.lens.set_data(np.full((1, 1), np.nan, np.float32), levels=(0.0, 1.0), row_labels=[""],
+                               col_labels=[""], auto_range=True)
+            for item in self._texts:
+                item.hide()
+            # the previous run's bars and caption must not stay on screen
+            self.attribution.clear("Logit attribution needs a language-model head; this model is an encoder.")
+            self._refresh_view()
             return
         self.table = LensTable(run.info.n_layers + 1)
         self.table.grow(run.n_tokens)
@@ -312,8 +325,9 @@ class DepthPanel(Panel):
     def _refresh_view(self, changed: set[str] | None = None) -> None:
         """Redraw the visible lower view; with `changed`, only when it depends on what changed."""
         run = self.run
-        if run is None or run.n_tokens == 0 or run.norm is None or run.unembed is None:
+        if run is None or run.n_tokens == 0:
             return
+        has_head = run.norm is not None and run.unembed is not None
         pos = min(self.selection.position, run.n_tokens - 1)
         layer = min(self.selection.layer, run.info.n_layers - 1)
         view = self.tabs.currentWidget()
@@ -322,6 +336,9 @@ class DepthPanel(Panel):
         if changed is not None and not (changed & depends):
             return
         if view is self.attribution:
+            if not has_head:
+                self.attribution.clear("Logit attribution needs a language-model head; this model is an encoder.")
+                return
             self.attribution.draw(run, pos, self.attribution_target(), self.weights())
         elif view is self.share:
             self.share.draw(run, pos)
@@ -329,7 +346,11 @@ class DepthPanel(Panel):
             self.similarity.draw(run)
         elif view is self.depth_attention:
             head = min(self.selection.head, run.info.n_heads - 1)
-            self.depth_attention.draw(run, self.weights(), layer, head, pos)
+            try:
+                weights = self.weights()
+                self.depth_attention.draw(run, weights, layer, head, pos)
+            except (ValueError, KeyError, AttributeError, NotImplementedError) as exc:  # e.g. no such projections
+                self.depth_attention.clear(f"Depth attention is not available for this model: {exc}")
 
 
 

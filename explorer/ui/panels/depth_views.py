@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 
 from ...core.analysis.depth import (
     direct_logit_attribution,
+    is_additive,
     layer_similarity,
     position_mask,
     residual_share,
@@ -75,6 +76,15 @@ class AttributionView(QWidget):
         self.plot.getAxis("bottom").setTicks([[(0, "emb")] + [(2 * layer + 1.5, str(layer))
                                                              for layer in range(0, n_layers, step)]])
 
+    def clear(self, message: str) -> None:
+        """No attribution for this run (an encoder): empty bars, no head map, a sentence."""
+        self.last = None
+        self._ticks = []
+        self.bars.setOpts(x=[], height=[], width=0.8, brushes=[])
+        self.plot.getAxis("bottom").setTicks(None)
+        self.heads.hide()
+        self.caption.setText(message)
+
     def draw(self, run: Run, position: int, token_id: int, weights: DepthWeights | None) -> None:
         att = direct_logit_attribution(run, position, token_id)
         self.last = att
@@ -91,7 +101,8 @@ class AttributionView(QWidget):
             f"Target <b>{_esc(readable(piece_name(run, token_id)))}</b> at position {position}: real logit "
             f"<b>{att.logit:.3f}</b> = sum of the bars {att.contributions.sum():.3f}{offset} "
             f"(final norm scale frozen at {att.scale:.4f}; error {att.error:+.1e}). Red bars push the token up, "
-            "blue bars push it down; each layer has two bars: attention, then MLP.")
+            "blue bars push it down; each layer has two bars: attention, then MLP. A linearisation: a bar is a "
+            "block's direct push with the norm frozen, not what removing the block would change.")
         if self.by_head.isChecked() and weights is not None:
             per_head = head_attribution(run, weights, position, token_id, att.scale)  # [L, H+1]
             data = per_head[:, :-1].T  # [H, L]
@@ -129,10 +140,17 @@ class ShareView(QWidget):
         cols = ["embed"] + ([f"{k}{i}" for i in range(n_layers) for k in ("a", "m")] if self.split.isChecked()
                             else [str(i) for i in range(n_layers)])
         self.map.set_data(share, levels=_sym_levels(share), row_labels=rows, col_labels=cols)
-        self.caption.setText(
-            f"Position {position}: row = the residual state after a layer; column = where it came from. "
-            "Cell = component · state / |state|² (rows sum to 1; negative = points against the state). "
-            "A standard model always sums with weight 1; Attention Residuals would learn these weights.")
+        text = (f"Position {position}: row = the residual state after a layer; column = an earlier output. "
+                "Cell = component · state / |state|²: the share of the state's length along that output (a "
+                "geometric share; negative = points against the state). It is not which layers the prediction "
+                "is built from: see Logit attribution for that. ")
+        if is_additive(run, position):
+            text += ("Rows sum to 1: each state is the plain sum of its components (a standard model sums with "
+                     "weight 1; Attention Residuals would learn these weights).")
+        else:
+            text += ("<b>This model normalises after each block (post-norm, like BERT)</b>: a state is not the "
+                     "sum of these outputs, so rows do not sum to 1 and the cells are only projections.")
+        self.caption.setText(text)
 
 
 class SimilarityView(QWidget):

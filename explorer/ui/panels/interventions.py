@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from ...core import interventions as iv_mod
 from ...core.analysis.align import kl, lens_logprobs, next_token_diff
+from ...core.analysis.patching import patch_from_run_b
 from ...core.events import RunRequest
 from ...core.interventions import Intervention
 from ...core.run import Run
@@ -47,8 +48,12 @@ class InterventionsPanel(Panel):
         "panel then shows the new run. Below: the difference against the baseline run (the last run without "
         "interventions): the next-token distribution before and after (KL divergence, top-1 change), the logit "
         "lens KL per layer and position, and the change in the selected head's attention. 'Run B' (for patching) "
-        "is a run you pin here first, e.g. the same prompt with one word changed. Run in the prompt bar starts "
-        "a fresh baseline without interventions; 'Apply' re-runs it with the ticked ones."
+        "is a run you pin here first, e.g. the same prompt with one word changed. Patching lines the two runs' "
+        "tokens up (the Compare panel's A/B alignment) and copies B's value at the matching B position; positions "
+        "with no match in B are left alone and the entry says how many. Mean ablation replaces the head's output "
+        "with its mean over this prompt's positions (not over a dataset), so it is only a rough 'typical value'. "
+        "Run in the prompt bar starts a fresh baseline without interventions; 'Apply' re-runs it with the ticked "
+        "ones."
     )
     rerun = Signal(object)  # RunRequest sent to the main window
 
@@ -180,9 +185,11 @@ class InterventionsPanel(Panel):
             return iv_mod.mean_ablation(source, req.layer, req.head, positions)
         if self.run_b is None:
             raise ValueError("Pin a run B first: run the other prompt, press 'Pin this run as B', then come back.")
-        if req.action == "patch_head":
-            return iv_mod.patch_head_from(self.run_b, req.layer, req.head, positions)
-        return iv_mod.patch_resid_from(self.run_b, req.layer, positions)
+        if source is None:
+            raise ValueError("Run a prompt first: patching replaces values of this run with run B's.")
+        # B's values at the B positions the token alignment pairs with this run's (a different length is fine)
+        return patch_from_run_b(source, self.run_b, req.layer, req.head if req.action == "patch_head" else None,
+                                positions)
 
     def request(self) -> RunRequest | None:
         base = self.baseline or self.run

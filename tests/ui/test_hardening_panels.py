@@ -1,0 +1,111 @@
+"""Hardening round 2 (issue 16), panel side: depth panel on encoders, residual-share wording, patch labels,
+and the student-facing wording that is logic (RoPE variants, sliding windows)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.core.api import capture, run_request
+from explorer.core.events import RunRequest
+from explorer.core.runner import Session
+from explorer.ui.panels.depth import DepthPanel
+from explorer.ui.panels.intervention_menu import head_menu
+from explorer.ui.panels.interventions import InterventionsPanel
+from explorer.ui.selection import Selection
+from explorer.ui.widgets.background import Background
+
+
+def _panel(qtbot, cls, run):
+    sel = Selection()
+    sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
+    panel = cls(sel)
+    qtbot.addWidget(panel)
+    panel.resize(1000, 700)
+    panel.show()
+    panel.set_run(run)
+    sel.set("position", run.n_tokens - 1)
+    return panel, sel
+
+
+def _limits(sel, run):
+    sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
+
+
+# --- item 16: the depth panel on an encoder ---------------------------------------------------------------------
+def test_depth_panel_clears_attribution_and_shows_similarity_for_an_encoder(qtbot, tiny_models):
+    causal = capture("The capital of France is Paris", Session(tiny_models["tiny-llama"]))
+    encoder = capture("the capital of france is paris", Session(tiny_models["tiny-bert"]))
+    panel, sel = _panel(qtbot, DepthPanel, causal)
+    panel.tabs.setCurrentWidget(panel.attribution)
+    panel._refresh_view()
+    assert len(panel.attribution.bars.opts["height"]) == 2 * causal.info.n_layers + 1
+    assert "Target" in panel.attribution.caption.text()
+    _limits(sel, encoder)
+    panel.set_run(encoder)
+    Background.wait_idle()
+    assert len(panel.attribution.bars.opts["height"]) == 0  # the previous run's bars are gone
+    assert "Target" not in panel.attribution.caption.text() and "encoder" in panel.attribution.caption.text()
+    assert panel.attribution.last is None
+    panel.tabs.setCurrentWidget(panel.similarity)
+    x, y = panel.similarity.curves["whole layer"].getData()
+    assert x is not None and len(y) == encoder.info.n_layers and np.isfinite(y).all()
+    assert panel.similarity.map.data.shape == (encoder.info.n_layers + 1,) * 2
+    panel.tabs.setCurrentWidget(panel.share)
+    assert "post-norm" in panel.share.caption.text()  # BERT: rows do not sum to 1, and it says so
+    assert not panel._error.isVisible()
+
+
+def test_residual_share_caption_follows_additivity(qtbot, tiny_models):
+    from explorer.core.analysis.depth import additivity_error, residual_share
+
+    llama = capture("The capital of France is Paris", Session(tiny_models["tiny-llama"]))
+    bert = capture("the capital of france is paris", Session(tiny_models["tiny-bert"]))
+    rows = np.nansum(residual_share(llama, 3), axis=1)
+    np.testing.assert_allclose(rows, 1.0, rtol=2e-3)  # pre-norm: a state is the sum of its components
+    assert additivity_error(llama, 3).max() < 2e-3
+    bert_rows = np.nansum(residual_share(bert, 3), axis=1)
+    assert np.abs(bert_rows[1:] - 1).max() > 0.1 and additivity_error(bert, 3).max() > 0.1
+    panel, _sel = _panel(qtbot, DepthPanel, llama)
+    panel.tabs.setCurrentWidget(panel.share)
+    text = panel.share.caption.text()
+    assert "Rows sum to 1" in text and "geometric share" in text and "Logit attribution" in text
+
+
+# --- item 15: the Interventions panel patches along the alignment and labels it ----------------------------------
+def test_patch_from_run_b_of_another_length_is_aligned_and_labelled(qtbot, tiny_llama):
+    session = Session(tiny_llama, store_dtype=torch.float32)
+    base = run_request(session, RunRequest("The capital of France is Paris"))
+    other = run_request(session, RunRequest("The capital of the lovely old country France is Rome"))
+    panel, _sel = _panel(qtbot, InterventionsPanel, base)
+    panel.run_b = other
+    head_menu(panel, 1, 2).actions()[3].trigger()  # "Patch head L1.H2 from run B..."
+    iv = panel.interventions[-1]
+    assert iv.kind == "patch_head" and iv.positions == tuple(range(base.n_tokens))
+    text = panel.list.item(panel.list.count() - 1).text()
+    assert "all positions" not in text and "aligned" in text
+    # run B much shorter: unmatched positions are named in the label
+    panel.run_b = run_request(session, RunRequest("Paris"))
+    head_menu(panel, 0, 1).actions()[3].trigger()
+    text = panel.list.item(panel.list.count() - 1).text()
+    assert "no counterpart" in text
+
+
+def test_help_texts_say_what_the_views_are(qtbot, tiny_models):
+    from explorer.ui.panels.interventions import InterventionsPanel as Iv
+
+    depth_help = DepthPanel.help_text
+    assert "linearisation" in depth_help and "frozen" in depth_help and "not the effect of removing" in depth_help
+    assert "geometry" in depth_help and "not how much the prediction depends" in depth_help
+    assert "this prompt's positions" in Iv.help_text
+    run = capture("Hello there", Session(tiny_models["tiny-llama"]))
+    from explorer.core.interventions import mean_ablation
+
+    assert "this prompt's" in mean_ablation(run, 0, 0).describe()
+
+
+@pytest.fixture(autouse=True)
+def _idle():
+    yield
+    Background.wait_idle()
