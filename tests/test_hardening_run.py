@@ -605,3 +605,70 @@ def test_patching_from_another_models_run_is_refused(session32, tiny_models):
     b = capture("Hello there", Session(tiny_models["tiny-gpt2"]))
     with pytest.raises(InputError, match="another model"):
         patch_from_run_b(a, b, 0, head=0)
+
+
+# --- item 18: the logic behind the wording ---------------------------------------------------------------------
+ROPE_CONFIGS = {
+    "plain_v5": ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e5}}, None),
+    "plain_old": ({"rope_scaling": None, "rope_theta": 1e4}, None),
+    "llama3": ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}}, "llama3"),
+    "yarn_old": ({"rope_scaling": {"type": "yarn", "factor": 4.0}}, "yarn"),
+    "linear": ({"rope_scaling": {"rope_type": "linear", "factor": 2}}, "linear"),
+    "per_layer_type": ({"rope_parameters": {"full_attention": {"rope_type": "default"},
+                                            "sliding_attention": {"rope_type": "dynamic", "factor": 2.0}}}, "dynamic"),
+    "partial": ({"partial_rotary_factor": 0.5}, "50%"),
+    "neox": ({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.25}}, "25%"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROPE_CONFIGS))
+def test_rope_variant_detection(case):
+    from explorer.core.analysis.rope import rope_variant
+
+    config, expected = ROPE_CONFIGS[case]
+    got = rope_variant(config)
+    assert (got is None) if expected is None else (got is not None and expected in got)
+
+
+def test_rope_variant_on_transformers_configs(tiny_models):
+    from transformers import LlamaConfig
+
+    from explorer.core.analysis.rope import rope_variant
+
+    assert rope_variant(tiny_models["tiny-llama"].model.config) is None
+    scaled = LlamaConfig(max_position_embeddings=32768, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192})
+    assert "llama3" in rope_variant(scaled) and "factor 8" in rope_variant(scaled)
+
+
+def test_sliding_window_caps_the_cache_in_the_what_if():
+    from explorer.core.analysis import kv
+
+    mistral = kv.catalogue_entry("mistral-7b")
+    assert mistral.sliding_window == 4096
+    per_token = mistral.bytes_per_token("fp16")
+    assert mistral.bytes(1000, "fp16") == pytest.approx(1000 * per_token, rel=1e-12)
+    assert mistral.bytes(32768, "fp16") == pytest.approx(4096 * per_token, rel=1e-12)  # not 32,768 tokens' worth
+    grid = kv.context_grid(mistral.context, 16)
+    assert np.max(mistral.bytes(grid, "fp16")) == pytest.approx(4096 * per_token, rel=1e-12)
+    f = kv.formula(mistral, 32768, 2.0)
+    assert f.cached == 4096 and "sliding window" in f.text() and "4,096" in f.window_text()
+    assert f.mha == pytest.approx(f.total * mistral.query_heads / mistral.kv_heads, rel=1e-12)
+    llama = kv.catalogue_entry("llama-3-8b")
+    assert llama.sliding_window is None and kv.formula(llama, 8192, 2.0).window_text() == ""
+
+
+def test_streaming_llm_is_labelled_a_masking_approximation():
+    from explorer.core.analysis import eviction as ev
+
+    assert "masking approximation" in ev.APPROXIMATIONS["streaming"]
+    assert "original positions" in ev.APPROXIMATIONS["streaming"]
+    assert set(ev.APPROXIMATIONS) == set(ev.POLICIES)
+
+
+def test_a_run_saved_without_a_newer_optional_info_field_still_loads(members, tmp_path, monkeypatch):
+    """ModelInfo fields with defaults may be missing in older files (forward-compatible header check)."""
+    edited = _edited(members, lambda h: h["info"].pop("dtype"))
+    loaded = _load_bytes(_zip(edited), tmp_path)
+    assert loaded.info.dtype == "float32"

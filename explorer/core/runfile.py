@@ -13,7 +13,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +161,7 @@ def _expected_shapes(info: ModelInfo, n: int, n_steps: int) -> dict[str, tuple]:
 
 
 def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
-    info = ModelInfo(**{f.name: header["info"][f.name] for f in fields(ModelInfo)})
+    info = ModelInfo(**header["info"])  # fields checked by check_header (optional ones may be missing)
     settings = GenerationSettings(**header["request"]["settings"])
     skip = header["request"].get("skip_arrays", [])
     if not isinstance(skip, list) or not set(skip) <= OPTIONAL or any(k in arrays for k in skip):

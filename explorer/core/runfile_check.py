@@ -7,7 +7,7 @@ have the type the loader expects. Raises RunFileError with a sentence.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
 from .errors import RunFileError
@@ -62,13 +62,16 @@ def check_header(header: Any, name: str) -> tuple[ModelInfo, int]:
 
 def _check(header: dict) -> tuple[ModelInfo, int]:
     raw = _type(header["info"], (dict,), "the model description")
-    if set(raw) != {f.name for f in fields(ModelInfo)}:
+    known = {f.name for f in fields(ModelInfo)}
+    required = {f.name for f in fields(ModelInfo) if f.default is MISSING and f.default_factory is MISSING}
+    if not required <= set(raw) <= known:
         raise RunFileError("the model description's fields do not match this version")
     values = {key: _int(raw[key], *INFO_LIMITS[key], f"the model's {key}") for key in INFO_LIMITS}
     if values["n_heads"] % values["n_kv_heads"]:
         raise RunFileError("the model's query heads are not a multiple of its KV heads")
     for key in ("name", "architecture", "kind", "dtype"):
-        _type(raw[key], (str,), f"the model's {key}")
+        if key in raw:
+            _type(raw[key], (str,), f"the model's {key}")
     if raw["kind"] not in ("causal", "encoder"):
         raise RunFileError(f"the model kind '{raw['kind'][:20]}' is unknown")
     if raw["rope_theta"] is not None:

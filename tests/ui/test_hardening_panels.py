@@ -109,3 +109,55 @@ def test_help_texts_say_what_the_views_are(qtbot, tiny_models):
 def _idle():
     yield
     Background.wait_idle()
+
+
+# --- item 18: wording that is logic ------------------------------------------------------------------------------
+def test_kv_whatif_accounts_for_mistrals_sliding_window(qtbot):
+    from explorer.ui.panels.kv_whatif import WhatIfCalculator
+
+    calc = WhatIfCalculator()
+    qtbot.addWidget(calc)
+    calc.select("mistral-7b")
+    calc.dtype.setCurrentText("bf16")
+    calc.spins["batch"].setValue(1)
+    assert calc.spins["context"].value() == 32768
+    assert calc.total_bytes() == 2 * 32 * 8 * 128 * 4096 * 2  # the rolling cache holds 4,096 tokens, not 32,768
+    assert "sliding" in calc.detail.text() and "4,096" in calc.detail.text()
+    y = calc.current_item.yData
+    assert y.max() * (1 << 30) == pytest.approx(calc.total_bytes(), rel=1e-12)  # the curve flattens at the window
+    calc.select("llama-3-8b")
+    assert "sliding" not in calc.detail.text()
+
+
+def test_eviction_captions_call_streaming_llm_a_masking_approximation(qtbot):
+    from explorer.ui.panels.kv_cache import KVCachePanel
+
+    panel = KVCachePanel(Selection())
+    qtbot.addWidget(panel)
+    assert "masking approximation" in panel.eviction.captions["streaming"].text()
+    assert "masking approximation" in KVCachePanel.help_text and "sliding window" in KVCachePanel.help_text
+
+
+class _Info:
+    """A model description as the RoPE view reads it, with a scaled RoPE variant."""
+
+    def __init__(self, info, variant):
+        self.__dict__.update(info.to_dict())
+        self.rope_variant = variant
+
+
+class _RunStandIn:
+    def __init__(self, run, info):
+        self.info, self.n_tokens = info, run.n_tokens
+
+
+def test_rope_view_says_when_the_model_scales_rope(qtbot, tiny_models):
+    from explorer.ui.panels.embeddings_views import RopeView
+
+    run = capture("a b c", Session(tiny_models["tiny-llama"]))
+    view = RopeView(Selection())
+    qtbot.addWidget(view)
+    view.set_run(run)
+    assert "This model uses" not in view.title.text()
+    view.set_run(_RunStandIn(run, _Info(run.info, "llama3 RoPE scaling (factor 8)")))
+    assert "llama3 RoPE scaling" in view.title.text() and "plain RoPE" in view.title.text()

@@ -14,6 +14,10 @@ Policies (a budget is the number of entries kept per layer and KV head when quer
 The effect is measured, not estimated: `measure_effects` re-runs the model over the decode steps with an
 attention mask that hides the evicted keys (per layer, KV head and query position) and compares each step's
 next-token distribution with the same re-computation on the full cache (KL divergence and top-1 change).
+
+Masking keeps every token at its original position (its RoPE angle). That is what H2O and SnapKV do, but
+StreamingLLM re-assigns positions within the rolling cache (the sinks, then the window, numbered from 0),
+so its row here is a masking approximation of StreamingLLM, not the method itself (`APPROXIMATIONS`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ from ..run import Run
 
 POLICIES = ("streaming", "h2o", "snapkv")
 LABELS = {"streaming": "StreamingLLM", "h2o": "H2O", "snapkv": "SnapKV"}
+# how each what-if differs from the published method (shown next to its results)
+APPROXIMATIONS = {
+    "streaming": "masking approximation: evicted entries are hidden but the kept ones keep their original "
+                 "positions; the paper re-numbers positions inside the cache (sinks, then the window)",
+    "h2o": "scores recomputed from the full run at each step (no irreversible greedy eviction)",
+    "snapkv": "",
+}
 EVICT_NAME = "explorer_evict"
 Progress = Callable[[float, str], None]
 

@@ -36,6 +36,14 @@ class KVConfig:
     context: int
     label: str = ""
     source: str = ""
+    sliding_window: int | None = None  # every layer attends to (and caches) at most this many recent tokens
+
+    def cached_tokens(self, tokens: int | np.ndarray) -> int | np.ndarray:
+        """Tokens the cache holds for a context of `tokens`: capped at the sliding window (a rolling cache)."""
+        if self.sliding_window is None:
+            return tokens
+        return np.minimum(tokens, self.sliding_window) if isinstance(tokens, np.ndarray) else min(
+            tokens, self.sliding_window)
 
     @property
     def variant(self) -> str:
@@ -50,7 +58,9 @@ class KVConfig:
         return kv_bytes(self.layers, self.kv_heads, self.head_dim, 1, DTYPE_BYTES[dtype], batch)
 
     def bytes(self, tokens: int | np.ndarray, dtype: str = "fp32", batch: int = 1) -> float | np.ndarray:
-        return kv_bytes(self.layers, self.kv_heads, self.head_dim, tokens, DTYPE_BYTES[dtype], batch)
+        """Cache bytes at a context of `tokens` (only the sliding window's worth, if the model has one)."""
+        return kv_bytes(self.layers, self.kv_heads, self.head_dim, self.cached_tokens(tokens), DTYPE_BYTES[dtype],
+                        batch)
 
 
 def kv_bytes(layers: int, kv_heads: int, head_dim: int, tokens: int | np.ndarray, bytes_per_elem: float,
@@ -97,11 +107,26 @@ class Formula:
     def saved_fraction(self) -> float:
         return self.saved_vs_mha / self.mha if self.mha else 0.0
 
+    @property
+    def cached(self) -> int:
+        """Tokens actually in the cache (the context, or the sliding window when that is smaller)."""
+        return int(self.cfg.cached_tokens(self.tokens))
+
     def text(self) -> str:
         c = self.cfg
+        tokens = f"{self.tokens:,} tokens" if self.cached == self.tokens else \
+            f"{self.cached:,} tokens (sliding window; context {self.tokens:,})"
         return (f"2 \u00d7 {c.layers} layers \u00d7 {c.kv_heads} KV heads \u00d7 {c.head_dim} head dim \u00d7 "
-                f"{self.tokens:,} tokens \u00d7 {_num(self.bytes_per_elem)} bytes = {self.total:,.0f} B "
+                f"{tokens} \u00d7 {_num(self.bytes_per_elem)} bytes = {self.total:,.0f} B "
                 f"= {format_bytes(self.total)}")
+
+    def window_text(self) -> str:
+        """A sentence on the sliding window ("" when the model has none)."""
+        w = self.cfg.sliding_window
+        if w is None:
+            return ""
+        return (f"This model attends to the last {w:,} tokens only (sliding-window attention), so a rolling "
+                f"cache holds at most {w:,} tokens per layer, whatever the context length.")
 
     def savings_text(self) -> str:
         c = self.cfg
@@ -116,9 +141,10 @@ class Formula:
 
 
 def formula(cfg: KVConfig, tokens: int, bytes_per_elem: float, batch: int = 1) -> Formula:
-    total = kv_bytes(cfg.layers, cfg.kv_heads, cfg.head_dim, tokens, bytes_per_elem, batch)
-    mha = kv_bytes(cfg.layers, cfg.query_heads, cfg.head_dim, tokens, bytes_per_elem, batch)
-    mqa = kv_bytes(cfg.layers, 1, cfg.head_dim, tokens, bytes_per_elem, batch)
+    cached = cfg.cached_tokens(tokens)
+    total = kv_bytes(cfg.layers, cfg.kv_heads, cfg.head_dim, cached, bytes_per_elem, batch)
+    mha = kv_bytes(cfg.layers, cfg.query_heads, cfg.head_dim, cached, bytes_per_elem, batch)
+    mqa = kv_bytes(cfg.layers, 1, cfg.head_dim, cached, bytes_per_elem, batch)
     return Formula(cfg, tokens, bytes_per_elem, total, mha, mqa)
 
 

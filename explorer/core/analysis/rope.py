@@ -3,12 +3,51 @@
 Frequency pair i of a head (dimensions i and i + head_dim/2, the "rotate_half" layout) is rotated
 by the angle position * theta^(-2i/head_dim). Because both query and key are rotated, their dot
 product depends only on the distance between their positions: `distance_curve` shows it.
-Plain RoPE only: long-context rescaling (rope_scaling such as YaRN or Llama-3) is not modelled.
+Plain RoPE only: long-context rescaling (rope_scaling such as YaRN or Llama-3) is not modelled;
+`rope_variant(config)` says when a model uses such a variant, so a view can say it draws plain RoPE.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+_PLAIN = (None, "", "default")
+
+
+def rope_variant(config: Any) -> str | None:
+    """None for plain RoPE; else a short description of what plain RoPE leaves out.
+
+    Reads a transformers config (object or dict): `rope_parameters` (transformers 5; possibly one dict per
+    layer type) or `rope_scaling` (older configs) with a `rope_type` / `type` other than "default"
+    (linear, dynamic, yarn, longrope, llama3, ...), and a partial rotary factor below 1 (only part of each
+    head is rotated).
+    """
+    def get(key: str) -> Any:
+        return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+    notes: list[str] = []
+    for key in ("rope_parameters", "rope_scaling"):
+        params = get(key)
+        if not isinstance(params, dict) or not params:
+            continue
+        nested = all(isinstance(v, dict) for v in params.values())
+        for p in params.values() if nested else (params,):
+            kind = p.get("rope_type", p.get("type"))
+            if kind not in _PLAIN:
+                factor = p.get("factor")
+                notes.append(f"{kind} RoPE scaling" + (f" (factor {factor:g})" if isinstance(factor, int | float)
+                                                       and not isinstance(factor, bool) else ""))
+            partial = p.get("partial_rotary_factor")
+            if isinstance(partial, int | float) and 0 < partial < 1:
+                notes.append(f"rotary on {partial:.0%} of each head")
+    partial = get("partial_rotary_factor")
+    if partial is None:
+        partial = get("rotary_pct")
+    if isinstance(partial, int | float) and not isinstance(partial, bool) and 0 < partial < 1:
+        notes.append(f"rotary on {partial:.0%} of each head")
+    return "; ".join(dict.fromkeys(notes)) or None
 
 
 def inv_freq(head_dim: int, theta: float) -> np.ndarray:

@@ -275,6 +275,17 @@ class QueryKeyView(QWidget):
 
 
 # --- RoPE ---------------------------------------------------------------------------------------------
+def _variant_note(info) -> str:
+    """A warning when the model's RoPE is not plain (the view draws plain RoPE only).
+
+    `info.rope_variant` (set from the config with core.analysis.rope.rope_variant) is read when present.
+    """
+    variant = getattr(info, "rope_variant", None)
+    if not variant:
+        return ""
+    return (f" <b>This model uses {variant}: the angles and curve here are plain RoPE with this theta, "
+            "not exactly what the model computes.</b>")
+
 
 class RopeView(QWidget):
     """Rotation angle of each frequency pair against position, and the q.k dot product against distance."""
@@ -343,7 +354,7 @@ class RopeView(QWidget):
                            f"and i + {info.head_dim // 2}) turns by position \u00d7 theta^(-2i/{info.head_dim}) "
                            f"radians; one full turn takes {wl[0]:.1f} positions for pair 0 and {wl[-1]:,.0f} for "
                            f"pair {len(wl) - 1}. Colour: angle mod 2\u03c0 (a cyclic map). This run has "
-                           f"{run.n_tokens} positions.")
+                           f"{run.n_tokens} positions." + _variant_note(info))
         self.draw_curve()
 
     def draw_curve(self) -> None:

@@ -46,7 +46,10 @@ class KVCachePanel(Panel):
         "context limit. The formula shows where the bytes come from, and how grouped-query attention (several "
         "query heads sharing one KV head) shrinks it. 'What-if' sizes other models, contexts and number formats. "
         "'Eviction' tries keeping only part of the cache (as StreamingLLM, H2O and SnapKV do) and measures, by "
-        "running the model again, how much the next-token predictions change."
+        "running the model again, how much the next-token predictions change. It hides the evicted entries and "
+        "keeps every token at its original position: for StreamingLLM, which re-numbers positions inside its "
+        "cache, that is a masking approximation. The what-if sizes assume every layer caches the whole context, "
+        "except for models with a sliding window (Mistral-7B v0.1: 4,096 tokens), whose cache stops growing there."
     )
 
     def __init__(self, selection: Selection, parent: QWidget | None = None):

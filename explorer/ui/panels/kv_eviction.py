@@ -83,7 +83,7 @@ class EvictionView(QWidget):
         self.maps: dict[str, Heatmap] = {}
         self.captions: dict[str, QLabel] = {}
         for col, kind in enumerate(ev.POLICIES):
-            caption = QLabel(f"<b>{ev.LABELS[kind]}</b>")
+            caption = QLabel(f"<b>{ev.LABELS[kind]}</b>" + (" (masking approximation)" if kind == "streaming" else ""))
             caption.setWordWrap(True)
             heat = Heatmap("cividis", colorbar=(col == len(ev.POLICIES) - 1))
             heat.plot.setLabel("left", "layer")
@@ -160,6 +160,8 @@ class EvictionView(QWidget):
             kept = keep[:, :, row, : position + 1].mean()
             text = f"<b style='color:{COLOURS[kind]}'>{ev.LABELS[kind]}</b>: step {row + 1} (query at {position}), " \
                    f"keeps {kept:.0%} of {position + 1} entries"
+            if ev.APPROXIMATIONS.get(kind):
+                text += f"<br><i>{ev.APPROXIMATIONS[kind]}</i>"
             effect = self.effects.get(kind)
             if effect is not None:
                 text += (f"<br>mean KL {effect.mean_kl:.4f} nats; top-1 changed at "
@@ -205,7 +207,8 @@ class EvictionView(QWidget):
         for kind, effect in effects.items():
             self.kl_items[kind].setData(steps, effect.kl)
         self.status.setText("Measured by re-running the model on the run's own tokens with the evicted entries "
-                            "hidden from attention, compared with the same re-run on the full cache.")
+                            "hidden from attention (every token keeps its original position), compared with the "
+                            "same re-run on the full cache.")
         self._draw_masks()
 
     def _measure_failed(self, message: str) -> None:

@@ -160,7 +160,7 @@ class WhatIfCalculator(QWidget):
         name = base.name if base is not None else "custom"
         return kv.KVConfig(name=name, layers=v["layers"], query_heads=v["query_heads"],
                            kv_heads=min(v["kv_heads"], v["query_heads"]), head_dim=v["head_dim"],
-                           context=v["context"])
+                           context=v["context"], sliding_window=getattr(base, "sliding_window", None))
 
     def total_bytes(self) -> float:
         return float(self.config().bytes(self.spins["context"].value(), self.dtype.currentText(),
@@ -174,7 +174,8 @@ class WhatIfCalculator(QWidget):
         self.result.setText(kv.format_bytes(f.total))
         batch_text = f" \u00d7 batch {batch}" if batch > 1 else ""
         self.detail.setText(f"{f.text().split(' = ')[0]}{batch_text} = {kv.format_bytes(f.total)}\n"
-                            f"per token: {kv.format_bytes(cfg.bytes_per_token(dtype, batch))}\n{f.savings_text()}")
+                            f"per token: {kv.format_bytes(cfg.bytes_per_token(dtype, batch))}\n{f.savings_text()}"
+                            + (f"\n{f.window_text()}" if f.window_text() else ""))
         top = max([cfg.context] + [c.context for c in self.entries if self.compare[c.name].isChecked()])
         grid = kv.context_grid(top, 96)
         mine = grid[grid <= cfg.context]
