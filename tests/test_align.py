@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numeric import approx, assert_close
 
 from explorer.core.analysis.align import align_runs, align_tokens, attention_diff, lens_diff, next_token_diff
 from explorer.core.api import run_request
@@ -55,10 +56,10 @@ def test_runs_with_an_inserted_word(tiny_llama):
     d = next_token_diff(a, a.n_tokens - 1, b, b.n_tokens - 1)
     assert d["kl_ab"] >= 0 and d["kl_ba"] >= 0
     same = next_token_diff(a, a.n_tokens - 1, a, a.n_tokens - 1)
-    assert same["kl_ab"] == pytest.approx(0, abs=1e-6)
+    assert same["kl_ab"] == approx(0, 1e-6)
     lens = lens_diff(a, 0, b, 0)  # identical prefix position: identical lens
-    np.testing.assert_allclose(lens["kl"], 0, atol=1e-5)
+    assert_close(lens["kl"], 0, 1e-5)
     assert lens_diff(a, a.n_tokens - 1, b, b.n_tokens - 1)["kl"].max() > 0
     diff, rows = attention_diff(a, b, al, 1, 0)
     assert diff.shape == (len(al.matched),) * 2
-    np.testing.assert_allclose(diff[: al.prefix, : al.prefix], 0, atol=1e-5)  # causal: the prefix is the same
+    assert_close(diff[: al.prefix, : al.prefix], 0, 1e-5)  # causal: the prefix is the same

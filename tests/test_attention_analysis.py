@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numeric import assert_close
 
 from explorer.core.analysis import attention as att
 from explorer.core.api import capture
@@ -20,9 +21,9 @@ def test_rows_equal_run_attention(llama_run):
     for layer, head in [(0, 0), (1, 3), (3, 2)]:
         fn = att.head_row_fn(q, k, layer, head, run.info.group_size, run.layer_scaling(layer), True)
         full = fn(np.arange(run.n_tokens))
-        np.testing.assert_allclose(full, run.attention(layer, head), atol=1e-5)
+        assert_close(full, run.attention(layer, head), 1e-5)
         picked = np.array([0, 5, run.n_tokens - 1])
-        np.testing.assert_allclose(fn(picked), run.attention(layer, head)[picked], atol=1e-5)
+        assert_close(fn(picked), run.attention(layer, head)[picked], 1e-5)
         assert np.allclose(np.triu(full, 1), 0)
 
 
@@ -31,7 +32,7 @@ def test_encoder_rows_are_bidirectional(tiny_models):
     fn = att.head_row_fn(run.array("queries"), run.array("keys"), 0, 1, run.info.group_size,
                          run.layer_scaling(0), causal=False)
     full = fn(np.arange(run.n_tokens))
-    np.testing.assert_allclose(full, run.attention(0, 1), atol=1e-5)
+    assert_close(full, run.attention(0, 1), 1e-5)
     assert np.triu(full, 1).sum() > 0.1
 
 
@@ -40,9 +41,9 @@ def test_hide_sink_renormalises():
     a = att.renormalize(np.tril(rng.random((6, 6))).astype(np.float32))
     out = att.transform_rows(a, att.MapOptions(hide_sink=True))
     assert np.all(out[:, 0] == 0)
-    np.testing.assert_allclose(out[1:].sum(axis=1), 1, atol=1e-6)
+    assert_close(out[1:].sum(axis=1), 1, 1e-6)
     assert out[0].sum() == 0  # the first query sees only the sink: nothing left
-    np.testing.assert_allclose(out[3, 1:4], a[3, 1:4] / a[3, 1:4].sum(), atol=1e-6)
+    assert_close(out[3, 1:4], a[3, 1:4] / a[3, 1:4].sum(), 1e-6)
 
 
 def test_value_weighting_and_keep():
@@ -79,8 +80,8 @@ def test_rollout_definition_on_three_layers():
         return x / x.sum(axis=1, keepdims=True)
 
     expected = adj(maps[2]) @ adj(maps[1]) @ adj(maps[0])
-    np.testing.assert_allclose(att.rollout(maps), expected, atol=1e-6)
-    np.testing.assert_allclose(att.rollout(maps).sum(axis=1), 1, atol=1e-5)
+    assert_close(att.rollout(maps), expected, 1e-6)
+    assert_close(att.rollout(maps).sum(axis=1), 1, 1e-5)
     assert not np.allclose(att.rollout(maps), att.rollout(maps[::-1]))  # order matters
 
 
@@ -128,7 +129,7 @@ def test_sampled_rows_give_similar_statistics():
     q, k = _synthetic_layer(tokens)
     full = att.layer_summary(q, k, 0, 1, 1.0, True, tokens, max_rows=1000)
     sampled = att.layer_summary(q, k, 0, 1, 1.0, True, tokens, max_rows=20)
-    np.testing.assert_allclose(sampled.scores[:2, 1:3], full.scores[:2, 1:3], atol=0.1)
+    assert_close(sampled.scores[:2, 1:3], full.scores[:2, 1:3], 0.1)
 
 
 def test_induction_prompt_repeats():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numeric import approx, assert_close
 
 from explorer.core.analysis.depth import (
     LensTable,
@@ -53,16 +54,15 @@ def test_lens_last_layer_is_the_models_real_prediction(exact_run):
     real_lp = torch.log_softmax(torch.from_numpy(logits), -1).numpy()
     top = np.argsort(-logits, axis=-1)[:, :5]
     np.testing.assert_array_equal(cols.top_ids[-1, :, 0], top[:, 0])
-    np.testing.assert_allclose(cols.top_probs[-1], np.exp(np.take_along_axis(real_lp, top, -1)), atol=1e-4)
+    assert_close(cols.top_probs[-1], np.exp(np.take_along_axis(real_lp, top, -1)), 1e-4)
     for p in (0, n // 2, n - 1):
-        np.testing.assert_allclose(cols.lse[-1, p] - logits[p].max(),
-                                   np.log(np.exp(logits[p] - logits[p].max()).sum()), atol=1e-4)
+        assert_close(cols.lse[-1, p] - logits[p].max(), np.log(np.exp(logits[p] - logits[p].max()).sum()), 1e-4)
         assert np.argmax(run.next_token_logprobs(p)) == cols.top_ids[-1, p, 0]
     # target mode: the actually following token's logprob and rank at the last depth
     ids = run.token_ids
     for p in range(n - 1):
         assert cols.target_ids[p] == ids[p + 1]
-        assert cols.target_logprob[-1, p] == pytest.approx(real_lp[p, ids[p + 1]], abs=1e-4)
+        assert cols.target_logprob[-1, p] == approx(real_lp[p, ids[p + 1]], 1e-4)
         assert cols.target_rank[-1, p] == int((logits[p] > logits[p, ids[p + 1]]).sum())
     assert cols.target_ids[-1] == run.steps[-1].choice.token_id if run.steps[-1].choice else cols.target_ids[-1] == -1
 
@@ -94,7 +94,7 @@ def test_lens_table_fills_progressively_and_token_logprob_is_exact(exact_run):
     np.testing.assert_array_equal(table.top_ids, full.top_ids)
     tok = int(full.top_ids[1, 3, 0])
     lp = token_logprob(run, tok, table.lse)  # [L+1, N]
-    assert lp[1, 3] == pytest.approx(np.log(full.top_probs[1, 3, 0]), abs=1e-4)
+    assert lp[1, 3] == approx(np.log(full.top_probs[1, 3, 0]), 1e-4)
     probs, rank = table.token_prob(tok)
     assert probs[1, 3] == pytest.approx(full.top_probs[1, 3, 0]) and rank[1, 3] == 0
 
@@ -105,11 +105,11 @@ def test_attribution_sums_to_the_real_logit(exact_run):
     for p in (0, run.n_prompt - 1, run.n_tokens - 1):
         for token in (int(run.token_ids[min(p + 1, run.n_tokens - 1)]), 7):
             att = direct_logit_attribution(run, p, token)
-            assert att.logit == pytest.approx(float(logits[p, token]), abs=1e-3)
-            assert att.contributions.sum() + att.offset == pytest.approx(att.logit, abs=1e-3)
+            assert att.logit == approx(float(logits[p, token]), 1e-3)
+            assert att.contributions.sum() + att.offset == approx(att.logit, 1e-3)
             assert len(att.labels) == 2 * run.info.n_layers + 1
             if run.norm.kind == "layer":  # GPT-2: the LayerNorm bias is the stated offset
-                assert att.offset == pytest.approx(float(run.norm.bias @ run.unembed[token]), abs=1e-6)
+                assert att.offset == approx(float(run.norm.bias @ run.unembed[token]), 1e-6)
             else:
                 assert att.offset == 0.0
 
@@ -120,11 +120,11 @@ def test_attribution_per_head_sums_to_the_attention_block(exact_run):
     p = run.n_tokens - 2
     for layer in range(run.info.n_layers):
         heads, bias = head_outputs(run, weights, layer, p)
-        np.testing.assert_allclose(heads.sum(0) + bias, run.array("attn_out")[layer, p], atol=1e-4)
+        assert_close(heads.sum(0) + bias, run.array("attn_out")[layer, p], 1e-4)
     token = int(run.token_ids[p + 1])
     att = direct_logit_attribution(run, p, token)
     per_head = head_attribution(run, weights, p, token, att.scale)  # [L, H+1]
-    np.testing.assert_allclose(per_head.sum(1), att.contributions[1::2], atol=1e-4)
+    assert_close(per_head.sum(1), att.contributions[1::2], 1e-4)
 
 
 def test_residual_share_rows_sum_to_one(exact_run):
@@ -134,15 +134,15 @@ def test_residual_share_rows_sum_to_one(exact_run):
         merged = residual_share(run, p)
         split = residual_share(run, p, split=True)
         assert merged.shape == (n_layers + 1, n_layers + 1) and split.shape == (n_layers + 1, 2 * n_layers + 1)
-        np.testing.assert_allclose(np.nansum(merged, axis=1), 1.0, atol=1e-4)
-        np.testing.assert_allclose(np.nansum(split, axis=1), 1.0, atol=1e-4)
+        assert_close(np.nansum(merged, axis=1), 1.0, 1e-4)
+        assert_close(np.nansum(split, axis=1), 1.0, 1e-4)
         assert merged[0, 0] == pytest.approx(1.0)
         assert np.isnan(merged[1, 2]) and not np.isnan(merged[2, 2])  # lower-triangular
 
 
 def test_residual_share_rows_sum_to_one_with_float16_storage(tiny_session):
     run = run_request(tiny_session, RunRequest(PROMPT))
-    np.testing.assert_allclose(np.nansum(residual_share(run, 3), axis=1), 1.0, atol=2e-2)
+    assert_close(np.nansum(residual_share(run, 3), axis=1), 1.0, 2e-2)
 
 
 def test_similarity_and_update_ratios(exact_run):
@@ -152,8 +152,8 @@ def test_similarity_and_update_ratios(exact_run):
     sim = layer_similarity(run, mask)
     n_layers = run.info.n_layers
     assert sim.shape == (n_layers + 1, n_layers + 1)
-    np.testing.assert_allclose(np.diag(sim), 1.0, atol=1e-5)
-    np.testing.assert_allclose(sim, sim.T, atol=1e-6)
+    assert_close(np.diag(sim), 1.0, 1e-5)
+    assert_close(sim, sim.T, 1e-6)
     ratios = update_ratios(run, mask)
     resid, attn = run.array("resid"), run.array("attn_out")
     expected = np.mean([np.linalg.norm(attn[1, p]) / np.linalg.norm(resid[1, p]) for p in range(1, run.n_tokens)])
@@ -167,7 +167,7 @@ def test_depth_attention_matches_a_direct_computation(exact_run):
     layer, head, p = run.info.n_layers - 1, 1, run.n_tokens - 1
     keys = depth_keys(run, weights, layer, p)  # [l+1, kv, d]
     # the depth key from the state this layer actually reads is the real key at p
-    np.testing.assert_allclose(keys[layer], run.array("keys")[layer][:, p], atol=1e-4)
+    assert_close(keys[layer], run.array("keys")[layer][:, p], 1e-4)
     # direct: the model's own modules on the earlier states
     states = torch.from_numpy(run.array("resid")[: layer + 1, p].copy())[None]  # [1, l+1, D]
     block = loaded.model.model.layers[layer] if hasattr(loaded.model, "model") else loaded.model.transformer.h[layer]
@@ -184,12 +184,12 @@ def test_depth_attention_matches_a_direct_computation(exact_run):
             hd = run.info.hidden_size
             k = block.attn.c_attn(block.ln_1(states))[..., hd:2 * hd].view(1, layer + 1, kv, d).transpose(1, 2)
     direct_keys = k[0].transpose(0, 1).numpy()  # [l+1, kv, d]
-    np.testing.assert_allclose(keys, direct_keys, atol=1e-4)
+    assert_close(keys, direct_keys, 1e-4)
     q = torch.from_numpy(run.array("queries")[layer, head, p].copy())
     seq_k = torch.from_numpy(run.array("keys")[layer, head // run.info.group_size, : p + 1].copy())
     scores = torch.cat([seq_k @ q, torch.from_numpy(direct_keys[:, head // run.info.group_size]) @ q])
     expected = torch.softmax(scores * run.layer_scaling(layer), -1).numpy()
     att = depth_attention(run, weights, layer, head, p)
-    np.testing.assert_allclose(att.weights, expected, atol=1e-5)
-    np.testing.assert_allclose(att.real, run.attention(layer, head)[p, : p + 1], atol=1e-5)
+    assert_close(att.weights, expected, 1e-5)
+    assert_close(att.real, run.attention(layer, head)[p, : p + 1], 1e-5)
     assert att.weights.sum() == pytest.approx(1.0) and 0 < att.depth_mass < 1

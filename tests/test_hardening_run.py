@@ -672,3 +672,17 @@ def test_a_run_saved_without_a_newer_optional_info_field_still_loads(members, tm
     edited = _edited(members, lambda h: h["info"].pop("dtype"))
     loaded = _load_bytes(_zip(edited), tmp_path)
     assert loaded.info.dtype == "float32"
+
+
+# --- issue 17 item 6: tolerances relative to the values' magnitude ----------------------------------------------
+def test_relative_tolerance_helpers():
+    from numeric import approx, assert_close
+
+    near_30 = np.array([30.0, -29.5, 0.25])
+    assert_close(near_30 + np.array([1.4e-4, 0, 0]), near_30, 1e-4)  # the Intel case: fine relative to 30
+    with pytest.raises(AssertionError):
+        assert_close(near_30 + np.array([1e-2, 0, 0]), near_30, 1e-4)  # a real error still fails
+    with pytest.raises(AssertionError):
+        assert_close(np.array([0.5 + 1e-3]), np.array([0.5]), 1e-5)  # probabilities keep the tolerance given
+    assert approx(30.0, 1e-4) == 30.002
+    assert approx(30.0, 1e-4) != 30.01

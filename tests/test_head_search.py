@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numeric import approx, assert_close
 
 from explorer.core.analysis.attention import STAT_NAMES
 from explorer.core.analysis.head_search import head_statistics, search, token_positions
@@ -26,7 +27,7 @@ def test_statistics_rank(run):
     assert hits[0].score == pytest.approx(col.max())
     assert [h.score for h in hits] == sorted([h.score for h in hits], reverse=True)
     sink = np.array([run.attention(h.layer, h.head)[:, 0].mean() for h in hits])
-    np.testing.assert_allclose(sink, [h.score for h in hits], atol=1e-3)
+    assert_close(sink, [h.score for h in hits], 1e-3)
 
 
 def test_attends_to_token_and_span(run):
@@ -36,8 +37,8 @@ def test_attends_to_token_and_span(run):
     first = int(where.min())
     for h in hits:
         a = run.attention(h.layer, h.head)[first + 1:]  # [rows after the first ' capital', N]
-        assert h.score == pytest.approx(a[:, where].sum(axis=1).mean(), abs=1e-3)
+        assert h.score == approx(a[:, where].sum(axis=1).mean(), 1e-3)
     span = search(run, "span", span=(0, 1), top=1)[0]
-    assert span.score == pytest.approx(run.attention(span.layer, span.head)[1:, 0].mean(), abs=1e-3)
+    assert span.score == approx(run.attention(span.layer, span.head)[1:, 0].mean(), 1e-3)
     with pytest.raises(ValueError):
         search(run, "telepathy")

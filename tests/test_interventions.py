@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numeric import assert_close
 
 from explorer.core.api import run_request
 from explorer.core.errors import InputError, RunFileError
@@ -74,7 +75,7 @@ def test_patching_every_position_at_the_last_layer_gives_run_b_logits(session32)
     assert a.n_tokens == b.n_tokens
     patched = _run(session32, interventions=[patch_resid_from(b, session32.info.n_layers - 1)])
     for pos in range(a.n_tokens):
-        np.testing.assert_allclose(patched.next_token_logprobs(pos), b.next_token_logprobs(pos), atol=1e-5)
+        assert_close(patched.next_token_logprobs(pos), b.next_token_logprobs(pos), 1e-5)
     assert np.abs(a.next_token_logprobs(a.n_tokens - 1) - b.next_token_logprobs(b.n_tokens - 1)).max() > 1e-3
 
 
@@ -86,12 +87,12 @@ def test_patch_head_from_b_at_one_position_and_mean_ablation(session32):
     za, zb = head_outputs(a, layer, head), head_outputs(b, layer, head)
     expected = a.array("attn_out")[layer].copy()
     expected[pos] += (zb[pos] - za[pos]) @ cols.T
-    np.testing.assert_allclose(patched.array("attn_out")[layer], expected, atol=1e-4)
+    assert_close(patched.array("attn_out")[layer], expected, 1e-4)
     mean = mean_ablation(a, layer, head)
-    np.testing.assert_allclose(mean.source, za.mean(axis=0), atol=1e-6)
+    assert_close(mean.source, za.mean(axis=0), 1e-6)
     ablated = _run(session32, interventions=[mean])
     expected = a.array("attn_out")[layer] + (mean.source[None] - za) @ cols.T
-    np.testing.assert_allclose(ablated.array("attn_out")[layer], expected, atol=1e-4)
+    assert_close(ablated.array("attn_out")[layer], expected, 1e-4)
 
 
 def test_block_zeroing_and_decode_positions(session32):
@@ -114,7 +115,7 @@ def test_encoder_head_and_block_interventions(session32):
     head = _run(session32, interventions=[Intervention("zero_head", 0, 1)])
     z = head_outputs(base, 0, 1)
     expected = base.array("attn_out")[0] - z @ _head_columns(session32, 0, 1).T
-    np.testing.assert_allclose(head.array("attn_out")[0], expected, atol=1e-4)
+    assert_close(head.array("attn_out")[0], expected, 1e-4)
 
 
 def test_prefix_reuse_only_up_to_the_first_affected_position(session32):
@@ -124,7 +125,7 @@ def test_prefix_reuse_only_up_to_the_first_affected_position(session32):
     first = _run(session32, interventions=[iv], previous=base)
     assert first.steps[0].cached_prefix == n - 3
     fresh = _run(Session(session32.loaded, store_dtype=torch.float32), interventions=[iv])
-    np.testing.assert_allclose(first.array("final_resid"), fresh.array("final_resid"), rtol=1e-4, atol=1e-4)
+    assert_close(first.array("final_resid"), fresh.array("final_resid"), 0.0001)
     again = _run(session32, interventions=[iv], previous=first)  # same interventions: the whole prefix
     assert again.steps[0].cached_prefix == n - 1
     everywhere = _run(session32, interventions=[Intervention("zero_head", 1, 0)], previous=again)

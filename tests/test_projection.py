@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numeric import assert_close
 
 from explorer.core.analysis import projection as P
 
@@ -36,7 +37,7 @@ def test_pca_sign_is_deterministic():
     for row in basis.components:
         assert row[np.argmax(np.abs(row))] > 0
     flipped = P.pca_fit(-x)  # same subspace, opposite data: the sign rule still picks the same axes
-    np.testing.assert_allclose(np.abs(flipped.components), np.abs(basis.components), atol=1e-5)
+    assert_close(np.abs(flipped.components), np.abs(basis.components), 1e-5)
     for row in flipped.components:
         assert row[np.argmax(np.abs(row))] > 0
     assert basis.explained[0] > basis.explained[1] > 0
@@ -49,10 +50,10 @@ def test_shared_basis_is_the_same_for_every_layer():
     assert coords.shape == (5, 40, 2)
     # every layer's coordinates come from the one basis: re-projecting each layer alone with it agrees
     for layer in range(5):
-        np.testing.assert_allclose(coords[layer], basis.transform(states[layer]), rtol=1e-5, atol=1e-4)
+        assert_close(coords[layer], basis.transform(states[layer]), 0.0001)
     # and that basis is the PCA of all layers stacked together (not of any single layer)
     stacked = P.pca_fit(states.reshape(-1, 16))
-    np.testing.assert_allclose(basis.components, stacked.components, atol=1e-4)
+    assert_close(basis.components, stacked.components, 1e-4)
     single = P.pca_fit(states[0])
     assert not np.allclose(np.abs(single.components), np.abs(basis.components), atol=1e-2)
 
@@ -77,7 +78,7 @@ def test_nearest_neighbours_on_a_hand_made_table():
     ids, sims = P.nearest_neighbours(table, 0, k=5)
     assert ids.tolist() == [1, 4, 2, 5, 3]
     np.testing.assert_allclose(sims[:2], [0.9 / np.hypot(0.9, 0.1), 10 / np.hypot(10, 5)], rtol=1e-6)
-    np.testing.assert_allclose(sims[2:], [0.0, 0.0, -1.0], atol=1e-7)
+    assert_close(sims[2:], [0.0, 0.0, -1.0], 1e-7)
     assert 0 not in ids  # the token itself is excluded
     ids, sims = P.nearest_neighbours(table, np.array([0.0, 2.0, 0.0]), k=1)  # a vector query
     assert ids.tolist() == [2] and sims[0] == pytest.approx(1.0)
@@ -93,7 +94,7 @@ def test_vocab_map_is_cached_on_disk(tmp_path):
     np.testing.assert_array_equal(again.ids, first.ids)
     np.testing.assert_allclose(again.coords, first.coords)
     # placing the sampled rows with the map's basis gives their map coordinates
-    np.testing.assert_allclose(first.place(table, first.ids[:10]), first.coords[:10], atol=1e-5)
+    assert_close(first.place(table, first.ids[:10]), first.coords[:10], 1e-5)
     # a different table (same shape) gets a different key
     other = table.copy()
     other[0, 0] += 1.0
@@ -154,7 +155,7 @@ def test_project_trajectories_equals_the_two_step_path():
         assert massive.tolist() == [True] + [False] * 49
         ref, ref_basis = P.project_layers(P.unit_rms(states) if normalise else states, max_rows=10**9,
                                           exclude=massive)
-        np.testing.assert_allclose(np.abs(basis.components), np.abs(ref_basis.components), atol=2e-3)
+        assert_close(np.abs(basis.components), np.abs(ref_basis.components), 2e-3)
         sign = np.sign(np.sum(basis.components * ref_basis.components, axis=1))  # [2]
         np.testing.assert_allclose(coords, ref * sign, atol=2e-2 * np.abs(ref).max())
 
@@ -164,4 +165,4 @@ def test_top_eigenvectors_match_eigh_on_a_large_matrix():
     basis = P.pca_fit(x)  # 120 > 64 dimensions: the subspace-iteration path
     xc = x.astype(np.float64) - x.mean(axis=0)
     evecs = np.linalg.eigh(xc.T @ xc)[1][:, ::-1][:, :2].T
-    np.testing.assert_allclose(np.abs(basis.components), np.abs(evecs), atol=1e-5)
+    assert_close(np.abs(basis.components), np.abs(evecs), 1e-5)

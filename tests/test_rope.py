@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numeric import assert_close
 
 from explorer.core.analysis import rope
 
@@ -17,7 +18,7 @@ def test_angles_equal_theta_power_times_position(theta, head_dim):
             assert ang[pos, i] == pytest.approx(theta ** (-2 * i / head_dim) * pos, rel=1e-12)
     wrapped = rope.rope_angles(50, head_dim, theta, wrap=True)
     assert wrapped.min() >= 0 and wrapped.max() < 2 * np.pi
-    np.testing.assert_allclose(np.cos(wrapped), np.cos(ang), atol=1e-9)
+    assert_close(np.cos(wrapped), np.cos(ang), 1e-9)
 
 
 def test_angles_for_the_tiny_models_theta(tiny_llama):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from numeric import assert_close
 
 import explorer
 from explorer.core import runfile
@@ -63,7 +64,7 @@ def test_save_and_load_are_equal(name, tiny_models, tmp_path):
         np.testing.assert_array_equal(loaded.kv_bytes_per_layer(step), run.kv_bytes_per_layer(step))
         assert loaded.steps[step].choice == run.steps[step].choice
     if run.info.is_causal:
-        np.testing.assert_allclose(loaded.next_token_logprobs(2), run.next_token_logprobs(2), atol=2e-3)
+        assert_close(loaded.next_token_logprobs(2), run.next_token_logprobs(2), 2e-3)
     assert zipfile.ZipFile(path).namelist()  # a plain npz, readable without LM Explorer
     with np.load(path, allow_pickle=False) as npz:
         assert "queries" in npz.files

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from numeric import approx, assert_close
 
 from explorer.core.api import capture, run_request
 from explorer.core.errors import InputError, PromptTooLongError
@@ -47,7 +48,7 @@ def test_attention_matches_eager_after_every_step(name, tiny_models, eager_model
                 ours = run.attention(layer, head)  # [N, N]
                 theirs = out.attentions[layer][0, head].numpy()
                 assert ours.shape == theirs.shape == (run.n_tokens, run.n_tokens)
-                np.testing.assert_allclose(ours, theirs, atol=2e-3, err_msg=f"step {event.step} L{layer} H{head}")
+                assert_close(ours, theirs, 2e-3, err_msg=f"step {event.step} L{layer} H{head}")
         checked.append(event.step)
 
     run = capture(PROMPT, Session(loaded), max_new_tokens=3, on_step=on_step)
@@ -59,8 +60,8 @@ def test_attention_matches_eager_after_every_step(name, tiny_models, eager_model
 def test_attention_rows_slice_matches_full(tiny_models):
     run = capture(PROMPT, Session(tiny_models["tiny-llama"]), max_new_tokens=2)
     full = run.attention(1, 3)
-    np.testing.assert_allclose(run.attention(1, 3, rows=slice(4, 9)), full[4:9], atol=1e-6)
-    np.testing.assert_allclose(full.sum(1), 1.0, atol=1e-5)
+    assert_close(run.attention(1, 3, rows=slice(4, 9)), full[4:9], 1e-6)
+    assert_close(full.sum(1), 1.0, 1e-5)
     assert np.all(np.triu(full, 1) == 0)  # causal
 
 
@@ -70,13 +71,13 @@ def test_embedding_plus_components_equals_last_residual(name, tiny_models, eager
     L = loaded.info.n_layers
     run = capture(PROMPT, Session(loaded, store_dtype=torch.float32), max_new_tokens=4)
     total = run.hidden_states(0) + run.array("attn_out").sum(0) + run.array("mlp_out").sum(0)  # [N, D]
-    np.testing.assert_allclose(total, run.hidden_states(L), atol=1e-4)
-    np.testing.assert_allclose(run.array("final_resid"), run.hidden_states(L), atol=1e-6)
+    assert_close(total, run.hidden_states(L), 1e-4)
+    assert_close(run.array("final_resid"), run.hidden_states(L), 1e-6)
     # hidden_states(l) agree with transformers' (its last entry is after the final norm: compare before it)
     out = _eager(eager_models[name], run.token_ids)
     for layer in range(L):
-        np.testing.assert_allclose(run.hidden_states(layer), out.hidden_states[layer][0].numpy(), atol=1e-4)
-    np.testing.assert_allclose(run.norm.apply(run.hidden_states(L)), out.hidden_states[L][0].numpy(), atol=1e-4)
+        assert_close(run.hidden_states(layer), out.hidden_states[layer][0].numpy(), 1e-4)
+    assert_close(run.norm.apply(run.hidden_states(L)), out.hidden_states[L][0].numpy(), 1e-4)
 
 
 def test_float16_storage_stays_close(tiny_models):
@@ -178,7 +179,7 @@ def test_cancel_from_another_thread_mid_forward(tiny_llama):
     after = capture(PROMPT, session, previous=cut, max_new_tokens=3)
     fresh = capture(PROMPT, Session(tiny_llama), max_new_tokens=3)
     assert after.token_ids.tolist() == fresh.token_ids.tolist()
-    np.testing.assert_allclose(after.array("final_resid"), fresh.array("final_resid"), atol=1e-5)
+    assert_close(after.array("final_resid"), fresh.array("final_resid"), 1e-5)
 
 
 def test_prefix_reuse_matches_a_fresh_run(tiny_llama):
@@ -197,16 +198,15 @@ def test_prefix_reuse_matches_a_fresh_run(tiny_llama):
     assert reused.text == fresh.text
     for name in ("queries", "keys", "values", "resid", "attn_out", "mlp_out", "final_resid", "pred_entropy",
                  "pred_top_logprobs", "token_logprob"):
-        np.testing.assert_allclose(reused.array(name), fresh.array(name), rtol=1e-4, atol=1e-4, equal_nan=True,
-                                   err_msg=name)
+        assert_close(reused.array(name), fresh.array(name), 0.0001, equal_nan=True, err_msg=name)
     np.testing.assert_array_equal(reused.array("pred_top_ids")[:, :3], fresh.array("pred_top_ids")[:, :3])
     np.testing.assert_array_equal(reused.array("token_rank"), fresh.array("token_rank"))
     for pos in (0, n_cached - 1, n_cached, reused.n_tokens - 1):
-        np.testing.assert_allclose(reused.next_token_logprobs(pos), fresh.next_token_logprobs(pos), atol=1e-4)
+        assert_close(reused.next_token_logprobs(pos), fresh.next_token_logprobs(pos), 1e-4)
     for step in range(len(fresh.steps)):
         np.testing.assert_array_equal(reused.kv_bytes_per_layer(step), fresh.kv_bytes_per_layer(step))
     for layer in range(tiny_llama.info.n_layers):
-        np.testing.assert_allclose(reused.attention(layer, 1), fresh.attention(layer, 1), atol=1e-5)
+        assert_close(reused.attention(layer, 1), fresh.attention(layer, 1), 1e-5)
 
 
 def test_no_reuse_when_the_prompt_differs(tiny_llama):
@@ -225,23 +225,23 @@ def test_next_token_logprobs_equal_the_models_logits(name, tiny_models):
         logits = loaded.model(input_ids=torch.tensor([run.token_ids.tolist()])).logits[0]  # [N, vocab]
     ref = torch.log_softmax(logits.double(), -1).numpy()
     for pos in (0, run.n_prompt - 1, run.n_tokens - 1):
-        np.testing.assert_allclose(run.next_token_logprobs(pos), ref[pos], atol=1e-4)
+        assert_close(run.next_token_logprobs(pos), ref[pos], 1e-4)
     # the choice at the end of the prefill is the prediction at the last prompt position
     choice = run.steps[0].choice
     assert choice.token_id == int(np.argmax(ref[run.n_prompt - 1]))
-    assert choice.logprob == pytest.approx(ref[run.n_prompt - 1, choice.token_id], abs=1e-4)
+    assert choice.logprob == approx(ref[run.n_prompt - 1, choice.token_id], 1e-4)
     # per-position stats agree with the same distribution
     np.testing.assert_array_equal(run.array("pred_top_ids")[:, 0], ref.argmax(-1))
     nxt = run.token_ids[1:]
-    np.testing.assert_allclose(run.array("token_logprob")[1:], ref[np.arange(run.n_tokens - 1), nxt], atol=1e-4)
+    assert_close(run.array("token_logprob")[1:], ref[np.arange(run.n_tokens - 1), nxt], 1e-4)
     assert np.isnan(run.array("token_logprob")[0])
     # ranks, entropies and top-k logprobs against the reference distribution, prompt and decode positions alike
     chosen = ref[np.arange(run.n_tokens - 1), nxt]  # [N - 1]
     np.testing.assert_array_equal(run.array("token_rank")[1:], (ref[:-1] > chosen[:, None]).sum(-1))
-    np.testing.assert_allclose(run.array("pred_entropy"), -(np.exp(ref) * ref).sum(-1), atol=1e-3)
+    assert_close(run.array("pred_entropy"), -(np.exp(ref) * ref).sum(-1), 1e-3)
     top = run.array("pred_top_logprobs").shape[1]
-    np.testing.assert_allclose(run.array("pred_top_logprobs"), -np.sort(-ref, axis=-1)[:, :top], atol=1e-4)
-    assert choice.entropy == pytest.approx(-(np.exp(ref[run.n_prompt - 1]) * ref[run.n_prompt - 1]).sum(), abs=1e-3)
+    assert_close(run.array("pred_top_logprobs"), -np.sort(-ref, axis=-1)[:, :top], 1e-4)
+    assert choice.entropy == approx(-(np.exp(ref[run.n_prompt - 1]) * ref[run.n_prompt - 1]).sum(), 1e-3)
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
@@ -255,11 +255,11 @@ def test_sampled_choices_report_their_rank_and_logprob(name, tiny_models):
     for step in run.steps[:-1]:
         pos = step.start + step.n_new - 1  # the prediction this step's choice was sampled from
         c = step.choice
-        assert c.logprob == pytest.approx(ref[pos, c.token_id], abs=1e-4)
+        assert c.logprob == approx(ref[pos, c.token_id], 1e-4)
         assert c.rank == int((ref[pos] > ref[pos, c.token_id]).sum())
         ranks.append(c.rank)
         # the sampled token's own position reports the same logprob and rank
-        assert run.array("token_logprob")[pos + 1] == pytest.approx(c.logprob, abs=1e-6)
+        assert run.array("token_logprob")[pos + 1] == approx(c.logprob, 1e-6)
         assert run.array("token_rank")[pos + 1] == c.rank
     assert any(r > 0 for r in ranks), "at temperature 1.5 some sampled token should not be the arg-max"
 
@@ -314,7 +314,6 @@ def test_real_bert_encoder_attention_matches_eager():
     out = _eager(eager, run.token_ids)
     for layer in range(loaded.info.n_layers):
         for head in range(loaded.info.n_heads):
-            np.testing.assert_allclose(run.attention(layer, head), out.attentions[layer][0, head].numpy(), atol=2e-3)
-        np.testing.assert_allclose(run.hidden_states(layer + 1), out.hidden_states[layer + 1][0].numpy(),
-                                   atol=2e-2, rtol=2e-3)
+            assert_close(run.attention(layer, head), out.attentions[layer][0, head].numpy(), 2e-3)
+        assert_close(run.hidden_states(layer + 1), out.hidden_states[layer + 1][0].numpy(), 0.02)
     assert np.triu(run.attention(0, 0), 1).sum() > 0.1  # not causal

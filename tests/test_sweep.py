@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from numeric import approx, assert_close
 
 from explorer.core.analysis.sweep import default_target, head_sweep, sweep_plan
 from explorer.core.api import run_request
@@ -31,7 +32,7 @@ def test_sweep_map_equals_one_by_one_ablations(session, mode):
     assert target == base.tokens[pos + 1].id
     result = head_sweep(session, base.token_ids, pos, target, mode=mode)
     assert result.complete and result.heads.shape == (session.info.n_layers, session.info.n_heads)
-    assert result.baseline == pytest.approx(float(base.next_token_logprobs(pos)[target]), abs=1e-4)
+    assert result.baseline == approx(float(base.next_token_logprobs(pos)[target]), 1e-4)
     positions = (pos,) if mode == "last" else None
     layers = range(session.info.n_layers) if mode == "last" else [1]  # the full map once, one layer for "all"
     expected = result.heads.copy()
@@ -40,12 +41,11 @@ def test_sweep_map_equals_one_by_one_ablations(session, mode):
             run = run_request(session, RunRequest(PROMPT, interventions=(Intervention("zero_head", layer, head,
                                                                                        positions),)))
             expected[layer, head] = run.next_token_logprobs(pos)[target] - base.next_token_logprobs(pos)[target]
-    np.testing.assert_allclose(result.heads, expected, atol=2e-4)
+    assert_close(result.heads, expected, 2e-4)
     assert np.abs(expected).max() > 1e-3  # ablations do move the prediction
     mlp = run_request(session, RunRequest(PROMPT, interventions=(Intervention("zero_mlp", 2, None, positions),)))
-    assert result.mlp[2] == pytest.approx(mlp.next_token_logprobs(pos)[target] - base.next_token_logprobs(pos)[target],
-                                          abs=2e-4)
-    assert result.strongest(1)[0][2] == pytest.approx(expected.flat[np.abs(expected).argmax()], abs=2e-4)
+    assert result.mlp[2] == approx(mlp.next_token_logprobs(pos)[target] - base.next_token_logprobs(pos)[target], 2e-4)
+    assert result.strongest(1)[0][2] == approx(expected.flat[np.abs(expected).argmax()], 2e-4)
 
 
 def test_sweep_progress_cancel_and_errors(session):
@@ -63,7 +63,7 @@ def test_sweep_progress_cancel_and_errors(session):
     assert np.isnan(result.heads.ravel()[4:]).all()
     assert seen == [(2, seen[0][1]), (4, len(sweep_plan(session.info.n_layers, session.info.n_heads, 0, "last")))]
     one = head_sweep(session, base.token_ids, base.n_tokens - 1, 3, batch=1)  # unbatched gives the same map
-    np.testing.assert_allclose(one.heads.ravel()[:4], result.heads.ravel()[:4], atol=1e-4)
+    assert_close(one.heads.ravel()[:4], result.heads.ravel()[:4], 1e-4)
     with pytest.raises(InputError):
         head_sweep(session, base.token_ids, base.n_tokens - 1, 3, mode="sideways")
     # the session's own cache is untouched: the next run still reuses its prefix

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numeric import assert_close
 from PySide6.QtCore import QPointF, Qt
 
 from explorer.core.api import capture, run_request
@@ -41,7 +42,7 @@ def test_displayed_map_equals_run_attention(qtbot, llama_run):
     sel.set("head", 3)
     shown = panel.heatmap.data
     assert shown.shape == (llama_run.n_tokens, llama_run.n_tokens)
-    np.testing.assert_allclose(shown, llama_run.attention(2, 3), atol=1e-5)
+    assert_close(shown, llama_run.attention(2, 3), 1e-5)
     assert panel.layer_box.value() == 2 and panel.head_box.value() == 3
     assert not panel._error.isVisible()
 
@@ -52,18 +53,18 @@ def test_sink_toggle_renormalises_rows(qtbot, llama_run):
     panel.sink_box.setChecked(True)
     shown = panel.heatmap.data
     assert np.all(shown[:, 0] == 0)
-    np.testing.assert_allclose(shown[1:].sum(axis=1), 1, atol=1e-5)
+    assert_close(shown[1:].sum(axis=1), 1, 1e-5)
     raw = llama_run.attention(1, 0)
-    np.testing.assert_allclose(shown[5, 1:6], raw[5, 1:6] / raw[5, 1:6].sum(), atol=1e-5)
+    assert_close(shown[5, 1:6], raw[5, 1:6] / raw[5, 1:6].sum(), 1e-5)
     panel.sink_box.setChecked(False)
-    np.testing.assert_allclose(panel.heatmap.data, raw, atol=1e-5)
+    assert_close(panel.heatmap.data, raw, 1e-5)
 
 
 def test_value_weighted_rows_sum_to_one(qtbot, llama_run):
     panel, _ = _panel(qtbot, llama_run)
     panel.value_box.setChecked(True)
     shown = panel.heatmap.data
-    np.testing.assert_allclose(shown.sum(axis=1), 1, atol=1e-5)
+    assert_close(shown.sum(axis=1), 1, 1e-5)
     assert not np.allclose(shown, llama_run.attention(0, 0), atol=1e-3)
 
 
@@ -80,7 +81,7 @@ def test_overview_click_opens_head_and_table_fills(qtbot, llama_run):
     view_pos = grid.view.mapFromScene(scene)
     qtbot.mouseClick(grid.view.viewport(), Qt.LeftButton, pos=view_pos)
     assert (sel.layer, sel.head) == (2, 3)
-    np.testing.assert_allclose(panel.heatmap.data, llama_run.attention(2, 3), atol=1e-5)
+    assert_close(panel.heatmap.data, llama_run.attention(2, 3), 1e-5)
     # thumbnails were painted (not the empty background)
     y0, x0 = grid.layer_y(0), grid.head_x(0)
     assert grid.rgb[y0: y0 + grid.size, x0: x0 + grid.size].std() > 0
@@ -134,7 +135,7 @@ def test_streaming_appends_only_new_rows(qtbot, tiny_session):
             panel.row_fn = original
 
     run = run_request(tiny_session, request, on_step=on_step)
-    np.testing.assert_allclose(panel.heatmap.data, run.attention(3, 1), atol=1e-5)
+    assert_close(panel.heatmap.data, run.attention(3, 1), 1e-5)
     heatmap_calls = [c for c in calls if len(c) == 1 and c[0] == calls[0][0]]
     assert heatmap_calls and all(len(c) == 1 for c in calls)  # one new row per step, never the whole map
 
@@ -142,14 +143,14 @@ def test_streaming_appends_only_new_rows(qtbot, tiny_session):
 def test_encoder_bidirectional_and_hide_special(qtbot, tiny_models):
     run = capture("attention heads and the cache", tiny_models["tiny-bert"])
     panel, sel = _panel(qtbot, run)
-    np.testing.assert_allclose(panel.heatmap.data, run.attention(0, 0), atol=1e-5)
+    assert_close(panel.heatmap.data, run.attention(0, 0), 1e-5)
     assert np.triu(panel.heatmap.data, 1).sum() > 0.1
     special = [i for i, t in enumerate(run.tokens) if t.is_special]
     assert special
     panel.special_box.setChecked(True)
     n_keep = run.n_tokens - len(special)
     assert panel.heatmap.data.shape == (n_keep, n_keep)
-    np.testing.assert_allclose(panel.heatmap.data.sum(axis=1), 1, atol=1e-5)
+    assert_close(panel.heatmap.data.sum(axis=1), 1, 1e-5)
 
 
 def test_aggregates_and_rollout(qtbot, llama_run):
@@ -159,11 +160,11 @@ def test_aggregates_and_rollout(qtbot, llama_run):
     assert Background.wait_idle()
     qtbot.waitUntil(lambda: "computing" not in panel.heatmap.plot.titleLabel.text, timeout=5000)
     mean = np.mean([llama_run.attention(1, h) for h in range(4)], axis=0)
-    np.testing.assert_allclose(panel.heatmap.data, mean, atol=1e-5)
+    assert_close(panel.heatmap.data, mean, 1e-5)
     panel.mode_box.setCurrentIndex(3)  # rollout
     assert Background.wait_idle()
     qtbot.waitUntil(lambda: "computing" not in panel.heatmap.plot.titleLabel.text, timeout=5000)
-    np.testing.assert_allclose(panel.heatmap.data.sum(axis=1), 1, atol=1e-4)
+    assert_close(panel.heatmap.data.sum(axis=1), 1, 1e-4)
 
 
 def test_induction_button_requests_prompt(qtbot, llama_run):

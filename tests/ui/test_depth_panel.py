@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numeric import approx, assert_close
 
 from explorer.core.analysis.depth import lens_columns
 from explorer.core.events import GenerationSettings, RunRequest
@@ -64,10 +65,10 @@ def test_streams_and_fills_the_lens_progressively(qtbot, tiny_llama, monkeypatch
     assert table.n == run.n_tokens and table.done.all()
     full = lens_columns(run, 0, run.n_tokens)
     np.testing.assert_array_equal(table.top_ids, full.top_ids)
-    np.testing.assert_allclose(table.target_logprob, full.target_logprob, atol=1e-5)
+    assert_close(table.target_logprob, full.target_logprob, 1e-5)
     values, _ = panel.lens_values()
     np.testing.assert_allclose(panel.lens.data, values)
-    np.testing.assert_allclose(values, full.top_probs[:, :, 0], atol=1e-5)
+    assert_close(values, full.top_probs[:, :, 0], 1e-5)
     assert "all" in panel.status.text()
 
 
@@ -79,16 +80,16 @@ def test_views_follow_the_selection(qtbot, tiny_llama):
     sel.set("position", 5)
     att = panel.attribution.last
     assert att.position == 5 and att.token_id == run.token_ids[6]
-    assert att.contributions.sum() + att.offset == pytest.approx(att.logit, abs=1e-3)
+    assert att.contributions.sum() + att.offset == approx(att.logit, 1e-3)
     heights = panel.attribution.bars.opts["height"]
     np.testing.assert_allclose(heights, att.contributions)
     panel.attribution.by_head.setChecked(True)
     assert panel.attribution.heads.isVisible() and panel.attribution.heads.data.shape == (run.info.n_heads,
                                                                                          run.info.n_layers)
     panel.tabs.setCurrentWidget(panel.share)
-    np.testing.assert_allclose(np.nansum(panel.share.map.data, axis=1), 1.0, atol=1e-4)
+    assert_close(np.nansum(panel.share.map.data, axis=1), 1.0, 1e-4)
     panel.tabs.setCurrentWidget(panel.similarity)
-    np.testing.assert_allclose(np.diag(panel.similarity.map.data), 1.0, atol=1e-5)
+    assert_close(np.diag(panel.similarity.map.data), 1.0, 1e-5)
     panel.tabs.setCurrentWidget(panel.depth_attention)
     sel.set("layer", 2)
     sel.set("head", 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numeric import assert_close
 from PySide6.QtWidgets import QApplication
 
 from explorer.core.analysis import projection as P
@@ -65,12 +66,12 @@ def test_points_are_the_shared_projection_at_the_slider_layer(qtbot, llama_run):
         view.slider.setValue(layer)
         shown = _shown(view.scatter)
         assert shown.shape == (llama_run.n_tokens, 2)
-        np.testing.assert_allclose(shown[~massive], expected[layer][~massive], atol=1e-4)
+        assert_close(shown[~massive], expected[layer][~massive], 1e-4)
     assert view.layer_label.text().startswith("after block")
     # the trajectory is the selected token's path through every layer
     sel.set("position", 4)
     tx, ty = view.trajectory.getData()
-    np.testing.assert_allclose(np.stack([tx, ty], 1)[:-1], expected[:, 4], atol=1e-4)
+    assert_close(np.stack([tx, ty], 1)[:-1], expected[:, 4], 1e-4)
 
 
 def test_clicking_a_point_selects_the_token(qtbot, llama_run):
@@ -108,7 +109,7 @@ def test_vocabulary_neighbours_match_the_table(qtbot, llama_run):
     ids, sims = P.nearest_neighbours(llama_run.unembed, llama_run.tokens[1].id, view.table.rowCount())
     assert view.table.rowCount() > 0
     assert [int(view.table.item(r, 1).text()) for r in range(len(ids))] == ids.tolist()
-    np.testing.assert_allclose([float(view.table.item(r, 2).text()) for r in range(len(ids))], sims, atol=1e-3)
+    assert_close([float(view.table.item(r, 2).text()) for r in range(len(ids))], sims, 1e-3)
     assert "tied" in view.header.text()
     # the sample map is on the disk cache now, and loads from it next time
     assert P.vocab_map(llama_run.unembed, llama_run.info.name, 4000).from_cache
@@ -122,7 +123,7 @@ def test_queries_and_keys_share_one_projection(qtbot, llama_run):
     n = llama_run.n_tokens
     q = llama_run.array("queries")[1, 3].astype(np.float32)
     k = llama_run.array("keys")[1, 3 // llama_run.info.group_size].astype(np.float32)
-    np.testing.assert_allclose(_shown(view.scatter), P.pca(np.vstack([q, k])), atol=1e-4)
+    assert_close(_shown(view.scatter), P.pca(np.vstack([q, k])), 1e-4)
     symbols = [p.symbol() for p in view.scatter.points()]
     assert symbols == ["o"] * n + ["t"] * n
     view.scatter.sigClicked.emit(view.scatter, [view.scatter.points()[n + 3]], None)  # a key
@@ -135,8 +136,7 @@ def test_rope_view_angles_and_absence(qtbot, llama_run, tiny_models):
     info = llama_run.info
     assert not view.split.isHidden() and view.absent.isHidden()
     rows = view.heatmap.data.shape[0]
-    np.testing.assert_allclose(view.heatmap.data, R.rope_angles(rows, info.head_dim, info.rope_theta, wrap=True),
-                               atol=1e-5)
+    assert_close(view.heatmap.data, R.rope_angles(rows, info.head_dim, info.rope_theta, wrap=True), 1e-5)
     x, y = view.curve.getData()
     q = np.random.default_rng(0).normal(size=info.head_dim)
     np.testing.assert_allclose(y, R.distance_curve(q, q, info.rope_theta, rows), rtol=1e-6)

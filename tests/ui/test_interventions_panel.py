@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numeric import approx, assert_close
 from PySide6.QtCore import Qt
 
 from explorer.core.analysis.align import align_runs
@@ -70,7 +71,7 @@ def test_menu_to_rerun_and_difference_view(qtbot, session, base):
     pos = base.n_tokens - 1
     kl_now = float(panel.summary.text().split("<b>")[1].split("</b>")[0])
     lp, lq = base.next_token_logprobs(pos), ablated.next_token_logprobs(pos)
-    assert kl_now == pytest.approx(float(np.sum(np.exp(lp) * (lp - lq))), abs=1e-3)
+    assert kl_now == approx(float(np.sum(np.exp(lp) * (lp - lq))), 1e-3)
     assert panel.lens.data.shape == (base.info.n_layers + 1, 8)
     assert panel.attn.data.shape == (base.n_tokens, base.n_tokens)
     # untick the first: the re-run carries only the MLP ablation
@@ -105,7 +106,7 @@ def test_head_sweep_panel_map_equals_core_sweep(qtbot, session, base):
         qtbot.waitUntil(lambda: panel.result is not None, timeout=60000)
         pos = base.n_tokens - 2
         expected = head_sweep(session, base.token_ids, pos, int(base.tokens[pos + 1].id))
-        np.testing.assert_allclose(panel.map.data, expected.heads, atol=1e-5)
+        assert_close(panel.map.data, expected.heads, 1e-5)
         assert panel.progress.value() == panel.progress.maximum() > 0
         panel.map.clicked.emit(2, 3)
         assert (sel.layer, sel.head) == (2, 3)

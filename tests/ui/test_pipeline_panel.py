@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from numeric import assert_close
 from PySide6.QtCore import QPoint, Qt
 
 from explorer.core.api import run_request
@@ -62,7 +63,7 @@ def test_draws_every_step_with_its_measured_time(qtbot, run):
     names = [n for n, _ in run.steps[0].timings_ms]
     assert len(panel.gantt.opts["x0"]) == len(names) == 1 + 1 + run.info.n_layers + 3  # tokenize embed .. sample
     x0, width = np.asarray(panel.gantt.opts["x0"]), np.asarray(panel.gantt.opts["width"])
-    np.testing.assert_allclose(x0[1:], np.cumsum(width)[:-1], rtol=1e-6, atol=1e-5)
+    assert_close(x0[1:], np.cumsum(width)[:-1], 1e-05)
     assert "prefill" in panel.detail.getPlotItem().titleLabel.text
 
 
