@@ -686,3 +686,10 @@ def test_relative_tolerance_helpers():
         assert_close(np.array([0.5 + 1e-3]), np.array([0.5]), 1e-5)  # probabilities keep the tolerance given
     assert approx(30.0, 1e-4) == 30.002
     assert approx(30.0, 1e-4) != 30.01
+
+
+def test_loading_a_path_too_long_for_the_system_is_a_runfileerror(tmp_path):
+    with pytest.raises(RunFileError, match="Cannot open"):
+        load_run(tmp_path / ("r" * 300 + ".npz"))
+    with pytest.raises(RunFileError):
+        load_run(tmp_path)  # a folder

@@ -97,7 +97,11 @@ def load_run(path: str | os.PathLike) -> Run:
     Slow for big runs (it reads every array): call it off the GUI thread.
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()  # a name too long for the system raises (ENAMETOOLONG) instead of saying False
+    except OSError as exc:
+        raise RunFileError(f"Cannot open {str(path)[:120]}...: {exc.strerror or exc}.") from exc
+    if not is_file:
         raise RunFileError(f"No run file at {path}.")
     if not zipfile.is_zipfile(path):
         raise RunFileError(f"{path.name} is not a run file (a run is a .npz archive; this is something else).")
