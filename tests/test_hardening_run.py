@@ -693,3 +693,17 @@ def test_loading_a_path_too_long_for_the_system_is_a_runfileerror(tmp_path):
         load_run(tmp_path / ("r" * 300 + ".npz"))
     with pytest.raises(RunFileError):
         load_run(tmp_path)  # a folder
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_member"])
+def test_a_damaged_vocab_map_cache_is_rebuilt(damage, tmp_path):
+    """The class of item 4 in another cache file: a damaged .npz is rebuilt, never an exception."""
+    from explorer.core.analysis import projection as P
+
+    table = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32)
+    P.vocab_map(table, "m", n_sample=50, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.npz")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else data.replace(b"ids.npy", b"idz.npy"))
+    vm = P.vocab_map(table, "m", n_sample=50, cache_dir=tmp_path)
+    assert not vm.from_cache and vm.coords.shape == (50, 2)

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,7 +329,7 @@ def vocab_map(table: np.ndarray, model_name: str, n_sample: int = 4000, seed: in
             with np.load(path, allow_pickle=False) as z:
                 basis = PcaBasis(z["mean"], z["components"], z["explained"])
                 return VocabMap(z["ids"], z["coords"], basis, from_cache=True)
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # a damaged cache file: rebuild it
     vm = build_vocab_map(table, n_sample=n_sample, seed=seed)
     try:
