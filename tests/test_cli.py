@@ -58,6 +58,6 @@ def test_errors_are_one_line(tmp_path):
     bad.write_bytes(b"nope")
     out = _cli("inspect", str(bad), cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
-    out = _cli("capture", "--model", "tiny-llama", "--prompt", "  ", "--out", str(tmp_path / "z.npz"), cwd=tmp_path)
+    out = _cli("capture", "--model", "tiny-llama", "--prompt", "", "--out", str(tmp_path / "z.npz"), cwd=tmp_path)
     assert out.returncode == 2 and "empty" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "z.npz").exists()
