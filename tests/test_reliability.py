@@ -30,10 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- 1. bad input ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prompt", ["", " ", "\n\t  \r\n", "\u3000"])
-def test_empty_and_whitespace_prompts(prompt, tiny_session):
+def test_an_empty_prompt_is_refused(tiny_session):
     with pytest.raises(InputError, match="empty"):
-        capture(prompt, tiny_session)
+        capture("", tiny_session)
+
+
+@pytest.mark.parametrize("prompt", [" ", "\n\t  \r\n", "\u3000"])
+def test_whitespace_prompts_are_real_tokens(prompt, tiny_session):
+    run = capture(prompt, tiny_session)  # issue 16 item 13: whitespace is a valid prompt
+    assert run.n_prompt >= 1 and prompt in run.text
 
 
 def test_max_new_tokens_above_the_context_is_worded_as_such(tiny_session):
