@@ -707,3 +707,21 @@ def test_a_damaged_vocab_map_cache_is_rebuilt(damage, tmp_path):
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else data.replace(b"ids.npy", b"idz.npy"))
     vm = P.vocab_map(table, "m", n_sample=50, cache_dir=tmp_path)
     assert not vm.from_cache and vm.coords.shape == (50, 2)
+
+
+@pytest.mark.parametrize("scheme", SP_SCHEMES)
+@pytest.mark.parametrize("text", ["Hello</s>world", "<s>Hello world</s> the", "ß</s>ß", "</s> Hello"])
+def test_sentencepiece_spans_around_special_tokens(scheme, text, sp_tokenizers):
+    """A special token typed in the text starts a new segment (legacy/"always" add a dummy "▁" after it)."""
+    from explorer.core.tokens import tokenize
+
+    tok = sp_tokenizers[scheme]
+    tokens = tokenize(tok, text).tokens
+    cursor = 0
+    for t in tokens:
+        assert t.start == cursor
+        cursor = t.end
+    assert cursor == len(text)
+    assert "".join(t.text for t in tokens if t.end > t.start) == text
+    literal = [t for t in tokens if t.is_special and t.end > t.start]
+    assert all(t.text in ("<s>", "</s>") for t in literal) and len(literal) == text.count("</s>") + text.count("<s>")
