@@ -161,3 +161,24 @@ def test_rope_view_says_when_the_model_scales_rope(qtbot, tiny_models):
     assert "This model uses" not in view.title.text()
     view.set_run(_RunStandIn(run, _Info(run.info, "llama3 RoPE scaling (factor 8)")))
     assert "llama3 RoPE scaling" in view.title.text() and "plain RoPE" in view.title.text()
+
+
+# --- item 17: a run stored partly in float32 says so -------------------------------------------------------------
+def test_pipeline_panel_names_arrays_kept_in_float32(qtbot, tiny_models):
+    import copy
+
+    from explorer.core.models import LoadedModel
+    from explorer.ui.panels.pipeline import PipelinePanel
+
+    base = tiny_models["tiny-llama"]
+    model = copy.deepcopy(base.model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(4e6)
+    loud = LoadedModel(model=model, tokenizer=base.tokenizer, info=base.info, source="scaled")
+    run = capture("one two three four five six seven eight nine ten", Session(loud), max_new_tokens=2)
+    assert "resid" in run.widened
+    panel, _sel = _panel(qtbot, PipelinePanel, run)
+    from PySide6.QtWidgets import QLabel
+
+    texts = " ".join(label.text() for label in panel.findChildren(QLabel))
+    assert "kept in float32" in texts and "resid" in texts

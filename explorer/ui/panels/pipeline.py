@@ -315,7 +315,9 @@ class PipelinePanel(Panel):
         totals = self._groups.sum(axis=0)
         share = totals[list(GROUPS).index("capture")] / max(totals.sum(), 1e-9)
         f["overhead"].setText(f"stats {share:.0%} of this run; {overhead_text(self._bench)}")
-        f["capture"].setText(f"<b>{_mib(run.capture_bytes())}</b> for {run.n_tokens} tokens")
+        wide = run.widened
+        f["capture"].setText(f"<b>{_mib(run.capture_bytes())}</b> for {run.n_tokens} tokens"
+                             + (f" ({', '.join(wide)} kept in float32: values beyond float16's range)" if wide else ""))
         now = time.monotonic()
         if now - self._rss_at > 0.5 or self.run.finish_reason is not None:  # at most twice a second while streaming
             self._rss_at = now
