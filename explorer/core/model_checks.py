@@ -188,7 +188,7 @@ def plan_weights(plan: FolderPlan, allow_pickle: bool) -> None:
     roots = allowed_roots(folder)
     chosen = next((n for n in WEIGHT_NAMES if n in names), None)
     if chosen is None:
-        has_pickle = any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+        has_pickle = any(n.endswith((".bin", ".pt", ".pth")) or n in PICKLE_NAMES for n in names)
         if not has_pickle:
             raise ModelLoadError(f"{folder.name} has no weights (model.safetensors) next to its config.json.")
         if not allow_pickle:

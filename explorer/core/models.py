@@ -185,7 +185,7 @@ def _load_folder(path: Path, name: str, trust_remote_code: bool, allow_pickle: b
             model, info = factory.from_pretrained(
                 stage, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code,
                 local_files_only=True, use_safetensors=not plan.pickle, weights_only=True,  # never unpickle code
-                output_loading_info=True,
+                output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, then refused
             )
         except ModelLoadError:
             raise
