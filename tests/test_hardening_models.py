@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from explorer.core import catalogue, model_cache, models
+from explorer.core import catalogue, gguf_model, model_cache, models
 from explorer.core.errors import ModelLoadError
 from explorer.core.models import load_model
 
@@ -386,8 +386,8 @@ def test_every_cached_file_is_checked(victim, tiny_llama, private_cache, tmp_pat
         target.write_bytes(target.read_bytes().replace(b"e", b"E", 1))
     assert not model_cache.entry_valid(entry)
     converted = []
-    real = models._convert_gguf
-    monkeypatch.setattr(models, "_convert_gguf", lambda p, progress: (converted.append(p), real(p, progress))[1])
+    real = gguf_model.convert
+    monkeypatch.setattr(gguf_model, "convert", lambda p, progress: (converted.append(p), real(p, progress))[1])
     again = load_model(path)
     assert converted == [path] and model_cache.entry_valid(entry)
     assert again.tokenizer.chat_template == tiny_llama.tokenizer.chat_template
@@ -425,14 +425,14 @@ _CHILD = textwrap.dedent("""
     import os, sys, time, torch
     torch.set_num_threads(1)
     sys.path.insert(0, {root!r})
-    from explorer.core import models
+    from explorer.core import gguf_model
     from explorer.core.models import load_model
-    save = models._save_converted
+    save = gguf_model.save_converted
     def slow_save(model, tokenizer, folder):
         open(os.path.join({flags!r}, "writing-%d" % os.getpid()), "w").close()
         time.sleep({pause})
         save(model, tokenizer, folder)
-    models._save_converted = slow_save
+    gguf_model.save_converted = slow_save
     while not os.path.exists(os.path.join({flags!r}, "go")):
         time.sleep(0.05)
     loaded = load_model({gguf!r})
@@ -504,13 +504,13 @@ def test_unwritable_cache_loads_in_memory_with_one_note(tiny_llama, tmp_path, mo
 
 def test_full_cache_loads_in_memory_and_leaves_no_temporary(tiny_llama, private_cache, tmp_path, monkeypatch):
     gguf = write_tiny_gguf(tiny_llama, tmp_path / "tiny.gguf")
-    save = models._save_converted
+    save = gguf_model.save_converted
 
     def full_disk(model, tokenizer, folder):
         save(model, tokenizer, folder)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(models, "_save_converted", full_disk)
+    monkeypatch.setattr(gguf_model, "save_converted", full_disk)
     loaded = load_model(gguf)
     assert len(loaded.notes) == 1 and "No space left" in loaded.notes[0]
     torch.testing.assert_close(_logits(loaded.model), _logits(tiny_llama.model))
@@ -565,6 +565,15 @@ def test_template_that_grows_too_big_is_refused_before_allocating(template):
 
     with pytest.raises(ChatTemplateError, match="more than 1,000,008 characters|width or count|digits long"):
         chat_template.render(_with_template(template), _USER)
+
+
+def test_huge_template_is_refused_before_compiling(monkeypatch):
+    from explorer.core import chat_template
+    from explorer.core.errors import ChatTemplateError
+
+    monkeypatch.setattr(chat_template, "_compile", lambda source: pytest.fail("compiled"))
+    with pytest.raises(ChatTemplateError, match="characters long"):
+        chat_template.render(_with_template("{{ 'x' }}" * 200_000), _USER)
 
 
 def test_stop_interrupts_a_template():

@@ -246,7 +246,7 @@ def test_damaged_cache_entry_is_detected_and_rebuilt(tiny_llama, private_cache, 
     assert not model_cache.entry_valid(entry_dir)
     rebuilt = []
 
-    monkeypatch.setattr(models, "_convert_gguf", lambda path, progress: (rebuilt.append(path),
+    monkeypatch.setattr(models.gguf_model, "convert", lambda path, progress: (rebuilt.append(path),
                                                                         (tiny_llama.model, tiny_llama.tokenizer))[1])
     again = load_model(gguf)
     assert rebuilt == [gguf] and model_cache.entry_valid(entry_dir)

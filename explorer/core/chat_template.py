@@ -25,6 +25,7 @@ from typing import Any
 from .errors import Cancelled, ChatTemplateError
 
 TIME_LIMIT_S = 2.0
+MAX_TEMPLATE_CHARS = 1 << 20  # the largest real chat templates are tens of kilobytes
 MIN_OUTPUT_CHARS = 1_000_000  # plus 4x the messages' own length
 _MAX_INT = 10**6  # no width, count or repeat in a chat template is bigger than this
 _MAX_BITS = 4096
@@ -251,6 +252,9 @@ def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_pro
     import jinja2
 
     source = tokenizer.get_chat_template()
+    if not isinstance(source, str) or len(source) > MAX_TEMPLATE_CHARS:
+        raise ChatTemplateError(f"The model's chat template is {len(str(source)):,} characters long (at most "
+                                f"{MAX_TEMPLATE_CHARS:,} are accepted): it is refused. Use plain mode.")
     budget = max_chars if max_chars is not None else MIN_OUTPUT_CHARS + 4 * sum(
         len(m.get("content") or "") for m in messages)
     limits = _Limits(budget, TIME_LIMIT_S if time_limit is None else time_limit, cancel)

@@ -174,10 +174,17 @@ def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise ModelLoadError(f"{what} is not valid JSON ({_first_line(exc)}).") from exc
+        raise ModelLoadError(f"{what} is not valid JSON ({first_line(exc)}).") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def sentence(exc: BaseException) -> str:
+    """The first line of an exception's message, as the end of a sentence."""
+    line = first_line(exc).rstrip(" :")
+    return line if line.endswith((".", ")", "!", "?")) else line + "."
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters)."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:200]
 
@@ -243,7 +250,7 @@ def safetensors_header(path: Path, what: str) -> dict[str, tuple[int, ...]]:
                 raise ValueError(f"header of {length:,} bytes in a file of {size:,}")
             header = json.loads(fh.read(length))
     except (OSError, ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{what} is not a safetensors file ({_first_line(exc)}).") from exc
+        raise ModelLoadError(f"{what} is not a safetensors file ({first_line(exc)}).") from exc
     if not isinstance(header, dict):
         raise ModelLoadError(f"{what} is not a safetensors file (its header is not a JSON object).")
     tensors: dict[str, tuple[int, ...]] = {}
@@ -309,7 +316,7 @@ def check_loading_info(info: dict[str, Any], name: str, ignore_unexpected: tuple
             shown = ", ".join(k[:80] for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
             problems.append(f"{len(keys)} tensors {label} ({shown})")
     if errors:
-        problems.append(_first_line(Exception(errors[0])))
+        problems.append(first_line(Exception(errors[0])))
     if problems:
         raise ModelLoadError(
             f"The weights of {name} do not match its config: {'; '.join(problems)}. "
@@ -355,75 +362,3 @@ def staged(plan: FolderPlan) -> Iterator[Path]:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-
-_GGUF_CAPS = {  # metadata key suffix -> (what, cap), as CONFIG_CAPS
-    "block_count": CONFIG_CAPS["layers"],
-    "embedding_length": CONFIG_CAPS["hidden size"],
-    "feed_forward_length": CONFIG_CAPS["feed-forward size"],
-    "attention.head_count": CONFIG_CAPS["attention heads"],
-    "attention.head_count_kv": CONFIG_CAPS["attention heads"],
-    "context_length": CONFIG_CAPS["context length"],
-    "vocab_size": CONFIG_CAPS["vocabulary"],
-}
-_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
-
-
-def check_gguf(path: Path) -> None:
-    """Compare a GGUF file's metadata with its tensors before transformers builds anything from it."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(str(path))
-        fields = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("tokenizer.")}
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        n_tokens = len(tokens.data) if tokens is not None else None
-        tensors = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
-    except Exception as exc:  # noqa: BLE001 - the reader raises many types for damaged files
-        raise ModelLoadError(f"{path.name} is not a readable GGUF model: {_first_line(exc)}.") from exc
-    arch = fields.get("general.architecture")
-    if not isinstance(arch, str):
-        raise ModelLoadError(f"{path.name} does not say which architecture it holds (general.architecture).")
-    for suffix, (_keys, cap) in _GGUF_CAPS.items():
-        value = fields.get(f"{arch}.{suffix}")
-        if value is None:
-            continue
-        for v in value if isinstance(value, list) else [value]:  # per-layer values (some files): each
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= cap:
-                raise ModelLoadError(
-                    f"{path.name} declares {str(v)[:30]} for {arch}.{suffix} (at most {cap:,} is accepted): "
-                    "the file is damaged or crafted, and it is refused before any memory is set aside."
-                )
-    if n_tokens is not None and n_tokens > CONFIG_CAPS["vocabulary"][1]:
-        raise ModelLoadError(f"{path.name} has a vocabulary of {n_tokens:,} tokens: it is refused.")
-    blocks: dict[int, set[str]] = {}
-    for name in tensors:
-        if m := _BLOCK.match(name):
-            blocks.setdefault(int(m.group(1)), set()).add(m.group(2))
-    declared = fields.get(f"{arch}.block_count")
-    if not isinstance(declared, int) or isinstance(declared, bool):
-        raise ModelLoadError(f"{path.name} does not say how many layers it has ({arch}.block_count).")
-    if sorted(blocks) != list(range(declared)):
-        raise ModelLoadError(
-            f"{path.name} declares {declared} layers ({arch}.block_count) but holds tensors for "
-            f"{len(blocks)} (numbered {min(blocks, default=0)}..{max(blocks, default=-1)}): the file is damaged or "
-            "crafted. A layer without weights would compute with random numbers, so it is refused."
-        )
-    first = blocks.get(0, set())
-    for i, names in sorted(blocks.items()):
-        if names != first:
-            odd = sorted(names ^ first)[:3]
-            raise ModelLoadError(
-                f"Layer {i} of {path.name} does not hold the same tensors as layer 0 (differs in {', '.join(odd)}): "
-                "the file is damaged or crafted, and it is refused."
-            )
-    embed = tensors.get("token_embd.weight")
-    width = fields.get(f"{arch}.embedding_length")
-    if embed is None:
-        raise ModelLoadError(f"{path.name} has no token embedding table (token_embd.weight): it is refused.")
-    if isinstance(width, int) and embed[0] != width:
-        raise ModelLoadError(f"{path.name}: the embedding table is {embed[0]} wide but the metadata says {width}.")
-    if n_tokens is not None and embed[-1] < n_tokens:
-        raise ModelLoadError(
-            f"The tokenizer in {path.name} has {n_tokens:,} tokens but the embedding table {embed[-1]:,} rows: "
-            "token ids beyond the table would read past it, so the file is refused."
-        )

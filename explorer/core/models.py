@@ -8,7 +8,6 @@ untrusted: model_checks vets them before anything is read or allocated.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import catalogue, model_cache
+from . import catalogue, gguf_model, model_cache
 from . import model_checks as checks
 from .adapters import adapter_for
 from .errors import ModelLoadError
@@ -190,7 +189,7 @@ def _load_folder(path: Path, name: str, trust_remote_code: bool, allow_pickle: b
         except ModelLoadError:
             raise
         except Exception as exc:  # transformers raises many types for damaged files
-            raise ModelLoadError(f"Could not load the weights in {path.name}: {_short(exc)}") from exc
+            raise ModelLoadError(f"Could not load the weights in {path.name}: {checks.sentence(exc)}") from exc
         checks.check_loading_info(info, path.name, ignore_unexpected=_ENCODER_HEADS if is_encoder else ())
         tokenizer = _tokenizer_from(stage, path.name, trust_remote_code)
     checks.check_tokenizer_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], path.name)
@@ -208,7 +207,8 @@ def _load_tokenizer(path: Path, trust_remote_code: bool = False, **kwargs: Any) 
         try:
             return AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
         except Exception as exc:
-            raise ModelLoadError(f"The tokenizer in {Path(path).name} could not be loaded: {_short(exc)}") from exc
+            raise ModelLoadError(
+                f"The tokenizer in {Path(path).name} could not be loaded: {checks.sentence(exc)}") from exc
     plan = checks.inspect_folder(Path(path), need_weights=False, trust_remote_code=trust_remote_code)
     with checks.staged(plan) as stage:
         return _tokenizer_from(stage, Path(path).name, trust_remote_code)
@@ -225,7 +225,7 @@ def _tokenizer_from(folder: Path, name: str, trust_remote_code: bool = False) ->
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
-        raise ModelLoadError(f"The tokenizer in {name} could not be loaded: {_short(exc)}") from exc
+        raise ModelLoadError(f"The tokenizer in {name} could not be loaded: {checks.sentence(exc)}") from exc
 
 
 def cached_tokenizer_dir(entry: catalogue.CatalogueEntry) -> Path | None:
@@ -235,13 +235,6 @@ def cached_tokenizer_dir(entry: catalogue.CatalogueEntry) -> Path | None:
     folder = model_cache.entry_dir(entry.name, entry.sha256)
     names = (*_TOKENIZER_FILES, "special_tokens_map.json", "chat_template.jinja", "config.json")
     return folder if model_cache.entry_valid(folder, only=names) else None
-
-
-def _short(exc: BaseException) -> str:
-    """The first line of an exception's message, as the end of a sentence."""
-    text = str(exc).strip().splitlines()
-    line = (text[0] if text else type(exc).__name__)[:300].rstrip(" :")
-    return line if line.endswith((".", ")", "!", "?")) else line + "."
 
 
 # --- GGUF: dequantise once, cache as safetensors ---------------------------------------------
@@ -275,15 +268,15 @@ def _load_gguf(path: Path, name: str, expected_sha: str | None, progress: Progre
         with model_cache.entry_lock(entry, on_wait=waiting):
             if model_cache.entry_valid(entry) and (loaded := _load_cached(entry, name)) is not None:
                 return loaded  # the other process finished it
-            converted = _convert_gguf(path, progress)
+            converted = gguf_model.convert(path, progress)
             progress(0.88, "Writing the converted weights to the cache")
-            model_cache.write_entry(entry, lambda tmp: _save_converted(*converted, tmp), str(path), digest)
+            model_cache.write_entry(entry, lambda tmp: gguf_model.save_converted(*converted, tmp), str(path), digest)
     except OSError as exc:  # read-only or full cache: keep the conversion in memory
         note = (f"The model cache ({cache_root()}) cannot be written ({exc.strerror or exc}): {path.name} was "
                 "converted in memory and will be converted again on the next start.")
         log.warning(note)
         progress(0.95, note)
-        model, tokenizer = converted if converted is not None else _convert_gguf(path, progress)
+        model, tokenizer = converted if converted is not None else gguf_model.convert(path, progress)
         loaded = _finish(model, tokenizer, name, f"{path} (converted in memory)")
         loaded.notes.append(note)
         return loaded
@@ -293,43 +286,12 @@ def _load_gguf(path: Path, name: str, expected_sha: str | None, progress: Progre
     return loaded
 
 
-def _convert_gguf(gguf: Path, progress: ProgressCallback) -> tuple[torch.nn.Module, Any]:
-    """Dequantise a GGUF file after checking its metadata against its tensors; every tensor must load."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    checks.check_gguf(gguf)
-    progress(0.05, "Reading the tokenizer from the GGUF file")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        progress(0.15, "Dequantising the weights (first load only)")
-        with _tqdm_progress(progress, 0.15, 0.85):
-            model, info = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, output_loading_info=True)
-    except Exception as exc:
-        raise ModelLoadError(f"{gguf.name} is not a readable GGUF model: {_short(exc)}") from exc
-    adapter_for(model.config.model_type)
-    checks.check_loading_info(info, gguf.name)
-    checks.check_tokenizer_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], gguf.name)
-    return model, tokenizer
-
-
-def _save_converted(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
-    import json
-
-    from safetensors.torch import save_model
-
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    save_model(model, str(folder / "model.safetensors"))
-    tokenizer.save_pretrained(folder)
-
-
 def write_cache_entry(model: torch.nn.Module, tokenizer: Any, entry_dir: Path, source: str,
                       source_sha256: str) -> None:
     """Write config + safetensors + tokenizer + manifest (every file checksummed) into place, under the entry's lock."""
     with model_cache.entry_lock(entry_dir):
-        model_cache.write_entry(entry_dir, lambda tmp: _save_converted(model, tokenizer, tmp), source, source_sha256)
+        model_cache.write_entry(entry_dir, lambda tmp: gguf_model.save_converted(model, tokenizer, tmp), source,
+                                source_sha256)
 
 
 def _load_cached(entry_dir: Path, name: str) -> LoadedModel | None:
@@ -346,26 +308,6 @@ def _load_cached(entry_dir: Path, name: str) -> LoadedModel | None:
     return _finish(model, tokenizer, name, str(entry_dir))
 
 
-@contextlib.contextmanager
-def _tqdm_progress(progress: ProgressCallback, lo: float, hi: float):
-    """Report transformers' GGUF dequantisation loop (a tqdm) as real progress."""
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-    original = gguf_utils.tqdm
-
-    def reporting(iterable, *args, **kwargs):
-        items = list(iterable)
-        for i, item in enumerate(items):
-            if i % 8 == 0:
-                progress(lo + (hi - lo) * i / max(1, len(items)), f"Dequantising tensor {i + 1}/{len(items)}")
-            yield item
-
-    gguf_utils.tqdm = reporting
-    try:
-        yield
-    finally:
-        gguf_utils.tqdm = original
-
 def _load_hub(spec: str, trust_remote_code: bool, allow_pickle: bool, allow_hub: bool | None) -> LoadedModel:
     if allow_hub is None:
         allow_hub = os.environ.get("LM_EXPLORER_ALLOW_HUB") == "1" and os.environ.get("HF_HUB_OFFLINE") != "1"
@@ -380,7 +322,7 @@ def _load_hub(spec: str, trust_remote_code: bool, allow_pickle: bool, allow_hub:
         os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
         folder = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
     except Exception as exc:
-        raise ModelLoadError(f"Could not download '{spec}': {_short(exc)}") from exc
+        raise ModelLoadError(f"Could not download '{spec}': {checks.sentence(exc)}") from exc
     return _load_folder(Path(folder), spec, trust_remote_code, allow_pickle)
 
 
