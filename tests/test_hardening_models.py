@@ -172,6 +172,13 @@ def test_links_inside_the_folder_and_hub_snapshots_load(tiny_llama, tmp_path):
     torch.testing.assert_close(_logits(load_model(plain).model), _logits(tiny_llama.model))
 
 
+def test_link_loop_is_a_clear_error(tiny_llama, tmp_path):
+    folder = _save(tiny_llama, tmp_path / "m")
+    os.symlink("loop-b", folder / "loop-a")
+    os.symlink("loop-a", folder / "loop-b")
+    _refused(folder, "loop-a cannot be followed")
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 def test_fifo_in_place_of_a_tokenizer_is_refused(tiny_llama, tmp_path):
     folder = _save(tiny_llama, tmp_path / "m")

@@ -102,7 +102,7 @@ def inspect_folder(path: Path, *, allow_pickle: bool = False, need_weights: bool
 
     With `trust_remote_code` (the user's explicit opt-in) the folder's *.py files are staged too.
     """
-    folder = Path(path).resolve()
+    folder = _real(Path(path), Path(path).name)
     roots = allowed_roots(folder)
     try:
         names = []
@@ -115,7 +115,7 @@ def inspect_folder(path: Path, *, allow_pickle: bool = False, need_weights: bool
     except OSError as exc:
         raise ModelLoadError(f"The folder {folder} cannot be read ({exc.strerror or exc}).") from exc
     for name in sorted(names):  # the whole folder: no entry may lead outside it
-        real = (folder / name).resolve()
+        real = _real(folder / name, f"{folder.name}/{name}")
         if not _inside(real, roots):
             raise ModelLoadError(
                 f"{folder.name}/{name} is a link that leads outside the model folder (to {real}). "
@@ -145,6 +145,14 @@ def inspect_folder(path: Path, *, allow_pickle: bool = False, need_weights: bool
     return plan
 
 
+def _real(path: Path, what: str) -> Path:
+    """The path with every link followed; a link loop or an unreadable link is a clear error."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise ModelLoadError(f"{what} cannot be followed ({first_line(exc)}): it is refused.") from exc
+
+
 def _vetted(folder: Path, name: str, cap: int, roots: list[Path], required: bool = False,
             missing: str = "") -> Path | None:
     """The real path of `folder/name` if it exists: a regular file inside the folder, under `cap` bytes."""
@@ -153,7 +161,7 @@ def _vetted(folder: Path, name: str, cap: int, roots: list[Path], required: bool
         if required:
             raise ModelLoadError(missing or f"{folder.name} has no {name}.")
         return None
-    real = path.resolve()
+    real = _real(path, f"{folder.name}/{name}")
     if not _inside(real, roots):
         raise ModelLoadError(f"{folder.name}/{name} leads outside the model folder (to {real}): it is refused.")
     try:
