@@ -360,6 +360,24 @@ def test_gguf_whose_metadata_disagrees_with_its_tensors_is_refused(kwargs, match
     assert not _cache_entries()  # never cached as verified
 
 
+def _gguf_bytes(n_tensors: int, kvs: bytes, n_kv: int = 1) -> bytes:
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv) + kvs
+
+
+@pytest.mark.parametrize("data", [
+    _gguf_bytes(0, b"\1\0\0\0\0\0\0\0a" + b"\x09\0\0\0" + b"\x08\0\0\0" + (2**60).to_bytes(8, "little")),
+    _gguf_bytes(0, b"\1\0\0\0\0\0\0\0a" + b"\x09\0\0\0" + b"\x04\0\0\0" + (2**40).to_bytes(8, "little")),
+    _gguf_bytes(2**40, b""),
+    _gguf_bytes(0, (2**50).to_bytes(8, "little") + b"key"),
+], ids=["string-array", "int-array", "tensor-count", "key-length"])
+def test_gguf_header_bombs_are_refused_quickly(data, private_cache, tmp_path):
+    path = tmp_path / "bomb.gguf"
+    path.write_bytes(data + b"\0" * 64)
+    _refused(path, "not a readable GGUF model")
+
+
 # --- item 8: the cache key is the content, every cached file is checked ---------------------------------
 
 
