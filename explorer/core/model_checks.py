@@ -123,7 +123,7 @@ def inspect_folder(path: Path, *, allow_pickle: bool = False, need_weights: bool
             )
     config_path = _vetted(folder, "config.json", READ_FILES["config.json"], roots, required=True,
                           missing=f"{folder} has no config.json: it is not a Hugging Face model folder.")
-    config = read_json(config_path, "config.json")
+    config = read_json(config_path, f"{folder.name}/config.json")
     if not isinstance(config, dict):
         raise ModelLoadError(f"{folder.name}/config.json is not a JSON object.")
     plan = FolderPlan(folder=folder, config=config, names=sorted(names))
