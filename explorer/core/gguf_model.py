@@ -41,6 +41,7 @@ _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _MAX_KV, _MAX_TENSORS, _MAX_KEEP = 1 << 16, 1 << 20, 4096
+_MAX_MERGES = 4 << 20
 
 
 class _Header:
@@ -145,6 +146,9 @@ def check_gguf(path: Path) -> None:
                 )
     if n_tokens is not None and n_tokens > CONFIG_CAPS["vocabulary"][1]:
         raise ModelLoadError(f"{path.name} has a vocabulary of {n_tokens:,} tokens: it is refused.")
+    merges = fields.get("tokenizer.ggml.merges")
+    if isinstance(merges, int) and merges > _MAX_MERGES:
+        raise ModelLoadError(f"{path.name} has {merges:,} tokenizer merges (at most {_MAX_MERGES:,}): it is refused.")
     blocks: dict[int, set[str]] = {}
     for name in tensors:
         if m := _BLOCK.match(name):
