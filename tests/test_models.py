@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.core import catalogue, models
+from explorer.core import catalogue, model_cache, models
 from explorer.core.errors import ModelLoadError
 from explorer.core.models import cache_root, load_model, write_cache_entry
 
@@ -148,7 +148,7 @@ def test_damaged_safetensors_in_folder(tiny_llama, tmp_path):
     assert load_model(folder).info.n_layers == 4  # a real folder loads
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    _fails(folder, "Could not load the weights")
+    _fails(folder, "not a safetensors file|Could not load the weights")
 
 
 def test_tokenizer_missing(tiny_llama, tmp_path):
@@ -185,7 +185,13 @@ def test_garbage_gguf(private_cache, tmp_path):
     path = tmp_path / "broken.gguf"
     path.write_bytes(os.urandom(4096))
     _fails(path, "not a readable GGUF")
-    assert not any((private_cache / "models").glob("*")) if (private_cache / "models").exists() else True
+    assert not _cache_entries()
+
+
+def _cache_entries() -> list[Path]:
+    """Everything in the model cache but the lock files."""
+    root = model_cache.models_dir()
+    return [p for p in root.rglob("*") if ".locks" not in p.relative_to(root).parts] if root.exists() else []
 
 
 def _default_gguf() -> Path:
@@ -205,7 +211,7 @@ def test_checksum_mismatch(private_cache, monkeypatch):
     wrong = dataclasses.replace(entry, sha256="0" * 64)
     monkeypatch.setattr(catalogue, "get", lambda name: wrong if name == entry.name else None)
     _fails("smollm2-135m-instruct", "does not match its checksum")
-    assert not (private_cache / "models").exists() or not any((private_cache / "models").iterdir())
+    assert not _cache_entries()
 
 
 def test_not_installed_builtin(monkeypatch):
@@ -215,19 +221,18 @@ def test_not_installed_builtin(monkeypatch):
     _fails("minilm-l6", "not installed.*lm-explorer fetch")
 
 
-def _gguf_key(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+def _gguf_entry(path: Path) -> Path:
+    return model_cache.entry_dir(path.stem, model_cache.sha256_file(path))
 
 
 def test_damaged_cache_entry_is_detected_and_rebuilt(tiny_llama, private_cache, tmp_path, monkeypatch):
     """A cache entry (as the GGUF conversion writes it) is used while intact and rebuilt once damaged."""
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF" + os.urandom(512))  # never read while the cache entry is valid
-    entry_dir = private_cache / "models" / _gguf_key(gguf)
+    entry_dir = _gguf_entry(gguf)
     write_cache_entry(tiny_llama.model, tiny_llama.tokenizer, entry_dir, source=str(gguf), source_sha256="x")
-    assert models._cache_entry_valid(entry_dir)
-    assert sorted(p.name for p in entry_dir.parent.iterdir()) == [entry_dir.name]  # no temporary left
+    assert model_cache.entry_valid(entry_dir)
+    assert sorted(p.name for p in entry_dir.parent.iterdir()) == [".locks", entry_dir.name]  # no temporary left
 
     loaded = load_model(gguf)
     assert loaded.info.n_layers == 4 and loaded.source == str(entry_dir)
@@ -238,27 +243,24 @@ def test_damaged_cache_entry_is_detected_and_rebuilt(tiny_llama, private_cache, 
     weights = entry_dir / "model.safetensors"
     with open(weights, "r+b") as fh:  # truncate: the size check catches it
         fh.truncate(weights.stat().st_size // 2)
-    assert not models._cache_entry_valid(entry_dir)
+    assert not model_cache.entry_valid(entry_dir)
     rebuilt = []
 
-    def rebuild(path, entry, digest, progress):
-        rebuilt.append(path)
-        write_cache_entry(tiny_llama.model, tiny_llama.tokenizer, entry, source=str(path), source_sha256=digest)
-
-    monkeypatch.setattr(models, "_build_cache_entry", rebuild)
+    monkeypatch.setattr(models.gguf_model, "convert", lambda path, progress: (rebuilt.append(path),
+                                                                        (tiny_llama.model, tiny_llama.tokenizer))[1])
     again = load_model(gguf)
-    assert rebuilt == [gguf] and models._cache_entry_valid(entry_dir)
+    assert rebuilt == [gguf] and model_cache.entry_valid(entry_dir)
     assert again.info == loaded.info
 
     data = bytearray(weights.read_bytes())  # same size, one byte flipped: the checksum catches it
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    assert not models._cache_entry_valid(entry_dir)
+    assert not model_cache.entry_valid(entry_dir)
     load_model(gguf)
-    assert len(rebuilt) == 2 and models._cache_entry_valid(entry_dir)
+    assert len(rebuilt) == 2 and model_cache.entry_valid(entry_dir)
 
     (entry_dir / "explorer-manifest.json").write_text("{")
-    assert not models._cache_entry_valid(entry_dir)
+    assert not model_cache.entry_valid(entry_dir)
 
 
 def test_progress_is_reported():
@@ -271,5 +273,5 @@ def test_progress_is_reported():
 @pytest.mark.slow
 def test_cached_default_model_entry_is_valid(default_model):
     entry_dir = Path(default_model.source)
-    assert entry_dir.parent.parent == cache_root() / "models" or entry_dir.is_dir()
-    assert models._cache_entry_valid(entry_dir)
+    assert entry_dir.parent == model_cache.models_dir()
+    assert model_cache.entry_valid(entry_dir)

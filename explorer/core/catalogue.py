@@ -20,7 +20,8 @@ class CatalogueEntry:
     version: str | None = None
     module: str | None = None
     file: str | None = None
-    sha256: str | None = None
+    sha256: str | None = None  # of `file`
+    files: dict[str, str] = field(default_factory=dict)  # other files of an hf-folder model: name -> sha256
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
 

@@ -20,6 +20,10 @@ class InputError(ExplorerError):
     """A prompt or a setting is not usable as given."""
 
 
+class ChatTemplateError(InputError):
+    """The model's chat template failed, ran too long or produced too much text."""
+
+
 class PromptTooLongError(InputError):
     """The prompt has more tokens than the model's context window."""
 

@@ -1,35 +1,31 @@
 """Model loading: catalogue names, local HF folders, GGUF files and (opt-in) hub ids.
 
 The default model ships as a quantised GGUF inside a PyPI wheel; it is dequantised once and
-cached as safetensors + config + tokenizer in a per-user folder, written atomically and
-verified by checksum, so later loads take well under a second.
+cached as safetensors + config + tokenizer in a per-user folder (model_cache: keyed by content,
+every file checksummed), so later loads take well under a second. Folders and GGUF files are
+untrusted: model_checks vets them before anything is read or allocated.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
-import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import catalogue
+from . import catalogue, gguf_model, model_cache
+from . import model_checks as checks
 from .adapters import adapter_for
 from .errors import ModelLoadError
+from .model_cache import cache_root, sha256_file  # noqa: F401 - re-exported (callers import them from here)
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
-_MANIFEST = "explorer-manifest.json"
-_CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -68,21 +64,7 @@ class LoadedModel:
     tokenizer: Any
     info: ModelInfo
     source: str  # where it came from, for the status bar and diagnostics
-
-
-def cache_root() -> Path:
-    """Per-user cache folder; LM_EXPLORER_CACHE overrides it (tests use a temporary one)."""
-    env = os.environ.get("LM_EXPLORER_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("lm-explorer"))
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    notes: list[str] = field(default_factory=list)  # things the user should know (e.g. the cache is not writable)
 
 
 def _noop(_fraction: float, _message: str) -> None:
@@ -140,7 +122,28 @@ def _load_catalogue_entry(entry: catalogue.CatalogueEntry, progress: ProgressCal
         return _load_gguf(weights, entry.name, expected_sha=entry.sha256, progress=progress)
     if not weights.is_file():
         raise ModelLoadError(f"{entry.name}: {weights} is missing; reinstall with `lm-explorer fetch`.")
+    progress(0.05, "Verifying the model files' checksums")
+    _verify_builtin(entry, weights.parent)
     return _load_folder(weights.parent, entry.name, trust_remote_code=False, allow_pickle=False)
+
+
+def _verify_builtin(entry: catalogue.CatalogueEntry, folder: Path) -> None:
+    """A built-in folder's files must match the catalogue (hashed once per file version, then remembered)."""
+    expected = dict(entry.files)
+    if entry.sha256:
+        expected[entry.file.split("/")[-1]] = entry.sha256
+    for name, sha in sorted(expected.items()):
+        path = folder / name
+        try:
+            digest = model_cache.content_sha256(path)
+        except OSError as exc:
+            raise ModelLoadError(f"{entry.name}: {path} cannot be read ({exc.strerror or exc}); reinstall it "
+                                 "with `lm-explorer fetch --force`.") from exc
+        if digest != sha:
+            raise ModelLoadError(
+                f"{entry.name}: {name} does not match its checksum (expected {sha[:12]}..., got {digest[:12]}...): "
+                "the file is damaged or was changed. Reinstall it with `lm-explorer fetch --force`."
+            )
 
 
 def _package_dir(entry: catalogue.CatalogueEntry) -> Path:
@@ -153,16 +156,15 @@ def _package_dir(entry: catalogue.CatalogueEntry) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+# Heads that an encoder checkpoint carries and the bare encoder we load does not use.
+_ENCODER_HEADS = ("cls.", "lm_head.", "classifier.", "qa_outputs.")
+
+
 def _load_folder(path: Path, name: str, trust_remote_code: bool, allow_pickle: bool) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model folder.")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{config_file} is not valid JSON ({exc}).") from exc
+    plan = checks.inspect_folder(path, need_weights=False, trust_remote_code=trust_remote_code)
+    raw = plan.config
     if raw.get("auto_map") and not trust_remote_code:
         raise ModelLoadError(
             f"{path.name} asks to run Python code shipped in the folder (auto_map in config.json). "
@@ -170,30 +172,27 @@ def _load_folder(path: Path, name: str, trust_remote_code: bool, allow_pickle: b
             "author, tick 'Allow code from this model folder' (trust_remote_code).",
             needs="trust_remote_code",
         )
-    has_safetensors = any(path.glob("*.safetensors"))
-    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
-    if not has_safetensors and not has_pickle:
-        raise ModelLoadError(f"{path.name} has no weights (*.safetensors) next to its config.json.")
-    if not has_safetensors and not allow_pickle:
-        raise ModelLoadError(
-            f"{path.name} only has pickle checkpoints (*.bin/*.pt), which can execute code when loaded. "
-            "They are refused unless you opt in to loading pickle weights.",
-            needs="allow_pickle",
-        )
-    adapter_for(raw.get("model_type", "?"))  # raises ModelLoadError for unsupported architectures
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
-        is_encoder = not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
-        factory = AutoModel if is_encoder else AutoModelForCausalLM
-        model = factory.from_pretrained(
-            path, dtype=torch.float32, trust_remote_code=trust_remote_code, local_files_only=True,
-            use_safetensors=None if allow_pickle else True, weights_only=True,  # never unpickle code
-        )
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # transformers raises many types for damaged files
-        raise ModelLoadError(f"Could not load the weights in {path.name}: {_short(exc)}") from exc
-    tokenizer = _load_tokenizer(path, trust_remote_code)
+    checks.check_config(raw, f"{path.name}/config.json")
+    adapter_for(str(raw.get("model_type", "?")))  # raises ModelLoadError for unsupported architectures
+    checks.plan_weights(plan, allow_pickle)
+    with checks.staged(plan) as stage:
+        try:
+            config = AutoConfig.from_pretrained(stage, trust_remote_code=trust_remote_code, local_files_only=True)
+            is_encoder = not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
+            factory = AutoModel if is_encoder else AutoModelForCausalLM
+            checks.check_declared_size(config, factory, plan)
+            model, info = factory.from_pretrained(
+                stage, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                local_files_only=True, use_safetensors=not plan.pickle, weights_only=True,  # never unpickle code
+                output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, then refused
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # transformers raises many types for damaged files
+            raise ModelLoadError(f"Could not load the weights in {path.name}: {checks.sentence(exc)}") from exc
+        checks.check_loading_info(info, path.name, ignore_unexpected=_ENCODER_HEADS if is_encoder else ())
+        tokenizer = _tokenizer_from(stage, path.name, trust_remote_code)
+    checks.check_tokenizer_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], path.name)
     return _finish(model, tokenizer, name, str(path))
 
 
@@ -201,26 +200,41 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voc
 
 
 def _load_tokenizer(path: Path, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """Only a tokenizer: from a GGUF file (`gguf_file=`), a cache entry, or a vetted (staged) folder."""
     from transformers import AutoTokenizer
 
-    if not any((Path(path) / f).is_file() for f in _TOKENIZER_FILES):
+    if kwargs or Path(path).resolve().is_relative_to(model_cache.models_dir().resolve()):
+        try:
+            return AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"The tokenizer in {Path(path).name} could not be loaded: {checks.sentence(exc)}") from exc
+    plan = checks.inspect_folder(Path(path), need_weights=False, trust_remote_code=trust_remote_code)
+    with checks.staged(plan) as stage:
+        return _tokenizer_from(stage, Path(path).name, trust_remote_code)
+
+
+def _tokenizer_from(folder: Path, name: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
         raise ModelLoadError(
-            f"{Path(path).name} has no tokenizer: none of {', '.join(_TOKENIZER_FILES)} is in the folder. "
+            f"{name} has no tokenizer: none of {', '.join(_TOKENIZER_FILES)} is in the folder. "
             "Copy the tokenizer files from the model's original release next to config.json."
         )
     try:
-        return AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code, local_files_only=True, **kwargs
-        )
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
-        raise ModelLoadError(f"The tokenizer in {Path(path).name} could not be loaded: {_short(exc)}") from exc
+        raise ModelLoadError(f"The tokenizer in {name} could not be loaded: {checks.sentence(exc)}") from exc
 
 
-def _short(exc: BaseException) -> str:
-    """The first line of an exception's message, as the end of a sentence."""
-    text = str(exc).strip().splitlines()
-    line = (text[0] if text else type(exc).__name__)[:300].rstrip(" :")
-    return line if line.endswith((".", ")", "!", "?")) else line + "."
+def cached_tokenizer_dir(entry: catalogue.CatalogueEntry) -> Path | None:
+    """The verified cache entry of a converted built-in, for reading its tokenizer only (weights not hashed)."""
+    if not entry.sha256:
+        return None
+    folder = model_cache.entry_dir(entry.name, entry.sha256)
+    names = (*_TOKENIZER_FILES, "special_tokens_map.json", "chat_template.jinja", "config.json")
+    return folder if model_cache.entry_valid(folder, only=names) else None
 
 
 # --- GGUF: dequantise once, cache as safetensors ---------------------------------------------
@@ -229,84 +243,55 @@ def _short(exc: BaseException) -> str:
 def _load_gguf(path: Path, name: str, expected_sha: str | None, progress: ProgressCallback) -> LoadedModel:
     if not path.is_file():
         raise ModelLoadError(f"The model file {path} is missing; reinstall with `lm-explorer fetch`.")
-    stat = path.stat()
-    key = f"{name}-{stat.st_size}-{int(stat.st_mtime)}" if expected_sha is None else f"{name}-{expected_sha[:16]}"
-    entry_dir = cache_root() / "models" / key
-    if _cache_entry_valid(entry_dir):
+    model_cache.sweep_stale()
+    if expected_sha is None:
+        progress(0.01, "Reading the model file's checksum")
+    try:
+        key = expected_sha or model_cache.content_sha256(path)
+    except OSError as exc:
+        raise ModelLoadError(f"{path.name} cannot be read ({exc.strerror or exc}).") from exc
+    entry = model_cache.entry_dir(name, key)
+    if model_cache.entry_valid(entry):
         progress(0.5, "Loading cached weights")
-        loaded = _load_cached(entry_dir, name)
-        if loaded is not None:
+        if (loaded := _load_cached(entry, name)) is not None:
             return loaded
     progress(0.02, "Verifying the model file's checksum")
-    digest = sha256_file(path)
+    digest = sha256_file(path) if expected_sha is not None else key
     if expected_sha is not None and digest != expected_sha:
         raise ModelLoadError(
             f"{path.name} does not match its checksum (expected {expected_sha[:12]}..., got {digest[:12]}...): "
             "the file is damaged. Reinstall it with `lm-explorer fetch --force`."
         )
-    _build_cache_entry(path, entry_dir, digest, progress)
-    loaded = _load_cached(entry_dir, name)
+    converted: tuple[torch.nn.Module, Any] | None = None
+    try:
+        waiting = lambda: progress(0.03, "Another LM Explorer is converting this model: waiting for it")  # noqa: E731
+        with model_cache.entry_lock(entry, on_wait=waiting):
+            if model_cache.entry_valid(entry) and (loaded := _load_cached(entry, name)) is not None:
+                return loaded  # the other process finished it
+            converted = gguf_model.convert(path, progress)
+            progress(0.88, "Writing the converted weights to the cache")
+            model_cache.write_entry(entry, lambda tmp: gguf_model.save_converted(*converted, tmp), str(path), digest)
+    except OSError as exc:  # read-only or full cache: keep the conversion in memory
+        note = (f"The model cache ({cache_root()}) cannot be written ({exc.strerror or exc}): {path.name} was "
+                "converted in memory and will be converted again on the next start.")
+        log.warning(note)
+        progress(0.95, note)
+        model, tokenizer = converted if converted is not None else gguf_model.convert(path, progress)
+        loaded = _finish(model, tokenizer, name, f"{path} (converted in memory)")
+        loaded.notes.append(note)
+        return loaded
+    loaded = _load_cached(entry, name)
     if loaded is None:
-        raise ModelLoadError(f"The converted copy of {path.name} could not be read back from {entry_dir}.")
+        raise ModelLoadError(f"The converted copy of {path.name} could not be read back from {entry}.")
     return loaded
-
-
-def _cache_entry_valid(entry_dir: Path) -> bool:
-    manifest = entry_dir / _MANIFEST
-    try:
-        meta = json.loads(manifest.read_text(encoding="utf-8"))
-        weights = entry_dir / "model.safetensors"
-        if meta.get("format") != _CACHE_FORMAT or weights.stat().st_size != meta["weights_size"]:
-            return False
-        return sha256_file(weights) == meta["weights_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _build_cache_entry(gguf: Path, entry_dir: Path, digest: str, progress: ProgressCallback) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    progress(0.05, "Reading the tokenizer from the GGUF file")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        progress(0.15, "Dequantising the weights (first load only)")
-        with _tqdm_progress(progress, 0.15, 0.85):
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except Exception as exc:
-        raise ModelLoadError(f"{gguf.name} is not a readable GGUF model: {_short(exc)}") from exc
-    adapter_for(model.config.model_type)
-    progress(0.88, "Writing the converted weights to the cache")
-    write_cache_entry(model, tokenizer, entry_dir, source=str(gguf), source_sha256=digest)
 
 
 def write_cache_entry(model: torch.nn.Module, tokenizer: Any, entry_dir: Path, source: str,
                       source_sha256: str) -> None:
-    """Write config + safetensors + tokenizer + manifest into a temporary folder, then rename it into place."""
-    from safetensors.torch import save_model
-
-    entry_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=entry_dir.name + ".tmp-", dir=entry_dir.parent))
-    try:
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-        save_model(model, str(tmp / "model.safetensors"))
-        tokenizer.save_pretrained(tmp)
-        weights = tmp / "model.safetensors"
-        meta = {
-            "format": _CACHE_FORMAT,
-            "source": source,
-            "source_sha256": source_sha256,
-            "weights_size": weights.stat().st_size,
-            "weights_sha256": sha256_file(weights),
-        }
-        (tmp / _MANIFEST).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if entry_dir.exists():  # a damaged entry: replace it whole
-            shutil.rmtree(entry_dir)
-        os.replace(tmp, entry_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Write config + safetensors + tokenizer + manifest (every file checksummed) into place, under the entry's lock."""
+    with model_cache.entry_lock(entry_dir):
+        model_cache.write_entry(entry_dir, lambda tmp: gguf_model.save_converted(model, tokenizer, tmp), source,
+                                source_sha256)
 
 
 def _load_cached(entry_dir: Path, name: str) -> LoadedModel | None:
@@ -323,27 +308,6 @@ def _load_cached(entry_dir: Path, name: str) -> LoadedModel | None:
     return _finish(model, tokenizer, name, str(entry_dir))
 
 
-@contextlib.contextmanager
-def _tqdm_progress(progress: ProgressCallback, lo: float, hi: float):
-    """Report transformers' GGUF dequantisation loop (a tqdm) as real progress."""
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-    original = gguf_utils.tqdm
-
-    def reporting(iterable, *args, **kwargs):
-        items = list(iterable)
-        for i, item in enumerate(items):
-            if i % 8 == 0:
-                progress(lo + (hi - lo) * i / max(1, len(items)), f"Dequantising tensor {i + 1}/{len(items)}")
-            yield item
-
-    gguf_utils.tqdm = reporting
-    try:
-        yield
-    finally:
-        gguf_utils.tqdm = original
-
-
 def _load_hub(spec: str, trust_remote_code: bool, allow_pickle: bool, allow_hub: bool | None) -> LoadedModel:
     if allow_hub is None:
         allow_hub = os.environ.get("LM_EXPLORER_ALLOW_HUB") == "1" and os.environ.get("HF_HUB_OFFLINE") != "1"
@@ -358,7 +322,7 @@ def _load_hub(spec: str, trust_remote_code: bool, allow_pickle: bool, allow_hub:
         os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
         folder = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
     except Exception as exc:
-        raise ModelLoadError(f"Could not download '{spec}': {_short(exc)}") from exc
+        raise ModelLoadError(f"Could not download '{spec}': {checks.sentence(exc)}") from exc
     return _load_folder(Path(folder), spec, trust_remote_code, allow_pickle)
 
 

@@ -88,7 +88,8 @@ class Session:
             raise InputError("Max new tokens cannot be negative.")
         t0 = time.perf_counter()
         tokenized = tokenize(self.loaded.tokenizer, request.prompt, chat=request.chat, system=request.system,
-                             allow_special_in_text=request.allow_special_in_text, token_bytes=self.token_bytes)
+                             allow_special_in_text=request.allow_special_in_text, token_bytes=self.token_bytes,
+                             cancel=cancel)
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         ids = tokenized.ids
         if not ids:

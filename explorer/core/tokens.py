@@ -119,17 +119,19 @@ def tokenize(
     system: str | None = None,
     allow_special_in_text: bool = True,
     token_bytes: TokenBytes | None = None,
+    cancel: Any = None,
 ) -> Tokenized:
     """Tokenize a prompt (plain or chat template) into ids and spanned, kind-tagged tokens.
 
     `token_bytes`: a TokenBytes of this tokenizer to reuse (its id -> bytes cache stays warm across runs).
+    `cancel`: a threading.Event or callable; Stop interrupts the chat template's rendering.
     """
     _check_text(prompt, "prompt")
     if system:
         _check_text(system, "system message")
     regions: list[tuple[int, int, TokenKind]] = []
     if chat:
-        text, regions = render_chat(tokenizer, prompt, system)
+        text, regions = render_chat(tokenizer, prompt, system, cancel=cancel)
         content_kind = TokenKind.USER
     else:
         text = prompt
@@ -153,14 +155,20 @@ def _check_text(text: str, what: str) -> None:
         ) from None
 
 
-def render_chat(tokenizer: Any, prompt: str, system: str | None) -> tuple[str, list[tuple[int, int, TokenKind]]]:
-    """Apply the chat template; return the text and the character ranges of system and user content."""
+def render_chat(tokenizer: Any, prompt: str, system: str | None,
+                cancel: Any = None) -> tuple[str, list[tuple[int, int, TokenKind]]]:
+    """Apply the chat template; return the text and the character ranges of system and user content.
+
+    The template is untrusted code: it runs sandboxed with time and size limits, and `cancel` stops it.
+    """
+    from . import chat_template
+
     if not getattr(tokenizer, "chat_template", None):
         from .errors import InputError
 
         raise InputError("This model has no chat template: use plain mode.")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = chat_template.render(tokenizer, messages, add_generation_prompt=True, cancel=cancel)
     regions: list[tuple[int, int, TokenKind]] = []
     cursor = 0
     for message, kind in zip(messages, (TokenKind.SYSTEM, TokenKind.USER) if system else (TokenKind.USER,),

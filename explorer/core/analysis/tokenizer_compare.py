@@ -25,7 +25,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
     """
     from .. import catalogue
     from ..errors import ModelLoadError
-    from ..models import _load_tokenizer, _package_dir, cache_root
+    from ..models import _load_tokenizer, _package_dir, cached_tokenizer_dir
 
     spec = str(name_or_path)
     entry = catalogue.get(spec)
@@ -39,8 +39,8 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
 
         return build_tokenizer(entry.config["model_type"])
     if entry.format == "gguf":
-        cached = cache_root() / "models" / f"{entry.name}-{(entry.sha256 or '')[:16]}"
-        if (cached / "tokenizer_config.json").is_file():
+        cached = cached_tokenizer_dir(entry)  # the converted copy, its tokenizer files checked
+        if cached is not None:
             return _load_tokenizer(cached)
         root = _package_dir(entry)
         return _load_tokenizer(root, gguf_file=entry.file)  # reads the vocabulary, not the tensors
