@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -103,7 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     if headless:  # never hang a script: give up after 10 minutes
         QTimer.singleShot(600_000, lambda: fail("timed out waiting for the model or the run"))
     code = app.exec()
-    return result["code"] or (code if headless else code)
+    code = result["code"] or code
+    from .worker import orphaned
+
+    if orphaned():  # the worker is stuck in a library call (e.g. a model load): exit without joining it
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import QByteArray, QSize, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
@@ -37,13 +37,14 @@ from .prompt_bar import PromptBar
 from .run_control import RunControl
 from .safeguards import Safeguards
 from .selection import Selection
-from .settings import open_settings, push_recent, recent
+from .settings import Settings, decode_bytes, encode_bytes, open_settings, push_recent, recent
 from .timeline import Timeline
 from .widgets.background import Background
 from .worker import WorkerHost
 
 log = logging.getLogger(__name__)
 OPEN_MODEL = "__open__"
+MAX_STORED_PROMPT = 1_000_000  # characters; a longer prompt is not kept in the settings
 # default dock placement by panel name (a panel class may also set `dock_area = "left" | "right" | "bottom"`)
 _LEFT_HINTS = ("token",)
 _RIGHT_TOP_HINTS = ("attention",)
@@ -55,8 +56,9 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
     run_done = Signal(str)  # finish reason ("max_tokens", "eos", "prompt_only", "cancelled", "error")
     model_ready = Signal(object)  # ModelInfo
     model_failed = Signal(str)
+    run_opened = Signal(bool)  # a run file was read and shown (True) or refused with a banner (False)
 
-    def __init__(self, settings: QSettings | None = None, *, model: str | None = None, autoload: bool = True,
+    def __init__(self, settings: Settings | None = None, *, model: str | None = None, autoload: bool = True,
                  autorun: bool | None = None, panels: list[str] | None = None):
         super().__init__()
         self.setWindowTitle("LM Explorer")
@@ -68,6 +70,7 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
         self.run: Run | None = None  # the run on screen
         self.running = False
         self._incoming: tuple[int, Run] | None = None
+        self._stream_run: Run | None = None  # the run the worker's stream grows (steps for any other are stale)
         self._last_request: RunRequest | None = None
         self._loading_spec: str | None = None
         self._closed = False
@@ -382,27 +385,31 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
 
     # --- settings & shutdown ----------------------------------------------------------------------
     def _restore_settings(self) -> None:
+        """Every value was validated by the store (type, range, size); a widget refusing one is noted, not fatal."""
         s = self.settings
         self.prompt_bar.set_recent(recent(s, "recent_prompts"))
         state = s.value("prompt_state")
         if isinstance(state, dict):
             self.prompt_bar.from_state(state)
-        name = str(s.value("theme", "light"))
+        name = s.value("theme", "light")
         theme.apply(name=name if name in theme.THEMES else "light", presenter=False)
-        self._pending_geometry = s.value("geometry")
+        geometry = decode_bytes(s.value("geometry"))
+        self._pending_geometry = None if geometry is None else QByteArray(geometry)
         if self._pending_geometry is None:
             self.resize(1600, 1000)
-        dock_state = s.value("dock_state")
-        if dock_state is not None:
-            self.restoreState(dock_state)
+        dock_state = decode_bytes(s.value("dock_state"))
+        if dock_state is not None and not self.restoreState(QByteArray(dock_state)):
+            log.warning("settings: the stored dock layout was not usable; default layout kept")
 
     def save_settings(self) -> None:
         s = self.settings
-        s.setValue("prompt_state", self.prompt_bar.to_state())
+        state = {k: v for k, v in self.prompt_bar.to_state().items()
+                 if not (isinstance(v, str) and len(v) > MAX_STORED_PROMPT)}  # a 16 MB prompt stays out
+        s.setValue("prompt_state", state)
         if not self.isFullScreen():
-            s.setValue("geometry", self.saveGeometry())
-            s.setValue("size", self.size())
-        s.setValue("dock_state", self.saveState())
+            s.setValue("geometry", encode_bytes(self.saveGeometry().data()))
+            s.setValue("size", [self.width(), self.height()])
+        s.setValue("dock_state", encode_bytes(self.saveState().data()))
         s.sync()
 
     def reset_layout(self) -> None:
@@ -426,8 +433,8 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
             geometry, self._pending_geometry = self._pending_geometry, None
             self.restoreGeometry(geometry)
             size = self.settings.value("size")
-            if size is not None and not (self.isMaximized() or self.isFullScreen()):
-                self.resize(size)  # some platforms (offscreen) restore a stale normal geometry
+            if isinstance(size, list) and not (self.isMaximized() or self.isFullScreen()):
+                self.resize(QSize(*size))  # some platforms (offscreen) restore a stale normal geometry
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         if not self._closed:

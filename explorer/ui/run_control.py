@@ -44,7 +44,11 @@ class RunControl:
         self.prompt_bar.set_running(True)
         self.timeline.set_playing(False)
         self.statusBar().showMessage("running...")
-        previous = self.run if self.run is not None and self.info is not None and self.run.info == self.info else None
+        # prefix reuse only from a run this window streamed (never from one opened from a file: its arrays are
+        # the file's, not this model's cache)
+        run = self.run
+        live = run is not None and run is getattr(self, "_stream_run", None)
+        previous = run if live and self.info is not None and run.info == self.info else None
         self.host.submit(request, previous)
 
     def stop(self) -> None:
@@ -52,6 +56,17 @@ class RunControl:
         if self.running:
             self.host.stop()
             self.statusBar().showMessage("stopping...")
+
+    def detach_stream(self) -> None:
+        """Stop the run in progress and drop every event it still sends (another run takes the screen)."""
+        if not self.running:
+            return
+        self.host.detach()
+        self.running = False
+        self.prompt_bar.set_running(False)
+        self._incoming = None
+        self._stream_run = None
+        self.run_done.emit("cancelled")
 
     def step_one_token(self) -> None:
         """Generate exactly one more token than the run on screen (the prompt's cache is reused)."""
@@ -80,10 +95,11 @@ class RunControl:
             run = self._incoming[1]
             self._incoming = None
             run.apply(event)
+            self._stream_run = run  # the identity of the run this stream grows
             self.show_run(run, follow=True)
             return
         run = self.run
-        if run is None:
+        if run is None or run is not getattr(self, "_stream_run", None):  # another run is on screen: stale step
             return
         following = self.selection.step >= len(run.steps) - 1
         run.apply(event)

@@ -1,35 +1,296 @@
-"""Persistent preferences (QSettings): recent prompts and models, geometry, dock layout, theme.
+"""Persistent preferences as plain data: recent prompts and models, geometry, dock layout, theme.
 
-`open_settings(path)` gives an ini file at `path` (tests use a temporary one); without a path
-it is the per-user store of organisation "LM Explorer", application "lm-explorer".
+Why not QSettings: PySide's QSettings unpickles `@Variant(...PyObjectWrapper...)` values from its
+.ini files as soon as any key is read, so a settings file could run code. This store is a JSON file
+that only ever holds strings, finite numbers, booleans and lists/dicts of them; Qt never parses it.
+Every key the app reads has a validator (type, range, finiteness, size); a value that fails is
+dropped with a note in the log and the app starts with the default, never fails. Window geometry
+and dock state (Qt's bytes) are stored as base64 text and checked before Qt sees them.
+
+`open_settings(path)` gives the store at `path` (tests use a temporary one); without a path it is
+`settings.json` in the per-user config folder. A file that is not a settings file (an old QSettings
+.ini, anything else) is never parsed by Qt: it is moved aside to `<name>.unreadable` with a note,
+and the app starts from defaults.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from PySide6.QtCore import QSettings
+from ..core.errors import InputError
+from ..core.textin import read_user_file
 
+log = logging.getLogger(__name__)
 ORGANISATION = "LM Explorer"
 APPLICATION = "lm-explorer"
 MAX_RECENT = 10
+MAX_FILE = 16 * 2**20  # bytes: a settings file above this is not read
+MAX_TEXT = 1_000_000  # characters of a stored prompt or system prompt
+MAX_RECENT_TEXT = 20_000  # characters of one recent prompt (run_control keeps longer ones out)
+MAX_PATH_TEXT = 4096  # characters of a model path or name
+MAX_STATE_BYTES = 1 << 20  # decoded bytes of geometry / dock state
+INT32_MAX = 2**31 - 1
 
 
-def open_settings(path: str | Path | None = None) -> QSettings:
-    if path is not None:
-        return QSettings(str(path), QSettings.IniFormat)
-    return QSettings(QSettings.IniFormat, QSettings.UserScope, ORGANISATION, APPLICATION)
+# --- validators: each returns the clean value or raises ValueError with the reason ------------------
+def _text(limit: int, nul_ok: bool = True) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError(f"expected text, got {type(v).__name__}")
+        if len(v) > limit:
+            raise ValueError(f"text of {len(v):,} characters (at most {limit:,})")
+        if not nul_ok and "\0" in v:
+            raise ValueError("text holds a NUL character")
+        return v
+    return check
 
 
-def recent(settings: QSettings, key: str) -> list[str]:
+def _number(lo: float, hi: float, integer: bool = False) -> Callable[[Any], float | int]:
+    def check(v: Any) -> float | int:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"expected a number, got {type(v).__name__}")
+        if integer and not isinstance(v, int):
+            if not (isinstance(v, float) and math.isfinite(v) and v.is_integer()):
+                raise ValueError(f"expected a whole number, got {v!r}")
+            v = int(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{v!r} is not a finite number")
+        if not lo <= v <= hi:
+            raise ValueError(f"{v!r} is outside [{lo}, {hi}]")
+        return int(v) if integer else float(v)
+    return check
+
+
+def _boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true/false, got {type(v).__name__}")
+    return v
+
+
+def _text_list(limit: int, nul_ok: bool = True) -> Callable[[Any], list[str]]:
+    item = _text(limit, nul_ok)
+
+    def check(v: Any) -> list[str]:
+        if not isinstance(v, list):
+            raise ValueError(f"expected a list, got {type(v).__name__}")
+        return [item(x) for x in v[:MAX_RECENT] if x != ""]
+    return check
+
+
+def _qt_bytes(v: Any) -> str:
+    """Base64 text of Qt's saveGeometry/saveState bytes, checked to decode and to be small."""
+    if not isinstance(v, str) or len(v) > MAX_STATE_BYTES * 4 // 3 + 8:
+        raise ValueError("expected base64 text of at most 1 MiB")
+    try:
+        base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not base64 ({exc})") from None
+    return v
+
+
+def _window_size(v: Any) -> list[int]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise ValueError("expected [width, height]")
+    side = _number(1, 100_000, integer=True)
+    return [side(v[0]), side(v[1])]
+
+
+PROMPT_STATE: dict[str, Callable[[Any], Any]] = {  # the prompt bar's to_state(); ranges are its widgets'
+    "prompt": _text(MAX_TEXT), "system": _text(MAX_TEXT), "chat": _boolean, "special_as_text": _boolean,
+    "max_new": _number(0, 4096, integer=True), "temperature": _number(0.0, 5.0),
+    "top_k": _number(0, 100_000, integer=True), "top_p": _number(0.01, 1.0),
+    "seed": _number(0, INT32_MAX, integer=True),
+}
+
+
+def _prompt_state(v: Any) -> dict[str, Any]:
+    """Each field checked on its own: a bad one is dropped (noted), the others kept."""
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a mapping, got {type(v).__name__}")
+    out = {}
+    for key, value in v.items():
+        check = PROMPT_STATE.get(key)
+        if check is None:
+            log.info("settings: prompt_state.%s is not a known field; ignored", str(key)[:40])
+            continue
+        try:
+            out[key] = check(value)
+        except ValueError as exc:
+            log.warning("settings: prompt_state.%s ignored: %s", key, exc)
+    return out
+
+
+SCHEMA: dict[str, Callable[[Any], Any]] = {  # every key the app reads (grep settings.value)
+    "model": _text(MAX_PATH_TEXT, nul_ok=False),
+    "recent_models": _text_list(MAX_PATH_TEXT, nul_ok=False),
+    "recent_prompts": _text_list(MAX_RECENT_TEXT),
+    "theme": _text(64),
+    "capture_budget_gib": _number(1e-9, 65536.0),  # GiB (the dialog offers 0.01 .. 1024)
+    "prompt_state": _prompt_state,
+    "geometry": _qt_bytes,
+    "dock_state": _qt_bytes,
+    "size": _window_size,
+}
+
+
+def _plain(v: Any, depth: int = 0) -> Any:
+    """Keys outside the schema may hold only small plain data (no NaN, no deep nesting)."""
+    if depth > 4:
+        raise ValueError("nested too deeply")
+    if v is None or isinstance(v, (bool, str)):
+        return _text(MAX_TEXT)(v) if isinstance(v, str) else v
+    if isinstance(v, int):
+        return _number(-(2**63), 2**63 - 1, integer=True)(v)
+    if isinstance(v, float):
+        return _number(-math.inf, math.inf)(v)
+    if isinstance(v, (list, tuple)) and len(v) <= 1000:
+        return [_plain(x, depth + 1) for x in v]
+    if isinstance(v, dict) and len(v) <= 1000 and all(isinstance(k, str) for k in v):
+        return {k: _plain(x, depth + 1) for k, x in v.items()}
+    raise ValueError(f"{type(v).__name__} is not plain data")
+
+
+def validate(key: str, value: Any) -> Any:
+    """The clean value for `key`, or ValueError with the reason."""
+    return SCHEMA.get(key, _plain)(value)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+class Settings:
+    """A small key/value store with QSettings' method names (value, setValue, contains, remove, sync)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._data: dict[str, Any] = {}
+        self._write_failed = False
+        self._load()
+
+    # --- reading ----------------------------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            if not os.path.lexists(self.path):
+                return
+            raw = read_user_file(self.path, MAX_FILE, "settings file")
+        except InputError as exc:
+            log.warning("settings not read, starting from defaults: %s", exc)
+            return
+        try:
+            data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            if not isinstance(data, dict):
+                raise ValueError("the file is not a JSON object")
+        except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
+            # not ours (e.g. an old QSettings .ini, whose values Qt would unpickle): never parsed, kept aside
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            aside = self.path.with_name(self.path.name + ".unreadable")
+            try:
+                os.replace(self.path, aside)
+                where = f"moved to {aside}"
+            except OSError:
+                where = "left as it is"
+            log.warning("settings file %s is not a plain JSON settings file (%s): ignored, %s; starting from "
+                        "defaults", self.path, reason, where)
+            return
+        for key, value in data.items():
+            try:
+                self._data[key] = validate(key, value)
+            except (ValueError, RecursionError) as exc:
+                log.warning("settings: %s ignored (%s); using the default", str(key)[:60], exc)
+
+    def value(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def contains(self, key: str) -> bool:
+        return key in self._data
+
+    def allKeys(self) -> list[str]:  # noqa: N802 - QSettings' name
+        return list(self._data)
+
+    def fileName(self) -> str:  # noqa: N802 - QSettings' name
+        return str(self.path)
+
+    # --- writing ----------------------------------------------------------------------------------
+    def setValue(self, key: str, value: Any) -> None:  # noqa: N802 - QSettings' name
+        """Store a plain value (a programming error raises ValueError: nothing else is ever written)."""
+        if isinstance(value, tuple):
+            value = list(value)
+        self._data[key] = validate(key, value)
+        self.sync()
+
+    def remove(self, key: str) -> None:
+        if self._data.pop(key, None) is not None:
+            self.sync()
+
+    def sync(self) -> None:
+        """Write atomically (temporary file + rename); a failure is logged once, never raised."""
+        try:
+            text = json.dumps(self._data, allow_nan=False, indent=1)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".lmx-", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except (OSError, ValueError) as exc:
+            if not self._write_failed:
+                log.warning("settings not saved to %s: %s (they stay for this session)", self.path, exc)
+            self._write_failed = True
+        else:
+            self._write_failed = False
+
+
+def default_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APPLICATION, appauthor=False)) / "settings.json"
+
+
+def open_settings(path: str | Path | None = None) -> Settings:
+    return Settings(default_path() if path is None else path)
+
+
+# --- helpers for values the window stores -----------------------------------------------------------
+def encode_bytes(data: bytes) -> str:
+    return base64.b64encode(bytes(data)).decode("ascii")
+
+
+def decode_bytes(text: Any) -> bytes | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if len(data) <= MAX_STATE_BYTES else None
+
+
+def recent(settings: Settings, key: str) -> list[str]:
     value = settings.value(key, [])
     if isinstance(value, str):
         value = [value]
-    return [str(v) for v in (value or []) if str(v)]
+    return [v for v in (value or []) if isinstance(v, str) and v]
 
 
-def push_recent(settings: QSettings, key: str, item: str) -> list[str]:
+def push_recent(settings: Settings, key: str, item: str) -> list[str]:
     items = [item] + [v for v in recent(settings, key) if v != item]
     items = items[:MAX_RECENT]
-    settings.setValue(key, items)
+    try:
+        settings.setValue(key, items)
+    except ValueError as exc:  # e.g. an item too long for the store: keep the list as it was
+        log.info("settings: %s not updated (%s)", key, exc)
+        return recent(settings, key)
     return items
