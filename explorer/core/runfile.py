@@ -22,6 +22,7 @@ from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoic
 from .interventions import from_json, to_json
 from .models import ModelInfo
 from .run import ARRAY_FIELDS, Run
+from .tempname import temp_prefix
 
 FORMAT = "lm-explorer-run"
 VERSION = 1
@@ -55,7 +56,7 @@ def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> No
         if run.norm.bias is not None:
             arrays["norm_bias"] = run.norm.bias
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, header=blob, **arrays)

@@ -11,17 +11,37 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 
+def _bounded_int(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi} (got {value})")
+        return value
+    return parse
+
+
+def _window_size(text: str) -> tuple[int, int]:
+    w, sep, h = text.lower().partition("x")
+    side = _bounded_int(100, 20_000)
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1600x1000 (got {text!r})")
+    return side(w), side(h)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lm-explorer", description="Watch a small language model work, live.")
     p.add_argument("--model", help="built-in model name, a model folder or a .gguf file")
     p.add_argument("--prompt", help="prompt to run at start")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--system", help="system prompt (chat mode)")
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate")
+    p.add_argument("--max-new-tokens", type=_bounded_int(0, 4096), help="tokens to generate (0 to 4096)")
     p.add_argument("--screenshot", metavar="PNG", help="run the prompt, save a picture of the window, exit")
     p.add_argument("--quit-after-load", action="store_true", help="start, load the model, exit (smoke test)")
     p.add_argument("--presenter", action="store_true", help="start in presenter mode")
-    p.add_argument("--size", default="1600x1000", help="window size for --screenshot (WxH)")
+    p.add_argument("--size", type=_window_size, default="1600x1000", help="window size for --screenshot (WxH)")
     p.add_argument("--settings", help="settings ini file (default: the per-user one)")
     return p.parse_args(argv)
 
@@ -66,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_new_tokens is not None:
         bar.max_new.setValue(args.max_new_tokens)
     if args.screenshot:
-        w, _, h = args.size.partition("x")
-        window.resize(int(w), int(h))
+        window.resize(*args.size)
         window.apply_default_layout()
     window.show()
     if args.presenter:
