@@ -78,10 +78,6 @@ def check_writable(out: str) -> None:
 
     path = Path(out)
     folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise InputError(f"--out {out} is a folder: give a file name such as run.npz.")
-    if not folder.is_dir():
-        raise InputError(f"--out: the folder {folder} does not exist.")
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
@@ -89,6 +85,13 @@ def check_writable(out: str) -> None:
     if len(os.fsencode(path.name)) > limit:
         raise InputError(f"--out: the file name is {len(os.fsencode(path.name))} bytes long; this file system "
                          f"allows {limit}.")
+    try:
+        if path.is_dir():
+            raise InputError(f"--out {out} is a folder: give a file name such as run.npz.")
+        if not folder.is_dir():
+            raise InputError(f"--out: the folder {folder} does not exist.")
+    except OSError as exc:  # e.g. a path too long as a whole
+        raise InputError(f"--out: {exc.strerror or exc}.") from exc
     try:
         fd, probe = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
     except OSError as exc:

@@ -11,7 +11,9 @@ import os
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from explorer import cli
 from explorer.core import runner as runner_mod
@@ -76,7 +78,7 @@ PROMPT_STATE_HOSTILE = [("max_new", 2**31), ("max_new", -1), ("max_new", 5000), 
 @pytest.mark.parametrize(("field", "value"), PROMPT_STATE_HOSTILE)
 def test_prompt_state_fields_checked_one_by_one(tmp_path, caplog, field, value):
     path = tmp_path / "s.json"
-    path.write_text('{"prompt_state": {"prompt": "kept", "%s": %s}}' % (field, json.dumps(value)), encoding="utf-8")
+    path.write_text(json.dumps({"prompt_state": {"prompt": "kept", field: value}}), encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="explorer.ui.settings"):
         state = Settings(path).value("prompt_state")
     assert field not in state or field == "prompt" and state["prompt"] == "kept"

@@ -164,10 +164,6 @@ def validate(key: str, value: Any) -> Any:
     return SCHEMA.get(key, _plain)(value)
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 class Settings:
     """A small key/value store with QSettings' method names (value, setValue, contains, remove, sync)."""
 
@@ -187,7 +183,7 @@ class Settings:
             log.warning("settings not read, starting from defaults: %s", exc)
             return
         try:
-            data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            data = json.loads(raw.decode("utf-8"))  # NaN/Infinity parse; the validators refuse them
             if not isinstance(data, dict):
                 raise ValueError("the file is not a JSON object")
         except (ValueError, RecursionError, MemoryError, OverflowError) as exc:

@@ -1,0 +1,264 @@
+"""Issue 16 (items 1, 7, 10, 11, 12) in the window: a settings file cannot run code or stop a start, run files
+open off the GUI thread and never merge with a streaming run, close cancels a slow load, errors are banners."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+from explorer.core import runner as runner_mod
+from explorer.core.events import TokenKind
+from explorer.ui import worker as worker_mod
+from explorer.ui.main_window import MainWindow
+from explorer.ui.settings import open_settings
+
+pytest.importorskip("pytestqt")
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, tiny_llama):
+    made = []
+
+    def make(settings_path=None, load=True, panels=("tokens",)) -> MainWindow:
+        w = MainWindow(open_settings(settings_path or tmp_path / f"s{len(made)}.json"), model="tiny-llama",
+                       autoload=False, autorun=False, panels=list(panels))
+        qtbot.addWidget(w)
+        w.show()
+        made.append(w)
+        if load:
+            with qtbot.waitSignal(w.model_ready, timeout=30000):
+                w.load_model("tiny-llama")
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def run_and_wait(qtbot, w, prompt="Hello world", max_new=3) -> str:
+    w.prompt_bar.prompt.setPlainText(prompt)
+    w.prompt_bar.max_new.setValue(max_new)
+    with qtbot.waitSignal(w.run_done, timeout=30000) as blocker:
+        w.run_prompt()
+    return blocker.args[0]
+
+
+# --- 1. settings ------------------------------------------------------------------------------------------
+def test_pickled_qsettings_value_does_not_run_when_the_window_starts(qtbot, window, tmp_path, caplog):
+    from PySide6.QtCore import QSettings
+
+    marker = tmp_path / "MARKER"
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    ini = tmp_path / "settings.ini"
+    q = QSettings(str(ini), QSettings.IniFormat)
+    q.setValue("model", "tiny-llama")
+    q.setValue("prompt_state", Boom())
+    q.sync()
+    del q
+    with caplog.at_level(logging.WARNING):
+        w = window(ini, load=False)
+        w.close()
+    assert not marker.exists()
+    assert any("not a plain JSON settings file" in r.getMessage() for r in caplog.records)
+
+
+def test_hostile_settings_never_stop_a_start(qtbot, window, tmp_path, caplog):
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps({
+        "capture_budget_gib": float("inf"), "theme": ["dark"], "recent_prompts": "x",
+        "prompt_state": {"prompt": "kept", "max_new": 2**31, "temperature": float("nan"), "top_k": -5,
+                         "top_p": 1e309, "seed": 2**40, "chat": "maybe"},
+        "geometry": "@ByteArray(x)", "dock_state": "AAAA!!", "size": [2**31, -1], "model": 5,
+    }), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        w = window(path, load=False)
+    bar = w.prompt_bar
+    assert bar.prompt.toPlainText() == "kept"
+    assert bar.max_new.value() == 16 and bar.temperature.value() == 0.0 and bar.seed.value() == 0
+    assert bar.top_k.value() == 0 and bar.top_p.value() == 1.0 and not bar.chat.isChecked()
+    assert w.capture_budget() == 4 * 2**30
+    notes = " ".join(r.getMessage() for r in caplog.records)
+    for key in ("capture_budget_gib", "theme", "max_new", "temperature", "top_p", "seed", "geometry", "size"):
+        assert key in notes
+    w.close()  # and what it writes back is clean
+    stored = json.loads(path.read_text())
+    assert stored["prompt_state"]["max_new"] == 16 and isinstance(stored["geometry"], str)
+
+
+def test_prompt_state_from_a_table_of_hostile_values_is_clamped_not_raised(qtbot, window):
+    w = window(load=False)
+    for field, value in (("max_new", 2**31), ("max_new", 2**64), ("temperature", float("inf")),
+                         ("temperature", float("nan")), ("top_k", 2**33), ("seed", -1), ("top_p", "x")):
+        w.prompt_bar.from_state({field: value})  # never an OverflowError from a spin box
+    assert w.prompt_bar.max_new.value() == 16 and w.prompt_bar.seed.value() == 0
+
+
+# --- 7. prompt files ------------------------------------------------------------------------------------
+def test_prompt_file_that_is_a_fifo_or_device_is_refused_up_front(qtbot, window, tmp_path):
+    w = window(load=False)
+    fifo = tmp_path / "prompt.fifo"
+    os.mkfifo(fifo)
+
+    def unblock():  # only for unfixed code, which blocks opening it for reading: a writer ends that read
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # succeeds only once a reader waits
+                return
+            except OSError:
+                time.sleep(0.05)
+
+    threading.Thread(target=unblock, daemon=True).start()
+    assert not w.open_prompt_file(fifo)
+    assert "named pipe" in w.banner_label.text()
+    assert not w.open_prompt_file("/dev/zero") and "device" in w.banner_label.text()
+    assert not w.open_prompt_file(tmp_path) and "folder" in w.banner_label.text()
+    assert w.prompt_bar.prompt.toPlainText() != ""  # the editor kept its text
+
+
+# --- 10. opening a run while another streams ------------------------------------------------------------
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """Each decode step sleeps 20 ms so a 60-token stream is still running when a file is opened."""
+    real = runner_mod.Session._step
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.02)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod.Session, "_step", slow)
+
+
+def test_open_run_while_streaming_never_merges(qtbot, window, tmp_path, slow_steps):
+    w = window()
+    w.prompt_bar.temperature.setValue(0.0)
+    assert run_and_wait(qtbot, w, "Saved prompt", max_new=3) == "max_tokens"
+    path = tmp_path / "saved.npz"
+    assert w.save_run(path)
+    saved_ids = [t.id for t in w.run.tokens]
+    saved_steps = len(w.run.steps)
+    w.prompt_bar.prompt.setPlainText("Saved prompt")  # the same prompt: token counts line up with the file
+    w.prompt_bar.max_new.setValue(60)
+    w.run_prompt()
+    qtbot.waitUntil(lambda: w.run is not None and w.run.n_generated >= 2 and w.running, timeout=30000)
+    with qtbot.waitSignal(w.run_opened, timeout=30000) as opened:
+        w.open_run(path)
+    assert opened.args == [True]
+    qtbot.waitUntil(lambda: not w.host.thread.isRunning() or w.host.worker._pending is None, timeout=5000)
+    qtbot.wait(300)  # any step still queued from the stream arrives now
+    assert [t.id for t in w.run.tokens] == saved_ids and len(w.run.steps) == saved_steps
+    assert not w.running and w.prompt_bar.run_button.isEnabled()
+    again = tmp_path / "again.npz"
+    assert w.save_run(again)
+    with qtbot.waitSignal(w.run_opened, timeout=30000) as reopened:
+        w.open_run(again)
+    assert reopened.args == [True] and [t.id for t in w.run.tokens] == saved_ids
+
+
+def test_a_new_run_never_reuses_a_prefix_from_a_file_run(qtbot, window, tmp_path):
+    w = window()
+    assert run_and_wait(qtbot, w, "The same start", max_new=1) == "max_tokens"
+    path = tmp_path / "start.npz"
+    assert w.save_run(path)
+    with qtbot.waitSignal(w.run_opened, timeout=30000):
+        w.open_run(path)
+    assert w.run.info == w.info  # same model: reuse would be possible by the ids alone
+    assert run_and_wait(qtbot, w, "The same start and more", max_new=1) == "max_tokens"
+    assert w.run.steps[0].cached_prefix == 0
+    assert not any(t.kind == TokenKind.CACHED_PREFIX for t in w.run.tokens)
+    # a run this window streamed is still reused (the optimisation stays)
+    assert run_and_wait(qtbot, w, "The same start and more and more", max_new=1) == "max_tokens"
+    assert w.run.steps[0].cached_prefix > 0
+
+
+# --- 11. closing during a slow model load ----------------------------------------------------------------
+def test_close_during_a_slow_load_cancels_it(qtbot, tmp_path, monkeypatch):
+    ticks = []
+    started = threading.Event()
+
+    def slow_load(spec, on_progress=None, **kwargs):
+        for i in range(400):  # 20 s if never cancelled
+            on_progress(i / 400, f"step {i}")
+            ticks.append(i)
+            started.set()
+            time.sleep(0.05)
+        raise AssertionError("the load was not cancelled")
+
+    monkeypatch.setattr(worker_mod, "load_model", slow_load)
+    w = MainWindow(open_settings(tmp_path / "s.json"), autoload=False, autorun=False, panels=["tokens"])
+    qtbot.addWidget(w)
+    w.show()
+    w.load_model("slow-model")
+    assert started.wait(10)
+    w.close()
+    assert w.host.thread.isFinished(), "the worker thread still runs the load after close"
+    assert len(ticks) < 100
+    assert not worker_mod.orphaned()
+
+
+# --- 12. crafted run files: a banner, never an exception escaping the menu handler ----------------------
+@pytest.mark.parametrize("exc", [RecursionError("maximum recursion depth exceeded"), OverflowError("too big"),
+                                 MemoryError(), ValueError("odd"), KeyError("header")])
+def test_open_crafted_run_shows_a_banner(qtbot, window, tmp_path, monkeypatch, exc):
+    threads = []
+
+    def crafted(path):
+        threads.append(threading.current_thread())
+        raise exc
+
+    monkeypatch.setattr("explorer.core.runfile.load_run", crafted)
+    w = window(load=False)
+    with qtbot.waitSignal(w.run_opened, timeout=10000) as opened:
+        w.open_run(tmp_path / "crafted.npz")
+    assert opened.args == [False]
+    assert w.banner.isVisible() and "crafted.npz" in w.banner_label.text()
+    assert threads and threads[0] is not threading.main_thread()  # read off the GUI thread
+
+
+def test_open_a_deeply_nested_header_file_shows_a_banner(qtbot, window, tmp_path):
+    import io
+    import zipfile
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.frombuffer(("[" * 200_000 + "]" * 200_000).encode(), np.uint8))
+    path = tmp_path / "nested.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("header.npy", buf.getvalue())
+    w = window(load=False)
+    with qtbot.waitSignal(w.run_opened, timeout=30000) as opened:
+        w.open_run(path)
+    assert opened.args == [False] and "nested.npz" in w.banner_label.text()
+
+
+def test_save_run_to_a_too_long_name_is_a_banner(qtbot, window, tmp_path):
+    w = window()
+    assert run_and_wait(qtbot, w, "Hi", max_new=1) == "max_tokens"
+    assert not w.save_run(tmp_path / ("n" * 400 + ".npz"))
+    assert "too long" in w.banner_label.text().lower()
+
+
+def test_truncate_when_the_system_prompt_leaves_no_room(qtbot, window):
+    w = window()
+    ctx = w.info.context_length
+    request = w.prompt_bar.request()
+    from dataclasses import replace
+
+    from explorer.core.events import GenerationSettings
+
+    request = replace(request, prompt="Hi", chat=True, system=" ".join(["rule"] * ctx),
+                      settings=GenerationSettings(max_new_tokens=4))
+    with qtbot.waitSignal(w.run_done, timeout=30000):
+        w.host.truncate(request)
+    text = w.banner_label.text()
+    assert "system prompt" in text and "lower max new tokens" not in text.lower()
