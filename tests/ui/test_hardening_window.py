@@ -150,9 +150,9 @@ def test_open_run_while_streaming_never_merges(qtbot, window, tmp_path, slow_ste
     w.prompt_bar.max_new.setValue(60)
     w.run_prompt()
     qtbot.waitUntil(lambda: w.run is not None and w.run.n_generated >= 2 and w.running, timeout=30000)
-    with qtbot.waitSignal(w.run_opened, timeout=30000) as opened:
-        w.open_run(path)
-    assert opened.args == [True]
+    live = w.run
+    w.open_run(path)  # (read on a thread now; the wait below holds for a synchronous open too)
+    qtbot.waitUntil(lambda: w.run is not live, timeout=30000)
     qtbot.waitUntil(lambda: not w.host.thread.isRunning() or w.host.worker._pending is None, timeout=5000)
     qtbot.wait(300)  # any step still queued from the stream arrives now
     assert [t.id for t in w.run.tokens] == saved_ids and len(w.run.steps) == saved_steps
@@ -169,8 +169,9 @@ def test_a_new_run_never_reuses_a_prefix_from_a_file_run(qtbot, window, tmp_path
     assert run_and_wait(qtbot, w, "The same start", max_new=1) == "max_tokens"
     path = tmp_path / "start.npz"
     assert w.save_run(path)
-    with qtbot.waitSignal(w.run_opened, timeout=30000):
-        w.open_run(path)
+    live = w.run
+    w.open_run(path)
+    qtbot.waitUntil(lambda: w.run is not live, timeout=30000)
     assert w.run.info == w.info  # same model: reuse would be possible by the ids alone
     assert run_and_wait(qtbot, w, "The same start and more", max_new=1) == "max_tokens"
     assert w.run.steps[0].cached_prefix == 0
