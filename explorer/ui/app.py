@@ -42,7 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quit-after-load", action="store_true", help="start, load the model, exit (smoke test)")
     p.add_argument("--presenter", action="store_true", help="start in presenter mode")
     p.add_argument("--size", type=_window_size, default="1600x1000", help="window size for --screenshot (WxH)")
-    p.add_argument("--settings", help="settings ini file (default: the per-user one)")
+    p.add_argument("--settings", help="settings file (plain JSON; default: the per-user one)")
     return p.parse_args(argv)
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         tmp = tempfile.TemporaryDirectory()
-        settings = open_settings(Path(tmp.name) / "settings.ini")
+        settings = open_settings(Path(tmp.name) / "settings.json")
     autorun = True if args.prompt or args.screenshot else None
     window = MainWindow(settings, model=args.model, autorun=autorun)
     bar = window.prompt_bar

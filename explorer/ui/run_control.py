@@ -81,6 +81,10 @@ class RunControl:
         else:
             base = run.request
             request = replace(base, settings=replace(base.settings, max_new_tokens=run.n_generated + 1))
+        if not 0 <= request.settings.max_new_tokens <= self.prompt_bar.max_new.maximum():
+            self.show_banner(f"Cannot generate another token: the run already has {run.n_generated} "
+                             f"(at most {self.prompt_bar.max_new.maximum()} here).")
+            return
         self.prompt_bar.max_new.setValue(request.settings.max_new_tokens)
         self.submit(request)
 

@@ -263,3 +263,37 @@ def test_truncate_when_the_system_prompt_leaves_no_room(qtbot, window):
         w.host.truncate(request)
     text = w.banner_label.text()
     assert "system prompt" in text and "lower max new tokens" not in text.lower()
+
+
+def test_close_does_not_wait_for_a_load_stuck_in_a_library_call(qtbot, tmp_path, monkeypatch):
+    """A load that never reports progress cannot be cancelled: close leaves it (no join, no abort)."""
+    started, release = threading.Event(), threading.Event()
+
+    def stuck_load(spec, on_progress=None, **kwargs):
+        started.set()
+        release.wait(30)  # one long call inside a library
+        raise RuntimeError("released")
+
+    monkeypatch.setattr(worker_mod, "load_model", stuck_load)
+    w = MainWindow(open_settings(tmp_path / "s.json"), autoload=False, autorun=False, panels=["tokens"])
+    qtbot.addWidget(w)
+    w.show()
+    w.load_model("stuck-model")
+    assert started.wait(10)
+    try:
+        w.close()
+        assert not w.isVisible()
+        assert w.host.thread.isRunning() and worker_mod.orphaned()  # close returned without the load finishing
+    finally:
+        release.set()
+        assert w.host.thread.wait(10000)
+    assert not worker_mod.orphaned()
+
+
+def test_step_one_token_on_a_run_with_a_huge_count_is_a_banner(qtbot, window, monkeypatch):
+    """A run from a crafted file may claim more generated tokens than the spin box can hold (OverflowError)."""
+    w = window()
+    assert run_and_wait(qtbot, w, "Hi", max_new=1) == "max_tokens"
+    monkeypatch.setattr(type(w.run), "n_generated", property(lambda self: 2**31))
+    w.step_one_token()
+    assert "Cannot generate another token" in w.banner_label.text() and not w.running
