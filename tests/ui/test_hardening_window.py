@@ -297,3 +297,41 @@ def test_step_one_token_on_a_run_with_a_huge_count_is_a_banner(qtbot, window, mo
     monkeypatch.setattr(type(w.run), "n_generated", property(lambda self: 2**31))
     w.step_one_token()
     assert "Cannot generate another token" in w.banner_label.text() and not w.running
+
+
+APP_SCRIPT = r"""
+import sys, threading
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+import explorer.ui.worker as worker
+from explorer.ui import app
+
+def stuck_load(spec, on_progress=None, **kwargs):  # a load stuck in one library call, never reporting progress
+    threading.Event().wait(600)
+
+worker.load_model = stuck_load
+qapp = QApplication(["lm-explorer"])
+
+def close_soon():
+    for w in qapp.topLevelWidgets():
+        if w.objectName() == "" and hasattr(w, "host"):
+            w.close()
+    qapp.quit()
+
+QTimer.singleShot(1500, close_soon)
+sys.exit(app.main(["--settings", sys.argv[1], "--model", "stuck-model"]))
+"""
+
+
+def test_app_exits_cleanly_while_a_load_is_stuck(tmp_path):
+    """The whole app: closing during a load that cannot be cancelled exits with code 0, not SIGABRT."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run_app.py"
+    script.write_text(APP_SCRIPT, encoding="utf-8")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": os.getcwd()}
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "s.json")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "Destroyed while thread" not in result.stderr
