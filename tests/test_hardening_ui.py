@@ -39,9 +39,18 @@ HOSTILE = [  # (key, stored value): each must be ignored with a note, never fata
     ("recent_prompts", [None]), ("recent_prompts", ["x" * 30_000]), ("recent_prompts", 5),
     ("theme", 3), ("theme", "t" * 100), ("theme", None),
     ("prompt_state", "max_new=5"), ("prompt_state", [1, 2]), ("prompt_state", None),
-    ("geometry", "not base64!"), ("geometry", 5), ("geometry", "A" * (3 * 2**20)),
-    ("dock_state", ["AAAA"]), ("dock_state", "@ByteArray(x)"),
-    ("size", [0, 10]), ("size", [2**40, 10]), ("size", "800x600"), ("size", [1.5, 2]), ("size", [1, 2, 3]),
+    ("layout", "@ByteArray(AAAA)"), ("layout", {"window": [0, 0, 0, 10]}), ("layout", {"window": [0, 0, 2**40, 9]}),
+    ("layout", {"window": "800x600"}), ("layout", {"window": [1.5, 2, 3, 4]}), ("layout", {"window": [1, 2, 3]}),
+    ("layout", {"maximized": "yes"}), ("layout", {"state": "AAAA"}), ("layout", {"docks": "tokens"}),
+    ("layout", {"docks": [{"name": "tokens"}]}),
+    ("layout", {"docks": [dict(name="tokens", area="middle", order=0, group=0, visible=True, floating=False,
+                               current=True, size=[10, 10])]}),
+    ("layout", {"docks": [dict(name="tokens", area="left", order=0, group=0, visible=True, floating=False,
+                               current=True, size=[10, 10], extra=1)]}),
+    ("layout", {"docks": [dict(name="t", area="left", order=0, group=0, visible=True, floating=False,
+                               current=True, size=[10, 10])] * 2}),
+    ("layout", {"docks": [dict(name="t", area="left", order=0, group=0, visible=True, floating=False,
+                               current=True, size=[10, 10])] * 65}),
 ]
 
 

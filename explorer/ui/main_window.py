@@ -10,7 +10,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSize, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 from ..core import catalogue
 from ..core.events import RunRequest
 from ..core.run import Run
-from . import theme
+from . import layout_state, theme
 from .docks import PanelDock
 from .file_actions import FileActions
 from .menus import build_menus
@@ -37,7 +37,7 @@ from .prompt_bar import PromptBar
 from .run_control import RunControl
 from .safeguards import Safeguards
 from .selection import Selection
-from .settings import Settings, decode_bytes, encode_bytes, open_settings, push_recent, recent
+from .settings import Settings, open_settings, push_recent, recent
 from .timeline import Timeline
 from .widgets.background import Background
 from .worker import WorkerHost
@@ -393,28 +393,32 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
             self.prompt_bar.from_state(state)
         name = s.value("theme", "light")
         theme.apply(name=name if name in theme.THEMES else "light", presenter=False)
-        geometry = decode_bytes(s.value("geometry"))
-        self._pending_geometry = None if geometry is None else QByteArray(geometry)
-        if self._pending_geometry is None:
+        layout = s.value("layout")
+        self._pending_layout = layout if isinstance(layout, dict) else None
+        if self._pending_layout is not None and self._pending_layout.get("window"):
+            self.resize(*self._pending_layout["window"][2:])
+        else:
             self.resize(1600, 1000)
-        dock_state = decode_bytes(s.value("dock_state"))
-        if dock_state is not None and not self.restoreState(QByteArray(dock_state)):
-            log.warning("settings: the stored dock layout was not usable; default layout kept")
+        if self._pending_layout is not None and self._pending_layout.get("docks"):
+            layout_state.apply_docks(self, self._pending_layout)
 
     def save_settings(self) -> None:
         s = self.settings
         state = {k: v for k, v in self.prompt_bar.to_state().items()
                  if not (isinstance(v, str) and len(v) > MAX_STORED_PROMPT)}  # a 16 MB prompt stays out
         s.setValue("prompt_state", state)
-        if not self.isFullScreen():
-            s.setValue("geometry", encode_bytes(self.saveGeometry().data()))
-            s.setValue("size", [self.width(), self.height()])
-        s.setValue("dock_state", encode_bytes(self.saveState().data()))
+        layout = layout_state.capture(self)
+        previous = s.value("layout")
+        if self.isFullScreen() and isinstance(previous, dict) and previous.get("window"):
+            layout["window"], layout["maximized"] = previous["window"], previous.get("maximized", False)
+        s.setValue("layout", layout)
         s.sync()
 
     def reset_layout(self) -> None:
         self.apply_default_layout()
-        self.settings.remove("dock_state")
+        layout = dict(self.settings.value("layout") or {})
+        if layout.pop("docks", None) is not None:
+            self.settings.setValue("layout", layout)
 
     def shortcut(self, text: str, keys: str | QKeySequence, slot, menu=None, checkable: bool = False) -> QAction:
         action = QAction(text, self)
@@ -429,12 +433,9 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
-        if self._pending_geometry is not None:  # restoring before the first show loses the frame size
-            geometry, self._pending_geometry = self._pending_geometry, None
-            self.restoreGeometry(geometry)
-            size = self.settings.value("size")
-            if isinstance(size, list) and not (self.isMaximized() or self.isFullScreen()):
-                self.resize(QSize(*size))  # some platforms (offscreen) restore a stale normal geometry
+        if self._pending_layout is not None:  # placing before the first show loses the frame size
+            layout, self._pending_layout = self._pending_layout, None
+            layout_state.apply_window(self, layout)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         if not self._closed:

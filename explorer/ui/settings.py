@@ -4,8 +4,9 @@ Why not QSettings: PySide's QSettings unpickles `@Variant(...PyObjectWrapper...)
 .ini files as soon as any key is read, so a settings file could run code. This store is a JSON file
 that only ever holds strings, finite numbers, booleans and lists/dicts of them; Qt never parses it.
 Every key the app reads has a validator (type, range, finiteness, size); a value that fails is
-dropped with a note in the log and the app starts with the default, never fails. Window geometry
-and dock state (Qt's bytes) are stored as base64 text and checked before Qt sees them.
+dropped with a note in the log and the app starts with the default, never fails. The window layout
+is plain records too (layout_state.py): Qt's binary saveState is never stored, because a few
+changed bytes of it crash QMainWindow.restoreState.
 
 `open_settings(path)` gives the store at `path` (tests use a temporary one); without a path it is
 `settings.json` in the per-user config folder. A file that is not a settings file (an old QSettings
@@ -15,8 +16,6 @@ and the app starts from defaults.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
@@ -37,7 +36,6 @@ MAX_FILE = 16 * 2**20  # bytes: a settings file above this is not read
 MAX_TEXT = 1_000_000  # characters of a stored prompt or system prompt
 MAX_RECENT_TEXT = 20_000  # characters of one recent prompt (run_control keeps longer ones out)
 MAX_PATH_TEXT = 4096  # characters of a model path or name
-MAX_STATE_BYTES = 1 << 20  # decoded bytes of geometry / dock state
 INT32_MAX = 2**31 - 1
 
 
@@ -86,22 +84,53 @@ def _text_list(limit: int, nul_ok: bool = True) -> Callable[[Any], list[str]]:
     return check
 
 
-def _qt_bytes(v: Any) -> str:
-    """Base64 text of Qt's saveGeometry/saveState bytes, checked to decode and to be small."""
-    if not isinstance(v, str) or len(v) > MAX_STATE_BYTES * 4 // 3 + 8:
-        raise ValueError("expected base64 text of at most 1 MiB")
-    try:
-        base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"not base64 ({exc})") from None
-    return v
+def _int_list(n: int, lo: int, hi: int, what: str) -> Callable[[Any], list[int]]:
+    item = _number(lo, hi, integer=True)
+
+    def check(v: Any) -> list[int]:
+        if not isinstance(v, list) or len(v) != n:
+            raise ValueError(f"expected {what}")
+        return [item(x) for x in v]
+    return check
 
 
-def _window_size(v: Any) -> list[int]:
-    if not isinstance(v, list) or len(v) != 2:
-        raise ValueError("expected [width, height]")
-    side = _number(1, 100_000, integer=True)
-    return [side(v[0]), side(v[1])]
+AREAS = ("left", "right", "top", "bottom")
+DOCK_RECORD: dict[str, Callable[[Any], Any]] = {
+    "name": _text(64, nul_ok=False), "area": _text(8), "order": _number(0, 1000, integer=True),
+    "group": _number(0, 1000, integer=True), "visible": _boolean, "floating": _boolean, "current": _boolean,
+    "size": _int_list(2, 0, 100_000, "[width, height]"),
+    "rect": _int_list(4, -100_000, 100_000, "[x, y, width, height]"),
+}
+
+
+def _dock_record(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict) or not set(DOCK_RECORD) - {"rect"} <= set(v) or set(v) - set(DOCK_RECORD):
+        raise ValueError("a dock record has missing or unknown fields")
+    record = {k: DOCK_RECORD[k](x) for k, x in v.items()}
+    if record["area"] not in AREAS:
+        raise ValueError(f"unknown dock area {record['area']!r}")
+    return record
+
+
+def _layout(v: Any) -> dict[str, Any]:
+    """The window layout (layout_state.capture): plain records, never Qt's binary state (it can crash Qt)."""
+    if not isinstance(v, dict) or set(v) - {"docks", "window", "maximized"}:
+        raise ValueError("expected {docks, window, maximized}")
+    out: dict[str, Any] = {}
+    if "docks" in v:
+        if not isinstance(v["docks"], list) or len(v["docks"]) > 64:
+            raise ValueError("docks: expected a list of at most 64 records")
+        out["docks"] = [_dock_record(r) for r in v["docks"]]
+        if len({r["name"] for r in out["docks"]}) != len(out["docks"]):
+            raise ValueError("docks: a name appears twice")
+    if "window" in v:
+        x, y, w, h = _int_list(4, -100_000, 100_000, "[x, y, width, height]")(v["window"])
+        if w < 1 or h < 1:
+            raise ValueError("the window size must be positive")
+        out["window"] = [x, y, w, h]
+    if "maximized" in v:
+        out["maximized"] = _boolean(v["maximized"])
+    return out
 
 
 PROMPT_STATE: dict[str, Callable[[Any], Any]] = {  # the prompt bar's to_state(); ranges are its widgets'
@@ -136,9 +165,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {  # every key the app reads (grep set
     "theme": _text(64),
     "capture_budget_gib": _number(1e-9, 65536.0),  # GiB (the dialog offers 0.01 .. 1024)
     "prompt_state": _prompt_state,
-    "geometry": _qt_bytes,
-    "dock_state": _qt_bytes,
-    "size": _window_size,
+    "layout": _layout,
 }
 
 
@@ -260,20 +287,6 @@ def open_settings(path: str | Path | None = None) -> Settings:
 
 
 # --- helpers for values the window stores -----------------------------------------------------------
-def encode_bytes(data: bytes) -> str:
-    return base64.b64encode(bytes(data)).decode("ascii")
-
-
-def decode_bytes(text: Any) -> bytes | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return data if len(data) <= MAX_STATE_BYTES else None
-
-
 def recent(settings: Settings, key: str) -> list[str]:
     value = settings.value(key, [])
     if isinstance(value, str):
