@@ -96,7 +96,7 @@ def test_prompt_state_fields_checked_one_by_one(tmp_path, caplog, field, value):
 
 
 @pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"model": 1' + "0" * 5000 + "}",
-                                  "\xff\xfe garbage", "[1, 2]", ""])
+                                  "\xff\xfe garbage", "[1, 2]"])
 def test_unreadable_settings_file_is_set_aside_not_fatal(tmp_path, caplog, text):
     path = tmp_path / "s.json"
     path.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
@@ -132,6 +132,27 @@ def test_qsettings_pickle_in_an_ini_never_runs(tmp_path, caplog):
         s.value("theme")
     assert not marker.exists()
     assert any("not a plain JSON settings file" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("content", [b"# my notes, not settings\n", b"[General]\nmodel=x\n", b"\x00\x01binary"])
+def test_a_named_file_that_is_not_a_settings_file_is_never_changed(tmp_path, caplog, content):
+    """`--settings README.md` by mistake: the file is neither moved nor overwritten; nothing is saved."""
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="explorer.ui.settings"):
+        s = open_settings(path)
+        s.setValue("theme", "dark")
+        s.sync()
+    assert path.read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert s.value("theme") == "dark" and any("not saved" in r.getMessage() for r in caplog.records)
+
+
+def test_a_named_fifo_is_never_replaced(tmp_path):
+    fifo = tmp_path / "s.json"
+    os.mkfifo(fifo)
+    s = open_settings(fifo)
+    s.setValue("theme", "dark")
+    assert fifo.is_fifo()
 
 
 def test_settings_round_trip_and_refuse_non_plain_values(tmp_path):

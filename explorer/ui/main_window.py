@@ -312,7 +312,7 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
         self.info = info
         spec = self._loading_spec or info.name
         self.progress.hide()
-        self.settings.setValue("model", spec)
+        self.store_setting("model", spec)
         if catalogue.get(spec) is None:
             push_recent(self.settings, "recent_models", spec)
             self._fill_model_combo()
@@ -381,7 +381,7 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
 
     def set_theme(self, name: str) -> None:
         theme.apply(name=name)
-        self.settings.setValue("theme", name)
+        self.store_setting("theme", name)
 
     # --- settings & shutdown ----------------------------------------------------------------------
     def _restore_settings(self) -> None:
@@ -402,23 +402,32 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
         if self._pending_layout is not None and self._pending_layout.get("docks"):
             layout_state.apply_docks(self, self._pending_layout)
 
+    def store_setting(self, key: str, value) -> bool:
+        """Store a value; one the store refuses (too long, out of range) is logged and skipped, never raised."""
+        try:
+            self.settings.setValue(key, value)
+        except (ValueError, TypeError) as exc:
+            log.warning("setting %s not stored: %s", key, exc)
+            return False
+        return True
+
     def save_settings(self) -> None:
         s = self.settings
         state = {k: v for k, v in self.prompt_bar.to_state().items()
                  if not (isinstance(v, str) and len(v) > MAX_STORED_PROMPT)}  # a 16 MB prompt stays out
-        s.setValue("prompt_state", state)
+        self.store_setting("prompt_state", state)
         layout = layout_state.capture(self)
         previous = s.value("layout")
         if self.isFullScreen() and isinstance(previous, dict) and previous.get("window"):
             layout["window"], layout["maximized"] = previous["window"], previous.get("maximized", False)
-        s.setValue("layout", layout)
+        self.store_setting("layout", layout)
         s.sync()
 
     def reset_layout(self) -> None:
         self.apply_default_layout()
         layout = dict(self.settings.value("layout") or {})
         if layout.pop("docks", None) is not None:
-            self.settings.setValue("layout", layout)
+            self.store_setting("layout", layout)
 
     def shortcut(self, text: str, keys: str | QKeySequence, slot, menu=None, checkable: bool = False) -> QAction:
         action = QAction(text, self)

@@ -192,10 +192,17 @@ def validate(key: str, value: Any) -> Any:
 
 
 class Settings:
-    """A small key/value store with QSettings' method names (value, setValue, contains, remove, sync)."""
+    """A small key/value store with QSettings' method names (value, setValue, contains, remove, sync).
 
-    def __init__(self, path: str | Path):
+    `owned`: the file is the app's own (the per-user default). A file there that is not a settings file
+    is moved aside to `<name>.unreadable`; a file the user named (`--settings`) that is not one, or is not
+    a regular file, is never changed: the session runs on defaults and saves nothing (with a note).
+    """
+
+    def __init__(self, path: str | Path, owned: bool = True):
         self.path = Path(path)
+        self.owned = owned
+        self.read_only = False
         self._data: dict[str, Any] = {}
         self._write_failed = False
         self._load()
@@ -207,21 +214,28 @@ class Settings:
                 return
             raw = read_user_file(self.path, MAX_FILE, "settings file")
         except InputError as exc:
-            log.warning("settings not read, starting from defaults: %s", exc)
+            self.read_only = True  # never replace what is there (a FIFO, a folder, a huge file...)
+            log.warning("settings not read, starting from defaults (and not saved to that path): %s", exc)
+            return
+        if not raw.strip():
             return
         try:
             data = json.loads(raw.decode("utf-8"))  # NaN/Infinity parse; the validators refuse them
             if not isinstance(data, dict):
                 raise ValueError("the file is not a JSON object")
         except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
-            # not ours (e.g. an old QSettings .ini, whose values Qt would unpickle): never parsed, kept aside
+            # not ours (e.g. an old QSettings .ini, whose values Qt would unpickle): never parsed by Qt
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            aside = self.path.with_name(self.path.name + ".unreadable")
-            try:
-                os.replace(self.path, aside)
-                where = f"moved to {aside}"
-            except OSError:
-                where = "left as it is"
+            where = "left as it is; settings are not saved this session"
+            if self.owned:
+                aside = self.path.with_name(self.path.name + ".unreadable")
+                try:
+                    os.replace(self.path, aside)
+                    where = f"moved to {aside}"
+                except OSError:
+                    self.read_only = True
+            else:
+                self.read_only = True
             log.warning("settings file %s is not a plain JSON settings file (%s): ignored, %s; starting from "
                         "defaults", self.path, reason, where)
             return
@@ -257,6 +271,8 @@ class Settings:
 
     def sync(self) -> None:
         """Write atomically (temporary file + rename); a failure is logged once, never raised."""
+        if self.read_only:
+            return
         try:
             text = json.dumps(self._data, allow_nan=False, indent=1)
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +299,8 @@ def default_path() -> Path:
 
 
 def open_settings(path: str | Path | None = None) -> Settings:
-    return Settings(default_path() if path is None else path)
+    """The per-user settings (owned by the app), or the file at `path` (changed only if it is a settings file)."""
+    return Settings(default_path()) if path is None else Settings(path, owned=False)
 
 
 # --- helpers for values the window stores -----------------------------------------------------------
