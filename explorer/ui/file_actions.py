@@ -27,22 +27,25 @@ def _load_off_thread(path: Path, ticket: int, relay: _OpenRelay) -> None:
     """Runs on a plain thread: every failure (crafted numbers, deep nesting, memory) becomes a message."""
     from ..core.runfile import load_run
 
+    run, message = None, ""
     try:
         run = load_run(path)
     except RunFileError as exc:
-        relay.done.emit(ticket, None, str(exc))
+        message = str(exc)
     except (OverflowError, RecursionError, MemoryError) as exc:
         log.warning("run file %s: %s", path, type(exc).__name__)
-        relay.done.emit(ticket, None, f"The file holds values this app cannot represent ({type(exc).__name__}: "
-                                      f"{str(exc)[:200] or 'too large or too deeply nested'}). It is damaged or "
-                                      "was made to break readers.")
+        message = (f"The file holds values this app cannot represent ({type(exc).__name__}: "
+                   f"{str(exc)[:200] or 'too large or too deeply nested'}). It is damaged or was made to break "
+                   "readers.")
     except OSError as exc:
-        relay.done.emit(ticket, None, exc.strerror or str(exc))
+        message = exc.strerror or str(exc)
     except Exception as exc:  # noqa: BLE001 - a crafted file must never take the window down
         log.exception("run file %s could not be read", path)
-        relay.done.emit(ticket, None, f"{type(exc).__name__}: {str(exc)[:300]}")
-    else:
-        relay.done.emit(ticket, run, "")
+        message = f"{type(exc).__name__}: {str(exc)[:300]}"
+    try:
+        relay.done.emit(ticket, run, message)
+    except RuntimeError:  # the window closed while the file was read
+        log.info("run file %s read after the window closed", path)
 
 
 class FileActions:

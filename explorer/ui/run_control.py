@@ -154,12 +154,15 @@ class RunControl:
         self.running = False
         self.prompt_bar.set_running(False)
         self._incoming = None
-        if (isinstance(exc, PromptTooLongError) and run_id != -1 and self._last_request is not None
-                and exc.max_new < exc.limit):
-            request = self._last_request
+        last = self._last_request
+        if isinstance(exc, PromptTooLongError) and run_id != -1 and last is not None and last.chat:
+            message += ("\nThe count includes the chat template" +  # so a long system prompt is not a mystery
+                        (" and the system prompt: a long system prompt takes room from the prompt."
+                         if last.system else "."))
+        if isinstance(exc, PromptTooLongError) and run_id != -1 and last is not None and exc.max_new < exc.limit:
             self.show_banner(f"{message}\nNothing was cut. Truncate keeps the last tokens that fit and shows you "
                              "the shortened prompt first.", action="Truncate to fit",
-                             callback=lambda: self.host.truncate(request))
+                             callback=lambda: self.host.truncate(last))
         else:
             self.show_banner(message)
         self.run_done.emit("error")

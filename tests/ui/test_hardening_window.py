@@ -393,3 +393,12 @@ def test_layout_round_trip_keeps_areas_tabs_and_visibility(qtbot, window, tmp_pa
     assert tabs(after) == tabs(before)
     current = {n for n, r in before.items() if r["current"] and r["visible"]}
     assert current == {n for n, r in after.items() if r["current"] and r["visible"]}
+
+
+def test_too_long_banner_names_the_system_prompt(qtbot, window):
+    w = window()
+    ctx = w.info.context_length
+    w.prompt_bar.chat.setChecked(True)
+    w.prompt_bar.system.setPlainText(" ".join(["rule"] * ctx))
+    assert run_and_wait(qtbot, w, "Hi", max_new=4) == "error"
+    assert "system prompt" in w.banner_label.text()
