@@ -57,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from .main_window import MainWindow
-    from .settings import APPLICATION, ORGANISATION, open_settings
+    from .settings import APPLICATION, ORGANISATION, disarm_qt_unpickling, open_settings
     from .widgets.background import Background
 
+    disarm_qt_unpickling()  # before Qt reads any settings file (its own included)
     app = QApplication.instance() or QApplication(["lm-explorer"])
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)

@@ -37,7 +37,7 @@ from .prompt_bar import PromptBar
 from .run_control import RunControl
 from .safeguards import Safeguards
 from .selection import Selection
-from .settings import Settings, open_settings, push_recent, recent
+from .settings import Settings, disarm_qt_unpickling, open_settings, push_recent, recent
 from .timeline import Timeline
 from .widgets.background import Background
 from .worker import WorkerHost
@@ -60,6 +60,7 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
 
     def __init__(self, settings: Settings | None = None, *, model: str | None = None, autoload: bool = True,
                  autorun: bool | None = None, panels: list[str] | None = None):
+        disarm_qt_unpickling()  # Qt's own settings (file dialogs) must never unpickle either
         super().__init__()
         self.setWindowTitle("LM Explorer")
         self.setAcceptDrops(True)

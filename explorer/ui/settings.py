@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -292,6 +293,61 @@ class Settings:
             self._write_failed = False
 
 
+# --- PySide's own unpickling of settings values ----------------------------------------------------------
+_DISARMED: list[bool] = []
+
+
+def _refuse_unpickle(data, *args, **kwargs):
+    """Stands in for pickle.loads inside PySide: the stored object becomes None (raising here crashes PySide)."""
+    log.warning("refused to unpickle a Python object stored in a Qt settings file (%d bytes): Qt settings "
+                "values are never run as code; it reads as None", len(data) if hasattr(data, "__len__") else -1)
+
+
+def disarm_qt_unpickling() -> bool:
+    """Make PySide refuse every `@Variant(...PyObjectWrapper...)` value it reads from any Qt settings file
+    (the value reads as None, with a note in the log).
+
+    Qt's own widgets read settings too (a QFileDialog reads ~/.config/QtProject.conf), and PySide turns a
+    stored Python object back into one with pickle: code. PySide looks `pickle.loads` up once, at its first
+    such value, and keeps it; so the first such value it ever reads is a harmless one made here, read
+    while `pickle.loads` is a function that refuses. From then on, for the whole process, it refuses.
+    Returns True when PySide now holds the refusing function (False if it had cached the real one already).
+    """
+    if _DISARMED:
+        return _DISARMED[0]
+    from PySide6.QtCore import QSettings
+
+    class _Harmless:
+        def __reduce__(self):
+            return (int, (0,))
+
+    calls = []
+
+    def refuse_and_count(data, *args, **kwargs):
+        calls.append(1)
+        return _refuse_unpickle(data)
+
+    with tempfile.TemporaryDirectory(prefix="lmx-qt-") as tmp:
+        written = Path(tmp) / "w.ini"
+        q = QSettings(str(written), QSettings.IniFormat)
+        q.setValue("x", _Harmless())
+        q.sync()
+        del q
+        fresh = Path(tmp) / "r.ini"  # a file Qt has never cached: its value is really deserialised
+        fresh.write_bytes(written.read_bytes())
+        real, pickle.loads = pickle.loads, refuse_and_count
+        try:
+            logging.disable(logging.WARNING)  # the priming value is ours: no note for it
+            QSettings(str(fresh), QSettings.IniFormat).value("x")
+        finally:
+            logging.disable(logging.NOTSET)
+            pickle.loads = real
+    _DISARMED.append(bool(calls))
+    if not calls:
+        log.warning("could not disarm PySide's unpickling of Qt settings values (it was used before)")
+    return _DISARMED[0]
+
+
 def default_path() -> Path:
     import platformdirs
 
@@ -300,6 +356,7 @@ def default_path() -> Path:
 
 def open_settings(path: str | Path | None = None) -> Settings:
     """The per-user settings (owned by the app), or the file at `path` (changed only if it is a settings file)."""
+    disarm_qt_unpickling()
     return Settings(default_path()) if path is None else Settings(path, owned=False)
 
 

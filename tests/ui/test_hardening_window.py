@@ -402,3 +402,56 @@ def test_too_long_banner_names_the_system_prompt(qtbot, window):
     w.prompt_bar.system.setPlainText(" ".join(["rule"] * ctx))
     assert run_and_wait(qtbot, w, "Hi", max_new=4) == "error"
     assert "system prompt" in w.banner_label.text()
+
+
+QT_OWN_SETTINGS = r"""
+import os, sys
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtWidgets import QApplication, QFileDialog
+
+class Boom:
+    def __reduce__(self):
+        return (open, (sys.argv[2], "w"))
+
+if sys.argv[1] == "plant":  # Qt's own settings file for its file dialog, with a pickled object in it
+    q = QSettings(QSettings.UserScope, "QtProject")
+    q.setValue("FileDialog/boom", Boom())
+    q.sync()
+    sys.exit(0)
+app = QApplication([])
+if sys.argv[1] == "window":
+    from explorer.ui.main_window import MainWindow
+    from explorer.ui.settings import open_settings
+    w = MainWindow(open_settings(sys.argv[3]), autoload=False, autorun=False, panels=["tokens"])
+QTimer.singleShot(500, lambda: [d.reject() for d in app.topLevelWidgets() if isinstance(d, QFileDialog)])
+try:
+    QFileDialog.getOpenFileName(None, "Load prompt from a text file", os.path.dirname(sys.argv[2]))
+except Exception as exc:
+    print(type(exc).__name__, exc)
+if sys.argv[1] == "window":
+    w.close()
+"""
+
+
+def test_qt_own_file_dialog_settings_never_unpickle(tmp_path):
+    """Qt's file dialog reads ~/.config/QtProject.conf and PySide unpickles a stored Python object there;
+    the window disarms that before any dialog opens."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "qt_own.py"
+    script.write_text(QT_OWN_SETTINGS, encoding="utf-8")
+    def run(mode: str, marker):
+        env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(tmp_path / f"config-{mode}"),
+               "PYTHONPATH": os.getcwd()}
+        subprocess.run([sys.executable, str(script), "plant", str(marker)], env=env, check=True, timeout=60,
+                       capture_output=True)
+        return subprocess.run([sys.executable, str(script), mode, str(marker), str(tmp_path / "s.json")], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    plain = run("plain", tmp_path / "MARKER_PLAIN")  # the attack is real on this PySide
+    assert (tmp_path / "MARKER_PLAIN").exists(), plain.stderr[-1000:]
+    guarded = run("window", tmp_path / "MARKER_WINDOW")
+    assert guarded.returncode == 0, guarded.stderr[-2000:]
+    assert not (tmp_path / "MARKER_WINDOW").exists()
+    assert "refused to unpickle" in guarded.stderr
