@@ -1,4 +1,5 @@
-"""The window's layout as plain data (docks and window rectangle), never Qt's binary state.
+"""The window's layout as plain data (docks and window rectangle), never Qt's binary state; and the
+window's settings restore/save (WindowState, a mixin of MainWindow).
 
 Why: `QMainWindow.restoreState` parses Qt's binary dock state, and a few changed bytes crash it
 (segmentation fault, found by mutating a saved state). A settings file must never be able to do
@@ -21,7 +22,11 @@ from typing import Any
 from PySide6.QtCore import QPoint, QRect, Qt
 from PySide6.QtGui import QGuiApplication
 
+from . import theme
+from .settings import recent
+
 log = logging.getLogger(__name__)
+MAX_STORED_PROMPT = 1_000_000  # characters; a longer prompt is not kept in the settings
 AREAS = {"left": Qt.LeftDockWidgetArea, "right": Qt.RightDockWidgetArea, "top": Qt.TopDockWidgetArea,
          "bottom": Qt.BottomDockWidgetArea}
 _AREA_NAMES = {int(v.value) if hasattr(v, "value") else int(v): k for k, v in AREAS.items()}
@@ -135,3 +140,58 @@ def apply_window(window, data: dict[str, Any]) -> None:
             window.move(x, y)
     if data.get("maximized"):
         window.showMaximized()
+
+
+class WindowState:
+    """Restoring and saving the window's settings (a mixin of MainWindow): prompt, theme, recent, layout."""
+
+    def _restore_settings(self) -> None:
+        """Every value was validated by the store (type, range, size); a widget refusing one is noted, not fatal."""
+        s = self.settings
+        self.prompt_bar.set_recent(recent(s, "recent_prompts"))
+        state = s.value("prompt_state")
+        if isinstance(state, dict):
+            self.prompt_bar.from_state(state)
+        name = s.value("theme", "light")
+        theme.apply(name=name if name in theme.THEMES else "light", presenter=False)
+        layout = s.value("layout")
+        self._pending_layout = layout if isinstance(layout, dict) else None
+        if self._pending_layout is not None and self._pending_layout.get("window"):
+            self.resize(*self._pending_layout["window"][2:])
+        else:
+            self.resize(1600, 1000)
+        if self._pending_layout is not None and self._pending_layout.get("docks"):
+            apply_docks(self, self._pending_layout)
+
+    def store_setting(self, key: str, value) -> bool:
+        """Store a value; one the store refuses (too long, out of range) is logged and skipped, never raised."""
+        try:
+            self.settings.setValue(key, value)
+        except (ValueError, TypeError) as exc:
+            log.warning("setting %s not stored: %s", key, exc)
+            return False
+        return True
+
+    def save_settings(self) -> None:
+        s = self.settings
+        state = {k: v for k, v in self.prompt_bar.to_state().items()
+                 if not (isinstance(v, str) and len(v) > MAX_STORED_PROMPT)}  # a 16 MB prompt stays out
+        self.store_setting("prompt_state", state)
+        layout = capture(self)
+        previous = s.value("layout")
+        if self.isFullScreen() and isinstance(previous, dict) and previous.get("window"):
+            layout["window"], layout["maximized"] = previous["window"], previous.get("maximized", False)
+        self.store_setting("layout", layout)
+        s.sync()
+
+    def reset_layout(self) -> None:
+        self.apply_default_layout()
+        layout = dict(self.settings.value("layout") or {})
+        if layout.pop("docks", None) is not None:
+            self.store_setting("layout", layout)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if self._pending_layout is not None:  # placing before the first show loses the frame size
+            layout, self._pending_layout = self._pending_layout, None
+            apply_window(self, layout)

@@ -28,9 +28,10 @@ from PySide6.QtWidgets import (
 from ..core import catalogue
 from ..core.events import RunRequest
 from ..core.run import Run
-from . import layout_state, theme
+from . import theme
 from .docks import PanelDock
 from .file_actions import FileActions
+from .layout_state import WindowState
 from .menus import build_menus
 from .panels import REGISTRY
 from .prompt_bar import PromptBar
@@ -44,14 +45,13 @@ from .worker import WorkerHost
 
 log = logging.getLogger(__name__)
 OPEN_MODEL = "__open__"
-MAX_STORED_PROMPT = 1_000_000  # characters; a longer prompt is not kept in the settings
 # default dock placement by panel name (a panel class may also set `dock_area = "left" | "right" | "bottom"`)
 _LEFT_HINTS = ("token",)
 _RIGHT_TOP_HINTS = ("attention",)
 _RAISE_HINTS = ("depth",)  # the tab shown first in the tabbed group
 
 
-class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
+class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
     colormap_changed = Signal(str)  # panels may also use theme.colormap() / theme.events()
     run_done = Signal(str)  # finish reason ("max_tokens", "eos", "prompt_only", "cancelled", "error")
     model_ready = Signal(object)  # ModelInfo
@@ -384,52 +384,7 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
         theme.apply(name=name)
         self.store_setting("theme", name)
 
-    # --- settings & shutdown ----------------------------------------------------------------------
-    def _restore_settings(self) -> None:
-        """Every value was validated by the store (type, range, size); a widget refusing one is noted, not fatal."""
-        s = self.settings
-        self.prompt_bar.set_recent(recent(s, "recent_prompts"))
-        state = s.value("prompt_state")
-        if isinstance(state, dict):
-            self.prompt_bar.from_state(state)
-        name = s.value("theme", "light")
-        theme.apply(name=name if name in theme.THEMES else "light", presenter=False)
-        layout = s.value("layout")
-        self._pending_layout = layout if isinstance(layout, dict) else None
-        if self._pending_layout is not None and self._pending_layout.get("window"):
-            self.resize(*self._pending_layout["window"][2:])
-        else:
-            self.resize(1600, 1000)
-        if self._pending_layout is not None and self._pending_layout.get("docks"):
-            layout_state.apply_docks(self, self._pending_layout)
-
-    def store_setting(self, key: str, value) -> bool:
-        """Store a value; one the store refuses (too long, out of range) is logged and skipped, never raised."""
-        try:
-            self.settings.setValue(key, value)
-        except (ValueError, TypeError) as exc:
-            log.warning("setting %s not stored: %s", key, exc)
-            return False
-        return True
-
-    def save_settings(self) -> None:
-        s = self.settings
-        state = {k: v for k, v in self.prompt_bar.to_state().items()
-                 if not (isinstance(v, str) and len(v) > MAX_STORED_PROMPT)}  # a 16 MB prompt stays out
-        self.store_setting("prompt_state", state)
-        layout = layout_state.capture(self)
-        previous = s.value("layout")
-        if self.isFullScreen() and isinstance(previous, dict) and previous.get("window"):
-            layout["window"], layout["maximized"] = previous["window"], previous.get("maximized", False)
-        self.store_setting("layout", layout)
-        s.sync()
-
-    def reset_layout(self) -> None:
-        self.apply_default_layout()
-        layout = dict(self.settings.value("layout") or {})
-        if layout.pop("docks", None) is not None:
-            self.store_setting("layout", layout)
-
+    # --- shortcuts & shutdown -------------------------------------------------------------------
     def shortcut(self, text: str, keys: str | QKeySequence, slot, menu=None, checkable: bool = False) -> QAction:
         action = QAction(text, self)
         action.setShortcut(QKeySequence(keys))
@@ -440,12 +395,6 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
         if menu is not None:
             menu.addAction(action)
         return action
-
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().showEvent(event)
-        if self._pending_layout is not None:  # placing before the first show loses the frame size
-            layout, self._pending_layout = self._pending_layout, None
-            layout_state.apply_window(self, layout)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         if not self._closed:
