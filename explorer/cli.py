@@ -63,7 +63,7 @@ def _seed(text: str) -> int:
     return value
 
 
-def check_writable(out: str) -> None:
+def check_writable(out: str, flag: str = "--out") -> None:
     """Refuse an output path that cannot be written, before any work (InputError with the reason).
 
     Checks: not a folder, the folder exists, the name fits the file system, and a file can be created
@@ -83,19 +83,19 @@ def check_writable(out: str) -> None:
     except (OSError, ValueError, AttributeError):
         limit = 255
     if len(os.fsencode(path.name)) > limit:
-        raise InputError(f"--out: the file name is {len(os.fsencode(path.name))} bytes long; this file system "
+        raise InputError(f"{flag}: the file name is {len(os.fsencode(path.name))} bytes long; this file system "
                          f"allows {limit}.")
     try:
         if path.is_dir():
-            raise InputError(f"--out {out} is a folder: give a file name such as run.npz.")
+            raise InputError(f"{flag} {out} is a folder: give a file name such as run.npz.")
         if not folder.is_dir():
-            raise InputError(f"--out: the folder {folder} does not exist.")
+            raise InputError(f"{flag}: the folder {folder} does not exist.")
     except OSError as exc:  # e.g. a path too long as a whole
-        raise InputError(f"--out: {exc.strerror or exc}.") from exc
+        raise InputError(f"{flag}: {exc.strerror or exc}.") from exc
     try:
         fd, probe = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise InputError(f"--out: cannot write in {folder}: {exc.strerror or exc}.") from exc
+        raise InputError(f"{flag}: cannot write in {folder}: {exc.strerror or exc}.") from exc
     os.close(fd)
     os.unlink(probe)
 

@@ -391,3 +391,14 @@ def test_no_room_blames_the_system_prompt_not_max_new(tiny_llama):
     assert "system prompt" in message and "max new tokens" not in message.lower()
     plain = _no_room_message(session, RunRequest("Hi", settings=GenerationSettings(max_new_tokens=ctx)), 0)
     assert "max new tokens" in plain.lower()
+
+
+@pytest.mark.parametrize("picture", ["{file}/shot.png", "{tmp}/" + "p" * 300 + ".png"])
+def test_screenshot_path_checked_before_the_window_starts(tmp_path, monkeypatch, capsys, picture):
+    from explorer.ui import app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setattr("explorer.ui.main_window.MainWindow", _no_model)  # must not be built
+    code = app.main(["--model", "tiny-llama", "--screenshot", picture.format(file=blocker, tmp=tmp_path)])
+    assert code == 2 and "--screenshot" in capsys.readouterr().err

@@ -50,6 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from ..logfile import setup_logging
 
+    if args.screenshot:  # an unusable picture path is said before the model loads and runs, not after
+        from ..cli import check_writable
+        from ..core.errors import InputError
+
+        try:
+            Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
+            check_writable(args.screenshot, flag="--screenshot")
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"error: --screenshot: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     log_file = setup_logging()
     logging.getLogger(__name__).info("LM Explorer starting (log file %s)", log_file)
     from PySide6.QtCore import QTimer
@@ -112,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 app.processEvents()
                 Background.wait_idle()
             path = Path(args.screenshot)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                fail(f"could not write {path}: {exc.strerror or exc}")
+                return
             if not window.grab().save(str(path)):
                 fail(f"could not write {path}")
                 return
