@@ -402,3 +402,12 @@ def test_screenshot_path_checked_before_the_window_starts(tmp_path, monkeypatch,
     monkeypatch.setattr("explorer.ui.main_window.MainWindow", _no_model)  # must not be built
     code = app.main(["--model", "tiny-llama", "--screenshot", picture.format(file=blocker, tmp=tmp_path)])
     assert code == 2 and "--screenshot" in capsys.readouterr().err
+
+
+def test_a_flood_of_unknown_keys_is_capped(tmp_path, caplog):
+    path = tmp_path / "s.json"
+    _write_json(path, {**{f"k{i}": i for i in range(5000)}, "theme": "dark"})
+    with caplog.at_level(logging.WARNING, logger="explorer.ui.settings"):
+        s = Settings(path)
+    assert s.value("theme") == "dark" and len(s.allKeys()) == settings_mod.MAX_UNKNOWN_KEYS + 1
+    assert any("keys the app does not use" in r.getMessage() for r in caplog.records)

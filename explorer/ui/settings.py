@@ -38,6 +38,7 @@ MAX_TEXT = 1_000_000  # characters of a stored prompt or system prompt
 MAX_RECENT_TEXT = 20_000  # characters of one recent prompt (run_control keeps longer ones out)
 MAX_PATH_TEXT = 4096  # characters of a model path or name
 INT32_MAX = 2**31 - 1
+MAX_UNKNOWN_KEYS = 100  # keys outside SCHEMA kept from a file (plain data only)
 
 
 # --- validators: each returns the clean value or raises ValueError with the reason ------------------
@@ -240,6 +241,12 @@ class Settings:
             log.warning("settings file %s is not a plain JSON settings file (%s): ignored, %s; starting from "
                         "defaults", self.path, reason, where)
             return
+        unknown = [k for k in data if k not in SCHEMA]
+        if len(unknown) > MAX_UNKNOWN_KEYS:
+            log.warning("settings: %d keys the app does not use; only the first %d kept", len(unknown),
+                        MAX_UNKNOWN_KEYS)
+            for key in unknown[MAX_UNKNOWN_KEYS:]:
+                del data[key]
         for key, value in data.items():
             try:
                 self._data[key] = validate(key, value)
