@@ -10,12 +10,15 @@ changed bytes of it crash QMainWindow.restoreState.
 
 `open_settings(path)` gives the store at `path` (tests use a temporary one); without a path it is
 `settings.json` in the per-user config folder. A file that is not a settings file (an old QSettings
-.ini, anything else) is never parsed by Qt: it is moved aside to `<name>.unreadable` with a note,
-and the app starts from defaults.
+.ini, anything else) is never parsed by Qt: the app starts from defaults with a note; the per-user
+file is moved aside to `<name>.unreadable`, a file named with `--settings` is left untouched (and
+nothing is saved to it). `disarm_qt_unpickling` also stops PySide unpickling values from Qt's own
+settings files (the file dialog's).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -254,7 +257,8 @@ class Settings:
                 log.warning("settings: %s ignored (%s); using the default", str(key)[:60], exc)
 
     def value(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
+        """A copy of the stored value (changing it changes nothing stored), or `default`."""
+        return copy.deepcopy(self._data[key]) if key in self._data else default
 
     def contains(self, key: str) -> bool:
         return key in self._data
