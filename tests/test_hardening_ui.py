@@ -25,6 +25,20 @@ from explorer.ui import settings as settings_mod
 from explorer.ui.settings import SCHEMA, Settings, open_settings
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """cli.main / app.main / setup_logging add handlers to the root logger: remove them after each test."""
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in saved[0]:
+            root.removeHandler(h)
+            h.close()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
 # --- 1. settings: plain data only, every value validated -----------------------------------------------
 def _write_json(path, data) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
@@ -315,19 +329,6 @@ def test_save_run_with_a_name_near_the_limit(tiny_llama, tmp_path):
     run.save(path)
     assert load_run(path).n_tokens == run.n_tokens
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    saved = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in saved[0]:
-            root.removeHandler(h)
-            h.close()
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
 
 
 def test_log_folder_not_writable_falls_back_once(tmp_path, monkeypatch, capfd, restore_logging):
