@@ -30,12 +30,74 @@ def main(argv: list[str]) -> int:
             logging.getLogger("explorer.cli").warning("%s failed: %s", command, exc)
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except (OverflowError, RecursionError, MemoryError, OSError) as exc:  # from a file the user named
+            logging.getLogger("explorer.cli").warning("%s failed", command, exc_info=True)
+            print(f"error: {_plain_reason(exc)}", file=sys.stderr)
+            return 2
     if "--version" in argv:
         print(f"lm-explorer {__version__}")
         return 0
     from .ui.app import main as gui_main
 
     return gui_main(argv)
+
+
+def _plain_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    if isinstance(exc, MemoryError):
+        return "out of memory (the input is too large for this computer)"
+    detail = str(exc).splitlines()[0][:200] if str(exc) else "a value too large or nested too deeply"
+    return f"the input could not be read: {type(exc).__name__}: {detail}"
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed is a whole number from 0 to 2**63 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"the seed must be from 0 to 2**63 - 1 (got {value})")
+    return value
+
+
+def check_writable(out: str, flag: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before any work (InputError with the reason).
+
+    Checks: not a folder, the folder exists, the name fits the file system, and a file can be created
+    there (a temporary probe with the same kind of short name the atomic save uses, removed at once).
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from .core.errors import InputError
+    from .core.tempname import temp_prefix
+
+    path = Path(out)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    if len(os.fsencode(path.name)) > limit:
+        raise InputError(f"{flag}: the file name is {len(os.fsencode(path.name))} bytes long; this file system "
+                         f"allows {limit}.")
+    try:
+        if path.is_dir():
+            raise InputError(f"{flag} {out} is a folder: give a file name such as run.npz.")
+        if not folder.is_dir():
+            raise InputError(f"{flag}: the folder {folder} does not exist.")
+    except OSError as exc:  # e.g. a path too long as a whole
+        raise InputError(f"{flag}: {exc.strerror or exc}.") from exc
+    try:
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"{flag}: cannot write in {folder}: {exc.strerror or exc}.") from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _progress_printer(prefix: str):
@@ -56,9 +118,10 @@ def cmd_capture(argv: list[str]) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    check_writable(args.out)  # before loading and running: an unwritable path must not cost the whole run
     from .core.api import capture
     from .core.models import load_model
     from .core.runner import Session

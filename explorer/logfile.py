@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -53,13 +54,38 @@ def setup_logging(console_level: int = logging.WARNING, file_level: int = loggin
             h.close()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS,
-                                                       encoding="utf-8", delay=True)
-    except OSError as exc:
-        logging.getLogger(__name__).warning("no log file (%s): logging to the console only", exc)
+        with open(path, "a", encoding="utf-8"):  # probe now: a later failure would print a traceback per line
+            pass
+        handler = _FileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8", delay=True)
+    except (OSError, ValueError) as exc:
+        logging.getLogger(__name__).warning("no log file (%s): logging to the console only", _reason(exc))
         return None
     handler.setLevel(file_level)
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler._lm_explorer = True
     root.addHandler(handler)
     return path
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+class _FileHandler(logging.handlers.RotatingFileHandler):
+    """The rotated log file; if writing fails later (folder made read-only, disk full), it removes itself and
+    says so once on the console, instead of logging's traceback for every line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        import sys
+
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        root = logging.getLogger()
+        if self in root.handlers:
+            root.removeHandler(self)
+            with contextlib.suppress(OSError):
+                self.close()
+            logging.getLogger(__name__).warning("the log file %s cannot be written (%s): logging to the console "
+                                                "only from now on", self.baseFilename, _reason(exc))

@@ -168,6 +168,10 @@ def test_tokenizer_that_fails_to_load(tiny_llama, tmp_path):
         load_model(folder)
 
 
+# imports pickle only to swap pickle.loads for a refusing function while PySide caches it (never to load)
+_PICKLE_DISARM = {"explorer/ui/settings.py"}
+
+
 def test_no_unsafe_deserialisation_in_the_code():
     """Loading never executes anything: no pickle, no torch.load, every np.load with allow_pickle=False."""
     offenders = []
@@ -177,10 +181,14 @@ def test_no_unsafe_deserialisation_in_the_code():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
                 if any(n and n.split(".")[0] in ("pickle", "dill", "cloudpickle", "joblib") for n in names):
+                    if path.relative_to(ROOT).as_posix() in _PICKLE_DISARM:
+                        continue
                     offenders.append(f"{path.name}: imports pickle")
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 owner = getattr(node.func.value, "id", "")
                 kwargs = {k.arg: k.value for k in node.keywords}
+                if owner == "pickle":  # even where pickle is imported (to disarm it), it is never called
+                    offenders.append(f"{path.name}:{node.lineno} pickle.{node.func.attr}()")
                 if owner == "torch" and node.func.attr == "load":
                     offenders.append(f"{path.name}:{node.lineno} torch.load")
                 if owner == "np" and node.func.attr == "load":

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .tempname import atomic_write
+
 log = logging.getLogger(__name__)
 MANIFEST = "explorer-manifest.json"
 CACHE_FORMAT = 2
@@ -85,14 +87,8 @@ def content_sha256(path: Path) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
 
 
 # --- manifest -------------------------------------------------------------------------------------

@@ -6,11 +6,9 @@ model info and the token count) and raises RunFileError with a sentence when any
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from dataclasses import asdict
@@ -27,6 +25,7 @@ from .models import ModelInfo
 from .run import ARRAY_FIELDS, Run
 from .runfile_check import FORMAT, VERSION, check_header
 from .runfile_read import check_member, member_infos, memory_limit, read_array, read_header
+from .tempname import atomic_write
 
 _DTYPES = {
     "queries": "f", "keys": "f", "values": "f", "resid": "f", "attn_out": "f", "mlp_out": "f",
@@ -61,34 +60,8 @@ def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> No
         if run.norm.bias is not None:
             arrays["norm_bias"] = run.norm.bias
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    _check_name(path)
-    # a short temporary name (a long target name plus a suffix would overflow NAME_MAX)
-    fd, tmp = tempfile.mkstemp(prefix="." + _short(path.name) + ".", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, header=blob, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _short(name: str, limit: int = 40) -> str:
-    """At most `limit` bytes of a file name, cut on a character boundary."""
-    return name.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
-
-
-def _check_name(path: Path) -> None:
-    """Refuse a name the folder cannot hold before writing anything (ENAMETOOLONG, with the limit)."""
-    try:
-        limit = os.pathconf(path.parent or ".", "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        limit = 255
-    if len(os.fsencode(path.name)) > limit:
-        raise OSError(errno.ENAMETOOLONG, f"The file name is {len(os.fsencode(path.name))} bytes long; this folder "
-                      f"allows {limit}. Choose a shorter name", str(path))
+    with atomic_write(path) as fh:
+        np.savez(fh, header=blob, **arrays)
 
 
 def load_run(path: str | os.PathLike) -> Run:

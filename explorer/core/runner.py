@@ -110,7 +110,7 @@ class Session:
             self._cache_ids = self._cache_ids[:reuse]
         tokens = list(tokenized.tokens)
         tokens[:reuse] = [replace(t, kind=TokenKind.CACHED_PREFIX) for t in tokens[:reuse]]
-        rng = np.random.default_rng(settings.seed)
+        rng = _rng(settings.seed)
         spans = IncrementalSpans()
         eos = set(_as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None)))
         eos.update(_as_list(self.loaded.tokenizer.eos_token_id))
@@ -199,10 +199,11 @@ class Session:
             arrays = {k: np.concatenate([previous.prefix_array(k, start), v], axis=-2 if k != "final_resid"
                                         else 0) for k, v in arrays.items()}
             last_cached = torch.tensor(previous.prefix_array("final_resid", start)[-1:])  # [1, hidden] one row
-            stats = self._prediction_stats(torch.cat([last_cached, final]), tokens[start - 1:])
+            stats = self._prediction_stats(torch.cat([last_cached, final]), tokens[start - 1:],
+                                           cancel=capture.cancel)
             stats = {k: np.concatenate([previous.prefix_array(k, start), v[1:]]) for k, v in stats.items()}
         else:
-            stats = self._prediction_stats(final, tokens, predicted, last_logits)
+            stats = self._prediction_stats(final, tokens, predicted, last_logits, cancel=capture.cancel)
         choice = None
         t_sample = time.perf_counter()
         if want_choice and last_logits is not None:
@@ -229,8 +230,12 @@ class Session:
 
     def _prediction_stats(self, final: torch.Tensor, tokens: tuple[Token, ...],
                           predicted: TokenChoice | None = None,
-                          last_logits: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+                          last_logits: torch.Tensor | None = None,
+                          cancel: threading.Event | None = None) -> dict[str, np.ndarray]:
         """Entropy and top-k of each position's prediction, and each token's logprob and rank.
+
+        `cancel` is checked before every block of rows (Stop right after a long prefill's last layer must not
+        wait for the whole vocabulary scoring): raises Cancelled.
 
         A decode step reuses the model's own logits (`last_logits`) and takes its token's logprob and
         rank from the choice that sampled it (`predicted`); a prefill scores its positions in chunks
@@ -258,9 +263,11 @@ class Session:
             return out
         ids = torch.tensor([t.id for t in tokens])  # [n]
         for chunk_lo in range(0, n, _STATS_CHUNK):
+            _check_cancel(cancel)
             block = head(norm(final[chunk_lo:chunk_lo + _STATS_CHUNK])).float()  # [chunk, vocab]
             # the passes over the vocabulary run on small row blocks that stay in the CPU cache
             for sub in range(0, block.shape[0], _PASS_ROWS):
+                _check_cancel(cancel)
                 lo = chunk_lo + sub
                 logits = block[sub:sub + _PASS_ROWS]  # [rows, vocab]
                 hi = lo + logits.shape[0]
@@ -293,6 +300,18 @@ class Session:
             k, v = layer.keys, layer.values
             sizes.append(0 if k is None else k.numel() * k.element_size() + v.numel() * v.element_size())
         return np.asarray(sizes, np.int64)
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("Run cancelled.")
+
+
+def _rng(seed) -> np.random.Generator:
+    """The run's random generator; a seed numpy refuses (negative, not an integer) is a clear InputError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"The seed must be a whole number, 0 or more (got {seed!r}).")
+    return np.random.default_rng(int(seed))
 
 
 def _row_stats(logits: np.ndarray) -> tuple[float, float, np.ndarray]:

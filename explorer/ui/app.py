@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+
+def _bounded_int(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi} (got {value})")
+        return value
+    return parse
+
+
+def _window_size(text: str) -> tuple[int, int]:
+    w, sep, h = text.lower().partition("x")
+    side = _bounded_int(100, 20_000)
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1600x1000 (got {text!r})")
+    return side(w), side(h)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -16,12 +37,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--prompt", help="prompt to run at start")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--system", help="system prompt (chat mode)")
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate")
+    p.add_argument("--max-new-tokens", type=_bounded_int(0, 4096), help="tokens to generate (0 to 4096)")
     p.add_argument("--screenshot", metavar="PNG", help="run the prompt, save a picture of the window, exit")
     p.add_argument("--quit-after-load", action="store_true", help="start, load the model, exit (smoke test)")
     p.add_argument("--presenter", action="store_true", help="start in presenter mode")
-    p.add_argument("--size", default="1600x1000", help="window size for --screenshot (WxH)")
-    p.add_argument("--settings", help="settings ini file (default: the per-user one)")
+    p.add_argument("--size", type=_window_size, default="1600x1000", help="window size for --screenshot (WxH)")
+    p.add_argument("--settings", help="settings file (plain JSON; default: the per-user one)")
     return p.parse_args(argv)
 
 
@@ -29,6 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from ..logfile import setup_logging
 
+    if args.screenshot:  # an unusable picture path is said before the model loads and runs, not after
+        from ..cli import check_writable
+        from ..core.errors import InputError
+
+        try:
+            Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
+            check_writable(args.screenshot, flag="--screenshot")
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"error: --screenshot: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     log_file = setup_logging()
     logging.getLogger(__name__).info("LM Explorer starting (log file %s)", log_file)
     from PySide6.QtCore import QTimer
@@ -36,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from .main_window import MainWindow
-    from .settings import APPLICATION, ORGANISATION, open_settings
+    from .settings import APPLICATION, ORGANISATION, disarm_qt_unpickling, open_settings
     from .widgets.background import Background
 
+    disarm_qt_unpickling()  # before Qt reads any settings file (its own included)
     app = QApplication.instance() or QApplication(["lm-explorer"])
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)
@@ -52,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         tmp = tempfile.TemporaryDirectory()
-        settings = open_settings(Path(tmp.name) / "settings.ini")
+        settings = open_settings(Path(tmp.name) / "settings.json")
     autorun = True if args.prompt or args.screenshot else None
     window = MainWindow(settings, model=args.model, autorun=autorun)
     bar = window.prompt_bar
@@ -65,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_new_tokens is not None:
         bar.max_new.setValue(args.max_new_tokens)
     if args.screenshot:
-        w, _, h = args.size.partition("x")
-        window.resize(int(w), int(h))
+        window.resize(*args.size)
         window.apply_default_layout()
     window.show()
     if args.presenter:
@@ -91,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 app.processEvents()
                 Background.wait_idle()
             path = Path(args.screenshot)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                fail(f"could not write {path}: {exc.strerror or exc}")
+                return
             if not window.grab().save(str(path)):
                 fail(f"could not write {path}")
                 return
@@ -103,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     if headless:  # never hang a script: give up after 10 minutes
         QTimer.singleShot(600_000, lambda: fail("timed out waiting for the model or the run"))
     code = app.exec()
-    return result["code"] or (code if headless else code)
+    code = result["code"] or code
+    from .worker import orphaned
+
+    if orphaned():  # the worker is stuck in a library call (e.g. a model load): exit without joining it
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

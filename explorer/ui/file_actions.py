@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QInputDialog
 
@@ -11,21 +14,73 @@ from ..core.errors import RunFileError
 from .dialogs import diagnostics, show_about
 from .export import export_widget
 
+log = logging.getLogger(__name__)
+
+
+class _OpenRelay(QObject):
+    """Carries a run file's load result from its thread to the GUI thread (a queued signal)."""
+
+    done = Signal(int, object, str)  # (ticket, Run or None, error message)
+
+
+def _load_off_thread(path: Path, ticket: int, relay: _OpenRelay) -> None:
+    """Runs on a plain thread: every failure (crafted numbers, deep nesting, memory) becomes a message."""
+    from ..core.runfile import load_run
+
+    run, message = None, ""
+    try:
+        run = load_run(path)
+    except RunFileError as exc:
+        message = str(exc)
+    except (OverflowError, RecursionError, MemoryError) as exc:
+        log.warning("run file %s: %s", path, type(exc).__name__)
+        message = (f"The file holds values this app cannot represent ({type(exc).__name__}: "
+                   f"{str(exc)[:200] or 'too large or too deeply nested'}). It is damaged or was made to break "
+                   "readers.")
+    except OSError as exc:
+        message = exc.strerror or str(exc)
+    except Exception as exc:  # noqa: BLE001 - a crafted file must never take the window down
+        log.exception("run file %s could not be read", path)
+        message = f"{type(exc).__name__}: {str(exc)[:300]}"
+    try:
+        relay.done.emit(ticket, run, message)
+    except RuntimeError:  # the window closed while the file was read
+        log.info("run file %s read after the window closed", path)
+
 
 class FileActions:
     # --- files ------------------------------------------------------------------------------------
     def open_run(self, path: str | Path) -> bool:
-        from ..core.runfile import load_run
+        """Read a run file on a background thread; the GUI stays live. `run_opened(ok)` says how it went.
 
-        try:
-            run = load_run(path)
-        except RunFileError as exc:
-            self.show_banner(f"Could not open the run file:\n{exc}")
-            return False
+        A run streaming now is stopped only once the file's run is ready to replace it on screen; an error
+        is a banner and the shown run stays. Returns True when the read was started.
+        """
+        path = Path(path)
+        relay = getattr(self, "_open_relay", None)
+        if relay is None:
+            relay = self._open_relay = _OpenRelay(self)
+            relay.done.connect(self._run_file_read)
+        self._open_ticket = getattr(self, "_open_ticket", 0) + 1  # a newer Open supersedes an older one
+        self._open_paths = {**getattr(self, "_open_paths", {}), self._open_ticket: path}
+        self.statusBar().showMessage(f"opening {path.name}...")
+        threading.Thread(target=_load_off_thread, args=(path, self._open_ticket, relay),
+                         name="lm-explorer-open-run", daemon=True).start()
+        return True
+
+    def _run_file_read(self, ticket: int, run, message: str) -> None:
+        path = self._open_paths.pop(ticket, Path("?"))
+        if ticket != self._open_ticket or self._closed:
+            return
+        if run is None:
+            self.show_banner(f"Could not open the run file {path.name}:\n{message}")
+            self.run_opened.emit(False)
+            return
+        self.detach_stream()  # a streaming run's later steps must never reach the opened run
         self.hide_banner()
         self.show_run(run, follow=True)
-        self.statusBar().showMessage(f"opened {Path(path).name} ({run.info.name}; no model needed)", 8000)
-        return True
+        self.statusBar().showMessage(f"opened {path.name} ({run.info.name}; no model needed)", 8000)
+        self.run_opened.emit(True)
 
     def save_run(self, path: str | Path) -> bool:
         if self.run is None:

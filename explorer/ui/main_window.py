@@ -10,7 +10,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
@@ -31,13 +31,14 @@ from ..core.run import Run
 from . import theme
 from .docks import PanelDock
 from .file_actions import FileActions
+from .layout_state import WindowState
 from .menus import build_menus
 from .panels import REGISTRY
 from .prompt_bar import PromptBar
 from .run_control import RunControl
 from .safeguards import Safeguards
 from .selection import Selection
-from .settings import open_settings, push_recent, recent
+from .settings import Settings, disarm_qt_unpickling, open_settings, push_recent, recent
 from .timeline import Timeline
 from .widgets.background import Background
 from .worker import WorkerHost
@@ -50,14 +51,16 @@ _RIGHT_TOP_HINTS = ("attention",)
 _RAISE_HINTS = ("depth",)  # the tab shown first in the tabbed group
 
 
-class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
+class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
     colormap_changed = Signal(str)  # panels may also use theme.colormap() / theme.events()
     run_done = Signal(str)  # finish reason ("max_tokens", "eos", "prompt_only", "cancelled", "error")
     model_ready = Signal(object)  # ModelInfo
     model_failed = Signal(str)
+    run_opened = Signal(bool)  # a run file was read and shown (True) or refused with a banner (False)
 
-    def __init__(self, settings: QSettings | None = None, *, model: str | None = None, autoload: bool = True,
+    def __init__(self, settings: Settings | None = None, *, model: str | None = None, autoload: bool = True,
                  autorun: bool | None = None, panels: list[str] | None = None):
+        disarm_qt_unpickling()  # Qt's own settings (file dialogs) must never unpickle either
         super().__init__()
         self.setWindowTitle("LM Explorer")
         self.setAcceptDrops(True)
@@ -68,6 +71,7 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
         self.run: Run | None = None  # the run on screen
         self.running = False
         self._incoming: tuple[int, Run] | None = None
+        self._stream_run: Run | None = None  # the run the worker's stream grows (steps for any other are stale)
         self._last_request: RunRequest | None = None
         self._loading_spec: str | None = None
         self._closed = False
@@ -309,7 +313,7 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
         self.info = info
         spec = self._loading_spec or info.name
         self.progress.hide()
-        self.settings.setValue("model", spec)
+        self.store_setting("model", spec)
         if catalogue.get(spec) is None:
             push_recent(self.settings, "recent_models", spec)
             self._fill_model_combo()
@@ -378,37 +382,9 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
 
     def set_theme(self, name: str) -> None:
         theme.apply(name=name)
-        self.settings.setValue("theme", name)
+        self.store_setting("theme", name)
 
-    # --- settings & shutdown ----------------------------------------------------------------------
-    def _restore_settings(self) -> None:
-        s = self.settings
-        self.prompt_bar.set_recent(recent(s, "recent_prompts"))
-        state = s.value("prompt_state")
-        if isinstance(state, dict):
-            self.prompt_bar.from_state(state)
-        name = str(s.value("theme", "light"))
-        theme.apply(name=name if name in theme.THEMES else "light", presenter=False)
-        self._pending_geometry = s.value("geometry")
-        if self._pending_geometry is None:
-            self.resize(1600, 1000)
-        dock_state = s.value("dock_state")
-        if dock_state is not None:
-            self.restoreState(dock_state)
-
-    def save_settings(self) -> None:
-        s = self.settings
-        s.setValue("prompt_state", self.prompt_bar.to_state())
-        if not self.isFullScreen():
-            s.setValue("geometry", self.saveGeometry())
-            s.setValue("size", self.size())
-        s.setValue("dock_state", self.saveState())
-        s.sync()
-
-    def reset_layout(self) -> None:
-        self.apply_default_layout()
-        self.settings.remove("dock_state")
-
+    # --- shortcuts & shutdown -------------------------------------------------------------------
     def shortcut(self, text: str, keys: str | QKeySequence, slot, menu=None, checkable: bool = False) -> QAction:
         action = QAction(text, self)
         action.setShortcut(QKeySequence(keys))
@@ -419,15 +395,6 @@ class MainWindow(RunControl, FileActions, Safeguards, QMainWindow):
         if menu is not None:
             menu.addAction(action)
         return action
-
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().showEvent(event)
-        if self._pending_geometry is not None:  # restoring before the first show loses the frame size
-            geometry, self._pending_geometry = self._pending_geometry, None
-            self.restoreGeometry(geometry)
-            size = self.settings.value("size")
-            if size is not None and not (self.isMaximized() or self.isFullScreen()):
-                self.resize(size)  # some platforms (offscreen) restore a stale normal geometry
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         if not self._closed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -169,20 +171,31 @@ class PromptBar(QWidget):
                 "top_p": self.top_p.value(), "seed": self.seed.value()}
 
     def from_state(self, state: dict) -> None:
-        def get(key, kind, default):
-            try:
-                return kind(state.get(key, default))
-            except (TypeError, ValueError):
-                return default
-        self.prompt.setPlainText(str(state.get("prompt", EXAMPLE_PROMPT)))
-        self.chat.setChecked(str(state.get("chat", "false")).lower() in ("true", "1"))
-        self.special_as_text.setChecked(str(state.get("special_as_text", "false")).lower() in ("true", "1"))
-        self.system.setPlainText(str(state.get("system", "")))
-        self.max_new.setValue(get("max_new", int, 16))
-        self.temperature.setValue(get("temperature", float, 0.0))
-        self.top_k.setValue(get("top_k", int, 0))
-        self.top_p.setValue(get("top_p", float, 1.0))
-        self.seed.setValue(get("seed", int, 0))
+        """Restore the editor from stored values; a value of the wrong type, not finite or beyond a widget's
+        range is ignored (that widget keeps its default), never raised."""
+        def text(key: str, default: str) -> str:
+            value = state.get(key, default)
+            return value if isinstance(value, str) else default
+
+        def flag(key: str) -> bool:
+            value = state.get(key, False)
+            return value if isinstance(value, bool) else str(value).lower() in ("true", "1")
+
+        def number(widget, key: str) -> None:
+            value = state.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return
+            if not math.isfinite(value) or not widget.minimum() <= value <= widget.maximum():
+                return
+            widget.setValue(int(value) if isinstance(widget, QSpinBox) else float(value))
+
+        self.prompt.setPlainText(text("prompt", EXAMPLE_PROMPT))
+        self.chat.setChecked(flag("chat"))
+        self.special_as_text.setChecked(flag("special_as_text"))
+        self.system.setPlainText(text("system", ""))
+        for widget, key in ((self.max_new, "max_new"), (self.temperature, "temperature"), (self.top_k, "top_k"),
+                            (self.top_p, "top_p"), (self.seed, "seed")):
+            number(widget, key)
 
 
 __all__ = ["EXAMPLE_PROMPT", "PromptBar", "Qt"]

@@ -20,7 +20,7 @@ class RunControl:
     # --- running ----------------------------------------------------------------------------------
     def run_prompt(self) -> None:
         request = self.prompt_bar.request()
-        if not request.prompt.strip():
+        if not request.prompt:
             self.show_banner("The prompt is empty: type some text, then press Run (Ctrl+Enter).")
             return
         prompt, warnings = clean_text(request.prompt)
@@ -44,7 +44,11 @@ class RunControl:
         self.prompt_bar.set_running(True)
         self.timeline.set_playing(False)
         self.statusBar().showMessage("running...")
-        previous = self.run if self.run is not None and self.info is not None and self.run.info == self.info else None
+        # prefix reuse only from a run this window streamed (never from one opened from a file: its arrays are
+        # the file's, not this model's cache)
+        run = self.run
+        live = run is not None and run is getattr(self, "_stream_run", None)
+        previous = run if live and self.info is not None and run.info == self.info else None
         self.host.submit(request, previous)
 
     def stop(self) -> None:
@@ -53,6 +57,17 @@ class RunControl:
             self.host.stop()
             self.statusBar().showMessage("stopping...")
 
+    def detach_stream(self) -> None:
+        """Stop the run in progress and drop every event it still sends (another run takes the screen)."""
+        if not self.running:
+            return
+        self.host.detach()
+        self.running = False
+        self.prompt_bar.set_running(False)
+        self._incoming = None
+        self._stream_run = None
+        self.run_done.emit("cancelled")
+
     def step_one_token(self) -> None:
         """Generate exactly one more token than the run on screen (the prompt's cache is reused)."""
         if self.running:
@@ -60,12 +75,16 @@ class RunControl:
         run = self.run
         if run is None or run.info != self.info or run.finish_reason == "eos":
             request = replace(self.prompt_bar.request(), settings=self.prompt_bar.settings(max_new_tokens=1))
-            if not request.prompt.strip():
+            if not request.prompt:
                 self.show_banner("The prompt is empty: type some text first.")
                 return
         else:
             base = run.request
             request = replace(base, settings=replace(base.settings, max_new_tokens=run.n_generated + 1))
+        if not 0 <= request.settings.max_new_tokens <= self.prompt_bar.max_new.maximum():
+            self.show_banner(f"Cannot generate another token: the run already has {run.n_generated} "
+                             f"(at most {self.prompt_bar.max_new.maximum()} here).")
+            return
         self.prompt_bar.max_new.setValue(request.settings.max_new_tokens)
         self.submit(request)
 
@@ -80,10 +99,11 @@ class RunControl:
             run = self._incoming[1]
             self._incoming = None
             run.apply(event)
+            self._stream_run = run  # the identity of the run this stream grows
             self.show_run(run, follow=True)
             return
         run = self.run
-        if run is None:
+        if run is None or run is not getattr(self, "_stream_run", None):  # another run is on screen: stale step
             return
         following = self.selection.step >= len(run.steps) - 1
         run.apply(event)
@@ -134,12 +154,15 @@ class RunControl:
         self.running = False
         self.prompt_bar.set_running(False)
         self._incoming = None
-        if (isinstance(exc, PromptTooLongError) and run_id != -1 and self._last_request is not None
-                and exc.max_new < exc.limit):
-            request = self._last_request
+        last = self._last_request
+        if isinstance(exc, PromptTooLongError) and run_id != -1 and last is not None and last.chat:
+            message += ("\nThe count includes the chat template" +  # so a long system prompt is not a mystery
+                        (" and the system prompt: a long system prompt takes room from the prompt."
+                         if last.system else "."))
+        if isinstance(exc, PromptTooLongError) and run_id != -1 and last is not None and exc.max_new < exc.limit:
             self.show_banner(f"{message}\nNothing was cut. Truncate keeps the last tokens that fit and shows you "
                              "the shortened prompt first.", action="Truncate to fit",
-                             callback=lambda: self.host.truncate(request))
+                             callback=lambda: self.host.truncate(last))
         else:
             self.show_banner(message)
         self.run_done.emit("error")

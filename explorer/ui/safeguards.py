@@ -5,6 +5,7 @@ prompts loaded from files with their decoding warnings.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from PySide6.QtWidgets import (
@@ -18,7 +19,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.textin import decode_prompt_bytes
+from ..core.errors import InputError
+from ..core.textin import decode_prompt_bytes, read_user_file
 
 log = logging.getLogger(__name__)
 MAX_PROMPT_FILE = 16 * 2**20  # bytes; a prompt file above this is refused (the editor would crawl)
@@ -79,20 +81,24 @@ class Safeguards:
 
     # --- capture memory budget --------------------------------------------------------------------
     def capture_budget(self) -> int:
-        """Bytes a run may use for its captured arrays before it stores less (QSettings, default 4 GiB)."""
+        """Bytes a run may use for its captured arrays before it stores less (settings, default 4 GiB).
+
+        The store has already refused a stored value that is not a finite number in range."""
         from ..core.budget import DEFAULT_BUDGET, GIB
 
-        try:
-            gib = float(self.settings.value("capture_budget_gib", DEFAULT_BUDGET / GIB))
-        except (TypeError, ValueError):
+        gib = self.settings.value("capture_budget_gib", DEFAULT_BUDGET / GIB)
+        if isinstance(gib, bool) or not isinstance(gib, (int, float)) or not math.isfinite(gib) or gib <= 0:
             gib = DEFAULT_BUDGET / GIB
-        return max(1, int(gib * GIB))
+        return max(1, min(int(gib * GIB), 2**62))
 
     def set_capture_budget(self, gib: float) -> None:
-        from ..core.budget import GIB
-
-        self.settings.setValue("capture_budget_gib", float(gib))
-        self.host.worker.capture_budget = max(1, int(gib * GIB))
+        """Store a new budget; a value that is not a positive finite number is refused with a banner."""
+        try:
+            self.settings.setValue("capture_budget_gib", float(gib))
+        except (TypeError, ValueError, OverflowError) as exc:
+            self.show_banner(f"Capture memory budget not changed: {exc}.")
+            return
+        self.host.worker.capture_budget = self.capture_budget()
 
     def _capture_reduced(self, run_id: int, message: str) -> None:
         if run_id == self.host.active_id:
@@ -112,17 +118,14 @@ class Safeguards:
 
     # --- prompts from files -----------------------------------------------------------------------
     def open_prompt_file(self, path: str | Path) -> bool:
-        """Put a text file's content in the prompt editor; undecodable bytes are replaced, with a warning."""
+        """Put a text file's content in the prompt editor; undecodable bytes are replaced, with a warning.
+
+        Only a regular file of at most MAX_PROMPT_FILE bytes is read (a FIFO or device could block forever)."""
         path = Path(path)
-        try:
-            size = path.stat().st_size
-            if size > MAX_PROMPT_FILE:
-                self.show_banner(f"{path.name} is {size / 2**20:.0f} MiB: too large for a prompt "
-                                 f"(at most {MAX_PROMPT_FILE // 2**20} MiB).")
-                return False
-            data = path.read_bytes()
-        except OSError as exc:
-            self.show_banner(f"Could not read {path.name}: {exc.strerror or exc}.")
+        try:  # a FIFO, device or folder is refused before any read; so is a file over the limit
+            data = read_user_file(path, MAX_PROMPT_FILE, "prompt file")
+        except InputError as exc:
+            self.show_banner(str(exc))
             return False
         text, warnings = decode_prompt_bytes(data)
         self.prompt_bar.prompt.setPlainText(text)

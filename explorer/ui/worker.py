@@ -50,6 +50,7 @@ class Worker(QObject):
         super().__init__()
         self.session: Session | None = None
         self.capture_budget = DEFAULT_BUDGET  # bytes; set by the window from its settings
+        self.load_cancel = threading.Event()  # set when the window closes: a load in progress gives up
         self._lock = threading.Lock()
         self._pending: tuple[int, RunRequest, Run | None, threading.Event] | None = None
         self._wake.connect(self._take_pending)
@@ -105,21 +106,34 @@ class Worker(QObject):
 
     @Slot(str, bool, bool)
     def _do_load(self, spec: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+        def progress(fraction: float, message: str) -> None:  # also the load's cancel point
+            if self.load_cancel.is_set():
+                raise Cancelled("Loading cancelled.")
+            self.load_progress.emit(float(fraction), message)
+
+        if self.load_cancel.is_set():
+            return
         try:
-            loaded: LoadedModel = load_model(spec, on_progress=lambda f, m: self.load_progress.emit(float(f), m),
-                                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+            loaded: LoadedModel = load_model(spec, on_progress=progress, trust_remote_code=trust_remote_code,
+                                             allow_pickle=allow_pickle)
+        except Cancelled:
+            log.info("model load cancelled: %s", spec)
+            return
         except Exception as exc:  # the old model stays
             log.warning("model load failed: %s", spec, exc_info=not isinstance(exc, ExplorerError))
             message = str(exc) if isinstance(exc, ExplorerError) else f"{type(exc).__name__}: {exc}"
             self.load_failed.emit(spec, message, getattr(exc, "needs", None) or "")
             return
+        if self.load_cancel.is_set():
+            return
         session = Session(loaded)
         self.load_progress.emit(1.0, f"Warming up {loaded.info.name}")
         try:  # one tiny run so that the first real run's timings are not those of a cold start
-            for _ in session.stream(RunRequest("Hi", settings=GenerationSettings(max_new_tokens=1))):
+            for _ in session.stream(RunRequest("Hi", settings=GenerationSettings(max_new_tokens=1)),
+                                    cancel=self.load_cancel):
                 pass
         except Exception:  # noqa: BLE001 - warm-up is optional
-            log.warning("warm-up run failed", exc_info=True)
+            log.warning("warm-up run failed", exc_info=not self.load_cancel.is_set())
         session.forget_cache()
         self.session = session
         self.model_loaded.emit(loaded.info)
@@ -142,8 +156,33 @@ class Worker(QObject):
                 self.truncated.emit(candidate, cut)
                 return
             cut += max(1, n - budget)
-        self.run_failed.emit(-1, PromptTooLongError(len(ids), info.context_length),
-                             "Even an empty prompt does not fit: lower max new tokens.")
+        self.run_failed.emit(-1, PromptTooLongError(len(ids), info.context_length), _no_room_message(
+            self.session, request, budget))
+
+
+def _no_room_message(session: Session, request: RunRequest, budget: int) -> str:
+    """Why not even an empty prompt fits: the new tokens asked for, or the system prompt (and chat template)."""
+    info, tok = session.info, session.loaded.tokenizer
+    max_new = request.settings.max_new_tokens if info.is_causal else 0
+    context = f"the model's context holds {info.context_length:,} tokens"
+    if max_new >= info.context_length:
+        return f"Max new tokens ({max_new:,}) is not below the model's context ({info.context_length:,}): lower it."
+
+    def overhead(system: str | None) -> int:  # tokens of the template around an empty prompt
+        try:
+            return len(tokenize(tok, "", chat=request.chat, system=system,
+                                allow_special_in_text=request.allow_special_in_text).ids)
+        except Exception:  # noqa: BLE001 - only for the wording
+            return 0
+
+    if request.chat and request.system:
+        with_system, without = overhead(request.system), overhead(None)
+        if with_system >= budget > without:
+            return (f"The system prompt is too long: with the chat template it takes {with_system:,} tokens "
+                    f"({with_system - without:,} for the system prompt) and {context}, {max_new:,} of them kept "
+                    "for new tokens. Shorten the system prompt (truncating the prompt cannot help).")
+    return (f"Even an empty prompt does not fit: {context} and {max_new:,} new tokens are asked for. "
+            "Lower max new tokens.")
 
 
 class WorkerHost(QObject):
@@ -182,9 +221,33 @@ class WorkerHost(QObject):
         if self._cancel is not None:
             self._cancel.set()
 
-    def shutdown(self, msecs: int = 60000) -> bool:
-        """Cancel, stop the thread and wait for it (used when the window closes)."""
+    def detach(self) -> None:
+        """Cancel the run in progress and ignore everything it still sends (no run is active after this)."""
+        self.stop()
+        self.active_id = -1
+
+    def shutdown(self, msecs: int = 1000) -> bool:
+        """Cancel the run and any model load, stop the thread and wait up to `msecs` (the window closes).
+
+        Runs and loads check their cancel flags between layers / files / tensors, so this normally returns
+        at once. If the thread is stuck inside one long library call, it is left to finish on its own
+        (`orphaned()` is then True and the app exits the process without waiting; destroying a running
+        QThread would abort the process).
+        """
+        self.worker.load_cancel.set()
         self.stop()
         self.thread.quit()
-        ok = self.thread.wait(msecs)
-        return bool(ok)
+        ok = bool(self.thread.wait(msecs))
+        if not ok and self.thread not in _ORPHANS:
+            log.warning("the worker is still busy inside a library call; the window closes without waiting")
+            _ORPHANS.append(self.thread)  # never garbage-collected while running
+            _ORPHANS.append(self.worker)
+        return ok
+
+
+_ORPHANS: list[QObject] = []
+
+
+def orphaned() -> bool:
+    """True when a worker thread was left running at close (the process must exit without joining it)."""
+    return any(isinstance(t, QThread) and t.isRunning() for t in _ORPHANS)

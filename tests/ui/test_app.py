@@ -211,14 +211,18 @@ def test_save_and_open_a_run_without_a_model(qtbot, make_window, tmp_path):
     tokens = [t.id for t in w.run.tokens]
     w2 = make_window(panels=PROBES, ini="other.ini", load=False)
     assert w2.info is None
-    assert w2.open_run(path)
+    with qtbot.waitSignal(w2.run_opened, timeout=30000) as opened:  # read off the GUI thread
+        assert w2.open_run(path)
+    assert opened.args == [True]
     assert [t.id for t in w2.run.tokens] == tokens
     assert ("run", len(tokens)) in probe(w2).calls
     assert f"{len(tokens)} tokens" in w2.status_tokens.text()
     # a damaged file: clear message, the shown run stays
     bad = tmp_path / "bad.npz"
     bad.write_bytes(path.read_bytes()[:200])
-    assert not w2.open_run(bad)
+    with qtbot.waitSignal(w2.run_opened, timeout=30000) as opened:
+        w2.open_run(bad)
+    assert opened.args == [False]
     assert w2.banner.isVisible() and "bad.npz" in w2.banner_label.text()
     assert [t.id for t in w2.run.tokens] == tokens
 

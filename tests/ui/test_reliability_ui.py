@@ -313,7 +313,7 @@ def test_a_new_run_never_sends_the_old_run_an_out_of_range_selection(qtbot, wind
 
 def test_copy_diagnostics_has_log_path_and_last_error(qtbot, window):
     w = window()
-    w.prompt_bar.prompt.setPlainText("  ")
+    w.prompt_bar.prompt.setPlainText("")
     w.run_prompt()
     text = w.copy_diagnostics()
     for word in ("torch", "transformers", "Qt", "tiny-llama", "log file", "lm-explorer.log", "last error",

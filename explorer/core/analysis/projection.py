@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..tempname import atomic_write
 
 
 def _one_blas_thread():
@@ -334,15 +334,9 @@ def vocab_map(table: np.ndarray, model_name: str, n_sample: int = 4000, seed: in
     vm = build_vocab_map(table, n_sample=n_sample, seed=seed)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, allow_pickle=False, ids=vm.ids, coords=vm.coords, mean=vm.basis.mean,
-                         components=vm.basis.components, explained=vm.basis.explained)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(path) as fh:
+            np.savez(fh, allow_pickle=False, ids=vm.ids, coords=vm.coords, mean=vm.basis.mean,
+                     components=vm.basis.components, explained=vm.basis.explained)
     except OSError:
         pass  # a read-only cache folder: the map still works, it is just rebuilt next time
     return vm
