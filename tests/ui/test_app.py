@@ -232,10 +232,10 @@ def test_bad_input_messages_keep_everything(qtbot, make_window, tmp_path):
     run_and_wait(qtbot, w, prompt="Good prompt", max_new=2)
     good = w.run
     # empty prompt: message, nothing run, the shown run stays
-    w.prompt_bar.prompt.setPlainText("   ")
+    w.prompt_bar.prompt.setPlainText("")
     w.run_prompt()
     assert w.banner.isVisible() and "empty" in w.banner_label.text()
-    assert w.run is good and w.prompt_bar.prompt.toPlainText() == "   "
+    assert w.run is good and w.prompt_bar.prompt.toPlainText() == ""
     # a model folder that does not load: message, the old model stays
     (tmp_path / "not_a_model").mkdir()
     (tmp_path / "not_a_model" / "config.json").write_text("{broken")
