@@ -33,7 +33,7 @@ def check_name(path: str | os.PathLike) -> None:
         limit = 255
     size = len(os.fsencode(path.name))
     if size > limit:
-        raise OSError(errno.ENAMETOOLONG, f"The file name is {size} bytes long; this folder allows {limit}. "
+        raise OSError(errno.ENAMETOOLONG, f"The file name is too long ({size} bytes; this folder allows {limit}). "
                       "Choose a shorter name", str(path))
 
 
