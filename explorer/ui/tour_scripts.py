@@ -109,7 +109,7 @@ def sink_facts(run, _loaded, _facts: Facts) -> Facts:
 
 
 SINK = Tour("sink", "The attention sink", (
-    Step("A head that looks at nothing", "Layer {sink_layer}, head {sink_head} sends {sink_score:.0%} of every "
+    Step("A head that looks at nothing", "Layer {sink_layer}, head {sink_head} sends {sink_score:.1%} of every "
          "token's attention to the first token \"{first}\", which carries almost no meaning. {sink_share:.0%} of "
          "all heads put at least half their attention there: an attention sink, a place to park attention when "
          "a head has nothing to do (softmax must sum to 1).",

@@ -13,11 +13,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFont
-from PySide6.QtWidgets import QDockWidget, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtGui import QFont, QFontMetricsF
+from PySide6.QtWidgets import QApplication, QDockWidget, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..core import catalogue
 from ..core.events import GenerationSettings, RunRequest
+from . import theme
 from .tour_scripts import TOURS, Facts, Step, Tour
 
 if TYPE_CHECKING:
@@ -65,18 +66,24 @@ class TourPlayer(QDockWidget):
         layout.addWidget(self.text, 1)
         self.setWidget(body)
         self._fonts()
+        theme.events().theme_changed.connect(self._theme_changed)  # presenter mode: bigger text
         window.run_done.connect(self._run_done)
         window.model_ready.connect(self._model_ready)
 
     def _fonts(self) -> None:
-        base = QFont(self.font())
-        size = max(base.pointSizeF(), 9.0) * 1.25  # readable from the back of a room; presenter mode scales it
+        base = QFont(QApplication.font())  # the app font: presenter mode makes it 1.5x
         text_font = QFont(base)
-        text_font.setPointSizeF(size)
+        text_font.setPointSizeF(max(base.pointSizeF(), 9.0) * 1.25)  # readable from the back of a room
         self.text.setFont(text_font)
+        self.text.setMinimumHeight(int(QFontMetricsF(text_font).lineSpacing() * 4.3))  # a paragraph, not a line
         title_font = QFont(text_font)
         title_font.setBold(True)
         self.title.setFont(title_font)
+
+    def _theme_changed(self, _name: str) -> None:
+        self._fonts()
+        if self.isVisible():
+            self.w.resizeDocks([self], [self.minimumSizeHint().height() + 12], Qt.Vertical)
 
     # --- control ----------------------------------------------------------------------------------------------
     def start(self, key: str) -> None:
@@ -200,6 +207,7 @@ def player(w: MainWindow) -> TourPlayer:
         p = TourPlayer(w)
         w.tour_player = p
         w.addDockWidget(Qt.BottomDockWidgetArea, p)
+        w.resizeDocks([p], [p.minimumSizeHint().height() + 12], Qt.Vertical)
     return p
 
 

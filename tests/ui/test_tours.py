@@ -11,6 +11,7 @@ from explorer.core import catalogue
 from explorer.core.analysis.align import lens_logprobs
 from explorer.core.analysis.eviction import EvictionPolicy, eviction_what_if
 from explorer.core.lens import cached_lens
+from explorer.ui import theme
 from explorer.ui import tour_scripts as ts
 from explorer.ui.main_window import MainWindow
 from explorer.ui.settings import open_settings
@@ -175,5 +176,14 @@ def test_keyboard_steps_and_previous(qtbot, window):
     with qtbot.waitSignal(p.step_shown, timeout=60000) as blocker:
         p.go_previous()
     assert blocker.args == ["sink", 0] and window.run is run  # same prompt: no new run
+    normal = p.text.font().pointSizeF()
+    theme.apply(presenter=True)
+    try:
+        assert p.text.font().pointSizeF() >= 1.45 * normal  # presenter mode: the paragraph grows with the app font
+        assert p.text.height() >= 4 * p.text.fontMetrics().lineSpacing()  # a paragraph is visible, not one line
+        if SHOTS:
+            window.grab().save(os.path.join(SHOTS, "presenter.png"))
+    finally:
+        theme.apply(presenter=False)
     p.stop()
     assert not p.isVisible()

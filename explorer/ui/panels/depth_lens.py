@@ -119,6 +119,10 @@ class LensSelector(QWidget):
         self.held_fitted = self.plot.plot([], [], pen=pg.mkPen(FITTED_COLOUR, width=2, style=Qt.DashLine),
                                           name="held-out: fitted lens")
         self.plot.setMinimumWidth(220)
+        self.plot.setMinimumHeight(110)
+        small = self.status.font()
+        small.setPointSizeF(max(6.0, small.pointSizeF() * 0.9))
+        self.status.setFont(small)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(QLabel("Lens:"))
