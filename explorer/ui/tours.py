@@ -220,3 +220,8 @@ def build_tours_menu(w: MainWindow) -> None:
     w.shortcut("Next tour step", NEXT_KEYS, lambda: player(w).go_next(), menu)
     w.shortcut("Previous tour step", PREVIOUS_KEYS, lambda: player(w).go_previous(), menu)
     w.shortcut("End tour", END_KEYS, lambda: player(w).stop(), menu)
+    menu.addSeparator()
+    from .head_stats_dialog import open_head_stats, open_head_stats_file
+
+    menu.addAction("Head statistics over the tours' prompts...", lambda: open_head_stats(w))
+    menu.addAction("Head statistics over prompts from a file...", lambda: open_head_stats_file(w))

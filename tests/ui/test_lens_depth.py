@@ -105,3 +105,26 @@ def test_a_missing_builtin_lens_is_fitted_in_the_background(qtbot, tiny_llama, t
     assert blocker.args == ["jacobian", ""]
     assert panel.lens_choice.readout() is not None and panel.lens_choice.readout().kind == "jacobian"
     assert (tmp_path / "lenses" / "tiny-llama" / "jacobian" / "metrics.json").is_file()
+
+
+def test_head_statistics_dialog_over_many_prompts(qtbot, tmp_path, tiny_llama):
+    from explorer.ui.head_stats_dialog import COLUMNS, open_head_stats
+    from explorer.ui.main_window import MainWindow
+    from explorer.ui.settings import open_settings
+
+    w = MainWindow(open_settings(tmp_path / "s.ini"), model="tiny-llama", autoload=False, autorun=False,
+                   panels=["tokens"])
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.model_ready, timeout=30000):
+        w.load_model("tiny-llama")
+    dialog = open_head_stats(w, ["The capital of France is Paris.", "apple river apple river"], "test")
+    with qtbot.waitSignal(dialog.finished_stats, timeout=60000) as blocker:
+        pass
+    stats = blocker.args[0]
+    info = tiny_llama.info
+    assert dialog.table.rowCount() == info.n_layers * info.n_heads
+    col = COLUMNS.index("sink mean")
+    shown = sorted(float(dialog.table.item(r, col).data(0)) for r in range(dialog.table.rowCount()))
+    np.testing.assert_allclose(shown, np.sort(stats.mean[..., 1].ravel()), atol=1e-3)
+    dialog.reject()
+    w.close()
