@@ -128,3 +128,37 @@ def test_head_statistics_dialog_over_many_prompts(qtbot, tmp_path, tiny_llama):
     np.testing.assert_allclose(shown, np.sort(stats.mean[..., 1].ravel()), atol=1e-3)
     dialog.reject()
     w.close()
+
+
+def test_prompt_ab_uses_the_depth_panels_lens(qtbot, tiny_llama):
+    from explorer.core.analysis.align import lens_diff
+    from explorer.core.api import run_request
+    from explorer.ui.panels.compare import ComparePanel
+    from explorer.ui.panels.depth_lens import LensSelector, active_readout
+
+    session = Session(tiny_llama, store_dtype=torch.float32)
+    a = run_request(session, RunRequest("The capital of France is Paris. The capital of Italy is"))
+    b = run_request(session, RunRequest("The capital of beautiful France is Paris. The capital of Italy is"))
+    selector = LensSelector(auto_fit=False)
+    qtbot.addWidget(selector)
+    selector.set_model(a.info)
+    lens = _lens(a.info)
+    selector.set_lens("tuned", lens)
+    selector.choose("tuned")
+    assert active_readout(a.info)[0] is lens
+    sel = Selection()
+    sel.set_limits(steps=1, positions=a.n_tokens, layers=a.info.n_layers, heads=a.info.n_heads)
+    panel = ComparePanel(sel)
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.set_run(a)
+    panel.set_run_b(b)
+    sel.set("position", a.n_tokens - 1)
+    Background.wait_idle()
+    qtbot.waitUntil(lambda: "tuned lens parts" in panel.summary.text(), timeout=10000)
+    pos_b = panel.partner(a.n_tokens - 1)
+    _x, y = panel.lens_curve.getData()
+    np.testing.assert_allclose(y, lens_diff(a, a.n_tokens - 1, b, pos_b, lens)["kl"], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(y, lens_diff(a, a.n_tokens - 1, b, pos_b)["kl"])  # not the logit lens
+    selector.choose("logit")
+    assert active_readout(a.info) == (None, "logit lens")

@@ -88,6 +88,20 @@ class LensFitter:
         cls.cancel.set()
 
 
+_ACTIVE: list = []  # the selector whose choice other panels follow (the last one created or changed)
+
+
+def active_readout(info) -> tuple[Lens | None, str]:
+    """The lens the depth panel shows, for panels that diff runs (prompt A/B, interventions): (readout, label);
+    the logit lens when no selector exists or its lens is for another model."""
+    sel = _ACTIVE[-1] if _ACTIVE else None
+    lens = sel.readout() if sel is not None else None
+    if lens is None or info is None or (lens.n_layers, lens.hidden) != (info.n_layers, info.hidden_size) or \
+            (lens.model and lens.model != info.name):
+        return None, "logit lens"
+    return lens, lens.label
+
+
 class LensSelector(QWidget):
     """Combo box + status line + KL-per-depth plot; `changed` fires when the readout changes."""
 
@@ -133,6 +147,8 @@ class LensSelector(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.plot, 1)
         self.combo.currentIndexChanged.connect(self._on_choice)
+        _ACTIVE[:] = [self]
+        self.destroyed.connect(lambda *_: _ACTIVE.clear())
         relay = LensFitter.get_relay()
         relay.progress.connect(self._on_fit_progress)
         relay.finished.connect(self._on_fit_finished)
@@ -183,6 +199,7 @@ class LensSelector(QWidget):
 
     # --- internals ------------------------------------------------------------------------------------------------
     def _on_choice(self, _index: int) -> None:
+        _ACTIVE[:] = [self]
         kind = self.kind
         if kind != "logit" and self._lenses.get(kind) is None and self.info is not None:
             self._maybe_fit(kind)
