@@ -65,7 +65,7 @@ class DepthPanel(Panel):
         self.mode.addItems(MODES)
         self.status = QLabel(" ")
         row = QHBoxLayout()
-        row.addWidget(QLabel("Logit lens colour:"))
+        row.addWidget(QLabel("Lens colour:"))
         row.addWidget(self.mode)
         row.addWidget(self.status, 1)
         self.body.addLayout(row)

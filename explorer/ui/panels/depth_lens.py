@@ -28,6 +28,7 @@ CHOICES = (("logit", "logit lens"), ("tuned", "tuned lens"), ("jacobian", "Jacob
 RUN_COLOUR = (213, 94, 0)
 LOGIT_COLOUR = (0, 114, 178)
 FITTED_COLOUR = (0, 158, 115)
+KL_FLOOR = 1e-3  # the last depth's KL is 0: the log axis draws it at this floor
 
 
 class _FitRelay(QObject):
@@ -121,8 +122,9 @@ class LensSelector(QWidget):
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "depth (0 = embed)")
-        self.plot.setLabel("left", "KL from final (nats)")
+        self.plot.setLabel("left", "KL from final (nats, log)")
         self.plot.showGrid(y=True, alpha=0.3)
+        self.plot.setLogMode(y=True)  # the logit lens' first rows are 100x the last ones
         self.plot.addLegend(offset=(5, 5), labelTextColor="k")
         for axis in ("left", "bottom"):
             self.plot.getAxis(axis).setPen("k")
@@ -194,8 +196,7 @@ class LensSelector(QWidget):
             return
         x = np.arange(mean_kl.size)
         ok = np.isfinite(mean_kl)
-        self.run_curve.setData(x[ok], mean_kl[ok])
-        self.run_curve.opts["name"] = f"this run: {self.label()}"
+        self.run_curve.setData(x[ok], np.maximum(mean_kl[ok], KL_FLOOR))
 
     # --- internals ------------------------------------------------------------------------------------------------
     def _on_choice(self, _index: int) -> None:
@@ -224,8 +225,11 @@ class LensSelector(QWidget):
             curves = (other.kl_curves()[0], None) if other is not None else None
         if curves is not None:
             x = np.arange(curves[0].size)
-            self.held_logit.setData(x, curves[0])
-            self.held_fitted.setData(x, curves[1]) if curves[1] is not None else self.held_fitted.setData([], [])
+            self.held_logit.setData(x, np.maximum(curves[0], KL_FLOOR))
+            if curves[1] is not None:
+                self.held_fitted.setData(x, np.maximum(curves[1], KL_FLOOR))
+            else:
+                self.held_fitted.setData([], [])
         else:
             self.held_logit.setData([], [])
             self.held_fitted.setData([], [])
@@ -235,8 +239,10 @@ class LensSelector(QWidget):
             m = lens.metrics or {}
             rows = m.get("layers") or []
             better = sum(r.get("kl_fitted", 0) < r.get("kl_logit_lens", 0) for r in rows)
-            self.status.setText(f"{lens.label} ({m.get('fit_seconds', '?')} s fit): held-out KL below the logit "
-                                f"lens at {better} of {len(rows)} depths.")
+            fit = m.get("fit_seconds")
+            fit = f"{float(fit):.0f} s fit" if isinstance(fit, int | float) else "fitted"
+            self.status.setText(f"{lens.label} ({fit}): held-out KL below the logit lens at {better} of {len(rows)} "
+                                "depths.")
         elif LensFitter.busy() and LensFitter.kind == kind:
             self.status.setText(f"Fitting the {kind} lens for {info.name} in the background (about "
                                 f"{self.fit_minutes:.0f} min, once); showing the logit lens meanwhile.")
