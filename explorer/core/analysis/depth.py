@@ -83,23 +83,21 @@ def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarr
                                     for f in ("top_ids", "top_probs", "lse", "target_ids", "target_logprob",
                                               "target_rank", "kl")), label=parts[0].label)
     resid = apply_readout(resid, readout)
-    normed = torch.from_numpy(norm.apply(resid.reshape(rows * n, d)))  # [cells, D]
+    # cells row-major (row, position) with the last row (the model's own prediction) first, so that its
+    # distribution p is known before any other cell: KL(p || q_cell) = sum p log p - sum_v p_v logit_v + lse_cell
+    # costs one elementwise pass per cell and no extra pass over the unembedding
+    states = np.concatenate([resid[-1:], resid[:-1]]).reshape(rows * n, d)  # [cells, D] last row first
+    normed = torch.from_numpy(norm.apply(states))  # [cells, D]
     w = torch.from_numpy(np.asarray(unembed, np.float32))  # [vocab, D]
-    with torch.inference_mode():  # the final distribution p of each position: its entropy and E_p[unembedding]
-        final_logp = torch.log_softmax(normed[(rows - 1) * n:] @ w.T, dim=-1)  # [n, vocab]
-        final_p = final_logp.exp()  # [n, vocab]
-        neg_entropy = (final_p * final_logp).sum(-1).numpy()  # [n]
-        mean_unembed = (final_p @ w).numpy()  # [n, D]
-        del final_logp, final_p
-    # KL(p || q_cell) = sum p log p - sum_v p_v logit_v + lse_cell, and sum_v p_v logit_v = E_p[w_v] . normed_cell
-    cross = np.einsum("rnd,nd->rn", normed.numpy().reshape(rows, n, d), mean_unembed).reshape(-1)  # [cells]
-    targets_flat = np.tile(np.asarray(targets, np.int64), rows)  # [cells] row-major (rows, n)
+    targets_flat = np.tile(np.asarray(targets, np.int64), rows)  # [cells]
     top_ids = np.empty((rows * n, k), np.int32)
     top_probs = np.empty((rows * n, k), np.float32)
     lse = np.empty(rows * n, np.float32)
     t_lp = np.full(rows * n, np.nan, np.float32)
     t_rank = np.full(rows * n, -1, np.int32)
+    cross = np.empty(rows * n, np.float64)  # sum_v p_v logit_v per cell
     cells = np.arange(_LENS_CHUNK)
+    final_p = neg_entropy = None
     with torch.inference_mode():
         for lo in range(0, rows * n, _LENS_CHUNK):
             hi = min(rows * n, lo + _LENS_CHUNK)
@@ -108,6 +106,16 @@ def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarr
             top_ids[lo:hi] = top.indices.numpy()
             peak = top.values[:, :1].numpy()  # [chunk, 1]
             raw = logits.numpy()  # [chunk, vocab] shares memory; numpy's elementwise ops are single-threaded
+            if final_p is None:  # the first chunk starts with the n cells of the last row (n <= _KL_BLOCK)
+                final_logp = torch.log_softmax(logits[:n], dim=-1)  # [n, vocab]
+                final_p = final_logp.exp().numpy()  # [n, vocab]
+                neg_entropy = np.einsum("nv,nv->n", final_p, final_logp.numpy(), dtype=np.float64)  # [n]
+                del final_logp
+            for a in range(lo, hi):  # segments of consecutive positions (a new row every n cells)
+                if a == lo or a % n == 0:
+                    b = min(hi, (a // n + 1) * n)
+                    cross[a:b] = np.einsum("cv,cv->c", raw[a - lo:b - lo], final_p[a % n:a % n + b - a],
+                                           dtype=np.float64)
             t = targets_flat[lo:hi]  # [chunk]
             has = t >= 0
             if has.any():
@@ -120,10 +128,14 @@ def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarr
             lse[lo:hi] = peak[:, 0] + log_sum
             top_probs[lo:hi] = np.exp(top.values.numpy() - lse[lo:hi, None])
             t_lp[lo:hi][has] -= log_sum[has]
-    kl = np.maximum(np.tile(neg_entropy, rows) - cross + lse, 0.0).reshape(rows, n).astype(np.float32)
-    return LensColumns(start, top_ids.reshape(rows, n, k), top_probs.reshape(rows, n, k), lse.reshape(rows, n),
-                       targets.copy(), t_lp.reshape(rows, n), t_rank.reshape(rows, n), kl,
-                       "logit lens" if readout is None else readout.label)
+    kl = np.maximum(np.tile(neg_entropy, rows) - cross + lse, 0.0).astype(np.float32)
+
+    def back(a: np.ndarray) -> np.ndarray:  # last row first -> rows in order
+        a = a.reshape(rows, n, *a.shape[1:])
+        return np.concatenate([a[1:], a[:1]])
+
+    return LensColumns(start, back(top_ids), back(top_probs), back(lse), targets.copy(), back(t_lp), back(t_rank),
+                       back(kl), "logit lens" if readout is None else readout.label)
 
 
 class LensTable:
