@@ -233,3 +233,15 @@ def test_cli_fit_then_capture_with_the_lens(tmp_path, tiny_session, monkeypatch,
     with pytest.raises(LensError, match="No tuned lens is cached"):
         monkeypatch.setenv("LM_EXPLORER_CACHE", str(tmp_path / "cache"))
         capture(PROMPT, tiny_session, lens="tuned")
+
+
+def test_fit_works_on_a_layernorm_model_and_leaves_the_weights_alone(tiny_models, files):
+    loaded = tiny_models["tiny-gpt2"]
+    flags = [p.requires_grad for p in loaded.model.parameters()]
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    for kind in ("tuned", "jacobian"):
+        lens, metrics = fit_lens(loaded, FitConfig(kind=kind, minutes=0.1, seq_len=32, batch=2, eval_windows=2,
+                                                   max_steps=5), files=files)
+        assert np.isfinite(lens.matrix).all() and len(metrics["layers"]) == loaded.info.n_layers
+    assert [p.requires_grad for p in loaded.model.parameters()] == flags
+    assert all(torch.equal(before[k], v) for k, v in loaded.model.state_dict().items())

@@ -23,6 +23,7 @@ The first `skip_first` positions of each window (attention sinks) are left out o
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import sysconfig
 import threading
@@ -196,6 +197,19 @@ def _head(loaded: LoadedModel):
     return norm, head
 
 
+@contextlib.contextmanager
+def _frozen(model: torch.nn.Module):
+    """No gradients for the model's own weights (the lens' backward passes need none: half the work)."""
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)  # [..., D] unit RMS
 
@@ -258,7 +272,7 @@ def _tuned_kl_phase(loaded: LoadedModel, cfg: FitConfig, windows: Windows, matri
     clock = _Clock(cfg.minutes * 60 * cfg.kl_share, progress, cancel, 1 - cfg.kl_share, 1.0)
     steps = 0
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    with _States(loaded) as states:
+    with _frozen(loaded.model), _States(loaded) as states:
         while clock.tick(f"tuned lens: KL steps, {steps} done"):
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 break
@@ -289,19 +303,12 @@ def _fit_jacobian(loaded: LoadedModel, cfg: FitConfig, windows: Windows, progres
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     clock = _Clock(cfg.minutes * 60, progress, cancel, 0.0, 1.0)
     count, steps = 0, 0
-    params = [p.requires_grad for p in loaded.model.parameters()]
-    try:
-        for p in loaded.model.parameters():
-            p.requires_grad_(False)
-        with _States(loaded, grad=True) as states, torch.enable_grad():
-            while clock.tick(f"Jacobian lens: {count:,} probed positions"):
-                if cfg.max_steps is not None and steps >= cfg.max_steps:
-                    break
-                count += jacobian_probe(states, windows.sample(cfg.batch), acc, gen, cfg.skip_first)
-                steps += 1
-    finally:
-        for p, flag in zip(loaded.model.parameters(), params, strict=True):
-            p.requires_grad_(flag)
+    with _frozen(loaded.model), _States(loaded, grad=True) as states, torch.enable_grad():
+        while clock.tick(f"Jacobian lens: {count:,} probed positions"):
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                break
+            count += jacobian_probe(states, windows.sample(cfg.batch), acc, gen, cfg.skip_first)
+            steps += 1
     matrix = jacobian_from_sums(acc, count)  # [L, D, D]
     return matrix.float().numpy(), np.zeros((L, D), np.float32), {"probed_positions": count, "backward_passes": steps}
 
