@@ -34,6 +34,7 @@ class Step:
     interventions: Callable[[Facts], tuple] | None = None  # from the facts so far
     select: Callable[[Any, Facts], dict] | None = None  # -> {"layer": .., "head": .., "position": ..}
     lens: Callable[[Facts], str] | None = None  # the depth panel's lens ("logit" / "tuned" / "jacobian")
+    tab: str | None = None  # a tab of the panel to bring forward (its title)
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ KV = Tour("kv", "The KV cache, growing and evicted", (
          "all) and drops the rest. Re-running the {ev_rows} generation steps with that cache keeps {ev_kept:.0%} of "
          "the entries; the next-token distribution moves by a mean KL of {ev_kl:.3f} nats and the top token "
          "changes at {ev_flips} of {ev_rows} steps. Memory is bounded; the cost is what it forgot.",
-         KV_PROMPT, "kv_cache", max_new=KV_NEW, facts=eviction_facts,
+         KV_PROMPT, "kv_cache", max_new=KV_NEW, facts=eviction_facts, tab="Eviction",
          select=lambda run, f: {"position": run.n_tokens - 1}),
 ))
 

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont, QFontMetricsF
-from PySide6.QtWidgets import QApplication, QDockWidget, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QApplication,
+    QDockWidget,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..core import catalogue
 from ..core.events import GenerationSettings, RunRequest
@@ -171,6 +180,11 @@ class TourPlayer(QDockWidget):
         if dock is not None:
             dock.show()
             dock.raise_()
+            if step.tab is not None and dock.panel is not None:
+                for tabs in dock.panel.findChildren(QTabWidget):
+                    titles = [tabs.tabText(i).replace("&&", "&") for i in range(tabs.count())]
+                    if step.tab in titles:
+                        tabs.setCurrentIndex(titles.index(step.tab))
         if step.lens is not None and "depth" in w.docks and w.docks["depth"].panel is not None:
             choice = w.docks["depth"].panel.lens_choice
             choice.set_model(run.info)

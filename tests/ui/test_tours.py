@@ -161,6 +161,10 @@ def test_kv_cache_tour(qtbot, window):
     eff = effects["streaming"]
     assert f2["ev_kl"] == pytest.approx(eff.mean_kl, rel=1e-3, abs=1e-6) and eff.mean_kl > 0
     assert f2["ev_kept"] < 1.0 and f2["ev_flips"] == int(eff.top1_changed.sum())
+    from PySide6.QtWidgets import QTabWidget
+
+    tabs = [t for t in window.docks["kv_cache"].panel.findChildren(QTabWidget) if t.count()]
+    assert any(t.tabText(t.currentIndex()) == "Eviction" for t in tabs)  # the step brought its tab forward
 
 
 def test_keyboard_steps_and_previous(qtbot, window):
