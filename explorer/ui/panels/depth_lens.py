@@ -28,6 +28,7 @@ CHOICES = (("logit", "logit lens"), ("tuned", "tuned lens"), ("jacobian", "Jacob
 RUN_COLOUR = (213, 94, 0)
 LOGIT_COLOUR = (0, 114, 178)
 FITTED_COLOUR = (0, 158, 115)
+FIT_MINUTES = {"tuned": 3.0, "jacobian": 6.0}  # first-use fits; the Jacobian estimate is noisier (see lens_fit.py)
 KL_FLOOR = 1e-3  # the last depth's KL is 0: the log axis draws it at this floor
 
 
@@ -111,7 +112,7 @@ class LensSelector(QWidget):
     def __init__(self, parent: QWidget | None = None, auto_fit: bool = True):
         super().__init__(parent)
         self.auto_fit = auto_fit  # fit a missing lens of a built-in model on first use
-        self.fit_minutes = 3.0
+        self.fit_minutes: float | None = None  # None: FIT_MINUTES per kind
         self.info = None
         self._lenses: dict[str, Lens | None] = {}
         self.combo = QComboBox()
@@ -214,7 +215,10 @@ class LensSelector(QWidget):
             return
         if LensFitter.busy():
             return
-        LensFitter.start(name, kind, self.fit_minutes)
+        LensFitter.start(name, kind, self._minutes(kind))
+
+    def _minutes(self, kind: str) -> float:
+        return self.fit_minutes if self.fit_minutes is not None else FIT_MINUTES.get(kind, 3.0)
 
     def _describe(self) -> None:
         kind, info = self.kind, self.info
@@ -245,7 +249,7 @@ class LensSelector(QWidget):
                                 "depths.")
         elif LensFitter.busy() and LensFitter.kind == kind:
             self.status.setText(f"Fitting the {kind} lens for {info.name} in the background (about "
-                                f"{self.fit_minutes:.0f} min, once); showing the logit lens meanwhile.")
+                                f"{self._minutes(kind):.0f} min, once); showing the logit lens meanwhile.")
         elif catalogue.get(info.name) is not None and self.auto_fit:
             self.status.setText(f"Another lens fit is running; the {kind} lens starts after it. Logit lens meanwhile.")
         else:
