@@ -16,6 +16,7 @@ from explorer.core.errors import Cancelled
 from explorer.core.lens import Lens, LensError, load_lens, read_lens, save_lens, top_tokens
 from explorer.core.lens_fit import (
     FitConfig,
+    _frozen,
     _States,
     fit_lens,
     jacobian_from_sums,
@@ -133,28 +134,24 @@ def test_jacobian_estimator_matches_the_exact_per_position_jacobian(tiny_llama):
     L, D = info.n_layers, info.hidden_size
     ids = torch.randint(10, info.vocab_size, (3, 8))
     skip = 2
-    params = [p.requires_grad_(False) for p in tiny_llama.model.parameters()]
-    try:
-        with _States(tiny_llama, grad=True) as states, torch.enable_grad():
-            rows = states.run(ids)
-            exact = torch.zeros(L, D, D, dtype=torch.float64)
-            count = 0
-            for b in range(ids.shape[0]):
-                for p in range(skip, ids.shape[1]):
-                    for i in range(D):
-                        cot = torch.zeros_like(rows[-1])
-                        cot[b, p, i] = 1.0
-                        grads = torch.autograd.grad(rows[-1], rows[:-1], cot, retain_graph=True)
-                        for layer in range(L):
-                            exact[layer, i] += grads[layer][b, p].double()  # row i of J_pp
-                    count += 1
-            exact /= count
-            acc = torch.zeros(L, D, D, dtype=torch.float64)
-            gen = torch.Generator().manual_seed(1)
-            n = sum(jacobian_probe(states, ids, acc, gen, skip) for _ in range(1200))
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+    with _frozen(tiny_llama.model), _States(tiny_llama, grad=True) as states, torch.enable_grad():
+        rows = states.run(ids)
+        exact = torch.zeros(L, D, D, dtype=torch.float64)
+        count = 0
+        for b in range(ids.shape[0]):
+            for p in range(skip, ids.shape[1]):
+                for i in range(D):
+                    cot = torch.zeros_like(rows[-1])
+                    cot[b, p, i] = 1.0
+                    grads = torch.autograd.grad(rows[-1], rows[:-1], cot, retain_graph=True)
+                    for layer in range(L):
+                        exact[layer, i] += grads[layer][b, p].double()  # row i of J_pp
+                count += 1
+        exact /= count
+        acc = torch.zeros(L, D, D, dtype=torch.float64)
+        gen = torch.Generator().manual_seed(1)
+        n = sum(jacobian_probe(states, ids, acc, gen, skip) for _ in range(1200))
+    assert not any(p.requires_grad for p in tiny_llama.model.parameters())  # the shared model is left as it was
     estimate = jacobian_from_sums(acc, n)
     eye = torch.eye(D, dtype=torch.float64)
     for layer in range(L):
