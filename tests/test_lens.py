@@ -205,7 +205,22 @@ def test_fit_refuses_bad_settings_and_encoders(tiny_models, files):
         fit_lens(tiny_models["tiny-bert"], FitConfig(minutes=0.01), files=files)
 
 
-def test_cli_fit_then_capture_with_the_lens(tmp_path, tiny_session, monkeypatch, capsys):
+@pytest.fixture
+def own_logging(tmp_path, monkeypatch):
+    """The CLI sets up logging in-process: its handlers (on this test's captured stderr) go when the test ends."""
+    import logging
+
+    monkeypatch.setenv("LM_EXPLORER_LOG_DIR", str(tmp_path / "logs"))
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for h in root.handlers[:]:
+        if h not in before:
+            root.removeHandler(h)
+            h.close()
+
+
+def test_cli_fit_then_capture_with_the_lens(tmp_path, tiny_session, monkeypatch, capsys, own_logging):
     from explorer.cli import main
 
     out = tmp_path / "lens"
