@@ -157,8 +157,8 @@ INDUCTION = Tour("induction", "An induction head, found and ablated", (
          INDUCTION_PROMPT, "attention", facts=induction_facts,
          select=lambda run, f: {"layer": f["ind_layer"], "head": f["ind_head"], "position": run.n_tokens - 2}),
     Step("Ablated", "Now the same prompt with head {ind_layer}.{ind_head} zeroed. The model's mean log-probability "
-         "of the correct next token over the second copy falls from {base_lp:.2f} to {ablated_lp:.2f} nats: each "
-         "repeated word became {ratio:.1f}x less likely. One head out of 270 carries much of the copying.",
+         "of the correct next token over the second copy falls from {base_lp:.2f} to {ablated_lp:.2f} nats: the "
+         "repeated tokens became {ratio:.1f}x less likely on average (geometric mean). That is one head out of 270.",
          INDUCTION_PROMPT, "interventions", facts=ablated_facts, interventions=_ablate,
          select=lambda run, f: {"layer": f["ind_layer"], "head": f["ind_head"], "position": run.n_tokens - 2}),
 ))

@@ -141,6 +141,7 @@ class TourPlayer(QDockWidget):
             if self.w.running:
                 self.w.stop()  # its run_done comes first; this step then submits its own
                 return
+            self._raise(step)  # visible before the run: e.g. the interventions panel keeps the run before as baseline
             self.w.prompt_bar.show_request(request)
             self.w.submit(request)
             return
@@ -176,15 +177,7 @@ class TourPlayer(QDockWidget):
             log.exception("tour step failed")
             self._fail(f"{type(exc).__name__}: {exc}")
             return
-        dock = w.docks.get(step.panel)
-        if dock is not None:
-            dock.show()
-            dock.raise_()
-            if step.tab is not None and dock.panel is not None:
-                for tabs in dock.panel.findChildren(QTabWidget):
-                    titles = [tabs.tabText(i).replace("&&", "&") for i in range(tabs.count())]
-                    if step.tab in titles:
-                        tabs.setCurrentIndex(titles.index(step.tab))
+        self._raise(step)
         if step.lens is not None and "depth" in w.docks and w.docks["depth"].panel is not None:
             choice = w.docks["depth"].panel.lens_choice
             choice.set_model(run.info)
@@ -196,6 +189,19 @@ class TourPlayer(QDockWidget):
         self._update_header(step, waiting=False)
         self.text.setText(html.escape(text))
         self.step_shown.emit(self.tour.key, self.index)
+
+    def _raise(self, step: Step) -> None:
+        """Bring the step's panel (and tab) forward; a hidden panel skips runs, so this comes before a run too."""
+        dock = self.w.docks.get(step.panel)
+        if dock is None:
+            return
+        dock.show()
+        dock.raise_()
+        if step.tab is not None and dock.panel is not None:
+            for tabs in dock.panel.findChildren(QTabWidget):
+                titles = [tabs.tabText(i).replace("&&", "&") for i in range(tabs.count())]
+                if step.tab in titles:
+                    tabs.setCurrentIndex(titles.index(step.tab))
 
     def _update_header(self, step: Step, waiting: bool) -> None:
         tour = self.tour

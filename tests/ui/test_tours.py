@@ -123,6 +123,9 @@ def test_induction_tour(qtbot, window):
     half = range(len(ids) // 2 + 1, len(ids) - 1)
     lp = [np.mean([r.next_token_logprobs(i)[ids[i + 1]] for i in half]) for r in (base, ablated)]
     assert lp[1] < lp[0]  # the ablation hurts the copying
+    panel = window.docks["interventions"].panel  # the panel shows the ablated run against the one before
+    qtbot.waitUntil(lambda: "KL(baseline" in panel.summary.text(), timeout=30000)
+    assert panel.baseline is base and panel.run is ablated
     assert facts2["base_lp"] == pytest.approx(lp[0], abs=1e-4) and facts2["ablated_lp"] == pytest.approx(lp[1],
                                                                                                        abs=1e-4)
 
