@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
              "", f"{args.threads} torch thread(s) on a shared 2-core CPU (noisy); corpus: Python stdlib docstrings + "
              "source, split by file; held-out KL = mean KL(final || lens) over held-out windows, nats.", "",
              "| lens | fit time (s) | fit data | held-out positions | depths below logit lens | mean KL "
-             f"(logit -> fitted) | readout ms/token, {run.n_tokens}-token prompt | ms for one streamed token's column |",
+             f"(logit -> fitted) | readout ms/token, {run.n_tokens}-token prompt | "
+             "ms for one streamed token's column |",
              "|---|---|---|---|---|---|---|---|"]
     lines.append(f"| logit | - | - | - | - | - | {cost['logit']:.1f} | {column['logit']:.1f} |")
     for kind, m in metrics.items():
