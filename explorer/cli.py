@@ -12,7 +12,7 @@ from . import __version__
 from .core import catalogue
 from .core.errors import ExplorerError
 
-SUBCOMMANDS = ("capture", "inspect", "fetch", "bench")
+SUBCOMMANDS = ("capture", "inspect", "fetch", "bench", "lens")
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
         setup_logging(console_level=logging.ERROR)  # the file gets INFO; the terminal only our own lines
         command, rest = argv[0], argv[1:]
         try:
-            handlers = {"capture": cmd_capture, "inspect": cmd_inspect, "fetch": cmd_fetch, "bench": cmd_bench}
+            handlers = {"capture": cmd_capture, "inspect": cmd_inspect, "fetch": cmd_fetch, "bench": cmd_bench,
+                        "lens": _lens_main}
             return handlers[command](rest)
         except ExplorerError as exc:
             logging.getLogger("explorer.cli").warning("%s failed: %s", command, exc)
@@ -191,6 +192,12 @@ def cmd_fetch(argv: list[str]) -> int:
             print(f"error: could not install {entry.pip_requirement}", file=sys.stderr)
             return 1
     return 0
+
+
+def _lens_main(argv: list[str]) -> int:
+    from .lens_cli import main as lens_main
+
+    return lens_main(argv)
 
 
 def cmd_bench(argv: list[str]) -> int:

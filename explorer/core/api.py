@@ -55,9 +55,22 @@ def capture(
     on_step: Callable[[StepEvent, Run], None] | None = None,
     previous: Run | None = None,
     cancel: threading.Event | None = None,
+    lens=None,
+    lens_top_k: int = 5,
 ) -> Run:
-    """Run `prompt` through an instrumented model and return the captured Run."""
+    """Run `prompt` through an instrumented model and return the captured Run.
+
+    With `lens` ("logit", "tuned" or "jacobian" for the lens cached for this model, a folder written by
+    `lm-explorer lens fit`, or a core.lens.Lens), `run.lens` holds that lens' readout at every depth and
+    position: `.top_ids` / `.top_probs` [layers + 1, N, lens_top_k], `.kl` [layers + 1, N] (KL from the final
+    distribution) and `.label`; `explorer.core.lens.top_tokens(run, run.lens)` names the tokens.
+    """
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p, seed=seed)
     request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings)
-    return run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
+    run = run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
+    if lens is not None:
+        from .lens import read_lens, resolve_lens
+
+        run.lens = read_lens(run, resolve_lens(lens, run.info), k=lens_top_k)
+    return run

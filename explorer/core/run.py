@@ -7,6 +7,7 @@ captured post-RoPE queries and keys: softmax(q k^T * scaling + causal mask).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,7 @@ class Run:
     finish_reason: str | None = None
     scaling: np.ndarray | None = None  # [layers] attention scaling per layer
     vocab: list[str] | None = None  # readable text of every token id (set by Session.new_run; None when loaded)
+    lens: Any = None  # analysis.depth.LensColumns over every depth and position, from capture(..., lens=...)
     _buffers: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _n: int = 0
     _planned: int | None = field(default=None, repr=False)  # positions after the first step (None: max_new_tokens)

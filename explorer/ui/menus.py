@@ -9,6 +9,7 @@ from PySide6.QtGui import QActionGroup, QKeySequence
 from PySide6.QtWidgets import QFileDialog
 
 from . import theme
+from .tours import build_tours_menu
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -63,6 +64,8 @@ def build_menus(w: MainWindow) -> None:
                checkable=True)
     view.addSeparator()
     w.shortcut("Reset layout", "Ctrl+Shift+R", w.reset_layout, view)
+
+    build_tours_menu(w)
 
     help_menu = bar.addMenu("&Help")
     help_menu.addAction("About LM Explorer", w.about)

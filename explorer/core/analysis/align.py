@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..lens import Readout, apply_readout
 from ..run import Run
 from ..sampling import log_softmax
 
@@ -106,17 +107,20 @@ def next_token_diff(a: Run, pos_a: int, b: Run, pos_b: int, k: int = 8) -> dict:
             "ids": top, "p_a": np.exp(la[top]), "p_b": np.exp(lb[top])}
 
 
-def lens_logprobs(run: Run, position: int) -> np.ndarray:
-    """[layers + 1, vocab] logit-lens log-distributions at one position (last row = the real prediction)."""
+def lens_logprobs(run: Run, position: int, readout: Readout = None) -> np.ndarray:
+    """[layers + 1, vocab] lens log-distributions at one position (logit lens, or `readout`; last row = the real
+    prediction)."""
     resid = np.array(run.array("resid")[:, position], np.float32)  # [L+1, D]
     resid[-1] = run.array("final_resid")[position]
+    resid = apply_readout(resid, readout)  # [L+1, D]
     logits = run.norm.apply(resid) @ run.unembed.astype(np.float32, copy=False).T  # [L+1, vocab]
     return np.stack([log_softmax(row) for row in logits]).astype(np.float32)
 
 
-def lens_diff(a: Run, pos_a: int, b: Run, pos_b: int) -> dict:
-    """Per layer: KL(A || B) of the logit-lens distributions, and each run's top token and its probability."""
-    la, lb = lens_logprobs(a, pos_a), lens_logprobs(b, pos_b)
+def lens_diff(a: Run, pos_a: int, b: Run, pos_b: int, readout: Readout = None) -> dict:
+    """Per layer: KL(A || B) of the lens distributions (logit lens, or `readout`), and each run's top token and its
+    probability."""
+    la, lb = lens_logprobs(a, pos_a, readout), lens_logprobs(b, pos_b, readout)
     return {"kl": np.array([kl(x, y) for x, y in zip(la, lb, strict=True)]),
             "top_a": la.argmax(-1), "p_a": np.exp(la.max(-1)), "top_b": lb.argmax(-1), "p_b": np.exp(lb.max(-1))}
 

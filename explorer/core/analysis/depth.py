@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..lens import Readout, apply_readout
 from ..run import Run
 
 LENS_TOP_K = 10
@@ -32,6 +33,8 @@ class LensColumns:
     target_ids: np.ndarray  # [n] int64 token scored in target mode (-1: none)
     target_logprob: np.ndarray  # [rows, n] float32 (nan where no target)
     target_rank: np.ndarray  # [rows, n] int32 (0 = top; -1 where no target)
+    kl: np.ndarray | None = None  # [rows, n] float32 KL(final distribution || this cell's), nats
+    label: str = "logit lens"  # which readout made these columns
 
     @property
     def n(self) -> int:
@@ -57,27 +60,44 @@ def lens_inputs(run: Run, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     return resid, lens_targets(run, lo, hi)
 
 
-def lens_columns(run: Run, lo: int, hi: int, k: int = LENS_TOP_K) -> LensColumns:
-    """Compute the logit lens for positions lo..hi (copies its inputs first)."""
+def lens_columns(run: Run, lo: int, hi: int, k: int = LENS_TOP_K, readout: Readout = None) -> LensColumns:
+    """Compute the lens (logit lens, or `readout`) for positions lo..hi (copies its inputs first)."""
     resid, targets = lens_inputs(run, lo, hi)
-    return compute_lens(resid, targets, run.norm, run.unembed, start=lo, k=k)
+    return compute_lens(resid, targets, run.norm, run.unembed, start=lo, k=k, readout=readout)
+
+
+_KL_BLOCK = 64  # positions whose final distributions are held at once ([64, vocab] floats)
 
 
 def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarray, start: int = 0,
-                 k: int = LENS_TOP_K) -> LensColumns:
-    """lm_head(final_norm(h)) for every state in `resid` [rows, n, D], keeping the top-k only."""
+                 k: int = LENS_TOP_K, readout: Readout = None) -> LensColumns:
+    """lm_head(final_norm(readout(h))) for every state in `resid` [rows, n, D] (the last row is the model's own
+    output), keeping the top-k, the target's log-probability and rank, and each cell's KL from the last row."""
     if norm is None or unembed is None:
         raise ValueError("This model has no language-model head: the logit lens needs one.")
     rows, n, d = resid.shape
-    normed = torch.from_numpy(norm.apply(resid.reshape(rows * n, d)))  # [cells, D]
+    if n > _KL_BLOCK:  # blocks of positions bound the memory of the final distributions
+        parts = [compute_lens(resid[:, lo:lo + _KL_BLOCK], targets[lo:lo + _KL_BLOCK], norm, unembed,
+                              start=start + lo, k=k, readout=readout) for lo in range(0, n, _KL_BLOCK)]
+        return LensColumns(start, *(np.concatenate([getattr(p, f) for p in parts], axis=0 if f == "target_ids" else 1)
+                                    for f in ("top_ids", "top_probs", "lse", "target_ids", "target_logprob",
+                                              "target_rank", "kl")), label=parts[0].label)
+    resid = apply_readout(resid, readout)
+    # cells row-major (row, position) with the last row (the model's own prediction) first, so that its
+    # distribution p is known before any other cell: KL(p || q_cell) = sum p log p - sum_v p_v logit_v + lse_cell
+    # costs one elementwise pass per cell and no extra pass over the unembedding
+    states = np.concatenate([resid[-1:], resid[:-1]]).reshape(rows * n, d)  # [cells, D] last row first
+    normed = torch.from_numpy(norm.apply(states))  # [cells, D]
     w = torch.from_numpy(np.asarray(unembed, np.float32))  # [vocab, D]
-    targets_flat = np.tile(np.asarray(targets, np.int64), rows)  # [cells] row-major (rows, n)
+    targets_flat = np.tile(np.asarray(targets, np.int64), rows)  # [cells]
     top_ids = np.empty((rows * n, k), np.int32)
     top_probs = np.empty((rows * n, k), np.float32)
     lse = np.empty(rows * n, np.float32)
     t_lp = np.full(rows * n, np.nan, np.float32)
     t_rank = np.full(rows * n, -1, np.int32)
+    cross = np.empty(rows * n, np.float64)  # sum_v p_v logit_v per cell
     cells = np.arange(_LENS_CHUNK)
+    final_p = neg_entropy = None
     with torch.inference_mode():
         for lo in range(0, rows * n, _LENS_CHUNK):
             hi = min(rows * n, lo + _LENS_CHUNK)
@@ -86,6 +106,16 @@ def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarr
             top_ids[lo:hi] = top.indices.numpy()
             peak = top.values[:, :1].numpy()  # [chunk, 1]
             raw = logits.numpy()  # [chunk, vocab] shares memory; numpy's elementwise ops are single-threaded
+            if final_p is None:  # the first chunk starts with the n cells of the last row (n <= _KL_BLOCK)
+                final_logp = torch.log_softmax(logits[:n], dim=-1)  # [n, vocab]
+                final_p = final_logp.exp().numpy()  # [n, vocab]
+                neg_entropy = np.einsum("nv,nv->n", final_p, final_logp.numpy(), dtype=np.float64)  # [n]
+                del final_logp
+            for a in range(lo, hi):  # segments of consecutive positions (a new row every n cells)
+                if a == lo or a % n == 0:
+                    b = min(hi, (a // n + 1) * n)
+                    cross[a:b] = np.einsum("cv,cv->c", raw[a - lo:b - lo], final_p[a % n:a % n + b - a],
+                                           dtype=np.float64)
             t = targets_flat[lo:hi]  # [chunk]
             has = t >= 0
             if has.any():
@@ -98,8 +128,14 @@ def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarr
             lse[lo:hi] = peak[:, 0] + log_sum
             top_probs[lo:hi] = np.exp(top.values.numpy() - lse[lo:hi, None])
             t_lp[lo:hi][has] -= log_sum[has]
-    return LensColumns(start, top_ids.reshape(rows, n, k), top_probs.reshape(rows, n, k), lse.reshape(rows, n),
-                       targets.copy(), t_lp.reshape(rows, n), t_rank.reshape(rows, n))
+    kl = np.maximum(np.tile(neg_entropy, rows) - cross + lse, 0.0).astype(np.float32)
+
+    def back(a: np.ndarray) -> np.ndarray:  # last row first -> rows in order
+        a = a.reshape(rows, n, *a.shape[1:])
+        return np.concatenate([a[1:], a[:1]])
+
+    return LensColumns(start, back(top_ids), back(top_probs), back(lse), targets.copy(), back(t_lp), back(t_rank),
+                       back(kl), "logit lens" if readout is None else readout.label)
 
 
 class LensTable:
@@ -114,6 +150,7 @@ class LensTable:
         self.target_ids = np.zeros(0, np.int64)
         self.target_logprob = np.zeros((rows, 0), np.float32)
         self.target_rank = np.zeros((rows, 0), np.int32)
+        self.kl = np.zeros((rows, 0), np.float32)  # KL(final || cell) per cell
         self.done = np.zeros(0, bool)
 
     def grow(self, n: int) -> None:
@@ -126,6 +163,7 @@ class LensTable:
         self.target_ids = np.concatenate([self.target_ids, np.full(extra, -1, np.int64)])
         self.target_logprob = np.concatenate([self.target_logprob, np.full((self.rows, extra), np.nan, np.float32)], 1)
         self.target_rank = np.concatenate([self.target_rank, np.full((self.rows, extra), -1, np.int32)], 1)
+        self.kl = np.concatenate([self.kl, np.full((self.rows, extra), np.nan, np.float32)], 1)
         self.done = np.concatenate([self.done, np.zeros(extra, bool)])
         self.n = n
 
@@ -139,7 +177,15 @@ class LensTable:
         self.target_ids[s] = cols.target_ids
         self.target_logprob[:, s] = cols.target_logprob
         self.target_rank[:, s] = cols.target_rank
+        if cols.kl is not None:
+            self.kl[:, s] = cols.kl
         self.done[s] = True
+
+    def mean_kl(self) -> np.ndarray:
+        """[rows] KL from the final distribution averaged over the computed positions (nan before any)."""
+        if not self.done.any():
+            return np.full(self.rows, np.nan, np.float32)
+        return np.nanmean(self.kl[:, self.done], axis=1)
 
     def next_missing(self, around: int, block: int) -> tuple[int, int] | None:
         """The missing block of positions nearest to `around` (None when complete)."""
@@ -161,10 +207,10 @@ class LensTable:
         return probs.astype(np.float32), rank.astype(np.int32)
 
 
-def token_logprob(run: Run, token_id: int, lse: np.ndarray) -> np.ndarray:
+def token_logprob(run: Run, token_id: int, lse: np.ndarray, readout: Readout = None) -> np.ndarray:
     """[L+1, N] exact log-probability of `token_id` in every lens cell, from the cells' log-sum-exp."""
     n = lse.shape[1]
-    resid, _ = lens_inputs(run, 0, n)  # [L+1, n, D]
+    resid = apply_readout(lens_inputs(run, 0, n)[0], readout)  # [L+1, n, D]
     direction = np.asarray(run.unembed[token_id], np.float32)  # [D]
     logits = run.norm.apply(resid) @ direction  # [L+1, n]
     return (logits - lse).astype(np.float32)

@@ -23,6 +23,7 @@ from ...core.run import Run
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
+from .depth_lens import active_readout
 from .intervention_menu import ModelJobs, find_host
 
 _ONLY_A, _ONLY_B, _DIFF = QColor(255, 200, 120), QColor(150, 200, 255), QColor(255, 235, 150)
@@ -142,8 +143,10 @@ class ComparePanel(Panel):
             return
         layer, head = self.selection.layer, self.selection.head
 
+        readout, self._lens_label = active_readout(a.info)  # the depth panel's lens (logit, tuned, Jacobian)
+
         def job():
-            return (next_token_diff(a, pos_a, b, pos_b), lens_diff(a, pos_a, b, pos_b),
+            return (next_token_diff(a, pos_a, b, pos_b), lens_diff(a, pos_a, b, pos_b, readout),
                     a.attention(layer, head), b.attention(layer, head), attention_diff(a, b, al, layer, head)[0])
 
         self.background.submit("compare", job, lambda r: self._show(pos_a, pos_b, *r))
@@ -159,7 +162,7 @@ class ComparePanel(Panel):
             f"A: {n_a} tokens, B: {n_b}; identical prefix {self.alignment.prefix}, {len(self.alignment.matched)} "
             f"matched. Next token after A[{pos_a}] / B[{pos_b}]: top-1 {name(nxt['top1_a'])} "
             f"({nxt['p_a'][0]:.2f}) vs {name(nxt['top1_b'])}; KL(A‖B) = {nxt['kl_ab']:.3f} nats. "
-            f"The logit lens parts from depth {first} on.")
+            f"The {getattr(self, '_lens_label', 'logit lens')} parts from depth {first} on.")
         self.lens_curve.setData(np.arange(lens["kl"].size), lens["kl"])
         self.attn_a.set_data(att_a, (0.0, float(att_a.max()) or 1.0))
         self.attn_b.set_data(att_b, (0.0, float(att_b.max()) or 1.0))

@@ -27,6 +27,7 @@ from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap, readable_label
 from . import intervention_menu as im
 from .base import Panel
+from .depth_lens import LensSelector
 from .depth_views import AttributionView, DepthAttentionView, ShareView, SimilarityView, _esc, readable
 from .token_colors import piece_name
 
@@ -69,7 +70,7 @@ class DepthPanel(Panel):
         self.mode.addItems(MODES)
         self.status = QLabel(" ")
         row = QHBoxLayout()
-        row.addWidget(QLabel("Logit lens colour:"))
+        row.addWidget(QLabel("Lens colour:"))
         row.addWidget(self.mode)
         row.addWidget(self.status, 1)
         self.body.addLayout(row)
@@ -78,6 +79,8 @@ class DepthPanel(Panel):
         self.lens.plot.setLabel("left", "depth")
         self.marker = pg.InfiniteLine(angle=90, pen=pg.mkPen((255, 80, 80), width=1.5))
         self.lens.plot.addItem(self.marker)
+        self.lens_choice = LensSelector()  # logit / tuned / Jacobian readout and its KL-per-depth curves
+        self.lens_choice.changed.connect(lambda: self.draw_run(self.run))
         self.tabs = QTabWidget()
         self.attribution, self.share = AttributionView(), ShareView()
         self.similarity, self.depth_attention = SimilarityView(), DepthAttentionView()
@@ -86,7 +89,11 @@ class DepthPanel(Panel):
         self.tabs.addTab(self.similarity, "Similarity && updates")
         self.tabs.addTab(self.depth_attention, "Depth attention (counterfactual)")
         split = QSplitter(Qt.Vertical)
-        split.addWidget(self.lens)
+        top = QSplitter(Qt.Horizontal)
+        top.addWidget(self.lens)
+        top.addWidget(self.lens_choice)
+        top.setSizes([720, 260])
+        split.addWidget(top)
         split.addWidget(self.tabs)
         split.setSizes([480, 320])
         split.setStretchFactor(0, 3)
@@ -111,6 +118,7 @@ class DepthPanel(Panel):
     def draw_run(self, run: Run | None) -> None:
         self._generation += 1
         self.table = None
+        self.lens_choice.set_model(None if run is None else run.info)
         if run is None or run.n_tokens == 0:
             self.lens.image.clear()
             self.status.setText(" ")
@@ -142,6 +150,7 @@ class DepthPanel(Panel):
         lo, hi = event.start, run.n_tokens
         resid, targets = lens_inputs(run, lo, hi)  # copied here: the run grows meanwhile
         norm, unembed, table, gen = run.norm, run.unembed, self.table, self._generation
+        readout = self.lens_choice.readout()
 
         def on_done(cols) -> None:  # one column (31 lm_head products) off the GUI thread, ahead of fill-in
             if gen != self._generation or self.table is not table:
@@ -151,9 +160,10 @@ class DepthPanel(Panel):
             self._window = (max(0, hi - WINDOW), hi) if follow else self._window
             self._refresh_lens(auto_range=follow)
             if table.done.all():  # the streamed column completed the table: keep the count current
-                self.status.setText(f"Logit lens: all {table.n} positions x {table.rows} depths.")
+                self.status.setText(f"{self._lens_name()}: all {table.n} positions x {table.rows} depths.")
 
-        self.bg.submit(f"column-{lo}", lambda: compute_lens(resid, targets, norm, unembed, start=lo), on_done,
+        self.bg.submit(f"column-{lo}", lambda: compute_lens(resid, targets, norm, unembed, start=lo, readout=readout),
+                       on_done,
                        lambda msg: self.status.setText(f"Logit lens failed: {msg}"), priority=1)
         # views of one position follow the selection (the window moves it to the new token when following);
         # only the whole-run similarity view changes as the run grows
@@ -172,13 +182,13 @@ class DepthPanel(Panel):
         around = int(np.mean(self.lens.plot.vb.viewRange()[0]))
         nxt = table.next_missing(around=min(max(around, 0), table.n - 1), block=WINDOW)
         if nxt is None:
-            self.status.setText(f"Logit lens: all {table.n} positions x {table.rows} depths.")
+            self.status.setText(f"{self._lens_name()}: all {table.n} positions x {table.rows} depths.")
             return
         lo, hi = nxt
         resid, targets = lens_inputs(run, lo, hi)  # copied on the GUI thread: the run may grow meanwhile
-        norm, unembed = run.norm, run.unembed
+        norm, unembed, readout = run.norm, run.unembed, self.lens_choice.readout()
         done = int(table.done.sum())
-        self.status.setText(f"Logit lens: computing positions {lo}-{hi - 1} ({done}/{table.n} done)...")
+        self.status.setText(f"{self._lens_name()}: computing positions {lo}-{hi - 1} ({done}/{table.n} done)...")
 
         def on_done(cols) -> None:
             if gen != self._generation or self.table is not table:
@@ -187,8 +197,12 @@ class DepthPanel(Panel):
             self._refresh_lens()
             self._submit_next()
 
-        self.bg.submit("lens", lambda: compute_lens(resid, targets, norm, unembed, start=lo), on_done,
+        self.bg.submit("lens", lambda: compute_lens(resid, targets, norm, unembed, start=lo, readout=readout), on_done,
                        lambda msg: self.status.setText(f"Logit lens failed: {msg}"))
+
+    def _lens_name(self) -> str:
+        label = self.lens_choice.label()
+        return label[0].upper() + label[1:]
 
     def lens_values(self) -> tuple[np.ndarray, tuple[float, float]]:
         """[depths, N] what the grid colours in the current mode, and its levels."""
@@ -216,6 +230,7 @@ class DepthPanel(Panel):
             lo, hi = self._window
             self.lens.plot.setRange(xRange=(lo, hi), yRange=(0, t.rows), padding=0)
         self.marker.setValue(self.selection.position + 0.5)
+        self.lens_choice.update_run_curve(t.mean_kl())
         self._update_texts()
 
     def cell_pixels(self) -> tuple[float, float]:

@@ -31,6 +31,7 @@ from ...core.run import Run
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
+from .depth_lens import active_readout
 from .intervention_menu import InterventionRequest, bus
 
 SCOPES = (("all", "at every position"), ("selected", "at the selected position"),
@@ -242,10 +243,14 @@ class InterventionsPanel(Panel):
         pos = min(self.selection.position, n - 1)
         layer, head = self.selection.layer, self.selection.head
 
+        readout, label = active_readout(run.info)  # the depth panel's lens (logit, tuned, Jacobian)
+        self.lens.plot.setTitle(f"{label} KL(baseline || now) by layer and position")
+
         def job():
             d = next_token_diff(base, pos, run, pos)
             lo = max(0, pos - LENS_WINDOW + 1)
-            lens = np.stack([[kl(x, y) for x, y in zip(lens_logprobs(base, p), lens_logprobs(run, p), strict=True)]
+            lens = np.stack([[kl(x, y) for x, y in zip(lens_logprobs(base, p, readout), lens_logprobs(run, p, readout),
+                                                         strict=True)]
                              for p in range(lo, pos + 1)], axis=1)  # [L+1, W]
             attn = run.attention(layer, head)[:n, :n] - base.attention(layer, head)[:n, :n]  # [n, n]
             return d, lo, lens.astype(np.float32), attn
