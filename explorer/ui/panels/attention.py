@@ -371,6 +371,11 @@ class AttentionPanel(Panel):
             lines.append(HeadLines(h, top, row[top]))
         self.head_view.set_data(self._labels(), qidx, lines)
 
+    def apply_theme(self) -> None:
+        """Repaint the overview's thumbnails with the theme's colour map (the heatmap follows by itself)."""
+        for layer, summary in self._summaries.items():
+            self.overview.set_layer(layer, summary.thumbs)
+
     # --- overview and statistics (off the GUI thread) -----------------------------------------
     def _start_summaries(self) -> None:
         run = self.run

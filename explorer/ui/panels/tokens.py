@@ -89,6 +89,9 @@ class TokensPanel(Panel):
         self.body.addWidget(self.split, 1)
 
     # --- Panel contract -----------------------------------------------------------------------
+    def apply_theme(self) -> None:
+        self.draw_run(self.run)  # tile colours come from the theme's colour map
+
     def draw_run(self, run: Run | None) -> None:
         if run is None:
             self.view.set_tokens([], [], [], [])
