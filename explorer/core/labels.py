@@ -29,7 +29,7 @@ def token_text(run: Any, token_id: int, known: dict[int, str] | None = None) -> 
     if vocab is not None and 0 <= token_id < len(vocab):
         return vocab[token_id]
     for t in run.tokens:
-        if t.id == token_id:
+        if t.id == token_id and t.text:
             return t.text
     if known and token_id in known:
         return known[token_id]
