@@ -12,6 +12,7 @@ from explorer.core.analysis.align import align_runs
 from explorer.core.analysis.sweep import head_sweep
 from explorer.core.api import run_request
 from explorer.core.events import RunRequest
+from explorer.core.labels import readable_label
 from explorer.core.runner import Session
 from explorer.ui.panels.compare import ComparePanel
 from explorer.ui.panels.head_sweep import HeadSweepPanel
@@ -117,6 +118,6 @@ def test_compare_panel_aligns_and_diffs(qtbot, session, base, make_panel):
     al = align_runs(base, b)
     assert panel.strip.columnCount() == len(al.pairs)
     only_b = [c for c in range(len(al.pairs)) if panel.strip.item(0, c).text() == ""]
-    assert "".join(panel.strip.item(1, c).text() for c in only_b).strip() == "beautiful"
+    assert "".join(panel.strip.item(1, c).text() for c in only_b) == readable_label(" beautiful", None)
     assert panel.attn_d.data.shape == (len(al.matched),) * 2
     assert "KL(A‖B)" in panel.summary.text()

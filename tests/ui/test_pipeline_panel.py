@@ -113,7 +113,7 @@ def test_figures(qtbot, run, tmp_path, monkeypatch, make_panel):
     assert f"{run.capture_bytes() / 2**20:,.1f} MiB" in f["capture"]
     ttft = sum(ms for _, ms in run.steps[0].timings_ms)
     assert f"{ttft:,.0f} ms" in f["ttft"]
-    shown = float(re.search(r"([\d,.]+) MiB</b> resident", f["process"].text()).group(1).replace(",", "")) * 2**20
+    shown = float(re.search(r"([\d,.]+) MiB</b> resident", f["process"]).group(1).replace(",", "")) * 2**20
     assert abs(shown - process_rss_bytes()) < 0.25 * process_rss_bytes()  # this process's figure, shown
     assert "lm-explorer bench" in overhead_text(None)
 
