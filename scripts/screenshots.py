@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             sel.set("position", run.n_prompt - 1)  # the prediction of the first generated token
             sel.set("layer", run.info.n_layers // 2)
             _settle(app, 1.0)
+            panel.grab()  # painting sizes pyqtgraph's axes to their tick text; the layout follows on the next events
+            _settle(app, 0.2)
             path = out / f"{panel_name}-{theme_name}.png"
             panel.grab().save(str(path), "PNG", 0)  # quality 0: the highest PNG compression
             _optimise(path)

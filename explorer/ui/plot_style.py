@@ -52,7 +52,7 @@ def background() -> QColor:
 
 def fill() -> QColor:
     """A text item's backing box: the plot background, slightly see-through."""
-    return QColor(theme.plot_colours().fill)
+    return pg.mkColor(theme.plot_colours().fill)  # "#RRGGBBAA" (QColor would read it as #AARRGGBB)
 
 
 def series(i: int) -> str:
@@ -100,10 +100,14 @@ def style(target, *, follow: bool = True, tick_scale: float = 0.9):
         if legend is not None:
             legend.setLabelTextColor(c.text)
             legend.setLabelTextSize(f"{label_pt * tick_scale:.1f}pt")
-            legend.setBrush(QColor(c.fill))
+            legend.setBrush(fill())
             legend.setPen(c.axis)
+            for _sample, label in legend.items:  # setAttr above does not re-render existing labels
+                label.setText(label.text)
+        # a title keeps these options through later setTitle(text) calls (pyqtgraph merges them)
+        item.titleLabel.opts.update(color=c.text, size=f"{label_pt:.1f}pt")
         if item.titleLabel.text:
-            item.titleLabel.setText(item.titleLabel.text, color=c.text, size=f"{label_pt:.1f}pt")
+            item.titleLabel.setText(item.titleLabel.text)
     if follow:
         _track(target, None)
     return target

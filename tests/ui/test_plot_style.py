@@ -55,6 +55,12 @@ def _assert_themed(panel) -> None:
                 axis = item.getAxis(name)
                 assert axis.textPen().color().name() == QColor(c.text).name(), (type(panel).__name__, name)
                 assert axis.pen().color().name() == QColor(c.axis).name(), (type(panel).__name__, name)
+            if item.legend is not None:
+                for _sample, label in item.legend.items:
+                    html = label.item.toHtml().lower()
+                    assert f"color:{QColor(c.text).name()}" in html, (type(panel).__name__, label.text)
+            if item.titleLabel.text:
+                assert QColor(item.titleLabel.opts["color"]).name() == QColor(c.text).name(), type(panel).__name__
 
 
 def _lut(name: str, like: np.ndarray) -> np.ndarray:

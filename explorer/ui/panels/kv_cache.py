@@ -125,6 +125,7 @@ class KVCachePanel(Panel):
         self.plot.addItem(self.ceiling)
         self.step_marker = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#888888", style=Qt.DotLine))
         self.plot.addItem(self.step_marker)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # "MiB (x0.001)" reads worse than 0.9 MiB
         plot_style.style(self.plot)
         layout.addWidget(self.plot, 1)
 

@@ -296,8 +296,7 @@ class PipelinePanel(Panel):
         axis.setTicks([ticks])
         kind = "prefill" if step.is_prefill else "decode"
         n_new = step.n_new - step.cached_prefix
-        self.detail.setTitle(f"step {s} ({kind}, {n_new} new token{'s' * (n_new != 1)}): {ms.sum():,.1f} ms",
-                             size=f"{plot_style.font().pointSizeF():.1f}pt", color=plot_style.ink())
+        self.detail.setTitle(f"step {s} ({kind}, {n_new} new token{'s' * (n_new != 1)}): {ms.sum():,.1f} ms")
         total = max(float(ms.sum()), 1e-3)
         self.detail.getPlotItem().vb.setRange(xRange=(-0.02 * total, 1.02 * total),
                                               yRange=(-0.6, len(names) - 0.4), padding=0)
