@@ -39,6 +39,8 @@ class Heatmap(QWidget):
         self.plot.invertY(True)
         self.plot.setMenuEnabled(False)
         self.plot.showGrid(x=False, y=False)
+        for axis in ("left", "bottom"):  # cell indices: never "(x0.001)"
+            self.plot.getAxis(axis).enableAutoSIPrefix(False)
         self.image = pg.ImageItem()
         self.plot.addItem(self.image)
         self.detail: pg.ImageItem | None = None  # optional full-resolution overlay of a zoomed region
