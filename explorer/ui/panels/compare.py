@@ -71,7 +71,7 @@ class ComparePanel(Panel):
                                          symbolBrush=OKABE_ITO["orange"])
         plot_style.style(self.lens)
         self.attn_a, self.attn_b, self.attn_d = Heatmap("viridis"), Heatmap("viridis"), Heatmap("CET-D1")
-        for hm, name in ((self.attn_a, "A"), (self.attn_b, "B"), (self.attn_d, "A − B (matched)")):
+        for hm, name in ((self.attn_a, "A"), (self.attn_b, "B"), (self.attn_d, "A − B")):
             hm.plot.setTitle(f"head attention {name}")  # short: titles do not wrap (presenter fonts are 1.5x)
         split = QSplitter()
         for w in (self.lens, self.attn_a, self.attn_b, self.attn_d):

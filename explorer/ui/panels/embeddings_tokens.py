@@ -107,7 +107,9 @@ class TokensAtLayerView(QWidget):
             item.hide()
         self.readout = QLabel(" ")
         self.readout.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.readout.setWordWrap(True)  # a long note must not widen the panel past the screen (presenter fonts)
         self.legend = QLabel(" ")
+        self.legend.setWordWrap(True)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
