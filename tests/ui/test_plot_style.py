@@ -181,3 +181,13 @@ def test_okabe_ito_colours_are_defined_only_in_theme():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "theme.py"
                  and any(code in p.read_text().lower() for code in codes)]
     assert offenders == []
+
+
+@pytest.mark.parametrize("name", PANELS)
+def test_every_panel_fits_a_presenter_screen(make_panel, run, name):
+    """Presenter fonts are 1.5x: a panel's minimum width must stay within a 1280-pixel screen (with room for a
+    dock frame), or the window is wider than the screen and clips."""
+    theme.apply(name="dark", presenter=True)
+    panel, _ = make_panel(name, run)
+    _settle()
+    assert panel.minimumSizeHint().width() <= 1200, name

@@ -60,6 +60,7 @@ class OverviewGrid(QWidget):
         self.plot.addItem(self.marker)
         plot_style.style(self.view)
         self.status = QLabel("")
+        self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.view, 1)

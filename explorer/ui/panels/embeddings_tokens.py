@@ -75,11 +75,15 @@ class TokensAtLayerView(QWidget):
                            f"t-SNE / UMAP: {P.INSTALL_HINT}" if not any(list(available.values())[1:]) else
                            f"UMAP: {P.INSTALL_HINT}")
         self.hint.setStyleSheet("color: palette(placeholder-text);")
-        top = QHBoxLayout()
-        for w in (QLabel("Projection"), self.method, self.normalise, QLabel("Colour by"), self.colour, self.follow):
+        self.hint.setWordWrap(True)
+        top = QHBoxLayout()  # two short rows, not one: presenter fonts must fit a 1280-pixel screen
+        for w in (QLabel("Projection"), self.method, self.normalise, self.follow):
             top.addWidget(w)
         top.addStretch(1)
-        top.addWidget(self.hint)
+        second = QHBoxLayout()
+        for w in (QLabel("Colour by"), self.colour):
+            second.addWidget(w)
+        second.addWidget(self.hint, 1)
 
         self.play = QPushButton("\u25b6 Play")
         self.play.setCheckable(True)
@@ -114,6 +118,7 @@ class TokensAtLayerView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
+        layout.addLayout(second)
         layout.addLayout(row)
         layout.addWidget(self.legend)
         layout.addWidget(self.plot, 1)

@@ -144,6 +144,7 @@ class PipelinePanel(Panel):
         for i, (key, label) in enumerate(names):
             name = QLabel(f"<span style='color:gray'>{label}</span>")
             value = QLabel("-")
+            value.setWordWrap(True)  # long figures wrap rather than widen the panel (presenter fonts)
             value.setTextFormat(Qt.TextFormat.RichText)
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             grid.addWidget(name, i // 3, (i % 3) * 2)
