@@ -117,10 +117,11 @@ class ComparePanel(Panel):
         for col, (i, j) in enumerate(al.pairs):
             for r, (run, k) in enumerate(((a, i), (b, j))):
                 item = QTableWidgetItem("" if k is None else readable_label(run.tokens[k].text, None))
-                if i is None or j is None:
-                    item.setBackground(_ONLY_B if i is None else _ONLY_A)
-                elif a.tokens[i].text != b.tokens[j].text:
-                    item.setBackground(_DIFF)
+                fill = (_ONLY_B if i is None else _ONLY_A) if i is None or j is None else \
+                    _DIFF if a.tokens[i].text != b.tokens[j].text else None
+                if fill is not None:  # a light fill: dark text on it in every theme
+                    item.setBackground(fill)
+                    item.setForeground(QColor("#1a1a1a"))
                 self.strip.setItem(r, col, item)
         self.strip.resizeColumnsToContents()
 
