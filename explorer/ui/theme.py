@@ -1,8 +1,10 @@
-"""Themes (light, dark, presenter high-contrast) and the colour-map preference panels read.
+"""Themes (light, dark, presenter high-contrast): the one home of the app's colours.
 
-Panels that draw with a colour map call `theme.colormap()` ("viridis" normally, "cividis",
-colour-blind safe, in presenter mode) and may follow changes with
-`theme.events().colormap_changed.connect(...)`.
+It owns the Okabe-Ito palette (`OKABE_ITO`, `SERIES`) and the colour maps by role
+(`COLORMAPS`: sequential, heat, diverging, cyclic); `theme.colormap(role)` names the map for
+the current theme (a colour-blind-safe one in presenter mode). `ui/plot_style.py` applies these
+to pyqtgraph plots and heatmaps and re-styles every one of them when `apply()` changes the theme;
+panels use `plot_style`, never literal colours or map names.
 """
 
 from __future__ import annotations
@@ -15,6 +17,24 @@ from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle
 
 THEMES = ("light", "dark")
 
+# Okabe & Ito (2008), colour-blind safe: the only categorical colours panels use
+OKABE_ITO = {
+    "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+    "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "grey": "#999999",
+}
+# categorical series in drawing order (lines, bars, heads): most distinct first
+SERIES = tuple(OKABE_ITO[k] for k in ("blue", "orange", "green", "vermillion", "purple", "sky", "yellow", "grey"))
+
+# colour map by role: (normal, colour-blind safe for presenter mode); all perceptually uniform
+COLORMAPS = {
+    "sequential": ("viridis", "cividis"),  # 0 .. max (attention, probabilities)
+    "heat": ("inferno", "cividis"),  # a magnitude on dark background
+    "diverging": ("CET-D1", "CET-CBD1"),  # negative .. 0 .. positive
+    "cyclic": ("CET-C2", "CET-CBC1"),  # angles (RoPE)
+}
+# map names that older code passes for a role
+_ROLE_OF = {names[0]: role for role, names in COLORMAPS.items()} | {"cividis": "sequential"}
+
 
 @dataclass(frozen=True)
 class ThemeState:
@@ -26,6 +46,7 @@ class ThemeState:
 class ThemeEvents(QObject):
     colormap_changed = Signal(str)
     theme_changed = Signal(str)  # "light" | "dark" | "presenter"
+    changed = Signal()  # once per apply() that changed anything (plot_style re-styles every plot on it)
 
 
 _state = ThemeState()
@@ -40,9 +61,48 @@ def events() -> ThemeEvents:
     return _events
 
 
-def colormap() -> str:
-    """The colour map panels should use: "cividis" in presenter mode, else the user's choice (viridis)."""
-    return _state.colormap
+def role_of(name_or_role: str) -> str:
+    """The colour-map role of a role name or of a map name ("viridis" -> "sequential"); KeyError if unknown."""
+    if name_or_role in COLORMAPS:
+        return name_or_role
+    return _ROLE_OF[name_or_role]
+
+
+def colormap(role: str = "sequential") -> str:
+    """The name of the colour map for `role` in the current theme: its colour-blind-safe map in presenter
+    mode (cividis, CET-CBD1, CET-CBC1), else the normal one; the sequential map may be the user's choice."""
+    role = role_of(role)
+    if role == "sequential":
+        return _state.colormap  # viridis, cividis in presenter mode, or the map passed to apply()
+    normal, safe = COLORMAPS[role]
+    return safe if _state.presenter else normal
+
+
+@dataclass(frozen=True)
+class PlotColours:
+    """Colours of a plot's frame in the current theme (the data colours come from SERIES / colormap)."""
+
+    background: str
+    text: str  # tick labels, axis titles, text items
+    axis: str  # axis lines and ticks
+    faint: str  # grid lines, neutral reference lines, "not selected"
+    fill: str  # a text item's backing box
+
+
+_PLOT_COLOURS = {
+    "light": PlotColours("#ffffff", "#1a1a1a", "#6b6b6b", "#b0b0b0", "#ffffffdc"),
+    "dark": PlotColours("#1e1e1e", "#e6e6e6", "#a0a0a0", "#5a5a5a", "#1e1e1edc"),
+    "presenter": PlotColours("#000000", "#ffffff", "#d8d8d8", "#6a6a6a", "#000000dc"),
+}
+
+
+def plot_colours() -> PlotColours:
+    return _PLOT_COLOURS["presenter" if _state.presenter else _state.name]
+
+
+def font_scale() -> float:
+    """How much bigger than normal text is in the current theme (1.5 in presenter mode)."""
+    return 1.5 if _state.presenter else 1.0
 
 
 def state() -> ThemeState:
@@ -125,10 +185,12 @@ def apply(name: str | None = None, presenter: bool | None = None, colormap_name:
         if _base_point_size is None:
             _base_point_size = app.font().pointSizeF() or 10.0
         font = QFont(app.font())
-        font.setPointSizeF(_base_point_size * (1.5 if presenter else 1.0))
+        font.setPointSizeF(_base_point_size * font_scale())
         app.setFont(font)
     if old.colormap != cmap:
         events().colormap_changed.emit(cmap)
     if (old.name, old.presenter) != (name, presenter):
         events().theme_changed.emit("presenter" if presenter else name)
+    if old != _state:
+        events().changed.emit()
     return _state

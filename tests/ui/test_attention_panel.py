@@ -19,36 +19,25 @@ def llama_run(tiny_llama):
     return capture("The capital of France is Paris. The capital of Italy is", tiny_llama, max_new_tokens=4)
 
 
-def _panel(qtbot, run):
-    sel = Selection()
-    sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
-    panel = AttentionPanel(sel)
-    qtbot.addWidget(panel)
-    panel.resize(1100, 600)
-    panel.show()
-    panel.set_run(run)
-    return panel, sel
-
-
 def test_registered():
     from explorer.ui.panels import REGISTRY, panel_class
 
     assert "attention" in REGISTRY and panel_class("attention") is AttentionPanel
 
 
-def test_displayed_map_equals_run_attention(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run)
+def test_displayed_map_equals_run_attention(qtbot, llama_run, make_panel):
+    panel, sel = make_panel(AttentionPanel, llama_run, size=(1100, 600))
     sel.set("layer", 2)
     sel.set("head", 3)
     shown = panel.heatmap.data
     assert shown.shape == (llama_run.n_tokens, llama_run.n_tokens)
     assert_close(shown, llama_run.attention(2, 3), 1e-5)
     assert panel.layer_box.value() == 2 and panel.head_box.value() == 3
-    assert not panel._error.isVisible()
+    assert panel.error is None
 
 
-def test_sink_toggle_renormalises_rows(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run)
+def test_sink_toggle_renormalises_rows(qtbot, llama_run, make_panel):
+    panel, sel = make_panel(AttentionPanel, llama_run, size=(1100, 600))
     sel.set("layer", 1)
     panel.sink_box.setChecked(True)
     shown = panel.heatmap.data
@@ -60,16 +49,16 @@ def test_sink_toggle_renormalises_rows(qtbot, llama_run):
     assert_close(panel.heatmap.data, raw, 1e-5)
 
 
-def test_value_weighted_rows_sum_to_one(qtbot, llama_run):
-    panel, _ = _panel(qtbot, llama_run)
+def test_value_weighted_rows_sum_to_one(qtbot, llama_run, make_panel):
+    panel, _ = make_panel(AttentionPanel, llama_run, size=(1100, 600))
     panel.value_box.setChecked(True)
     shown = panel.heatmap.data
     assert_close(shown.sum(axis=1), 1, 1e-5)
     assert not np.allclose(shown, llama_run.attention(0, 0), atol=1e-3)
 
 
-def test_overview_click_opens_head_and_table_fills(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run)
+def test_overview_click_opens_head_and_table_fills(qtbot, llama_run, make_panel):
+    panel, sel = make_panel(AttentionPanel, llama_run, size=(1100, 600))
     assert Background.wait_idle()
     qtbot.waitUntil(lambda: panel.stats.table.rowCount() == 4 * 4, timeout=5000)
     grid = panel.overview
@@ -94,8 +83,8 @@ def test_overview_click_opens_head_and_table_fills(qtbot, llama_run):
     assert (sel.layer, sel.head) == (1, 2)
 
 
-def test_click_selects_query_and_head_view(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run)
+def test_click_selects_query_and_head_view(qtbot, llama_run, make_panel):
+    panel, sel = make_panel(AttentionPanel, llama_run, size=(1100, 600))
     panel.heatmap.clicked.emit(6, 2)
     assert sel.position == 6
     lines = panel.head_view.lines
@@ -140,9 +129,9 @@ def test_streaming_appends_only_new_rows(qtbot, tiny_session):
     assert heatmap_calls and all(len(c) == 1 for c in calls)  # one new row per step, never the whole map
 
 
-def test_encoder_bidirectional_and_hide_special(qtbot, tiny_models):
+def test_encoder_bidirectional_and_hide_special(qtbot, tiny_models, make_panel):
     run = capture("attention heads and the cache", tiny_models["tiny-bert"])
-    panel, sel = _panel(qtbot, run)
+    panel, sel = make_panel(AttentionPanel, run, size=(1100, 600))
     assert_close(panel.heatmap.data, run.attention(0, 0), 1e-5)
     assert np.triu(panel.heatmap.data, 1).sum() > 0.1
     special = [i for i, t in enumerate(run.tokens) if t.is_special]
@@ -153,8 +142,8 @@ def test_encoder_bidirectional_and_hide_special(qtbot, tiny_models):
     assert_close(panel.heatmap.data.sum(axis=1), 1, 1e-5)
 
 
-def test_aggregates_and_rollout(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run)
+def test_aggregates_and_rollout(qtbot, llama_run, make_panel):
+    panel, sel = make_panel(AttentionPanel, llama_run, size=(1100, 600))
     sel.set("layer", 1)
     panel.mode_box.setCurrentIndex(1)  # mean over heads
     assert Background.wait_idle()
@@ -167,8 +156,8 @@ def test_aggregates_and_rollout(qtbot, llama_run):
     assert_close(panel.heatmap.data.sum(axis=1), 1, 1e-4)
 
 
-def test_induction_button_requests_prompt(qtbot, llama_run):
-    panel, _ = _panel(qtbot, llama_run)
+def test_induction_button_requests_prompt(qtbot, llama_run, make_panel):
+    panel, _ = make_panel(AttentionPanel, llama_run, size=(1100, 600))
     with qtbot.waitSignal(panel.request_prompt) as blocker:
         panel.stats.button.click()
     words = blocker.args[0].split()

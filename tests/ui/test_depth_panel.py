@@ -60,7 +60,7 @@ def test_streams_and_fills_the_lens_progressively(qtbot, tiny_llama, monkeypatch
         if panel.table.done.all():
             break
         _settle(qtbot)
-    assert not panel._error.isVisible(), panel._error.text()
+    assert panel.error is None, panel.error
     table = panel.table
     assert table.n == run.n_tokens and table.done.all()
     full = lens_columns(run, 0, run.n_tokens)
@@ -96,7 +96,7 @@ def test_views_follow_the_selection(qtbot, tiny_llama):
     da = panel.depth_attention.last
     assert (da.layer, da.head, da.position) == (2, 3, 5) and da.depth_scores.size == 3
     assert "Counterfactual" in panel.depth_attention.banner.text()
-    assert not panel._error.isVisible(), panel._error.text()
+    assert panel.error is None, panel.error
 
 
 def test_clicked_token_mode_and_no_model(qtbot, tiny_llama):
@@ -114,7 +114,7 @@ def test_clicked_token_mode_and_no_model(qtbot, tiny_llama):
     panel.tabs.setCurrentWidget(panel.depth_attention)
     assert panel.depth_attention.last is None and "no model" in panel.depth_attention.caption.text()
     panel.set_run(None)
-    assert panel.table is None and not panel._error.isVisible()
+    assert panel.table is None and panel.error is None
     assert run.n_tokens > 0
 
 
@@ -126,4 +126,4 @@ def test_encoder_has_no_lens(qtbot, tiny_models):
         run.apply(event)
     panel.set_run(run)
     assert panel.table is None and "encoder" in panel.status.text()
-    assert not panel._error.isVisible()
+    assert panel.error is None

@@ -11,7 +11,6 @@ from explorer.core.analysis import projection as P
 from explorer.core.analysis import rope as R
 from explorer.core.api import capture
 from explorer.ui.panels.embeddings import EmbeddingsPanel
-from explorer.ui.selection import Selection
 from explorer.ui.widgets.background import Background
 
 TOKENS, VOCAB, QK, ROPE = range(4)
@@ -33,13 +32,8 @@ def _settle() -> None:
         QApplication.processEvents()
 
 
-def _panel(qtbot, run, tab=TOKENS):
-    sel = Selection()
-    sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
-    panel = EmbeddingsPanel(sel)
-    qtbot.addWidget(panel)
-    panel.resize(1000, 650)
-    panel.show()
+def _panel(make_panel, run, tab=TOKENS):
+    panel, sel = make_panel(EmbeddingsPanel, run, size=(1000, 650), draw=False)
     panel.tabs.setCurrentIndex(tab)
     panel.set_run(run)
     _settle()
@@ -57,8 +51,8 @@ def test_registered():
     assert panel_class("embeddings") is EmbeddingsPanel and "embeddings" in REGISTRY
 
 
-def test_points_are_the_shared_projection_at_the_slider_layer(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run)
+def test_points_are_the_shared_projection_at_the_slider_layer(qtbot, llama_run, make_panel):
+    panel, sel = _panel(make_panel, llama_run)
     view = panel.tokens_view
     states = llama_run.array("resid")  # [layers + 1, N, D]
     expected, _, massive = P.project_trajectories(states, normalise=True)  # checked in test_projection.py
@@ -74,8 +68,8 @@ def test_points_are_the_shared_projection_at_the_slider_layer(qtbot, llama_run):
     assert_close(np.stack([tx, ty], 1)[:-1], expected[:, 4], 1e-4)
 
 
-def test_clicking_a_point_selects_the_token(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run)
+def test_clicking_a_point_selects_the_token(qtbot, llama_run, make_panel):
+    panel, sel = _panel(make_panel, llama_run)
     view = panel.tokens_view
     points = view.scatter.points()
     view.scatter.sigClicked.emit(view.scatter, [points[5]], None)
@@ -86,8 +80,8 @@ def test_clicking_a_point_selects_the_token(qtbot, llama_run):
     assert sizes.argmax() == 2  # the selected point is drawn larger
 
 
-def test_slider_follows_the_shared_layer_and_play_animates(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run)
+def test_slider_follows_the_shared_layer_and_play_animates(qtbot, llama_run, make_panel):
+    panel, sel = _panel(make_panel, llama_run)
     view = panel.tokens_view
     sel.set("layer", 1)
     assert view.slider.value() == 2  # hidden state 2 is the output of block 1
@@ -102,8 +96,8 @@ def test_slider_follows_the_shared_layer_and_play_animates(qtbot, llama_run):
     assert not view.play.isChecked() and not view.timer.isActive()
 
 
-def test_vocabulary_neighbours_match_the_table(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run, tab=VOCAB)
+def test_vocabulary_neighbours_match_the_table(qtbot, llama_run, make_panel):
+    panel, sel = _panel(make_panel, llama_run, tab=VOCAB)
     view = panel.vocab_view
     sel.set("position", 1)
     ids, sims = P.nearest_neighbours(llama_run.unembed, llama_run.tokens[1].id, view.table.rowCount())
@@ -115,8 +109,8 @@ def test_vocabulary_neighbours_match_the_table(qtbot, llama_run):
     assert P.vocab_map(llama_run.unembed, llama_run.info.name, 4000).from_cache
 
 
-def test_queries_and_keys_share_one_projection(qtbot, llama_run):
-    panel, sel = _panel(qtbot, llama_run, tab=QK)
+def test_queries_and_keys_share_one_projection(qtbot, llama_run, make_panel):
+    panel, sel = _panel(make_panel, llama_run, tab=QK)
     sel.set("layer", 1)
     sel.set("head", 3)
     view = panel.qk_view
@@ -130,8 +124,8 @@ def test_queries_and_keys_share_one_projection(qtbot, llama_run):
     assert sel.position == 3
 
 
-def test_rope_view_angles_and_absence(qtbot, llama_run, tiny_models):
-    panel, _ = _panel(qtbot, llama_run, tab=ROPE)
+def test_rope_view_angles_and_absence(qtbot, llama_run, tiny_models, make_panel):
+    panel, _ = _panel(make_panel, llama_run, tab=ROPE)
     view = panel.rope_view
     info = llama_run.info
     assert not view.split.isHidden() and view.absent.isHidden()
@@ -145,11 +139,11 @@ def test_rope_view_angles_and_absence(qtbot, llama_run, tiny_models):
     assert view.split.isHidden() and not view.absent.isHidden() and "no rotary" in view.absent.text()
 
 
-def test_encoder_without_head(qtbot, tiny_models):
+def test_encoder_without_head(qtbot, tiny_models, make_panel):
     run = capture("a b c", tiny_models["tiny-bert"])
-    panel, _ = _panel(qtbot, run, tab=VOCAB)
+    panel, _ = _panel(make_panel, run, tab=VOCAB)
     assert "no language-model head" in panel.vocab_view.header.text()
     panel.tabs.setCurrentIndex(TOKENS)
     _settle()
     assert len(panel.tokens_view.scatter.points()) == run.n_tokens
-    assert panel._error.isHidden()
+    assert panel.error is None

@@ -17,27 +17,15 @@ from explorer.ui.selection import Selection
 from explorer.ui.widgets.background import Background
 
 
-def _panel(qtbot, cls, run):
-    sel = Selection()
-    sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
-    panel = cls(sel)
-    qtbot.addWidget(panel)
-    panel.resize(1000, 700)
-    panel.show()
-    panel.set_run(run)
-    sel.set("position", run.n_tokens - 1)
-    return panel, sel
-
-
 def _limits(sel, run):
     sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
 
 
 # --- item 16: the depth panel on an encoder ---------------------------------------------------------------------
-def test_depth_panel_clears_attribution_and_shows_similarity_for_an_encoder(qtbot, tiny_models):
+def test_depth_panel_clears_attribution_and_shows_similarity_for_an_encoder(qtbot, tiny_models, make_panel):
     causal = capture("The capital of France is Paris", Session(tiny_models["tiny-llama"]))
     encoder = capture("the capital of france is paris", Session(tiny_models["tiny-bert"]))
-    panel, sel = _panel(qtbot, DepthPanel, causal)
+    panel, sel = make_panel(DepthPanel, causal, position="last")
     panel.tabs.setCurrentWidget(panel.attribution)
     panel._refresh_view()
     assert len(panel.attribution.bars.opts["height"]) == 2 * causal.info.n_layers + 1
@@ -54,10 +42,10 @@ def test_depth_panel_clears_attribution_and_shows_similarity_for_an_encoder(qtbo
     assert panel.similarity.map.data.shape == (encoder.info.n_layers + 1,) * 2
     panel.tabs.setCurrentWidget(panel.share)
     assert "post-norm" in panel.share.caption.text()  # BERT: rows do not sum to 1, and it says so
-    assert not panel._error.isVisible()
+    assert panel.error is None
 
 
-def test_residual_share_caption_follows_additivity(qtbot, tiny_models):
+def test_residual_share_caption_follows_additivity(qtbot, tiny_models, make_panel):
     from explorer.core.analysis.depth import additivity_error, residual_share
 
     llama = capture("The capital of France is Paris", Session(tiny_models["tiny-llama"]))
@@ -67,18 +55,18 @@ def test_residual_share_caption_follows_additivity(qtbot, tiny_models):
     assert additivity_error(llama, 3).max() < 2e-3
     bert_rows = np.nansum(residual_share(bert, 3), axis=1)
     assert np.abs(bert_rows[1:] - 1).max() > 0.1 and additivity_error(bert, 3).max() > 0.1
-    panel, _sel = _panel(qtbot, DepthPanel, llama)
+    panel, _sel = make_panel(DepthPanel, llama, position="last")
     panel.tabs.setCurrentWidget(panel.share)
     text = panel.share.caption.text()
     assert "Rows sum to 1" in text and "geometric share" in text and "Logit attribution" in text
 
 
 # --- item 15: the Interventions panel patches along the alignment and labels it ----------------------------------
-def test_patch_from_run_b_of_another_length_is_aligned_and_labelled(qtbot, tiny_llama):
+def test_patch_from_run_b_of_another_length_is_aligned_and_labelled(qtbot, tiny_llama, make_panel):
     session = Session(tiny_llama, store_dtype=torch.float32)
     base = run_request(session, RunRequest("The capital of France is Paris"))
     other = run_request(session, RunRequest("The capital of the lovely old country France is Rome"))
-    panel, _sel = _panel(qtbot, InterventionsPanel, base)
+    panel, _sel = make_panel(InterventionsPanel, base, position="last")
     panel.run_b = other
     head_menu(panel, 1, 2).actions()[3].trigger()  # "Patch head L1.H2 from run B..."
     iv = panel.interventions[-1]
@@ -164,7 +152,7 @@ def test_rope_view_says_when_the_model_scales_rope(qtbot, tiny_models):
 
 
 # --- item 17: a run stored partly in float32 says so -------------------------------------------------------------
-def test_pipeline_panel_names_arrays_kept_in_float32(qtbot, tiny_models):
+def test_pipeline_panel_names_arrays_kept_in_float32(qtbot, tiny_models, make_panel):
     import copy
 
     from explorer.core.models import LoadedModel
@@ -177,7 +165,7 @@ def test_pipeline_panel_names_arrays_kept_in_float32(qtbot, tiny_models):
     loud = LoadedModel(model=model, tokenizer=base.tokenizer, info=base.info, source="scaled")
     run = capture("one two three four five six seven eight nine ten", Session(loud), max_new_tokens=2)
     assert "resid" in run.widened
-    panel, _sel = _panel(qtbot, PipelinePanel, run)
+    panel, _sel = make_panel(PipelinePanel, run, position="last")
     from PySide6.QtWidgets import QLabel
 
     texts = " ".join(label.text() for label in panel.findChildren(QLabel))

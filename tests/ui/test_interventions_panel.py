@@ -12,12 +12,12 @@ from explorer.core.analysis.align import align_runs
 from explorer.core.analysis.sweep import head_sweep
 from explorer.core.api import run_request
 from explorer.core.events import RunRequest
+from explorer.core.labels import readable_label
 from explorer.core.runner import Session
 from explorer.ui.panels.compare import ComparePanel
 from explorer.ui.panels.head_sweep import HeadSweepPanel
 from explorer.ui.panels.intervention_menu import ModelJobs, head_menu, layer_menu
 from explorer.ui.panels.interventions import InterventionsPanel
-from explorer.ui.selection import Selection
 from explorer.ui.widgets.background import Background
 
 PROMPT = "The capital of France is Paris. The capital of Italy is"
@@ -33,18 +33,6 @@ def base(session):
     return run_request(session, RunRequest(PROMPT))
 
 
-def _make(qtbot, cls, run):
-    sel = Selection()
-    sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
-    panel = cls(sel)
-    qtbot.addWidget(panel)
-    panel.resize(1000, 600)
-    panel.show()
-    panel.set_run(run)
-    sel.set("position", run.n_tokens - 1)
-    return panel, sel
-
-
 def test_registered():
     from explorer.ui.panels import panel_class
 
@@ -52,8 +40,8 @@ def test_registered():
         assert panel_class(name) is cls
 
 
-def test_menu_to_rerun_and_difference_view(qtbot, session, base):
-    panel, sel = _make(qtbot, InterventionsPanel, base)
+def test_menu_to_rerun_and_difference_view(qtbot, session, base, make_panel):
+    panel, sel = make_panel(InterventionsPanel, base, size=(1000, 600), position="last")
     requests = []
     panel.rerun.connect(requests.append)
     head_menu(panel, 1, 2).actions()[0].trigger()  # "Ablate head L1.H2"
@@ -96,8 +84,8 @@ class _Host:
         self.worker = type("W", (), {"session": session})()
 
 
-def test_head_sweep_panel_map_equals_core_sweep(qtbot, session, base):
-    panel, sel = _make(qtbot, HeadSweepPanel, base)
+def test_head_sweep_panel_map_equals_core_sweep(qtbot, session, base, make_panel):
+    panel, sel = make_panel(HeadSweepPanel, base, size=(1000, 600), position="last")
     host = _Host(session)
     try:
         panel.jobs = ModelJobs(host, panel)
@@ -121,8 +109,8 @@ def test_head_sweep_panel_map_equals_core_sweep(qtbot, session, base):
         host.thread.wait(5000)
 
 
-def test_compare_panel_aligns_and_diffs(qtbot, session, base):
-    panel, sel = _make(qtbot, ComparePanel, base)
+def test_compare_panel_aligns_and_diffs(qtbot, session, base, make_panel):
+    panel, sel = make_panel(ComparePanel, base, size=(1000, 600), position="last")
     b = run_request(session, RunRequest("The capital of beautiful France is Paris. The capital of Italy is"))
     panel.set_run_b(b)
     Background.wait_idle()
@@ -130,6 +118,6 @@ def test_compare_panel_aligns_and_diffs(qtbot, session, base):
     al = align_runs(base, b)
     assert panel.strip.columnCount() == len(al.pairs)
     only_b = [c for c in range(len(al.pairs)) if panel.strip.item(0, c).text() == ""]
-    assert "".join(panel.strip.item(1, c).text() for c in only_b).strip() == "beautiful"
+    assert "".join(panel.strip.item(1, c).text() for c in only_b) == readable_label(" beautiful", None)
     assert panel.attn_d.data.shape == (len(al.matched),) * 2
     assert "KL(A‖B)" in panel.summary.text()

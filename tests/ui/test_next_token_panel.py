@@ -4,6 +4,7 @@ exactly as the runner's sampler does."""
 from __future__ import annotations
 
 import numpy as np
+import pyqtgraph as pg
 import pytest
 import torch
 from numeric import assert_close
@@ -12,20 +13,8 @@ from explorer.core import sampling
 from explorer.core.api import run_request
 from explorer.core.events import GenerationSettings, RunRequest
 from explorer.core.runner import Session
-from explorer.ui.panels import panel_class
-from explorer.ui.panels.next_token import CHOSEN, FILTERED, REMOVED
-from explorer.ui.selection import Selection
-
-
-def _panel(qtbot, run):
-    selection = Selection()
-    selection.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=1, heads=1)
-    panel = panel_class("next_token")(selection)
-    qtbot.addWidget(panel)
-    panel.resize(500, 400)
-    panel.set_run(run)
-    assert not panel._error.isVisible()
-    return panel, selection
+from explorer.ui import plot_style
+from explorer.ui.panels.next_token import CHOSEN, FILTERED
 
 
 @pytest.fixture
@@ -41,8 +30,8 @@ def _model_logits(loaded, run, pos):
 
 
 @pytest.mark.parametrize(("t", "k", "p"), [(0.7, 5, None), (1.5, None, 0.8), (1.0, 20, 0.5), (0.0, None, None)])
-def test_slider_filter_equals_sampler(qtbot, tiny_llama, run, t, k, p):
-    panel, selection = _panel(qtbot, run)
+def test_slider_filter_equals_sampler(qtbot, tiny_llama, run, t, k, p, make_panel):
+    panel, selection = make_panel("next_token", run, size=(500, 400), show=False)
     pos = run.n_prompt - 2
     selection.set("position", pos)
     panel.temperature.setValue(round(t * 100))
@@ -59,7 +48,8 @@ def test_slider_filter_equals_sampler(qtbot, tiny_llama, run, t, k, p):
     order = np.argsort(-panel.logprobs)[:n]
     brushes = panel.bars.opts["brushes"][n:]
     for i, brush in zip(order, brushes, strict=True):
-        assert brush.color().getRgb()[:3] == (FILTERED if expected.kept[i] else REMOVED)
+        want = pg.mkColor(FILTERED) if expected.kept[i] else plot_style.faint()
+        assert brush.color().getRgb()[:3] == want.getRgb()[:3]
 
 
 def test_runner_samples_with_the_same_function(monkeypatch, tiny_llama):
@@ -81,15 +71,15 @@ def test_runner_samples_with_the_same_function(monkeypatch, tiny_llama):
         assert filtered.kept.sum() <= 6
 
 
-def test_bars_highlight_actual_token_and_follow_selection(qtbot, run):
-    panel, selection = _panel(qtbot, run)
+def test_bars_highlight_actual_token_and_follow_selection(qtbot, run, make_panel):
+    panel, selection = make_panel("next_token", run, size=(500, 400), show=False)
     pos = run.n_prompt - 1
     selection.set("position", pos)
     actual = run.tokens[pos + 1].id
     order = list(np.argsort(-panel.logprobs)[: panel.show_k.value()])
     assert actual in order  # greedy run: the chosen token is the top one
     brush = panel.bars.opts["brushes"][order.index(actual)]
-    assert brush.color().getRgb()[:3] == CHOSEN
+    assert brush.color().getRgb()[:3] == pg.mkColor(CHOSEN).getRgb()[:3]
     assert "entropy" in panel.info.text() and f"position <b>{pos}</b>" in panel.info.text()
     panel.show_k.setValue(20)
     assert len(panel.bars.opts["y"]) == 40
@@ -100,8 +90,8 @@ def test_bars_highlight_actual_token_and_follow_selection(qtbot, run):
     assert panel.settings() == (0.0, None, None)
 
 
-def test_encoder_has_no_prediction(qtbot, tiny_models):
+def test_encoder_has_no_prediction(qtbot, tiny_models, make_panel):
     run = run_request(Session(tiny_models["tiny-bert"]), RunRequest(prompt="hello world"))
-    panel, _ = _panel(qtbot, run)
+    panel, _ = make_panel("next_token", run, size=(500, 400), show=False)
     assert "encoder" in panel.info.text()
     assert panel.filtered is None and not panel.bars.isVisible()

@@ -271,8 +271,8 @@ def test_exception_inside_a_panel_is_shown_logged_and_contained(qtbot, window, c
     with caplog.at_level(logging.ERROR):
         assert run_and_wait(qtbot, w, max_new=3) == "max_tokens"
     exploding, spy = w.docks["exploding"].panel, w.docks["spy"].panel
-    assert "ZeroDivisionError" in exploding._error.text() and not exploding._error.isHidden()
-    assert spy.steps == 3 and spy._error.isHidden()  # the other panel got every step
+    assert "ZeroDivisionError" in (exploding.error or "")
+    assert spy.steps == 3 and spy.error is None  # the other panel got every step
     assert any("Exploding" in r.getMessage() and r.exc_info for r in caplog.records)
     assert run_and_wait(qtbot, w, max_new=1) == "max_tokens"  # the window goes on
 
@@ -286,10 +286,10 @@ def test_over_budget_run_stores_less_and_panels_say_so(qtbot, window):
     qtbot.wait(50)
     assert "capture budget" in w.banner_label.text() and not w.run.has_array("resid")
     assert w.run.has_array("queries") and w.run.n_generated == 3
-    missing = [d.panel for d in w.docks.values() if d.panel is not None and "did not store" in d.panel._error.text()]
+    missing = [d.panel for d in w.docks.values() if d.panel is not None and "did not store" in (d.panel.error or "")]
     assert missing, "a panel that needs the residual stream says it was not stored"
     for name, dock in w.docks.items():  # no panel hit a real bug
-        text = dock.panel._error.text() if dock.panel is not None and dock.panel._error.isVisible() else ""
+        text = (dock.panel.error or "") if dock.panel is not None else ""
         assert not text or "did not store" in text, (name, text)
     w.set_capture_budget(4.0)
     assert run_and_wait(qtbot, w, "A prompt over a tiny budget", max_new=3) == "max_tokens"
@@ -304,7 +304,7 @@ def test_a_new_run_never_sends_the_old_run_an_out_of_range_selection(qtbot, wind
     for prompt, n in (("Short", 1), ("A much longer prompt than the first one was", 3), ("Tiny", 1)):
         assert run_and_wait(qtbot, w, prompt, max_new=n) == "max_tokens"
         w.selection.set("position", w.run.n_tokens - 1)
-        assert panel._error.isHidden(), panel._error.text()
+        assert panel.error is None, panel.error
     assert panel.violations == []
 
 
@@ -340,5 +340,5 @@ def test_arbitrary_unicode_reaches_the_tokens_panel(qtbot, tiny_llama, text):
     qtbot.addWidget(panel)
     panel.set_run(run)
     selection.set("position", run.n_tokens - 1)
-    assert not panel._error.isVisible() and not panel._error.text()
+    assert panel.error is None
     panel.deleteLater()

@@ -66,7 +66,8 @@ class AttentionPanel(Panel):
         self.mode_box = QComboBox()
         for key, text in MODES:
             self.mode_box.addItem(text, key)
-        self.sink_box = QCheckBox("Hide sink (first token)")
+        self.sink_box = QCheckBox("Hide sink")  # short: the bar must fit a presenter screen
+        self.sink_box.setToolTip("hide the first token's column (the attention sink) and renormalise the rows")
         self.value_box = QCheckBox("Value-weighted")
         self.value_box.setToolTip("weight x ||v_j||, rows renormalised: how much each key actually moves the output")
         self.special_box = QCheckBox("Hide special tokens")
@@ -370,6 +371,11 @@ class AttentionPanel(Panel):
             top = top[row[top] > 0.01]
             lines.append(HeadLines(h, top, row[top]))
         self.head_view.set_data(self._labels(), qidx, lines)
+
+    def apply_theme(self) -> None:
+        """Repaint the overview's thumbnails with the theme's colour map (the heatmap follows by itself)."""
+        for layer, summary in self._summaries.items():
+            self.overview.set_layer(layer, summary.thumbs)
 
     # --- overview and statistics (off the GUI thread) -----------------------------------------
     def _start_summaries(self) -> None:

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from ...core.analysis.attention import STAT_NAMES, LayerSummary, Thresholds, label_head
+from .. import plot_style
 from ..widgets.heatmap import tick_step
 
 BACKGROUND = (30, 30, 34)
@@ -37,10 +38,10 @@ class OverviewGrid(QWidget):
 
     clicked = Signal(int, int)
 
-    def __init__(self, size: int = 24, colormap: str = "viridis", parent: QWidget | None = None):
+    def __init__(self, size: int = 24, colormap: str = "sequential", parent: QWidget | None = None):
         super().__init__(parent)
         self.size = size
-        self.cmap = pg.colormap.get(colormap)
+        self.role = colormap  # the theme's map for this role paints the thumbnails (set_layer)
         self.view = pg.GraphicsLayoutWidget()
         self.plot: pg.PlotItem = self.view.addPlot()
         self.plot.invertY(True)
@@ -57,7 +58,9 @@ class OverviewGrid(QWidget):
         self.marker.setPen(pen)
         self.marker.setZValue(10)
         self.plot.addItem(self.marker)
+        plot_style.style(self.view)
         self.status = QLabel("")
+        self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.view, 1)
@@ -70,6 +73,10 @@ class OverviewGrid(QWidget):
         self._tick_steps: tuple[int, int] | None = None
         self.view.scene().sigMouseClicked.connect(self._on_click)
         self.plot.vb.sigResized.connect(lambda *_: self.fit())
+
+    @property
+    def cmap(self) -> pg.ColorMap:
+        return plot_style.colormap(self.role)
 
     # --- geometry ---------------------------------------------------------------------------------
     @property

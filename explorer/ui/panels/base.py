@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ...core.events import StepEvent
 from ...core.run import NotCaptured, Run
+from .. import plot_style
 from ..selection import Selection
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,18 @@ class Panel(QWidget):
         self.run: Run | None = None
         self._error = QLabel()
         self._error.setWordWrap(True)
-        self._error.setStyleSheet("color: #b00020; padding: 4px;")
         self._error.hide()
         self.body = QVBoxLayout(self)
         self.body.setContentsMargins(4, 4, 4, 4)
         self.body.addWidget(self._error)
         selection.changed.connect(self._selection_changed)
+        self._style_error()
+        plot_style.follow(self, self._theme_changed)
+
+    @property
+    def error(self) -> str | None:
+        """The error this panel shows (a failed update, or data the run did not keep); None when it shows none."""
+        return self._error.text() if not self._error.isHidden() else None
 
     # --- what subclasses implement -------------------------------------------------------------
     def draw_run(self, run: Run | None) -> None:
@@ -52,6 +59,10 @@ class Panel(QWidget):
 
     def draw_selection(self, field: str) -> None:
         """The shared selection changed (`field` is step, position, layer or head)."""
+
+    def apply_theme(self) -> None:
+        """The theme changed (light, dark, presenter): redo what the plot style cannot, such as colours baked
+        into images or brushes. Plots styled with `plot_style.style` and heatmaps follow by themselves."""
 
     def export_widget(self) -> QWidget:
         """The widget that File > Export panel grabs."""
@@ -71,6 +82,14 @@ class Panel(QWidget):
     def _selection_changed(self, field: str) -> None:
         if self.run is not None and not self._deferred():
             self._guard(self.draw_selection, field)
+
+    def _theme_changed(self) -> None:
+        self._style_error()
+        if self.run is not None:
+            self._guard(self.apply_theme)
+
+    def _style_error(self) -> None:
+        self._error.setStyleSheet(f"color: {'#ff8080' if plot_style.theme.is_dark() else '#b00020'}; padding: 4px;")
 
     def _deferred(self) -> bool:
         """True (and remember to redraw) when this update can wait until the panel is shown."""

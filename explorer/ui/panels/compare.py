@@ -19,7 +19,10 @@ from PySide6.QtWidgets import (
 
 from ...core.analysis.align import Alignment, align_runs, attention_diff, lens_diff, next_token_diff
 from ...core.api import run_request
+from ...core.labels import readable_label
 from ...core.run import Run
+from .. import plot_style
+from ..theme import OKABE_ITO
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
@@ -65,10 +68,12 @@ class ComparePanel(Panel):
         self.lens = pg.PlotWidget()
         self.lens.setLabel("bottom", "depth (0 = embeddings)")
         self.lens.setLabel("left", "KL(A || B) of the logit lens, nats")
-        self.lens_curve = self.lens.plot([], [], pen=pg.mkPen("#e67e22", width=2), symbol="o", symbolSize=5)
+        self.lens_curve = self.lens.plot([], [], pen=pg.mkPen(OKABE_ITO["orange"], width=2), symbol="o", symbolSize=5,
+                                         symbolBrush=OKABE_ITO["orange"])
+        plot_style.style(self.lens)
         self.attn_a, self.attn_b, self.attn_d = Heatmap("viridis"), Heatmap("viridis"), Heatmap("CET-D1")
-        for hm, name in ((self.attn_a, "A"), (self.attn_b, "B"), (self.attn_d, "A - B (matched)")):
-            hm.plot.setTitle(f"attention, selected head: {name}")
+        for hm, name in ((self.attn_a, "A"), (self.attn_b, "B"), (self.attn_d, "A − B")):
+            hm.plot.setTitle(f"head attention {name}")  # short: titles do not wrap (presenter fonts are 1.5x)
         split = QSplitter()
         for w in (self.lens, self.attn_a, self.attn_b, self.attn_d):
             split.addWidget(w)
@@ -112,11 +117,12 @@ class ComparePanel(Panel):
         self.strip.setColumnCount(len(al.pairs))
         for col, (i, j) in enumerate(al.pairs):
             for r, (run, k) in enumerate(((a, i), (b, j))):
-                item = QTableWidgetItem("" if k is None else run.tokens[k].text.replace("\n", "⏎"))
-                if i is None or j is None:
-                    item.setBackground(_ONLY_B if i is None else _ONLY_A)
-                elif a.tokens[i].text != b.tokens[j].text:
-                    item.setBackground(_DIFF)
+                item = QTableWidgetItem("" if k is None else readable_label(run.tokens[k].text, None))
+                fill = (_ONLY_B if i is None else _ONLY_A) if i is None or j is None else \
+                    _DIFF if a.tokens[i].text != b.tokens[j].text else None
+                if fill is not None:  # a light fill: dark text on it in every theme
+                    item.setBackground(fill)
+                    item.setForeground(QColor("#1a1a1a"))
                 self.strip.setItem(r, col, item)
         self.strip.resizeColumnsToContents()
 

@@ -20,13 +20,17 @@ from ...core.analysis.depth import (
     update_ratios,
 )
 from ...core.analysis.depth_attention import DepthWeights, depth_attention, head_attribution
+from ...core.labels import readable_label
+from ...core.labels import token_text as piece_name
 from ...core.run import Run
-from ..widgets.heatmap import Heatmap, readable_label, tick_step
-from .token_colors import piece_name
+from .. import plot_style
+from ..theme import OKABE_ITO
+from ..widgets.heatmap import Heatmap, tick_step
 
-POS_COLOUR = (213, 94, 0)  # Okabe-Ito vermillion / blue (colour-blind safe), as the red / blue of CET-D1 maps
-NEG_COLOUR = (0, 114, 178)
-DEPTH_COLOUR = (204, 121, 167)
+POS_COLOUR = OKABE_ITO["vermillion"]  # as the red / blue of the diverging maps (colour-blind safe)
+NEG_COLOUR = OKABE_ITO["blue"]
+DEPTH_COLOUR = OKABE_ITO["purple"]
+BLOCK_COLOUR = OKABE_ITO["green"]
 
 
 def _label(text: str = " ") -> QLabel:
@@ -90,7 +94,7 @@ class AttributionView(QWidget):
         self.last = att
         values = att.contributions
         x = np.arange(values.size)
-        brushes = [pg.mkBrush(*(POS_COLOUR if v >= 0 else NEG_COLOUR)) for v in values]
+        brushes = [pg.mkBrush(POS_COLOUR if v >= 0 else NEG_COLOUR) for v in values]
         self.bars.setOpts(x=x, height=values, width=0.8, brushes=brushes)
         self._ticks = list(att.labels)  # embed, attn 0, mlp 0, attn 1, ...
         self.plot.setXRange(-1, values.size, padding=0)
@@ -165,13 +169,14 @@ class SimilarityView(QWidget):
         self.map = Heatmap("viridis")
         self.plot = _plot()
         self.plot.setLogMode(y=True)
-        self.plot.addLegend(offset=(5, 5), labelTextColor="k")
+        self.plot.addLegend(offset=(5, 5))
         self.plot.showGrid(y=True, alpha=0.3)
         self.plot.setLabel("bottom", "layer")
         self.plot.setLabel("left", "|update| / |input|")
         self.curves = {name: self.plot.plot([], [], pen=pg.mkPen(c, width=2), name=name, symbol="o", symbolSize=4,
                                             symbolBrush=c)
-                       for name, c in (("attention", POS_COLOUR), ("MLP", NEG_COLOUR), ("whole layer", (0, 0, 0)))}
+                       for name, c in (("attention", POS_COLOUR), ("MLP", NEG_COLOUR), ("whole layer", BLOCK_COLOUR))}
+        plot_style.style(self.plot)  # again: the legend is new
         self.caption = _label()
         row = QHBoxLayout()
         row.addWidget(self.skip_first)
@@ -209,10 +214,12 @@ class DepthAttentionView(QWidget):
         super().__init__(parent)
         self.plot = _plot()
         self.plot.setLabel("left", "attention weight")
-        self.seq = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*NEG_COLOUR))
-        self.depth = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*DEPTH_COLOUR))
-        self.real = pg.PlotDataItem([], [], pen=None, symbol="_", symbolSize=14, symbolPen=pg.mkPen("k", width=2),
+        self.seq = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(NEG_COLOUR))
+        self.depth = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(DEPTH_COLOUR))
+        self.real = pg.PlotDataItem([], [], pen=None, symbol="_", symbolSize=14,
+                                    symbolPen=pg.mkPen(plot_style.ink(), width=2),
                                     name="real attention (sequence only)")
+        plot_style.follow(self, self._restyle)
         self.divider = pg.InfiniteLine(angle=90, pen=pg.mkPen((120, 120, 120), width=2, style=pg.QtCore.Qt.DashLine))
         for item in (self.seq, self.depth, self.real, self.divider):
             self.plot.addItem(item)
@@ -226,6 +233,9 @@ class DepthAttentionView(QWidget):
         layout.addWidget(self.plot, 1)
         layout.addWidget(self.caption)
         self.last = None
+
+    def _restyle(self) -> None:
+        self.real.setSymbolPen(pg.mkPen(plot_style.ink(), width=2))
 
     def clear(self, message: str) -> None:
         self.last = None
@@ -246,7 +256,7 @@ class DepthAttentionView(QWidget):
         self.depth.setOpts(x=n_seq + 1 + np.arange(n_depth), height=att.weights[n_seq:], width=0.8)
         self.real.setData(np.arange(n_seq), att.real)
         self.divider.setValue(n_seq)
-        ticks = [(i, readable(run.tokens[i].text)[:6]) for i in range(n_seq)] if n_seq <= 32 else \
+        ticks = [(i, readable_label(run.tokens[i].text, 6)) for i in range(n_seq)] if n_seq <= 32 else \
             [(i, str(i)) for i in range(0, n_seq, max(1, n_seq // 12))]
         ticks += [(n_seq + 1 + j, "emb" if j == 0 else f"d{j - 1}") for j in range(n_depth)
                   if n_depth <= 16 or j % max(1, n_depth // 8) == 0 or j == n_depth - 1]
@@ -264,15 +274,13 @@ class DepthAttentionView(QWidget):
 
 
 def _plot() -> pg.PlotWidget:
-    plot = pg.PlotWidget(background="w")
+    plot = pg.PlotWidget()
     plot.setMenuEnabled(False)
-    for axis in ("left", "bottom"):
-        plot.getAxis(axis).setPen("k")
-        plot.getAxis(axis).setTextPen("k")
-    return plot
+    return plot_style.style(plot)
 
 
 def readable(text: str) -> str:
+    """Kept for depth.py's import (edited on other branches): the same core.labels.readable_label."""
     return readable_label(text, width=None)
 
 

@@ -59,7 +59,7 @@ class EmbeddingsPanel(Panel):
             layout.setContentsMargins(2, 2, 2, 2)
             help_label = QLabel(HELP[name])
             help_label.setWordWrap(True)
-            help_label.setStyleSheet("color: #444; padding: 2px 4px;")
+            help_label.setStyleSheet("color: palette(placeholder-text); padding: 2px 4px;")
             layout.addWidget(help_label)
             layout.addWidget(view, 1)
             self.tabs.addTab(page, name.replace("&", "&&"))
@@ -84,6 +84,9 @@ class EmbeddingsPanel(Panel):
 
     def draw_step(self, run, event) -> None:
         self.draw_run(run)
+
+    def apply_theme(self) -> None:
+        self.draw_run(self.run)  # point and label colours are baked per draw
 
     def draw_selection(self, field: str) -> None:
         index = self.tabs.currentIndex()

@@ -9,63 +9,26 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
 
 from ...core.analysis import projection as P
 from ...core.events import TokenKind
-from ..widgets.heatmap import readable_label
+from ...core.labels import readable_label, token_label, vocab_label  # noqa: F401 - vocab_label re-exported
+from .. import plot_style
+from ..theme import OKABE_ITO
 
 MAX_LABELS = 40  # label points with their token text up to this many points
 PLAY_MS = 160  # one layer per tick while playing
 
 # Okabe-Ito (colour-blind safe) per token kind
 KIND_COLOURS = {
-    TokenKind.SPECIAL: (120, 120, 120), TokenKind.SYSTEM: (204, 121, 167), TokenKind.USER: (0, 114, 178),
-    TokenKind.PROMPT: (0, 158, 115), TokenKind.GENERATED: (213, 94, 0), TokenKind.CACHED_PREFIX: (86, 180, 233),
+    TokenKind.SPECIAL: OKABE_ITO["grey"], TokenKind.SYSTEM: OKABE_ITO["purple"], TokenKind.USER: OKABE_ITO["blue"],
+    TokenKind.PROMPT: OKABE_ITO["green"], TokenKind.GENERATED: OKABE_ITO["vermillion"],
+    TokenKind.CACHED_PREFIX: OKABE_ITO["sky"],
 }
 SELECTED = (220, 30, 30)
 METHODS = ("PCA, one basis for all layers", "PCA of this layer", "t-SNE", "UMAP")
 COLOUR_BY = ("token kind", "position", "same token as selected")
-
-
-def style_plot(plot: pg.PlotWidget) -> None:
-    """Plot background and axes from the app palette (light or dark theme)."""
-    pal = plot.palette()
-    plot.setBackground(pal.color(QPalette.Base))
-    for name in ("left", "bottom"):
-        axis = plot.getAxis(name)
-        axis.setPen(pal.color(QPalette.Mid))
-        axis.setTextPen(pal.color(QPalette.Text))
-
-
-def text_colour(widget: QWidget) -> tuple[int, int, int]:
-    c = widget.palette().color(QPalette.Text)
-    return (c.red(), c.green(), c.blue())
-
-
-def token_label(run, i: int, width: int = 14) -> str:
-    """Readable text of the run's token i (space as a middle dot, newline as an arrow)."""
-    t = run.tokens[i]
-    text = t.text
-    vocab = getattr(run, "vocab", None)
-    if not text and vocab is not None and 0 <= t.id < len(vocab):
-        text = vocab[t.id]
-    return readable(text or f"#{t.id}", width)
-
-
-def vocab_label(run, token_id: int, known: dict[int, str] | None = None, width: int = 14) -> str:
-    """Readable text of a vocabulary id: run.vocab when present, else a text seen in this run, else #id."""
-    vocab = getattr(run, "vocab", None)
-    if vocab is not None and 0 <= token_id < len(vocab):
-        return readable(vocab[token_id], width)
-    if known and token_id in known:
-        return readable(known[token_id], width)
-    return f"#{token_id}"
-
-
-def readable(text: str, width: int = 14) -> str:
-    return readable_label(text, width)
 
 
 def layer_name(layer: int, n_layers: int) -> str:
@@ -111,12 +74,16 @@ class TokensAtLayerView(QWidget):
         self.hint = QLabel("" if all(available.values()) else
                            f"t-SNE / UMAP: {P.INSTALL_HINT}" if not any(list(available.values())[1:]) else
                            f"UMAP: {P.INSTALL_HINT}")
-        self.hint.setStyleSheet("color: #666;")
-        top = QHBoxLayout()
-        for w in (QLabel("Projection"), self.method, self.normalise, QLabel("Colour by"), self.colour, self.follow):
+        self.hint.setStyleSheet("color: palette(placeholder-text);")
+        self.hint.setWordWrap(True)
+        top = QHBoxLayout()  # two short rows, not one: presenter fonts must fit a 1280-pixel screen
+        for w in (QLabel("Projection"), self.method, self.normalise, self.follow):
             top.addWidget(w)
         top.addStretch(1)
-        top.addWidget(self.hint)
+        second = QHBoxLayout()
+        for w in (QLabel("Colour by"), self.colour):
+            second.addWidget(w)
+        second.addWidget(self.hint, 1)
 
         self.play = QPushButton("\u25b6 Play")
         self.play.setCheckable(True)
@@ -132,10 +99,10 @@ class TokensAtLayerView(QWidget):
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
         self.plot.showGrid(x=True, y=True, alpha=0.15)
-        style_plot(self.plot)
+        plot_style.style(self.plot)
         self.trajectory = pg.PlotDataItem(pen=pg.mkPen((220, 30, 30, 150), width=2), connect="finite",
                                           symbol="o", symbolSize=4, symbolBrush=(220, 30, 30, 150), symbolPen=None)
-        self.scatter = pg.ScatterPlotItem(hoverable=True, hoverSize=14, hoverPen=pg.mkPen("k", width=2), tip=None)
+        self.scatter = pg.ScatterPlotItem(hoverable=True, hoverSize=14, hoverPen=pg.mkPen(SELECTED, width=2), tip=None)
         self.plot.addItem(self.trajectory)
         self.plot.addItem(self.scatter)
         self._ends = [pg.TextItem(color=SELECTED, anchor=(1, 0)) for _ in range(2)]  # "L0" and "L<last>"
@@ -144,11 +111,14 @@ class TokensAtLayerView(QWidget):
             item.hide()
         self.readout = QLabel(" ")
         self.readout.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.readout.setWordWrap(True)  # a long note must not widen the panel past the screen (presenter fonts)
         self.legend = QLabel(" ")
+        self.legend.setWordWrap(True)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
+        layout.addLayout(second)
         layout.addLayout(row)
         layout.addWidget(self.legend)
         layout.addWidget(self.plot, 1)
@@ -244,15 +214,18 @@ class TokensAtLayerView(QWidget):
         n = run.n_tokens
         mode = COLOUR_BY[self.colour.currentIndex()]
         if mode == "token kind":
-            cache = {k: pg.mkBrush(*c, 220) for k, c in KIND_COLOURS.items()}
+            cache = {k: pg.mkBrush(pg.mkColor(c + "dc")) for k, c in KIND_COLOURS.items()}  # alpha 220
             self._brushes = [cache[t.kind] for t in run.tokens]
             kinds = [k for k in KIND_COLOURS if any(t.kind == k for t in run.tokens)]
-            self.legend.setText("  ".join(f"<span style='color: rgb{KIND_COLOURS[k]}'>●</span> {k.value}"
+            self.legend.setText("  ".join(f"<span style='color: {KIND_COLOURS[k]}'>●</span> {k.value}"
                                           for k in kinds) + "  —  big red ring: the selected token")
         elif mode == "position":
-            rgba = pg.colormap.get("viridis").map(np.linspace(0, 1, max(n, 2))[:n], mode="byte")  # [N, 4]
+            cmap = plot_style.colormap("sequential")
+            rgba = cmap.map(np.linspace(0, 1, max(n, 2))[:n], mode="byte")  # [N, 4]
             self._brushes = [pg.mkBrush(*c[:3], 230) for c in rgba]
-            self.legend.setText(f"colour: position 0 (dark purple) → {n - 1} (yellow)")
+            first, last = (cmap.map(v, mode="qcolor").name() for v in (0.0, 1.0))
+            self.legend.setText(f"colour: position 0 (<span style='color: {first}'>●</span>) → {n - 1} "
+                                f"(<span style='color: {last}'>●</span>)")
         else:
             target = run.tokens[min(self.selection.position, n - 1)].id
             hit, miss = pg.mkBrush(230, 120, 0, 240), pg.mkBrush(170, 170, 170, 150)
@@ -312,12 +285,12 @@ class TokensAtLayerView(QWidget):
     def _draw_labels(self, xy: np.ndarray) -> None:
         n = xy.shape[0] if xy.shape[0] <= MAX_LABELS else 0
         while len(self._labels) < n:
-            item = pg.TextItem(color=text_colour(self), anchor=(0, 1))
+            item = pg.TextItem(anchor=(0, 1))
             self.plot.addItem(item)
             self._labels.append(item)
         for i, item in enumerate(self._labels):
             if i < n:
-                item.setText(token_label(self.run, i))
+                item.setText(token_label(self.run, i), color=plot_style.ink())
                 item.setPos(float(xy[i, 0]), float(xy[i, 1]))
                 item.show()
             else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -21,8 +20,13 @@ from PySide6.QtWidgets import (
 
 from ...core.analysis import projection as P
 from ...core.analysis import rope as R
+from ...core.labels import readable_label, token_label, vocab_label
+from .. import plot_style
+from ..theme import OKABE_ITO
 from ..widgets.heatmap import Heatmap
-from .embeddings_tokens import MAX_LABELS, SELECTED, readable, style_plot, text_colour, token_label, vocab_label
+from .embeddings_tokens import MAX_LABELS, SELECTED
+
+NEIGHBOUR, KEY = OKABE_ITO["orange"], OKABE_ITO["orange"]
 
 N_NEIGHBOURS = 12
 VOCAB_SAMPLE = 4000
@@ -32,8 +36,7 @@ def _plot() -> pg.PlotWidget:
     plot = pg.PlotWidget()
     plot.setMenuEnabled(False)
     plot.showGrid(x=True, y=True, alpha=0.15)
-    style_plot(plot)
-    return plot
+    return plot_style.style(plot)
 
 
 class _Labels:
@@ -158,10 +161,10 @@ class VocabView(QWidget):
         self.marks.setData(pos=xy, brush=brushes, size=sizes, symbol=symbols, pen=None)
         self._mark_ids = ids
         entries = [(xy[-1, 0], xy[-1, 1], vocab_label(run, sel_id, known), SELECTED)]
-        entries += [(xy[n_run + j, 0], xy[n_run + j, 1], vocab_label(run, int(i), known), (160, 80, 0))
+        entries += [(xy[n_run + j, 0], xy[n_run + j, 1], vocab_label(run, int(i), known), NEIGHBOUR)
                     for j, i in enumerate(nn_ids[:8])]
         if n_run <= MAX_LABELS:
-            entries += [(xy[j, 0], xy[j, 1], vocab_label(run, int(i), known), text_colour(self))
+            entries += [(xy[j, 0], xy[j, 1], vocab_label(run, int(i), known), plot_style.ink())
                         for j, i in enumerate(run_ids) if i != sel_id]
         self.labels.show(entries)
         self.nn_title.setText(f"Nearest neighbours (cosine) of <b>{vocab_label(run, sel_id, known, 30)}</b> "
@@ -249,10 +252,10 @@ class QueryKeyView(QWidget):
                            f"<b>{token_label(run, sel)}</b> gives them (dark red = most).")
         top = [j for j in np.argsort(-self._attn)[:4] if self._attn[j] >= 0.05]
         entries = [(xy[sel, 0], xy[sel, 1], "Q " + token_label(run, sel), SELECTED)]
-        entries += [(xy[n + j, 0], xy[n + j, 1], f"K {token_label(run, int(j))} {self._attn[j]:.2f}", (90, 40, 0))
+        entries += [(xy[n + j, 0], xy[n + j, 1], f"K {token_label(run, int(j))} {self._attn[j]:.2f}", KEY)
                     for j in top]
         if n <= MAX_LABELS // 2:
-            entries += [(xy[i, 0], xy[i, 1], token_label(run, i), text_colour(self)) for i in range(n) if i != sel]
+            entries += [(xy[i, 0], xy[i, 1], token_label(run, i), plot_style.ink()) for i in range(n) if i != sel]
         self.labels.show(entries)
 
     def _on_hovered(self, _item, points, _event=None) -> None:
@@ -300,7 +303,6 @@ class RopeView(QWidget):
         self.title = QLabel(" ")
         self.title.setWordWrap(True)
         self.heatmap = Heatmap("CET-C2")
-        self.heatmap.view.setBackground(self.palette().color(QPalette.Base))
         self.heatmap.plot.setLabel("bottom", "frequency pair i (fast \u2192 slow)")
         self.heatmap.plot.setLabel("left", "position")
         self.source = QComboBox()
@@ -309,7 +311,7 @@ class RopeView(QWidget):
         self.curve_plot = _plot()
         self.curve_plot.setLabel("bottom", "distance between query and key (positions)")
         self.curve_plot.setLabel("left", "q \u00b7 k after RoPE")
-        self.curve = pg.PlotDataItem(pen=pg.mkPen((0, 114, 178), width=2))
+        self.curve = pg.PlotDataItem(pen=pg.mkPen(OKABE_ITO["blue"], width=2))
         self.curve_plot.addItem(self.curve)
         self.curve_plot.addItem(pg.InfiniteLine(angle=0, pen=pg.mkPen((150, 150, 150), style=Qt.DashLine)))
         right = QWidget()
@@ -389,4 +391,4 @@ class RopeView(QWidget):
             self.draw_curve()
 
 
-__all__ = ["QueryKeyView", "RopeView", "VocabView", "readable"]
+__all__ = ["QueryKeyView", "RopeView", "VocabView", "readable_label"]

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QPainter, QPen
+from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from ..widgets.heatmap import readable_label
+from ...core.labels import readable_label
+from ..theme import SERIES
 
-# Okabe-Ito (colour-blind safe), repeated for models with many heads
-HEAD_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
-                "#999999", "#882255", "#117733", "#44AA99")
+# Okabe-Ito (colour-blind safe), then three of Tol's, repeated for models with many heads
+HEAD_COLOURS = SERIES + ("#882255", "#117733", "#44AA99")
 ALL_TOKENS_MAX = 48
 
 
@@ -66,7 +66,10 @@ class HeadView(QWidget):
     def paintEvent(self, _event) -> None:  # noqa: N802 (Qt naming)
         p = QPainter(self)
         p.setRenderHint(QPainter.Antialiasing)
-        p.fillRect(self.rect(), QColor("white"))
+        pal = self.palette()  # the theme's: light or dark
+        text, faint = pal.color(QPalette.Text), pal.color(QPalette.PlaceholderText)
+        p.fillRect(self.rect(), pal.color(QPalette.Base))
+        p.setPen(text)
         if not self.labels:
             p.drawText(self.rect(), Qt.AlignCenter, "No run yet")
             return
@@ -78,7 +81,7 @@ class HeadView(QWidget):
         p.setFont(font)
         col_w = min(160.0, w * 0.3)
         lx, rx = 8.0, w - col_w - 8.0
-        p.setPen(QColor("#555"))
+        p.setPen(faint)
         p.drawText(QRectF(lx, 0, col_w, 18), Qt.AlignRight | Qt.AlignVCenter, "query")
         p.drawText(QRectF(rx, 0, col_w, 18), Qt.AlignLeft | Qt.AlignVCenter, "keys")
         ly = {pos: 20 + i * step for i, pos in enumerate(self.left)}
@@ -99,16 +102,16 @@ class HeadView(QWidget):
         for pos, y in ly.items():
             rect = QRectF(lx, y, col_w, step)
             if pos == self.query:
-                p.fillRect(rect, QColor("#ffe08a"))
-            p.setPen(QColor("black"))
+                p.fillRect(rect, pal.color(QPalette.Highlight))
+            p.setPen(pal.color(QPalette.HighlightedText) if pos == self.query else text)
             p.drawText(rect, Qt.AlignRight | Qt.AlignVCenter, _label(pos, self.labels[pos]))
             self._left_rects.append((rect, pos))
         gap = -1
         for pos, y in ry.items():
             if gap >= 0 and pos > gap + 1:  # positions skipped: a thin dotted rule
-                p.setPen(QPen(QColor("#bbb"), 1, Qt.DotLine))
+                p.setPen(QPen(faint, 1, Qt.DotLine))
                 p.drawLine(QPointF(rx, y), QPointF(rx + col_w * 0.5, y))
-            p.setPen(QColor("black"))
+            p.setPen(text)
             p.drawText(QRectF(rx, y, col_w, step), Qt.AlignLeft | Qt.AlignVCenter, _label(pos, self.labels[pos]))
             gap = pos
         p.end()

@@ -91,10 +91,11 @@ class InterventionsPanel(Panel):
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.verticalHeader().hide()
         self.lens = Heatmap("inferno")
-        self.lens.plot.setTitle("logit-lens KL(baseline || now) by layer and position")
+        self.lens.plot.setTitle("logit-lens KL(baseline ‖ now)")  # short: titles do not wrap
         self.lens.plot.setLabel("left", "depth")
+        self.lens.plot.setLabel("bottom", "position")
         self.attn = Heatmap("CET-D1")
-        self.attn.plot.setTitle("attention change, selected head (now - baseline)")
+        self.attn.plot.setTitle("head attention, now − baseline")
         split = QSplitter()
         for w in (self.table, self.lens, self.attn):
             split.addWidget(w)

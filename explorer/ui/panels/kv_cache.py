@@ -20,14 +20,17 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QGridLayout, QHBoxLayout, QL
 from ...core.analysis import kv
 from ...core.events import StepEvent
 from ...core.run import Run
+from .. import plot_style
 from ..selection import Selection
+from ..theme import OKABE_ITO
 from .base import Panel
 from .kv_eviction import EvictionView
 from .kv_whatif import WhatIfCalculator
 
 MIB = float(1 << 20)
-CACHED_COLOUR = "#E69F00"  # Okabe-Ito orange: the reused prefix
-TOTAL_COLOUR = "#0072B2"
+CACHED_COLOUR = OKABE_ITO["orange"]  # the reused prefix
+TOTAL_COLOUR = OKABE_ITO["blue"]
+LIMIT_COLOUR = OKABE_ITO["vermillion"]
 _FIGURES = ("tokens in cache", "KV cache", "per token")
 
 
@@ -110,18 +113,20 @@ class KVCachePanel(Panel):
         self.plot.setLabel("left", "KV cache (MiB)")
         self.plot.addLegend(offset=(10, 10))
         self.cached_item = pg.PlotDataItem(pen=pg.mkPen(CACHED_COLOUR, width=1), fillLevel=0,
-                                           brush=pg.mkBrush(230, 159, 0, 150), name="reused prefix")
+                                           brush=pg.mkBrush(pg.mkColor(CACHED_COLOUR + "96")), name="reused prefix")
         self.total_item = pg.PlotDataItem(pen=pg.mkPen(TOTAL_COLOUR, width=2.5), symbol="o", symbolSize=5,
                                           symbolBrush=TOTAL_COLOUR, name="cache")
         self.total_item.setZValue(10)
         self.cached_item.setZValue(11)
         self.plot.addItem(self.total_item)
         self.plot.addItem(self.cached_item)
-        self.ceiling = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen("#D55E00", width=2, style=Qt.DashLine),
-                                       label="context limit", labelOpts={"position": 0.1, "color": "#D55E00"})
+        self.ceiling = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen(LIMIT_COLOUR, width=2, style=Qt.DashLine),
+                                       label="context limit", labelOpts={"position": 0.1, "color": LIMIT_COLOUR})
         self.plot.addItem(self.ceiling)
         self.step_marker = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#888888", style=Qt.DotLine))
         self.plot.addItem(self.step_marker)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # "MiB (x0.001)" reads worse than 0.9 MiB
+        plot_style.style(self.plot)
         layout.addWidget(self.plot, 1)
 
         self.formula = QLabel()
@@ -178,7 +183,7 @@ class KVCachePanel(Panel):
         self.mode.blockSignals(False)
         for item in self._layer_items:
             self.plot.removeItem(item)
-        cmap = pg.colormap.get("viridis")
+        cmap = plot_style.colormap("sequential")
         self._layer_items = []
         for layer in reversed(range(n)):  # the top of the stack first, so lower layers are drawn over it
             colour = cmap.map(layer / max(1, n - 1), mode="qcolor")

@@ -27,10 +27,12 @@ from PySide6.QtWidgets import (
 
 from ...core.analysis import eviction as ev
 from ...core.run import Run
+from .. import plot_style
+from ..theme import OKABE_ITO
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 
-COLOURS = {"streaming": "#0072B2", "h2o": "#D55E00", "snapkv": "#009E73"}
+COLOURS = {"streaming": OKABE_ITO["blue"], "h2o": OKABE_ITO["vermillion"], "snapkv": OKABE_ITO["green"]}
 
 
 class _Progress(QObject):
@@ -85,7 +87,7 @@ class EvictionView(QWidget):
         for col, kind in enumerate(ev.POLICIES):
             caption = QLabel(f"<b>{ev.LABELS[kind]}</b>" + (" (masking approximation)" if kind == "streaming" else ""))
             caption.setWordWrap(True)
-            heat = Heatmap("cividis", colorbar=(col == len(ev.POLICIES) - 1))
+            heat = Heatmap("sequential", colorbar=(col == len(ev.POLICIES) - 1))
             heat.plot.setLabel("left", "layer")
             heat.plot.setLabel("bottom", "cache position")
             grid.addWidget(caption, 0, col)
@@ -102,6 +104,7 @@ class EvictionView(QWidget):
         self.kl_items = {kind: self.kl_plot.plot(pen=pg.mkPen(COLOURS[kind], width=2), symbol="o", symbolSize=5,
                                                  symbolBrush=COLOURS[kind], name=ev.LABELS[kind])
                          for kind in ev.POLICIES}
+        plot_style.style(self.kl_plot)
         layout.addWidget(self.kl_plot, 2)
         self.status = QLabel("Generate some tokens, then the masks appear here; 'Measure' re-runs the model.")
         self.status.setWordWrap(True)

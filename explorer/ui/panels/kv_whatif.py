@@ -21,10 +21,11 @@ from PySide6.QtWidgets import (
 
 from ...core.analysis import kv
 from ...core.models import ModelInfo
+from .. import plot_style
+from ..theme import OKABE_ITO, SERIES
 
 GIB = float(1 << 30)
-# Okabe-Ito, colour-blind safe
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#56B4E9", "#D55E00", "#F0E442", "#999999")
+PALETTE = SERIES[:1] + SERIES[2:]  # Okabe-Ito without purple: purple is the selected model
 CUSTOM = "Custom (type the numbers)"
 
 
@@ -91,14 +92,21 @@ class WhatIfCalculator(QWidget):
         self.plot.setLabel("left", "KV cache (GiB, log scale)")
         self.plot.addLegend(offset=(10, 10), labelTextSize="8pt")
         dashes = {"MHA": Qt.DashLine, "MQA": Qt.DotLine}
-        self.variant_items = {name: self.plot.plot(pen=pg.mkPen("#444444", width=1.5, style=style), name=name)
+        self.variant_items = {name: self.plot.plot(pen=pg.mkPen(plot_style.ink(), width=1.5, style=style),
+                                                  name=name)
                               for name, style in dashes.items()}
-        self.current_item = self.plot.plot(pen=pg.mkPen("#CC79A7", width=4), name="selected")  # reads on dark and light
+        self.current_item = self.plot.plot(pen=pg.mkPen(OKABE_ITO["purple"], width=4), name="selected")
         self.compare_items = {cfg.name: self.plot.plot(pen=pg.mkPen(PALETTE[i % len(PALETTE)], width=2),
                                                        name=cfg.label or cfg.name)
                               for i, cfg in enumerate(self.entries)}
+        plot_style.style(self.plot)
+        plot_style.follow(self, self._restyle)
         layout.addWidget(self.plot, 3)
         self._fill_models()
+
+    def _restyle(self) -> None:
+        for name, item in self.variant_items.items():
+            item.setPen(pg.mkPen(plot_style.ink(), width=1.5, style=Qt.DashLine if name == "MHA" else Qt.DotLine))
 
     # --- model choice -------------------------------------------------------------------------------------
     def _fill_models(self) -> None:

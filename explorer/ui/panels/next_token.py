@@ -3,6 +3,8 @@ what-if sliders (temperature, top-k, top-p) that reshape it exactly as the runne
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QSize, Qt
@@ -11,12 +13,19 @@ from PySide6.QtWidgets import QGridLayout, QLabel, QPushButton, QSlider, QSpinBo
 from ...core import sampling
 from ...core.errors import InputError
 from ...core.events import StepEvent
+from ...core.labels import readable_label, token_text
 from ...core.run import Run
+from .. import plot_style
+from ..theme import OKABE_ITO
 from .base import Panel
-from .token_colors import piece_name
 
-ORIGINAL, FILTERED, REMOVED = (170, 170, 170), (40, 110, 200), (230, 230, 230)
-CHOSEN = (230, 120, 20)
+ORIGINAL, FILTERED = (170, 170, 170), (40, 110, 200)  # removed bars take the theme's faint colour
+CHOSEN = OKABE_ITO["orange"]
+LABEL_WIDTH = 18
+
+
+def _label(run: Run, token_id: int) -> str:
+    return readable_label(token_text(run, token_id), LABEL_WIDTH)
 
 
 class _BarPlot(pg.PlotWidget):
@@ -65,7 +74,7 @@ class NextTokenPanel(Panel):
         self.info.setWordWrap(True)
         self.body.addWidget(self.info)
 
-        self.plot = _BarPlot(background="w")
+        self.plot = plot_style.style(_BarPlot())
         self.plot.setMenuEnabled(False)
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.getPlotItem().hideButtons()
@@ -129,6 +138,9 @@ class NextTokenPanel(Panel):
             self.redraw()
 
     # --- drawing ------------------------------------------------------------------------------
+    def apply_theme(self) -> None:
+        self.redraw()  # the cut bars take the theme's faint colour
+
     def redraw(self) -> None:
         self._update_labels()
         run = self.run
@@ -157,11 +169,11 @@ class NextTokenPanel(Panel):
         y = np.concatenate([rows - 0.19, rows + 0.19])
         width = np.concatenate([probs[order], after])
         brushes = [pg.mkBrush(CHOSEN if int(i) == actual else ORIGINAL) for i in order]
-        brushes += [pg.mkBrush(FILTERED if ok else REMOVED) for ok in kept]
+        brushes += [pg.mkBrush(FILTERED) if ok else pg.mkBrush(plot_style.faint()) for ok in kept]
         self.bars.setVisible(True)
         self.bars.setOpts(x0=x0, y=y, height=np.full(y.shape, 0.36), width=width, brushes=brushes,
                           pens=[pg.mkPen(None)] * len(y))
-        ticks = [(float(r), f"{'✂ ' if not ok else ''}{piece_name(run, int(i))!r}")
+        ticks = [(float(r), f"{'✂ ' if not ok else ''}{_label(run, int(i))}")
                  for r, i, ok in zip(rows, order, kept, strict=True)]
         self.plot.getAxis("left").setTicks([ticks, []])
         self.plot.setYRange(-0.6, len(order) - 0.4, padding=0)
@@ -173,10 +185,10 @@ class NextTokenPanel(Panel):
         if actual is not None:
             rank = int((probs > probs[actual]).sum())
             survives = "survives the filter" if self.filtered.kept[actual] else "is cut by the filter"
-            actual_text = (f" Actual next token <b>{piece_name(run, actual)!r}</b>: rank {rank}, "
+            actual_text = (f" Actual next token <b>{html.escape(_label(run, actual))}</b>: rank {rank}, "
                            f"p = {probs[actual]:.3f} → {self.filtered.probs[actual]:.3f} ({survives}).")
         self.info.setText(
-            f"Prediction at position <b>{pos}</b> (after {piece_name(run, run.tokens[pos].id)!r}): entropy "
+            f"Prediction at position <b>{pos}</b> (after {html.escape(_label(run, run.tokens[pos].id))}): entropy "
             f"<b>{entropy:.2f}</b> nats; the sampler keeps <b>{int(self.filtered.kept.sum())}</b> of "
             f"{len(probs)} tokens (entropy {filtered_entropy:.2f} nats).{actual_text} "
             "<span style='color:gray'>grey: model · blue: sampler · ✂ cut</span>")

@@ -24,38 +24,40 @@ from PySide6.QtWidgets import QGridLayout, QLabel, QSplitter, QWidget
 from ...core.events import StepEvent
 from ...core.models import cache_root
 from ...core.run import Run
+from .. import plot_style
+from ..theme import OKABE_ITO as C
 from .base import Panel
 
 # stage group -> (label, colour) in drawing order (Okabe-Ito palette, colour-blind safe)
 GROUPS: dict[str, tuple[str, str]] = {
-    "tokenize": ("tokenize", "#E69F00"),
-    "embed": ("embed", "#56B4E9"),
-    "layers": ("layers (attention + MLP)", "#0072B2"),
-    "lm_head": ("final norm + lm_head", "#009E73"),
-    "capture": ("capture (our stats)", "#CC79A7"),
-    "sample": ("sample", "#D55E00"),
-    "other": ("other", "#999999"),
+    "tokenize": ("tokenize", C["orange"]),
+    "embed": ("embed", C["sky"]),
+    "layers": ("layers (attention + MLP)", C["blue"]),
+    "lm_head": ("final norm + lm_head", C["green"]),
+    "capture": ("capture (our stats)", C["purple"]),
+    "sample": ("sample", C["vermillion"]),
+    "other": ("other", C["grey"]),
 }
-_LAYER_ALT = "#004C80"  # odd layers in the Gantt strip, so layer boundaries stay visible
+_LAYER_ALT = "#004C80"  # odd layers in the Gantt strip (a darker blue), so layer boundaries stay visible
 BENCH_FILE = "bench-latest.json"
 
-EXPLANATION = (
+EXPLANATION = (  # str.format with the Okabe-Ito names
     "<b>What happens between your prompt and the answer.</b> "
-    "<b style='color:#E69F00'>tokenize</b>: the text is cut into tokens "
+    "<b style='color:{orange}'>tokenize</b>: the text is cut into tokens "
     "(<a href='panel:tokens'>Tokens</a>). "
-    "<b style='color:#56B4E9'>embed</b>: each token id becomes a vector "
+    "<b style='color:{sky}'>embed</b>: each token id becomes a vector "
     "(<a href='panel:embeddings'>Embeddings</a>). "
-    "<b style='color:#0072B2'>layers</b>: every layer mixes information between positions with attention "
+    "<b style='color:{blue}'>layers</b>: every layer mixes information between positions with attention "
     "(<a href='panel:attention'>Attention</a>; its keys and values fill the "
     "<a href='panel:kv_cache'>KV cache</a>) and then transforms each position with an MLP "
     "(<a href='panel:depth'>Layer depth</a>). "
-    "<b style='color:#009E73'>lm_head</b>: the last state is normalised and scored against the whole "
-    "vocabulary. <b style='color:#D55E00'>sample</b>: one token is picked from that distribution "
+    "<b style='color:{green}'>lm_head</b>: the last state is normalised and scored against the whole "
+    "vocabulary. <b style='color:{vermillion}'>sample</b>: one token is picked from that distribution "
     "(<a href='panel:next_token'>Next token</a>) and fed back as the next step's input. "
-    "<b style='color:#CC79A7'>capture</b> is what this explorer adds: per-position predictions and "
+    "<b style='color:{purple}'>capture</b> is what this explorer adds: per-position predictions and "
     "statistics. The first step (prefill) reads the whole prompt at once; each later step (decode) reads "
     "one token and reuses the cached keys and values."
-)
+).format(**C)
 
 
 def stage_group(stage: str) -> str:
@@ -100,14 +102,6 @@ def process_rss_bytes() -> int:
         return 0
 
 
-def _small_font():
-    from PySide6.QtGui import QFont
-
-    font = QFont()
-    font.setPointSize(8)
-    return font
-
-
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -150,6 +144,7 @@ class PipelinePanel(Panel):
         for i, (key, label) in enumerate(names):
             name = QLabel(f"<span style='color:gray'>{label}</span>")
             value = QLabel("-")
+            value.setWordWrap(True)  # long figures wrap rather than widen the panel (presenter fonts)
             value.setTextFormat(Qt.TextFormat.RichText)
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             grid.addWidget(name, i // 3, (i % 3) * 2)
@@ -162,18 +157,15 @@ class PipelinePanel(Panel):
 
         split = QSplitter(Qt.Orientation.Vertical)
         self.detail = pg.PlotWidget()
-        self.detail.setBackground("w")
         self.detail.setMouseEnabled(x=True, y=False)
         self.detail.getPlotItem().invertY(True)
         self.detail.setLabel("bottom", "milliseconds since the step started")
         self.detail.getPlotItem().hideButtons()
-        self.detail.getPlotItem().getAxis("left").setStyle(tickFont=_small_font())
         self.gantt = pg.BarGraphItem(x0=[], y=[], height=[], width=[])
         self.detail.addItem(self.gantt)
         split.addWidget(self.detail)
 
         self.overview = pg.PlotWidget()
-        self.overview.setBackground("w")
         self.overview.setMouseEnabled(x=True, y=True)
         self.overview.getPlotItem().invertY(True)
         self.overview.getPlotItem().hideButtons()
@@ -188,15 +180,17 @@ class PipelinePanel(Panel):
             if group != "other":
                 legend.addItem(item, label)
         self._cursor = pg.BarGraphItem(x0=[0], y=[0], height=[1.0], width=[0], brush=None,
-                                       pen=pg.mkPen("k", width=2))
+                                       pen=pg.mkPen(plot_style.ink(), width=2))
         self.overview.addItem(self._cursor)
-        self._prefill_note = pg.TextItem(anchor=(1, 0.5), color="k", fill=pg.mkBrush(255, 255, 255, 220))
+        self._prefill_note = pg.TextItem(anchor=(1, 0.5), color=plot_style.ink(), fill=plot_style.fill())
         self.overview.addItem(self._prefill_note)
         self.overview.scene().sigMouseClicked.connect(self._overview_clicked)
         split.addWidget(self.overview)
         for plot in (self.detail, self.overview):
             for name in ("left", "bottom"):
                 plot.getPlotItem().getAxis(name).enableAutoSIPrefix(False)  # no label re-layout per update
+        plot_style.style(self.detail, tick_scale=0.8)  # many stage names: smaller ticks
+        plot_style.style(self.overview)
         split.setSizes([300, 200])
         self.body.addWidget(split, stretch=1)
 
@@ -209,6 +203,13 @@ class PipelinePanel(Panel):
         self._rss_at = -1.0
 
     # --- drawing -------------------------------------------------------------------------------
+    def apply_theme(self) -> None:
+        self._cursor.setOpts(pen=pg.mkPen(plot_style.ink(), width=2))
+        self._prefill_note.setColor(plot_style.ink())
+        self._prefill_note.fill = pg.mkBrush(plot_style.fill())
+        self._prefill_note.update()
+        self._redraw_detail()
+
     def draw_run(self, run: Run | None) -> None:
         self._groups = np.zeros((0, len(GROUPS)), np.float64)
         if run is None or not run.steps:
@@ -296,8 +297,7 @@ class PipelinePanel(Panel):
         axis.setTicks([ticks])
         kind = "prefill" if step.is_prefill else "decode"
         n_new = step.n_new - step.cached_prefix
-        self.detail.setTitle(f"step {s} ({kind}, {n_new} new token{'s' * (n_new != 1)}): {ms.sum():,.1f} ms",
-                             size="10pt")
+        self.detail.setTitle(f"step {s} ({kind}, {n_new} new token{'s' * (n_new != 1)}): {ms.sum():,.1f} ms")
         total = max(float(ms.sum()), 1e-3)
         self.detail.getPlotItem().vb.setRange(xRange=(-0.02 * total, 1.02 * total),
                                               yRange=(-0.6, len(names) - 0.4), padding=0)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import html
 
 import numpy as np
-import pyqtgraph as pg
 from PySide6.QtGui import QColor
 
 from ...core.events import Token, TokenKind
+from ...core.labels import token_text
 from ...core.run import Run
+from .. import plot_style
 
 KIND_COLORS = {
     TokenKind.SPECIAL: "#d6d6d6",
@@ -31,7 +32,6 @@ INJECTION_HELP = (
     "tokenizer into this special token, so the model reads them as real chat structure, not as text. "
     "That is a prompt-injection path; run with special tokens treated as text to prevent it."
 )
-_CMAP = pg.colormap.get("viridis")
 
 
 def _kind_colors(tokens: list[Token], start: int = 0) -> list[QColor]:
@@ -47,7 +47,7 @@ def _scalar_colors(values: np.ndarray, lo: float, hi: float) -> list[QColor]:
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
     x = np.clip((np.where(finite, values, lo) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
-    rgb = _CMAP.map(x, mode="float")[:, :3] * 0.55 + 0.45  # [n, 3] mixed with white
+    rgb = plot_style.colormap("sequential").map(x, mode="float")[:, :3] * 0.55 + 0.45  # [n, 3] mixed with white
     return [QColor.fromRgbF(*map(float, c)) if f else MISSING for c, f in zip(rgb, finite, strict=True)]
 
 
@@ -105,8 +105,8 @@ def legend_html(run: Run, mode: str) -> str:
         return " &nbsp; ".join(items)
     values = mode_values(run, mode)
     lo, hi = (values[1], values[2]) if values else (0, 1)
-    stops = [QColor.fromRgbF(*map(float, _CMAP.map(x, mode="float")[:3] * 0.55 + 0.45)).name()
-             for x in (0.0, 0.5, 1.0)]
+    cmap = plot_style.colormap("sequential")
+    stops = [QColor.fromRgbF(*map(float, cmap.map(x, mode="float")[:3] * 0.55 + 0.45)).name() for x in (0.0, 0.5, 1.0)]
     swatches = "".join(f"<span style='background:{c};'>&nbsp;&nbsp;&nbsp;&nbsp;</span>" for c in stops)
     if mode == "id":
         lo_txt, hi_txt = "id 0 (frequent)", f"id {run.info.vocab_size} (rare)"
@@ -123,14 +123,7 @@ def counts_text(run: Run) -> str:
             f"<b>{ratio:.2f}</b> characters/token")
 
 
-def piece_name(run: Run, token_id: int) -> str:
-    """Readable text for any token id: the run's vocabulary, else a token of this run with that id."""
-    if run.vocab is not None and 0 <= token_id < len(run.vocab):
-        return run.vocab[token_id]
-    for t in run.tokens:
-        if t.id == token_id:
-            return t.text
-    return f"#{token_id}"
+piece_name = token_text  # kept for depth.py's import (edited on other branches): the same function
 
 
 def label_for(run: Run, t: Token) -> str | None:
@@ -139,7 +132,7 @@ def label_for(run: Run, t: Token) -> str | None:
         return None
     if t.partial:
         return t.raw_bytes.hex(" ").upper() if t.raw_bytes else t.text
-    return t.text or piece_name(run, t.id)
+    return t.text or token_text(run, t.id)
 
 
 def tooltip_text(run: Run, i: int) -> str:
@@ -166,7 +159,7 @@ def tooltip_text(run: Run, i: int) -> str:
             ids, lps = run.array("pred_top_ids")[i - 1][:5], run.array("pred_top_logprobs")[i - 1][:5]
         except KeyError:
             ids, lps = [], []
-        alts = [f"{'▶ ' if int(a) == t.id else ''}<code>{html.escape(repr(piece_name(run, int(a))))}</code> "
+        alts = [f"{'▶ ' if int(a) == t.id else ''}<code>{html.escape(repr(token_text(run, int(a))))}</code> "
                 f"{np.exp(v):.3f}" for a, v in zip(ids, lps, strict=True) if np.isfinite(v)]
         if alts:
             lines.append("top-5 the model expected here:<br>&nbsp;&nbsp;" + "<br>&nbsp;&nbsp;".join(alts))

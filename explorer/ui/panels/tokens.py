@@ -89,6 +89,9 @@ class TokensPanel(Panel):
         self.body.addWidget(self.split, 1)
 
     # --- Panel contract -----------------------------------------------------------------------
+    def apply_theme(self) -> None:
+        self.draw_run(self.run)  # tile colours come from the theme's colour map
+
     def draw_run(self, run: Run | None) -> None:
         if run is None:
             self.view.set_tokens([], [], [], [])
@@ -190,8 +193,8 @@ class TokensPanel(Panel):
             f"<b>{a.name}</b>: {a.n_tokens} tokens, {a.chars_per_token:.2f} chars/token &nbsp;·&nbsp; "
             f"<b>{b.name}</b>: {b.n_tokens} tokens, {b.chars_per_token:.2f} chars/token &nbsp;·&nbsp; "
             f"boundary agreement <b>{result.agreement:.0%}</b> ({result.shared_boundaries} shared) &nbsp; "
-            f"<span style='background:{AGREE.name()}'>&nbsp;same cut as {a.name}&nbsp;</span> "
-            f"<span style='background:{DISAGREE.name()}'>&nbsp;different&nbsp;</span>")
+            f"<span style='background:{AGREE.name()}; color:#1a1a1a'>&nbsp;same cut as {a.name}&nbsp;</span> "
+            f"<span style='background:{DISAGREE.name()}; color:#1a1a1a'>&nbsp;different&nbsp;</span>")
         ours = boundaries(list(a.tokens)) | {0, a.n_chars}
         fill = [AGREE if (t.start in ours and t.end in ours and t.end > t.start) else DISAGREE for t in b.tokens]
         self.other.set_tokens(b.tokens, fill, [None] * len(b.tokens), labels)

@@ -1,5 +1,8 @@
 """A heatmap: one pyqtgraph ImageItem fed a numpy array, explicit levels, a colour bar,
-optional token labels on the axes, hover readout and click signals."""
+optional token labels on the axes, hover readout and click signals.
+
+Its colours follow the theme: the colour map is chosen by role (sequential, heat, diverging,
+cyclic; see `theme.COLORMAPS`) and swapped for the colour-blind-safe one in presenter mode."""
 
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFontMetricsF
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from ...core.labels import readable_label
+from .. import plot_style, theme
+
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
 MAX_LABELS = 48  # beyond this many rows/columns the axes show numbers instead of token text
@@ -23,23 +29,28 @@ class Heatmap(QWidget):
     hovered = Signal(int, int)
     clicked = Signal(int, int)
 
-    def __init__(self, colormap: str = "viridis", parent: QWidget | None = None, colorbar: bool = True):
+    def __init__(self, colormap: str = "sequential", parent: QWidget | None = None, colorbar: bool = True):
+        """`colormap`: a role of theme.COLORMAPS ("sequential", "heat", "diverging", "cyclic") or the normal
+        map of one ("viridis", "inferno", "CET-D1", "CET-C2")."""
         super().__init__(parent)
+        self.role = theme.role_of(colormap)
         self.view = pg.GraphicsLayoutWidget()
         self.plot: pg.PlotItem = self.view.addPlot()
         self.plot.invertY(True)
         self.plot.setMenuEnabled(False)
         self.plot.showGrid(x=False, y=False)
+        for axis in ("left", "bottom"):  # cell indices: never "(x0.001)"
+            self.plot.getAxis(axis).enableAutoSIPrefix(False)
         self.image = pg.ImageItem()
         self.plot.addItem(self.image)
         self.detail: pg.ImageItem | None = None  # optional full-resolution overlay of a zoomed region
         self.levels: tuple[float, float] = (0.0, 1.0)
         self.colorbar = None
         if colorbar:
-            self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get(colormap), interactive=False, width=12)
+            self.colorbar = pg.ColorBarItem(colorMap=plot_style.colormap(self.role), interactive=False, width=12)
             self.colorbar.setImageItem(self.image, insert_in=self.plot)
         else:
-            self.image.setColorMap(pg.colormap.get(colormap))
+            self.image.setColorMap(plot_style.colormap(self.role))
         self.readout = QLabel(" ")
         self.readout.setTextInteractionFlags(Qt.TextSelectableByMouse)
         layout = QVBoxLayout(self)
@@ -56,12 +67,26 @@ class Heatmap(QWidget):
         self.plot.vb.sigResized.connect(self._thin_labels)
         self.plot.vb.sigRangeChanged.connect(self._thin_labels)
 
+        self.apply_theme()
+        plot_style.follow(self, self.apply_theme)
+
+    def apply_theme(self) -> None:
+        """Plot frame, fonts and this role's colour map for the current theme (runs on every theme change)."""
+        plot_style.style(self.view, follow=False)
+        if self.colorbar is not None:
+            plot_style.style(self.colorbar, follow=False)
+        self.set_colormap(theme.colormap(self.role))
+        self._steps.clear()  # the font may have changed: thin the labels again
+        self._thin_labels()
+
     def set_colormap(self, name: str) -> None:
         cmap = pg.colormap.get(name)
         if self.colorbar is not None:
-            self.colorbar.setColorMap(cmap)
+            self.colorbar.setColorMap(cmap)  # also sets the image's lookup table
         else:
             self.image.setColorMap(cmap)
+        if self.detail is not None:
+            self.detail.setColorMap(cmap)
 
     def set_data(self, data: np.ndarray, levels: tuple[float, float] = (0.0, 1.0),
                  row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
@@ -180,14 +205,4 @@ def tick_step(cell_pixels: float, label_pixels: float) -> int:
     magnitude = 10 ** math.floor(math.log10(need))
     return next(int(m * magnitude) for m in (1, 2, 5, 10) if m * magnitude >= need)
 
-
-def readable_label(label: str, width: int | None = 10, spaces: bool = True) -> str:
-    """Token text for a label: newline, tab (and spaces, unless `spaces` is False) made visible,
-    shortened to `width` characters with an ellipsis (None: not shortened). Every panel uses this."""
-    label = label.replace("\n", "\u21b5").replace("\t", "\u21e5")
-    if spaces:
-        label = label.replace(" ", "\u00b7")
-    return label if width is None or len(label) <= width else label[: width - 1] + "\u2026"
-
-
-_short = readable_label
+_short = readable_label  # the one token label helper (core.labels)

@@ -18,12 +18,13 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QMouseEvent, QPainter, QP
 from PySide6.QtWidgets import QScrollArea, QSizePolicy, QToolTip, QWidget
 
 from ...core.events import Token
+from ...core.labels import NEWLINE, SPACE, TAB
 
 PAD = 2  # horizontal padding inside a token box
 GAP = 2  # space between two token boxes
 MARGIN = 6
-WS_GLYPH = {" ": "·", "\t": "→", "\u00a0": "°"}
-NEWLINE_GLYPH = "↵"
+WS_GLYPH = {" ": SPACE, "\t": TAB, "\u00a0": "°"}  # the glyphs every token label uses (core.labels)
+NEWLINE_GLYPH = NEWLINE
 FAINT = QColor(110, 110, 110, 190)
 
 
