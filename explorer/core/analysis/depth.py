@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..run import Run
+from .massive import massive_positions
 
 LENS_TOP_K = 10
 _LENS_CHUNK = 256  # lens cells per lm_head product (256 x 49k floats = 50 MB)
@@ -270,18 +271,12 @@ def is_additive(run: Run, position: int, tolerance: float = 2e-2) -> bool:
 
 
 # --- layer similarity and update ratios ----------------------------------------------------------
-def massive_positions(run: Run, factor: float = 20.0) -> np.ndarray:
-    """[N] bool: positions whose largest activation (any layer) exceeds `factor` x the median one."""
-    peak = np.abs(run.array("resid")).max(axis=(0, 2)).astype(np.float32)  # [N]
-    return peak > factor * max(float(np.median(peak)), 1e-6)
-
-
 def position_mask(run: Run, skip_first: bool = False, skip_massive: bool = False) -> np.ndarray:
     mask = np.ones(run.n_tokens, bool)
     if skip_first and mask.size > 1:
         mask[0] = False
     if skip_massive:
-        massive = massive_positions(run)
+        massive = massive_positions(run.array("resid"))  # [N] the one rule: analysis/massive.py
         if (~massive & mask).any():
             mask &= ~massive
     return mask
