@@ -49,7 +49,7 @@ class ArraySpec:
 
     def shape_for(self, dims: dict[str, int | None]) -> tuple[int | None, ...]:
         """The concrete shape for `dims` (a dim mapped to None, or missing, stays None: any length)."""
-        return tuple(_dim(s, dims) for s in self.shape)
+        return concrete_shape(self.shape, dims)
 
     def bytes_per_position(self, dims: dict[str, int]) -> int:
         """Bytes one position takes (the captured dtype; every dim but N from `dims`)."""
@@ -58,6 +58,11 @@ class ArraySpec:
             if s != "N":
                 count *= _dim(s, dims)
         return count * np.dtype(self.dtype).itemsize
+
+
+def concrete_shape(shape: tuple[str, ...], dims: dict[str, int | None]) -> tuple[int | None, ...]:
+    """("L+1", "N", "D") -> (L + 1, N, D) for `dims` (a dim mapped to None, or missing, stays None)."""
+    return tuple(_dim(s, dims) for s in shape)
 
 
 def _dim(symbol: str, dims: dict[str, int | None]) -> int | None:

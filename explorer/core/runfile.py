@@ -19,21 +19,23 @@ from pathlib import Path
 import numpy as np
 
 from .adapters import NormParams
-from .budget import OPTIONAL
+from .arrays import ARRAY_FIELDS, CAPTURED, OPTIONAL, concrete_shape, model_dims
 from .errors import InputError, RunFileError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
 from .interventions import from_json, to_json
 from .models import ModelInfo
-from .run import ARRAY_FIELDS, Run
+from .run import Run
 from .runfile_check import FORMAT, VERSION, check_header
 from .runfile_read import check_member, member_infos, memory_limit, read_array, read_header
 
-_DTYPES = {
-    "queries": "f", "keys": "f", "values": "f", "resid": "f", "attn_out": "f", "mlp_out": "f",
-    "final_resid": "f", "pred_entropy": "f", "pred_top_ids": "i", "pred_top_logprobs": "f",
-    "token_logprob": "f", "token_rank": "i", "kv_bytes": "i", "scaling": "f",
-    "norm_weight": "f", "norm_bias": "f", "unembed": "f",
+# arrays a file holds besides the captured ones: name -> (dtype kinds, symbolic shape) ("S": steps, "V": vocabulary)
+_EXTRA: dict[str, tuple[str, tuple[str, ...]]] = {
+    "kv_bytes": ("i", ("S", "L")), "scaling": ("f", ("L",)), "norm_weight": ("f", ("D",)),
+    "norm_bias": ("f", ("D",)), "unembed": ("f", ("V", "D")),
 }
+# every member's dtype kind: the captured arrays' from core/arrays.py's table
+_DTYPES = {**{name: np.dtype(spec.dtype).kind for name, spec in CAPTURED.items()},
+           **{name: kinds for name, (kinds, _shape) in _EXTRA.items()}}
 
 
 def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> None:
@@ -154,14 +156,9 @@ def _read(zf: zipfile.ZipFile, name: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 def _expected_shapes(info: ModelInfo, n: int, n_steps: int) -> dict[str, tuple]:
     """Every array's shape implied by the header (None: any length, capped by the caller)."""
-    L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
-    return {
-        "queries": (L, H, n, d), "keys": (L, KV, n, d), "values": (L, KV, n, d), "resid": (L + 1, n, D),
-        "attn_out": (L, n, D), "mlp_out": (L, n, D), "final_resid": (n, D), "pred_entropy": (n,),
-        "pred_top_ids": (n, None), "pred_top_logprobs": (n, None), "token_logprob": (n,), "token_rank": (n,),
-        "kv_bytes": (n_steps, L), "scaling": (L,), "norm_weight": (D,), "norm_bias": (D,),
-        "unembed": (info.vocab_size, D),
-    }
+    dims = {**model_dims(info, n, k=None), "S": n_steps, "V": info.vocab_size}
+    return {**{name: spec.shape_for(dims) for name, spec in CAPTURED.items()},
+            **{name: concrete_shape(shape, dims) for name, (_k, shape) in _EXTRA.items()}}
 
 
 def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
@@ -265,7 +262,7 @@ def _step(meta: dict, arrays: dict[str, np.ndarray], tokens: list[Token], lo: in
     choice = meta.get("choice")
     return StepEvent(
         step=int(meta["step"]), start=lo, tokens=tuple(tokens),
-        **{k: cut(k) if k in arrays else None for k in ARRAY_FIELDS},
+        arrays={k: cut(k) if k in arrays else None for k in ARRAY_FIELDS},
         kv_bytes_per_layer=arrays["kv_bytes"][i], timings_ms=tuple((str(a), float(b)) for a, b in meta["timings_ms"]),
         choice=None if choice is None else TokenChoice(**{**choice, "top_ids": tuple(choice["top_ids"]),
                                                           "top_logprobs": tuple(choice["top_logprobs"])}),
