@@ -15,6 +15,7 @@ from .arrays import ACTIVATIONS, ARRAY_FIELDS
 from .events import RunRequest, StepEvent, Token
 from .models import ModelInfo
 from .numeric import attention_rows
+from .runfile_write import save_run
 from .sampling import log_softmax
 
 __all__ = ["ARRAY_FIELDS", "NotCaptured", "Run"]  # ARRAY_FIELDS: name -> position axis (core/arrays.py)
@@ -186,9 +187,7 @@ class Run:
         return dict(self.steps[step].timings_ms)
 
     def save(self, path, include_head: bool = True) -> None:
-        """Save as one .npz with a JSON header (no pickle); see core/runfile.py."""
-        from .runfile import save_run  # the one call up the layers: the file format knows the Run, not back
-
+        """Save as one .npz with a JSON header (no pickle); see core/runfile_write.py (core/runfile.py loads)."""
         save_run(self, path, include_head=include_head)
 
     def capture_bytes(self) -> int:
