@@ -5,8 +5,9 @@ Everything else derives from `CAPTURED`: the StepEvent's arrays, the Run's growi
 expected shapes and dtypes (core/runfile.py), and the runner's hand-over from the capture hooks.
 
 Symbolic dims: L layers, H query heads, KV key/value heads, d head dim, D hidden size, N positions,
-K alternatives kept per position (`TOP_K` when captured; a run file may hold any K). "L+1" is the
-residual stream's depth: row 0 = the embeddings, row i = the residual after block i (core/naming.py).
+K alternatives kept per position (`TOP_K` when captured; a run file may hold any K). An "L" axis is
+indexed by block (0 .. L-1); "L+1" by residual depth: 0 = the embeddings, d = after block d - 1
+(core/naming.py).
 
 Activation arrays are stored in the store dtype (float16); a step with a value beyond float16's
 range stores that array in float32 instead (see core/capture.py and `Run.widened`).
@@ -76,7 +77,7 @@ CAPTURED: dict[str, ArraySpec] = {spec.name: spec for spec in (
     ArraySpec("keys", ("L", "KV", "N", "d"), STORE_DTYPE, "post-RoPE keys added to the KV cache"),
     ArraySpec("values", ("L", "KV", "N", "d"), STORE_DTYPE, "values added to the KV cache", fallback=1),
     ArraySpec("resid", ("L+1", "N", "D"), STORE_DTYPE,
-              "residual stream: 0 = embeddings, i = after block i (L: before the final norm)", fallback=2),
+              "residual stream by depth: 0 = embeddings, d = after block d-1 (L: before the final norm)", fallback=2),
     ArraySpec("attn_out", ("L", "N", "D"), STORE_DTYPE, "attention block outputs (after o_proj)", fallback=1),
     ArraySpec("mlp_out", ("L", "N", "D"), STORE_DTYPE, "MLP block outputs", fallback=1),
     ArraySpec("final_resid", ("N", "D"), "float32", "exact copy of resid[L], for the logits"),

@@ -155,7 +155,8 @@ class Run:
         return self.text[self.tokens[self.n_prompt].start:] if self._n > self.n_prompt else ""
 
     def attention(self, layer: int, head: int, rows: slice | None = None) -> np.ndarray:
-        """[N, N] float32 attention of query rows over key columns (or only `rows`)."""
+        """[N, N] float32 attention of block `layer`'s head `head` (blocks from 0; core/naming.py): query rows
+        over key columns (or only `rows`)."""
         q = self.array("queries")[layer, head]  # [N, head_dim]
         k = self.array("keys")[layer, head // self.info.group_size]  # [N, head_dim]
         return attention_rows(q, k, self.layer_scaling(layer), rows or slice(0, self._n), self.info.is_causal)
@@ -165,9 +166,12 @@ class Run:
             return float(self.scaling[layer])
         return self.info.head_dim ** -0.5
 
-    def hidden_states(self, layer: int) -> np.ndarray:
-        """[N, hidden] residual stream: 0 = embeddings, L = after the last layer, before the final norm."""
-        return self.array("resid")[layer]
+    def hidden_states(self, depth: int | None = None, *, layer: int | None = None) -> np.ndarray:
+        """[N, hidden] residual stream at a depth (core/naming.py): 0 = the embeddings, d = after block d - 1,
+        L = after the last block, before the final norm. `layer=` is the old name of `depth=`."""
+        if (depth is None) == (layer is None):
+            raise TypeError("hidden_states takes one residual depth: hidden_states(depth)")
+        return self.array("resid")[depth if depth is not None else layer]
 
     def next_token_logprobs(self, position: int) -> np.ndarray:
         """[vocab] log-softmax of the prediction the model made at `position`."""

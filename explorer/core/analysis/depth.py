@@ -1,10 +1,11 @@
 """Depth analyses of a Run: logit lens, direct logit attribution, residual share, layer similarity
 and update ratios. Pure numpy/torch; the counterfactual depth attention is in depth_attention.py.
 
-Conventions: `run.array("resid")` is [L+1, N, D] with row 0 the embeddings and row l the residual
-stream after layer l; none of them has been through the final norm (the capture hooks the layers
-themselves), so the logit lens applies the final norm to every row exactly once. The last row is
-taken from `final_resid` (float32, exact) so the lens' last row equals the model's real logits.
+Conventions (core/naming.py): `run.array("resid")` is [L+1, N, D] indexed by depth: row 0 the
+embeddings and row d the residual stream after block d - 1 (blocks counted from 0). None of them
+has been through the final norm (the capture hooks the layers themselves), so the logit lens
+applies the final norm to every row exactly once. The last row is taken from `final_resid`
+(float32, exact) so the lens' last row equals the model's real logits.
 """
 
 from __future__ import annotations
