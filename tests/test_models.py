@@ -185,7 +185,19 @@ def test_garbage_gguf(private_cache, tmp_path):
     path = tmp_path / "broken.gguf"
     path.write_bytes(os.urandom(4096))
     _fails(path, "not a readable GGUF")
-    assert not any((private_cache / "models").glob("*")) if (private_cache / "models").exists() else True
+    assert not (private_cache / "models").exists()  # refused before the cache is touched
+
+
+def test_a_conversion_that_fails_midway_leaves_nothing_in_the_cache(private_cache, tiny_llama):
+    class BrokenTokenizer:
+        def save_pretrained(self, _folder):
+            raise OSError("disk full")
+
+    entry = private_cache / "models" / "half-written"
+    with pytest.raises(OSError, match="disk full"):
+        models.write_cache_entry(tiny_llama.model, BrokenTokenizer(), entry, source="test", source_sha256="0" * 64)
+    assert (private_cache / "models").is_dir()  # the conversion got as far as the cache folder
+    assert list((private_cache / "models").iterdir()) == []  # and its temporary folder is gone
 
 
 def _default_gguf() -> Path:
