@@ -99,3 +99,22 @@ def test_each_core_module_imports_alone():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "BAD: []", out.stdout[-3000:]
     assert len(modules) >= 30
+
+
+def test_one_blas_limiter():
+    """threadpoolctl is used in one place: core/numeric.py's single_blas_thread."""
+    users = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "explorer").rglob("*.py"))
+             if "threadpoolctl" in p.read_text(encoding="utf-8")]
+    assert users == ["explorer/core/numeric.py"]
+
+
+def test_the_blas_limiter_limits_to_one_thread():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from explorer.core.numeric import single_blas_thread
+
+    before = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    if not before:
+        pytest.skip("numpy reports no BLAS library here")
+    with single_blas_thread():
+        assert {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"} == {1}
+    assert [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"] == before
