@@ -20,7 +20,7 @@ from transformers import DynamicCache
 
 from . import sampling
 from .adapters import adapter_for
-from .arrays import ACTIVATIONS, TOP_K
+from .arrays import ACTIVATIONS, ARRAY_FIELDS, TOP_K
 from .capture import CaptureContext, StepRecord
 from .errors import Cancelled, PromptTooLongError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
@@ -214,8 +214,8 @@ class Session:
         if previous is not None and start > 0:
             # Reused prefix: copy its arrays and prediction stats (causal: they cannot change); score only the
             # new positions, plus the last cached one whose prediction gives the first new token's logprob.
-            arrays = {k: np.concatenate([previous.prefix_array(k, start), v], axis=-2 if k != "final_resid"
-                                        else 0) for k, v in arrays.items()}
+            arrays = {k: np.concatenate([previous.prefix_array(k, start), v], axis=ARRAY_FIELDS[k])
+                      for k, v in arrays.items()}
             last_cached = torch.tensor(previous.prefix_array("final_resid", start)[-1:])  # [1, hidden] one row
             stats = self._prediction_stats(torch.cat([last_cached, final]), tokens[start - 1:])
             stats = {k: np.concatenate([previous.prefix_array(k, start), v[1:]]) for k, v in stats.items()}
