@@ -524,7 +524,6 @@ def test_an_ordinary_run_is_not_widened(small_run):
 
 def test_a_run_widens_an_array_when_a_later_step_overflows(tiny_models):
     """Run.apply: a decode step stored in float32 widens the whole buffer (earlier steps kept exactly)."""
-    from dataclasses import replace
 
     run = capture("Hello there", Session(tiny_models["tiny-llama"]), max_new_tokens=2)
     rebuilt = type(run).start(run.info, run.request, run.norm, run.unembed)
@@ -532,7 +531,7 @@ def test_a_run_widens_an_array_when_a_later_step_overflows(tiny_models):
         if i == 1:
             wide = event.resid.astype(np.float32)
             wide[0, 0, 0] = 1e6
-            event = replace(event, resid=wide)
+            event = event.with_arrays(resid=wide)
         rebuilt.apply(event)
     resid = rebuilt.array("resid")
     assert resid.dtype == np.float32 and resid[0, run.steps[1].start, 0] == 1e6

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .arrays import ARRAY_FIELDS
 from .capture import prepare_model
 from .models import ModelInfo, load_model
-from .run import ARRAY_FIELDS, Run
+from .run import Run
 from .runner import Session
 
 TARGETS = {"decode_ratio": (">=", 0.85), "prefill_ratio": ("<=", 1.15), "memory_ratio": ("<=", 0.25)}

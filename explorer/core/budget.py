@@ -1,10 +1,8 @@
 """Capture memory: estimate a run's size before it starts and store less when it would not fit.
 
-Bytes the Run keeps per position (float16 unless noted), for L layers, H query heads, KV heads,
-head dim d and hidden size D:
-
-    queries L*H*d + keys L*KV*d + values L*KV*d + resid (L+1)*D + attn_out L*D + mlp_out L*D
-    + final_resid D (float32) + prediction stats (entropy, top-10 ids/logprobs, logprob, rank)
+Bytes the Run keeps per position: each array of core/arrays.py's table (`CAPTURED`), its
+shape without the position axis times its dtype's size (float16 activations, e.g. queries
+L*H*d*2 bytes, resid (L+1)*D*2; float32/int32 prediction stats).
 
 A run over budget falls back, in order, to dropping values and the attention/MLP outputs
 (attention maps, tokens and next-token panels keep working), then the per-layer residual
@@ -13,33 +11,28 @@ stream (the logit lens and projections need it). The panels that need a dropped 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import PromptTooLongError
+from .arrays import CAPTURED, FALLBACKS, OPTIONAL, STATS, TOP_K, model_dims
 
 if TYPE_CHECKING:
     from .events import RunRequest
     from .models import ModelInfo
-    from .runner import Session
+
+__all__ = ["DEFAULT_BUDGET", "FALLBACKS", "OPTIONAL", "CapturePlan", "array_bytes_per_position",
+           "estimate_capture_bytes", "fit_request", "plan_capture"]
 
 GIB = 2**30
 DEFAULT_BUDGET = 4 * GIB
-STORE_BYTES = 2  # float16
-STATS_BYTES = 4 + 10 * 4 + 10 * 4 + 4 + 4  # pred_entropy, pred_top_ids, pred_top_logprobs, token_logprob, rank
-# what a run stops storing, step by step, when it would exceed the budget
-FALLBACKS: tuple[tuple[str, ...], ...] = (("attn_out", "mlp_out", "values"), ("attn_out", "mlp_out", "resid", "values"))
-OPTIONAL = frozenset(FALLBACKS[-1])  # arrays a run may leave out
+# bytes per position of the prediction stats (entropy, top-K ids and logprobs, token logprob and rank)
+STATS_BYTES = sum(CAPTURED[name].bytes_per_position({"K": TOP_K}) for name in STATS)
 
 
 def array_bytes_per_position(info: ModelInfo) -> dict[str, int]:
-    """Bytes per position of each array a Run stores."""
-    L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
-    return {
-        "queries": L * H * d * STORE_BYTES, "keys": L * KV * d * STORE_BYTES, "values": L * KV * d * STORE_BYTES,
-        "resid": (L + 1) * D * STORE_BYTES, "attn_out": L * D * STORE_BYTES, "mlp_out": L * D * STORE_BYTES,
-        "final_resid": D * 4, "stats": STATS_BYTES,
-    }
+    """Bytes per position of each array a Run stores (core/arrays.py's table)."""
+    dims = model_dims(info)
+    return {name: spec.bytes_per_position(dims) for name, spec in CAPTURED.items()}
 
 
 def estimate_capture_bytes(info: ModelInfo, n_positions: int, skip: tuple[str, ...] = ()) -> int:
@@ -89,33 +82,14 @@ def plan_capture(info: ModelInfo, n_positions: int, budget: int = DEFAULT_BUDGET
     return CapturePlan(n_positions, full, planned, budget, skip)
 
 
-def fit_request(session: Session, request: RunRequest, budget: int = DEFAULT_BUDGET) -> tuple[RunRequest, CapturePlan]:
-    """Check the prompt's length (fails fast with PromptTooLongError) and plan the capture.
+def fit_request(session, request: RunRequest, budget: int = DEFAULT_BUDGET) -> tuple[RunRequest, CapturePlan]:
+    """Check the prompt (fails fast with PromptTooLongError) and plan the capture, for a runner.Session.
 
-    Returns the request to run (with `skip_arrays` set when the capture is reduced) and the plan.
+    Returns the request to run (with `skip_arrays` set when the capture is reduced) and the plan. The
+    session keeps the tokenized prompt, so streaming the returned request does not tokenize it again.
     """
-    info = session.info
-    n_prompt = count_tokens(session.loaded.tokenizer, request)
-    max_new = max(0, request.settings.max_new_tokens) if info.is_causal else 0
-    if n_prompt + max_new > info.context_length:
-        raise PromptTooLongError(n_prompt, info.context_length, max_new=max_new)
-    plan = plan_capture(info, n_prompt + max_new, budget)
-    skip = tuple(sorted(set(request.skip_arrays) | set(plan.skip)))
-    return (replace(request, skip_arrays=skip) if skip != tuple(request.skip_arrays) else request), plan
-
-
-def count_tokens(tokenizer, request: RunRequest) -> int:
-    """The prompt's token count as the runner will see it (ids only: no spans, so 1 MB takes seconds, not tens)."""
-    from .tokens import _check_text, _encode, render_chat
-
-    _check_text(request.prompt, "prompt")
-    if request.chat:
-        if request.system:
-            _check_text(request.system, "system message")
-        text, regions = render_chat(tokenizer, request.prompt, request.system)
-    else:
-        text, regions = request.prompt, [(0, len(request.prompt), None)]
-    return len(_encode(tokenizer, text, request.chat, regions, request.allow_special_in_text))
+    prepared = session.prepare(request, budget)
+    return prepared.request, prepared.plan
 
 
 def _gib(n: int) -> str:

@@ -1,12 +1,7 @@
 """Capture of a model's internals through a registered attention function and forward hooks.
 
-Canonical activation names (one per captured array, as in TransformerLens):
-    embed        residual stream entering layer 0            [n, hidden]
-    resid.{l}    residual stream after layer l               [n, hidden]
-    q.{l}        post-RoPE queries of layer l                [heads, n, head_dim]
-    k.{l}, v.{l} post-RoPE keys / values added to the cache  [kv_heads, n, head_dim]
-    attn_out.{l} attention block output (after o_proj)       [n, hidden]
-    mlp_out.{l}  MLP block output                            [n, hidden]
+The arrays captured, their shapes and dtypes are defined once, in core/arrays.py (`CAPTURED`);
+the hooks fill `StepRecord`'s activation arrays by those names, layer by layer.
 
 Hooks live inside `CaptureContext`; leaving it removes every hook, so none outlives a run.
 
@@ -29,6 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .adapters import Adapter
+from .arrays import ACTIVATIONS, CAPTURED, model_dims
 from .errors import Cancelled
 
 if TYPE_CHECKING:
@@ -70,7 +66,8 @@ def prepare_model(model: torch.nn.Module) -> None:
 @dataclass
 class StepRecord:
     """What one forward pass recorded: tensors of the new positions, allocated once per step in the
-    store dtype; the hooks write into them (one copy that also converts the dtype)."""
+    store dtype; the hooks write into them (one copy that also converts the dtype). The activation
+    fields are core/arrays.py's ACTIVATIONS (a test checks they match)."""
 
     queries: torch.Tensor  # [layers, heads, n_new, head_dim]
     keys: torch.Tensor  # [layers, kv_heads, n_new, head_dim]
@@ -106,7 +103,7 @@ class StepRecord:
 
     def finish(self) -> None:
         """Check every layer's hook fired once per array, and stack what was deferred."""
-        for name in ("queries", "keys", "values", "resid", "attn_out", "mlp_out"):
+        for name in ACTIVATIONS:
             if name in self.skip:
                 continue
             target = getattr(self, name)
@@ -135,7 +132,7 @@ class CaptureContext:
         self.layers = adapter.layers(model)
         self.store_dtype = store_dtype
         self.cancel = cancel
-        self.skip = frozenset(skip)  # arrays not stored (core.budget.OPTIONAL)
+        self.skip = frozenset(skip)  # arrays not stored (core.arrays.OPTIONAL)
         self.record: StepRecord | None = None
         self._handles: list = []
         self._layer_start = 0.0
@@ -166,21 +163,18 @@ class CaptureContext:
         self.record = None
 
     def begin_step(self, n_new: int) -> StepRecord:
-        info = self.info
-        L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
-
+        dims = model_dims(self.info, n_new)
         defer = n_new <= _DEFER_MAX
 
-        def empty(name: str, *shape: int) -> torch.Tensor:
+        def empty(name: str) -> torch.Tensor:
             if name in self.skip:
                 return torch.empty(0, dtype=self.store_dtype)
+            shape = CAPTURED[name].shape_for(dims)  # e.g. [layers, heads, n_new, head_dim]
             return torch.empty((shape[0], 0) if defer else shape, dtype=self.store_dtype)
 
         self.record = StepRecord(
-            queries=empty("queries", L, H, n_new, d), keys=empty("keys", L, KV, n_new, d),
-            values=empty("values", L, KV, n_new, d), resid=empty("resid", L + 1, n_new, D),
-            attn_out=empty("attn_out", L, n_new, D), mlp_out=empty("mlp_out", L, n_new, D),
-            layer_ms=[0.0] * L, deferred={} if defer else None, skip=self.skip,
+            **{name: empty(name) for name in ACTIVATIONS},
+            layer_ms=[0.0] * self.info.n_layers, deferred={} if defer else None, skip=self.skip,
         )
         self.record.marks["forward_start"] = time.perf_counter()
         return self.record

@@ -6,10 +6,14 @@ A runner yields one `StepEvent` after the prefill and one after every decoded to
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
+from types import MappingProxyType
 
 import numpy as np
+
+from .arrays import CAPTURED
 
 
 class TokenKind(str, Enum):
@@ -61,7 +65,7 @@ class RunRequest:
     allow_special_in_text: bool = True  # False: typed special-token text is tokenized as plain text
     reuse_prefix: bool = True
     interventions: tuple = ()  # tuple[core.interventions.Intervention, ...] applied during the run
-    skip_arrays: tuple[str, ...] = ()  # captured arrays not stored (core.budget.OPTIONAL), to save memory
+    skip_arrays: tuple[str, ...] = ()  # captured arrays not stored (core.arrays.OPTIONAL), to save memory
 
 
 @dataclass(frozen=True)
@@ -80,32 +84,36 @@ class TokenChoice:
 class StepEvent:
     """What one step (prefill = step 0, then one per decoded token) adds to a Run.
 
-    All arrays cover only the new positions `[start, start + n_new)` and are read-only; an array the
-    request's `skip_arrays` leaves out is None.
+    `arrays` holds every captured array of core/arrays.py's table (`CAPTURED`), covering only the new
+    positions `[start, start + n_new)`, read-only; an array the request's `skip_arrays` leaves out is
+    None. Each is also an attribute: `event.resid` is `event.arrays["resid"]`.
     """
 
     step: int
     start: int
     tokens: tuple[Token, ...]  # the new positions' tokens
-    queries: np.ndarray  # [layers, heads, n_new, head_dim] post-RoPE, float16
-    keys: np.ndarray  # [layers, kv_heads, n_new, head_dim] post-RoPE, float16
-    values: np.ndarray  # [layers, kv_heads, n_new, head_dim] float16
-    resid: np.ndarray  # [layers + 1, n_new, hidden] 0 = embeddings, L = last layer before final norm
-    attn_out: np.ndarray  # [layers, n_new, hidden] attention block outputs (after o_proj)
-    mlp_out: np.ndarray  # [layers, n_new, hidden] MLP block outputs
-    final_resid: np.ndarray  # [n_new, hidden] float32 copy of resid[L] for exact logits
-    # Per new position p: stats of the prediction made at p (for token p + 1).
-    pred_entropy: np.ndarray  # [n_new] float32, nats
-    pred_top_ids: np.ndarray  # [n_new, K] int32
-    pred_top_logprobs: np.ndarray  # [n_new, K] float32
-    # Per new position p: logprob and rank of token p under the prediction made at p - 1 (NaN/-1 if none).
-    token_logprob: np.ndarray  # [n_new] float32
-    token_rank: np.ndarray  # [n_new] int32
+    arrays: Mapping[str, np.ndarray | None]  # name -> [... n_new ...] (shapes and dtypes: core/arrays.py)
     kv_bytes_per_layer: np.ndarray  # [layers] int64, cache size after this step
     timings_ms: tuple[tuple[str, float], ...]  # (stage, milliseconds) in order
     choice: TokenChoice | None = None  # token sampled at the end of this step (None: encoder/no generation)
     cached_prefix: int = 0  # positions reused from the previous run's cache (prefill only)
     finish_reason: str | None = None  # None while running; "eos", "max_tokens", "cancelled", "prompt_only"
+
+    def __post_init__(self) -> None:
+        arrays = dict(self.arrays)
+        if set(arrays) != set(CAPTURED):
+            raise ValueError(f"a step event holds the arrays {sorted(arrays)}, not those of core/arrays.py")
+        object.__setattr__(self, "arrays", MappingProxyType(arrays))
+
+    def __getattr__(self, name: str):  # event.queries, event.resid, ...: the captured arrays by name
+        arrays = self.__dict__.get("arrays")
+        if arrays is not None and name in CAPTURED:
+            return arrays[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def with_arrays(self, **arrays: np.ndarray | None) -> StepEvent:
+        """A copy with some arrays replaced."""
+        return replace(self, arrays={**self.arrays, **arrays})
 
     @property
     def n_new(self) -> int:

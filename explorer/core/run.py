@@ -12,18 +12,14 @@ from typing import Any
 import numpy as np
 
 from .adapters import NormParams
+from .arrays import ACTIVATIONS, ARRAY_FIELDS
 from .events import RunRequest, StepEvent, Token
 from .models import ModelInfo
+from .numeric import attention_rows
+from .runfile_write import save_run
 from .sampling import log_softmax
 
-# name -> (position axis, dtype kind); arrays grow along the position axis
-ARRAY_FIELDS = {
-    "queries": -2, "keys": -2, "values": -2, "resid": -2, "attn_out": -2, "mlp_out": -2,
-    "final_resid": 0, "pred_entropy": 0, "pred_top_ids": 0, "pred_top_logprobs": 0,
-    "token_logprob": 0, "token_rank": 0,
-}
-
-_ACTIVATIONS = ("queries", "keys", "values", "resid", "attn_out", "mlp_out")  # stored in the store dtype
+__all__ = ["ARRAY_FIELDS", "NotCaptured", "Run"]  # ARRAY_FIELDS: name -> position axis (core/arrays.py)
 
 
 class NotCaptured(KeyError):  # noqa: N818 - a KeyError, as before, with a sentence
@@ -69,7 +65,7 @@ class Run:
         if event.start != self._n:
             raise ValueError(f"step {event.step} starts at {event.start}, run has {self._n} positions")
         for name, axis in ARRAY_FIELDS.items():
-            chunk = getattr(event, name)
+            chunk = event.arrays[name]
             if chunk is not None:  # None: not stored (RunRequest.skip_arrays)
                 self._append(name, chunk, axis)
         self._n += event.n_new
@@ -129,7 +125,7 @@ class Run:
         Read from the dtypes, so it survives a save and load: an array wider than the narrowest
         stored activation array.
         """
-        names = [k for k in _ACTIVATIONS if k in self._buffers]
+        names = [k for k in ACTIVATIONS if k in self._buffers]
         if not names:
             return ()
         narrow = min(self._buffers[k].dtype.itemsize for k in names)
@@ -161,9 +157,8 @@ class Run:
         return self.text[self.tokens[self.n_prompt].start:] if self._n > self.n_prompt else ""
 
     def attention(self, layer: int, head: int, rows: slice | None = None) -> np.ndarray:
-        """[N, N] float32 attention of query rows over key columns (or only `rows`)."""
-        from .analysis.attention import attention_rows  # the one implementation (chunk-friendly, masked)
-
+        """[N, N] float32 attention of block `layer`'s head `head` (blocks from 0; core/naming.py): query rows
+        over key columns (or only `rows`)."""
         q = self.array("queries")[layer, head]  # [N, head_dim]
         k = self.array("keys")[layer, head // self.info.group_size]  # [N, head_dim]
         return attention_rows(q, k, self.layer_scaling(layer), rows or slice(0, self._n), self.info.is_causal)
@@ -173,9 +168,12 @@ class Run:
             return float(self.scaling[layer])
         return self.info.head_dim ** -0.5
 
-    def hidden_states(self, layer: int) -> np.ndarray:
-        """[N, hidden] residual stream: 0 = embeddings, L = after the last layer, before the final norm."""
-        return self.array("resid")[layer]
+    def hidden_states(self, depth: int | None = None, *, layer: int | None = None) -> np.ndarray:
+        """[N, hidden] residual stream at a depth (core/naming.py): 0 = the embeddings, d = after block d - 1,
+        L = after the last block, before the final norm. `layer=` is the old name of `depth=`."""
+        if (depth is None) == (layer is None):
+            raise TypeError("hidden_states takes one residual depth: hidden_states(depth)")
+        return self.array("resid")[depth if depth is not None else layer]
 
     def next_token_logprobs(self, position: int) -> np.ndarray:
         """[vocab] log-softmax of the prediction the model made at `position`."""
@@ -195,9 +193,7 @@ class Run:
         return dict(self.steps[step].timings_ms)
 
     def save(self, path, include_head: bool = True) -> None:
-        """Save as one .npz with a JSON header (no pickle); see core/runfile.py."""
-        from .runfile import save_run
-
+        """Save as one .npz with a JSON header (no pickle); see core/runfile_write.py (core/runfile.py loads)."""
         save_run(self, path, include_head=include_head)
 
     def capture_bytes(self) -> int:

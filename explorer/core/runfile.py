@@ -1,67 +1,41 @@
 """Run files: one `.npz` (never pickle) holding a JSON header and the captured arrays.
 
+Writing is in core/runfile_write.py (below the Run, which saves through it); reading a file
+back into a Run is here.
+
 Loading validates everything (header version, required keys, dtypes, shapes against the
 model info and the token count) and raises RunFileError with a sentence when anything is off.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import zipfile
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from .adapters import NormParams
-from .budget import OPTIONAL
+from .arrays import ARRAY_FIELDS, CAPTURED, OPTIONAL, concrete_shape, model_dims
 from .errors import InputError, RunFileError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
-from .interventions import from_json, to_json
+from .interventions import from_json
 from .models import ModelInfo
-from .run import ARRAY_FIELDS, Run
-from .runfile_check import FORMAT, VERSION, check_header
+from .run import Run
+from .runfile_check import FORMAT, VERSION, check_header  # noqa: F401 - FORMAT, VERSION: re-exported
 from .runfile_read import check_member, member_infos, memory_limit, read_array, read_header
-from .tempname import atomic_write
+from .runfile_write import _step_dict, save_run  # noqa: F401 - save_run: written by runfile_write.py
 
-_DTYPES = {
-    "queries": "f", "keys": "f", "values": "f", "resid": "f", "attn_out": "f", "mlp_out": "f",
-    "final_resid": "f", "pred_entropy": "f", "pred_top_ids": "i", "pred_top_logprobs": "f",
-    "token_logprob": "f", "token_rank": "i", "kv_bytes": "i", "scaling": "f",
-    "norm_weight": "f", "norm_bias": "f", "unembed": "f",
+# arrays a file holds besides the captured ones: name -> (dtype kinds, symbolic shape) ("S": steps, "V": vocabulary)
+_EXTRA: dict[str, tuple[str, tuple[str, ...]]] = {
+    "kv_bytes": ("i", ("S", "L")), "scaling": ("f", ("L",)), "norm_weight": ("f", ("D",)),
+    "norm_bias": ("f", ("D",)), "unembed": ("f", ("V", "D")),
 }
-
-
-def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    header = {
-        "format": FORMAT, "version": VERSION, "info": run.info.to_dict(),
-        "request": {**asdict(run.request), "settings": asdict(run.request.settings),
-                    "interventions": [to_json(iv) for iv in run.request.interventions]},
-        "text": run.text, "n_tokens": run.n_tokens, "n_prompt": run.n_prompt, "finish_reason": run.finish_reason,
-        "tokens": [_token_dict(t) for t in run.tokens],
-        "steps": [_step_dict(s) for s in run.steps],
-        "norm": None if run.norm is None else {"kind": run.norm.kind, "eps": run.norm.eps},
-    }
-    arrays = {name: np.ascontiguousarray(run.array(name)) for name in ARRAY_FIELDS if run.has_array(name)}
-    arrays["kv_bytes"] = np.stack([np.asarray(s.kv_bytes_per_layer) for s in run.steps])  # [steps, layers]
-    if run.scaling is not None:
-        arrays["scaling"] = np.asarray(run.scaling, np.float32)
-    if include_head and run.unembed is not None and run.norm is not None:
-        with np.errstate(over="ignore"):
-            half = run.unembed.astype(np.float16)
-        # a weight beyond float16's range stays float32 (never saved as inf)
-        arrays["unembed"] = half if np.isfinite(half).all() or not np.isfinite(run.unembed).all() else run.unembed
-        arrays["norm_weight"] = run.norm.weight
-        if run.norm.bias is not None:
-            arrays["norm_bias"] = run.norm.bias
-    blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    with atomic_write(path) as fh:
-        np.savez(fh, header=blob, **arrays)
+# every member's dtype kind: the captured arrays' from core/arrays.py's table
+_DTYPES = {**{name: np.dtype(spec.dtype).kind for name, spec in CAPTURED.items()},
+           **{name: kinds for name, (kinds, _shape) in _EXTRA.items()}}
 
 
 def load_run(path: str | os.PathLike) -> Run:
@@ -127,14 +101,9 @@ def _read(zf: zipfile.ZipFile, name: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 def _expected_shapes(info: ModelInfo, n: int, n_steps: int) -> dict[str, tuple]:
     """Every array's shape implied by the header (None: any length, capped by the caller)."""
-    L, H, KV, d, D = info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_size
-    return {
-        "queries": (L, H, n, d), "keys": (L, KV, n, d), "values": (L, KV, n, d), "resid": (L + 1, n, D),
-        "attn_out": (L, n, D), "mlp_out": (L, n, D), "final_resid": (n, D), "pred_entropy": (n,),
-        "pred_top_ids": (n, None), "pred_top_logprobs": (n, None), "token_logprob": (n,), "token_rank": (n,),
-        "kv_bytes": (n_steps, L), "scaling": (L,), "norm_weight": (D,), "norm_bias": (D,),
-        "unembed": (info.vocab_size, D),
-    }
+    dims = {**model_dims(info, n, k=None), "S": n_steps, "V": info.vocab_size}
+    return {**{name: spec.shape_for(dims) for name, spec in CAPTURED.items()},
+            **{name: concrete_shape(shape, dims) for name, (_k, shape) in _EXTRA.items()}}
 
 
 def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
@@ -209,23 +178,12 @@ def _check(arrays: dict[str, np.ndarray], info: ModelInfo, n: int, name: str, sk
         raise RunFileError(f"{name}: top-k token ids outside the vocabulary.")
 
 
-def _token_dict(t: Token) -> dict:
-    return {"id": t.id, "text": t.text, "start": t.start, "end": t.end, "kind": t.kind.value,
-            "bytes": t.raw_bytes.hex(), "partial": t.partial, "injected": t.injected, "special": t.is_special}
-
-
 def _token(d: dict, vocab_size: int) -> Token:
     if not 0 <= int(d["id"]) < vocab_size:
         raise RunFileError(f"token id {d['id']} is outside the vocabulary ({vocab_size})")
     return Token(id=int(d["id"]), text=str(d["text"]), start=int(d["start"]), end=int(d["end"]),
                  kind=TokenKind(d["kind"]), raw_bytes=bytes.fromhex(d["bytes"]), partial=bool(d["partial"]),
                  injected=bool(d["injected"]), is_special=bool(d["special"]))
-
-
-def _step_dict(s: StepEvent) -> dict:
-    return {"step": s.step, "start": s.start, "n_new": s.n_new, "timings_ms": [list(t) for t in s.timings_ms],
-            "choice": None if s.choice is None else asdict(s.choice), "cached_prefix": s.cached_prefix,
-            "finish_reason": s.finish_reason}
 
 
 def _step(meta: dict, arrays: dict[str, np.ndarray], tokens: list[Token], lo: int, hi: int, i: int) -> StepEvent:
@@ -238,7 +196,7 @@ def _step(meta: dict, arrays: dict[str, np.ndarray], tokens: list[Token], lo: in
     choice = meta.get("choice")
     return StepEvent(
         step=int(meta["step"]), start=lo, tokens=tuple(tokens),
-        **{k: cut(k) if k in arrays else None for k in ARRAY_FIELDS},
+        arrays={k: cut(k) if k in arrays else None for k in ARRAY_FIELDS},
         kv_bytes_per_layer=arrays["kv_bytes"][i], timings_ms=tuple((str(a), float(b)) for a, b in meta["timings_ms"]),
         choice=None if choice is None else TokenChoice(**{**choice, "top_ids": tuple(choice["top_ids"]),
                                                           "top_logprobs": tuple(choice["top_logprobs"])}),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -20,15 +20,17 @@ from transformers import DynamicCache
 
 from . import sampling
 from .adapters import adapter_for
+from .arrays import ACTIVATIONS, ARRAY_FIELDS, TOP_K
 from .capture import CaptureContext, StepRecord
-from .errors import Cancelled, InputError, PromptTooLongError
-from .events import RunRequest, StepEvent, Token, TokenChoice, TokenKind
+from .errors import Cancelled, PromptTooLongError
+from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
 from .interventions import InterventionContext, first_affected
 from .models import LoadedModel
+from .prompt import Prepared, check_request, new_positions, prepare
 from .run import Run
-from .tokens import IncrementalSpans, TokenBytes, readable_piece, tokenize
+from .tokens import IncrementalSpans, TokenBytes, readable_piece
+from .vocab import readable_vocab
 
-TOP_K = 10  # alternatives kept per position
 _STATS_CHUNK = 512  # positions per lm_head product when scoring the prompt (smaller re-reads the lm_head weight)
 _PASS_ROWS = 16  # rows per softmax/top-k/rank pass: [16, vocab] stays in the CPU cache (2.4x faster)
 
@@ -59,8 +61,6 @@ class Session:
     def vocab(self) -> list[str]:
         """Readable text of every token id (computed once), so panels can name top-k alternatives."""
         if self._vocab is None:
-            from .analysis.tokenizer_compare import readable_vocab
-
             self._vocab = readable_vocab(self.loaded.tokenizer)
         return self._vocab
 
@@ -73,91 +73,115 @@ class Session:
     def forget_cache(self) -> None:
         self._cache, self._cache_ids = None, []
 
+    def prepare(self, request: RunRequest, budget: int | None = None) -> Prepared:
+        """Check and tokenize a request (InputError, PromptTooLongError); with a `budget`, plan its capture.
+
+        The session keeps the result, so a `stream` of the same prompt does not tokenize it again.
+        """
+        prepared = prepare(self.loaded.tokenizer, self.info, request, self.token_bytes, budget)
+        self._prepared = prepared
+        return prepared
+
+    _prepared: Prepared | None = None
+
     def stream(self, request: RunRequest, previous: Run | None = None,
                cancel: threading.Event | None = None) -> Iterator[StepEvent]:
         """Run a request, yielding the prefill event and one event per decoded token.
 
+        prepare (checked, tokenized once) -> prefill -> decode steps (each: next token, forward, sample)
+
         Raises InputError for unusable prompts or settings and Cancelled when `cancel` is set.
         """
-        model, info = self.loaded.model, self.info
-        settings = request.settings
-        sampling.validate(settings.temperature, settings.top_k, settings.top_p)
-        if not request.prompt:  # whitespace alone ("\n\n", "\t", a no-break space) is real tokens: valid
-            raise InputError("The prompt is empty: type some text to run.")
-        if settings.max_new_tokens < 0:
-            raise InputError("Max new tokens cannot be negative.")
-        t0 = time.perf_counter()
-        tokenized = tokenize(self.loaded.tokenizer, request.prompt, chat=request.chat, system=request.system,
-                             allow_special_in_text=request.allow_special_in_text, token_bytes=self.token_bytes,
-                             cancel=cancel)
-        tokenize_ms = (time.perf_counter() - t0) * 1e3
-        ids = tokenized.ids
-        if not ids:
-            raise InputError("The prompt gives no tokens with this model's tokenizer: type some other text.")
-        max_new = settings.max_new_tokens if info.is_causal else 0
-        if len(ids) + max_new > info.context_length:
-            raise PromptTooLongError(len(ids), info.context_length, max_new=max_new)
+        prompt = self._prepared_prompt(request, cancel)
+        reuse = self._keep_cache_for(prompt.ids, previous, request)
+        gen = _Generation(request.settings, new_positions(self.info, request), self._eos_ids())
+        edits = InterventionContext(self.loaded.model, self.adapter, request.interventions, self.info.n_heads,
+                                    self.info.head_dim)
+        with edits, CaptureContext(self.loaded.model, self.adapter, self.info, self.store_dtype, cancel,
+                                   skip=request.skip_arrays) as capture, torch.inference_mode():
+            event = self._prefill(capture, prompt, reuse, previous if reuse else None, gen)
+            if event.choice is None:
+                yield replace(event, finish_reason="prompt_only")
+                return
+            yield event
+            spans, text_len = IncrementalSpans(), len(prompt.tokenized.text)
+            while not event.finish_reason:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("Run cancelled.")
+                token = self._generated_token(event.choice, spans, text_len)
+                event = self._decode_step(capture, token, event.choice, gen)
+                yield event
 
+    def _prepared_prompt(self, request: RunRequest, cancel: threading.Event | None = None) -> Prepared:
+        """The request checked and tokenized: the one `prepare` (or `fit_request`) made, else a new one."""
+        prepared = self._prepared
+        self._prepared = None  # used once: a later run tokenizes afresh
+        if prepared is not None and prepared.matches(request):
+            check_request(request)  # settings may differ from the prepared request's
+            if len(prepared.ids) + new_positions(self.info, request) > self.info.context_length:
+                raise PromptTooLongError(len(prepared.ids), self.info.context_length,
+                                         max_new=new_positions(self.info, request))
+            return prepared
+        return prepare(self.loaded.tokenizer, self.info, request, self.token_bytes, cancel=cancel)
+
+    def _keep_cache_for(self, ids: list[int], previous: Run | None, request: RunRequest) -> int:
+        """Positions of the KV cache this run reuses; the cache is trimmed to them (or started afresh)."""
         reuse = (self._reusable_prefix(ids, previous, request.interventions, request.skip_arrays)
-                 if request.reuse_prefix and info.is_causal else 0)
+                 if request.reuse_prefix and self.info.is_causal else 0)
         if reuse == 0:
             self.forget_cache()
-            self._cache = DynamicCache(config=model.config) if info.is_causal else None
+            self._cache = DynamicCache(config=self.loaded.model.config) if self.info.is_causal else None
         else:
             surplus = self._cache.get_seq_length() - reuse
             if surplus > 0:
                 self._cache.crop(-surplus)  # transformers 5: a negative count of tokens to drop
             self._cache_ids = self._cache_ids[:reuse]
-        tokens = list(tokenized.tokens)
-        tokens[:reuse] = [replace(t, kind=TokenKind.CACHED_PREFIX) for t in tokens[:reuse]]
-        rng = _rng(settings.seed)
-        spans = IncrementalSpans()
-        eos = set(_as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None)))
-        eos.update(_as_list(self.loaded.tokenizer.eos_token_id))
+        return reuse
 
-        edits = InterventionContext(model, self.adapter, request.interventions, info.n_heads, info.head_dim)
-        with edits, CaptureContext(model, self.adapter, info, self.store_dtype, cancel,
-                                   skip=request.skip_arrays) as capture, \
-                torch.inference_mode():
-            try:
-                event = self._step(capture, ids[reuse:], reuse, step=0, tokens=tuple(tokens),
-                                   previous=previous if reuse else None, tokenize_ms=tokenize_ms,
-                                   settings=settings, rng=rng, want_choice=max_new > 0)
-            except BaseException:  # cancelled or failed mid-forward: the cache may be half-updated
-                self.forget_cache()
-                raise
-            self._cache_ids = list(ids)
-            generated = 0
-            if event.choice is None:
-                yield replace(event, finish_reason="prompt_only")
-                return
-            yield event
-            text_len = len(tokenized.text)
-            while True:
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("Run cancelled.")
-                token_id = event.choice.token_id
-                piece = self.token_bytes(token_id) or b""
-                start, end, partial = spans.add(piece)
-                token = Token(id=token_id, text=readable_piece(spans.parts[-1], piece, partial),
-                              start=text_len + start, end=text_len + end, kind=TokenKind.GENERATED,
-                              raw_bytes=piece, partial=partial, is_special=token_id in self.token_bytes.special_ids)
-                generated += 1
-                finished = (token_id in eos and settings.stop_at_eos) or generated >= max_new
-                position = len(self._cache_ids)
-                try:
-                    event = self._step(capture, [token_id], position, step=generated, tokens=(token,),
-                                       previous=None, tokenize_ms=0.0, settings=settings, rng=rng,
-                                       want_choice=not finished, predicted=event.choice)
-                except BaseException:  # cancelled or failed mid-forward: the cache may be half-updated
-                    self.forget_cache()
-                    raise
-                self._cache_ids.append(token_id)
-                if finished:
-                    reason = "eos" if token_id in eos and settings.stop_at_eos else "max_tokens"
-                    yield replace(event, finish_reason=reason)
-                    return
-                yield event
+    def _eos_ids(self) -> set[int]:
+        eos = set(_as_list(getattr(getattr(self.loaded.model, "generation_config", None), "eos_token_id", None)))
+        eos.update(_as_list(self.loaded.tokenizer.eos_token_id))
+        return eos
+
+    def _prefill(self, capture: CaptureContext, prompt: Prepared, reuse: int, previous: Run | None,
+                 gen: _Generation) -> StepEvent:
+        """The prompt's forward pass (only the positions after a reused prefix), its stats and first choice."""
+        tokens = list(prompt.tokenized.tokens)
+        tokens[:reuse] = [replace(t, kind=TokenKind.CACHED_PREFIX) for t in tokens[:reuse]]
+        ids = prompt.ids
+        event = self._guarded(self._step, capture, ids[reuse:], reuse, step=0, tokens=tuple(tokens),
+                              previous=previous, tokenize_ms=prompt.tokenize_ms, gen=gen,
+                              want_choice=gen.max_new > 0)
+        self._cache_ids = list(ids)
+        return event
+
+    def _generated_token(self, choice: TokenChoice, spans: IncrementalSpans, text_len: int) -> Token:
+        """The sampled token with its span in the growing text (a partial byte piece has an empty span)."""
+        token_id = choice.token_id
+        piece = self.token_bytes(token_id) or b""
+        start, end, partial = spans.add(piece)
+        return Token(id=token_id, text=readable_piece(spans.parts[-1], piece, partial),
+                     start=text_len + start, end=text_len + end, kind=TokenKind.GENERATED,
+                     raw_bytes=piece, partial=partial, is_special=token_id in self.token_bytes.special_ids)
+
+    def _decode_step(self, capture: CaptureContext, token: Token, predicted: TokenChoice,
+                     gen: _Generation) -> StepEvent:
+        """Feed one sampled token; the event carries the next choice, or the finish reason."""
+        gen.generated += 1
+        reason = gen.finish_reason(token.id)
+        event = self._guarded(self._step, capture, [token.id], len(self._cache_ids), step=gen.generated,
+                              tokens=(token,), previous=None, tokenize_ms=0.0, gen=gen,
+                              want_choice=reason is None, predicted=predicted)
+        self._cache_ids.append(token.id)
+        return event if reason is None else replace(event, finish_reason=reason)
+
+    def _guarded(self, forward_step, *args, **kwargs) -> StepEvent:
+        """Run a forward step; if it is cancelled or fails midway the cache may be half-updated: drop it."""
+        try:
+            return forward_step(*args, **kwargs)
+        except BaseException:
+            self.forget_cache()
+            raise
 
     def _reusable_prefix(self, ids: list[int], previous: Run | None, interventions: tuple = (),
                          skip: tuple[str, ...] = ()) -> int:
@@ -178,17 +202,11 @@ class Session:
         return min(common, len(ids) - 1)  # at least one new token must run to get a prediction
 
     def _step(self, capture: CaptureContext, new_ids: list[int], start: int, *, step: int,
-              tokens: tuple[Token, ...], previous: Run | None, tokenize_ms: float, settings, rng,
+              tokens: tuple[Token, ...], previous: Run | None, tokenize_ms: float, gen: _Generation,
               want_choice: bool, predicted: TokenChoice | None = None) -> StepEvent:
-        model = self.loaded.model
+        """One forward pass over `new_ids`: the captured arrays, the prediction stats and (maybe) a choice."""
         rec = capture.begin_step(len(new_ids))
-        input_ids = torch.tensor([new_ids], dtype=torch.long)  # [1, n_new]
-        if self.info.is_causal:
-            out = model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
-            last_logits = out.logits[0, -1].float()  # [vocab]
-        else:
-            model(input_ids=input_ids)
-            last_logits = None
+        last_logits = self._forward(new_ids)  # [vocab] (None: an encoder)
         forward_end = time.perf_counter()
         arrays = _stack(rec)
         t_stats = time.perf_counter()
@@ -196,36 +214,46 @@ class Session:
         if previous is not None and start > 0:
             # Reused prefix: copy its arrays and prediction stats (causal: they cannot change); score only the
             # new positions, plus the last cached one whose prediction gives the first new token's logprob.
-            arrays = {k: np.concatenate([previous.prefix_array(k, start), v], axis=-2 if k != "final_resid"
-                                        else 0) for k, v in arrays.items()}
+            arrays = {k: np.concatenate([previous.prefix_array(k, start), v], axis=ARRAY_FIELDS[k])
+                      for k, v in arrays.items()}
             last_cached = torch.tensor(previous.prefix_array("final_resid", start)[-1:])  # [1, hidden] one row
             stats = self._prediction_stats(torch.cat([last_cached, final]), tokens[start - 1:],
                                            cancel=capture.cancel)
             stats = {k: np.concatenate([previous.prefix_array(k, start), v[1:]]) for k, v in stats.items()}
         else:
             stats = self._prediction_stats(final, tokens, predicted, last_logits, cancel=capture.cancel)
-        choice = None
         t_sample = time.perf_counter()
-        if want_choice and last_logits is not None:
-            logits = last_logits.numpy()  # [vocab]
-            token_id = sampling.sample(logits, settings.temperature, settings.top_k, settings.top_p, rng)
-            lse = self._last_lse  # the prediction just scored: same logits as the last row
-            choice = TokenChoice(
-                token_id=token_id, logprob=float(logits[token_id]) - lse,
-                rank=int((logits > logits[token_id]).sum()), entropy=float(stats["pred_entropy"][-1]),
-                top_ids=tuple(int(i) for i in stats["pred_top_ids"][-1]),
-                top_logprobs=tuple(float(v) for v in stats["pred_top_logprobs"][-1]),
-            )
+        choice = self._sample(last_logits.numpy(), stats, gen) if want_choice and last_logits is not None else None
         t_end = time.perf_counter()
         timings = _timings(rec, forward_end, tokenize_ms, stats_ms=(t_sample - t_stats) * 1e3,
                            sample_ms=(t_end - t_sample) * 1e3)
         event_start = 0 if previous is not None else start
         return StepEvent(
-            step=step, start=event_start, tokens=tokens, **{k: None for k in rec.skip},
-            **{k: _frozen(v) for k, v in arrays.items()},
-            **{k: _frozen(v) for k, v in stats.items()},
+            step=step, start=event_start, tokens=tokens,
+            arrays={**{k: None for k in rec.skip}, **{k: _frozen(v) for k, v in (arrays | stats).items()}},
             kv_bytes_per_layer=_frozen(self._kv_bytes()), timings_ms=timings, choice=choice,
             cached_prefix=start if previous is not None else 0,
+        )
+
+    def _forward(self, new_ids: list[int]) -> torch.Tensor | None:
+        """The model on the new positions (the hooks capture); the last position's logits [vocab] float32."""
+        input_ids = torch.tensor([new_ids], dtype=torch.long)  # [1, n_new]
+        if not self.info.is_causal:
+            self.loaded.model(input_ids=input_ids)
+            return None
+        out = self.loaded.model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float()  # [vocab]
+
+    def _sample(self, logits: np.ndarray, stats: dict[str, np.ndarray], gen: _Generation) -> TokenChoice:
+        """Draw the next token from the last position's `logits` [vocab], described by its stats."""
+        s = gen.settings
+        token_id = sampling.sample(logits, s.temperature, s.top_k, s.top_p, gen.rng)
+        lse = self._last_lse  # the prediction just scored: same logits as the last row
+        return TokenChoice(
+            token_id=token_id, logprob=float(logits[token_id]) - lse,
+            rank=int((logits > logits[token_id]).sum()), entropy=float(stats["pred_entropy"][-1]),
+            top_ids=tuple(int(i) for i in stats["pred_top_ids"][-1]),
+            top_logprobs=tuple(float(v) for v in stats["pred_top_logprobs"][-1]),
         )
 
     def _prediction_stats(self, final: torch.Tensor, tokens: tuple[Token, ...],
@@ -307,11 +335,32 @@ def _check_cancel(cancel: threading.Event | None) -> None:
         raise Cancelled("Run cancelled.")
 
 
+
 def _rng(seed) -> np.random.Generator:
     """The run's random generator; a seed numpy refuses (negative, not an integer) is a clear InputError."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"The seed must be a whole number, 0 or more (got {seed!r}).")
     return np.random.default_rng(int(seed))
+
+
+@dataclass
+class _Generation:
+    """A run's decoding state: settings, random generator, stop tokens and tokens generated so far."""
+
+    settings: GenerationSettings
+    max_new: int
+    eos: set[int]
+    generated: int = 0
+    rng: np.random.Generator = field(init=False)  # seeded from the settings
+
+    def __post_init__(self) -> None:
+        self.rng = _rng(self.settings.seed)
+
+    def finish_reason(self, token_id: int) -> str | None:
+        """Why the run stops after feeding `token_id` (None: it goes on)."""
+        if token_id in self.eos and self.settings.stop_at_eos:
+            return "eos"
+        return "max_tokens" if self.generated >= self.max_new else None
 
 
 def _row_stats(logits: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -332,20 +381,9 @@ def _as_list(x) -> list[int]:
 
 
 def _stack(rec: StepRecord) -> dict[str, np.ndarray]:
-    """The step's recorded tensors as numpy (views, no copy)."""
+    """The step's recorded activations as numpy (views, no copy), by core/arrays.py's names."""
     rec.finish()
-    out = {
-        "queries": rec.queries.numpy(),  # [layers, heads, n_new, head_dim]
-        "keys": rec.keys.numpy(),  # [layers, kv_heads, n_new, head_dim]
-        "values": rec.values.numpy(),  # [layers, kv_heads, n_new, head_dim]
-        "resid": rec.resid.numpy(),  # [layers + 1, n_new, hidden]
-        "attn_out": rec.attn_out.numpy(),  # [layers, n_new, hidden]
-        "mlp_out": rec.mlp_out.numpy(),  # [layers, n_new, hidden]
-        "final_resid": rec.final_resid.numpy(),  # [n_new, hidden] float32
-    }
-    for name in rec.skip:  # not stored (memory budget)
-        del out[name]
-    return out
+    return {name: getattr(rec, name).numpy() for name in (*ACTIVATIONS, "final_resid") if name not in rec.skip}
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -126,6 +126,27 @@ def tokenize(
     `token_bytes`: a TokenBytes of this tokenizer to reuse (its id -> bytes cache stays warm across runs).
     `cancel`: a threading.Event or callable; Stop interrupts the chat template's rendering.
     """
+    encoded = encode(tokenizer, prompt, chat=chat, system=system, allow_special_in_text=allow_special_in_text,
+                     cancel=cancel)
+    return with_spans(tokenizer, encoded, token_bytes)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A checked prompt's text (after the chat template) and ids, before spans are assigned."""
+
+    text: str
+    ids: list[int]
+    regions: list[tuple[int, int, TokenKind]]  # character ranges of system / user / prompt content
+    content_kind: TokenKind
+
+
+def encode(tokenizer: Any, prompt: str, *, chat: bool = False, system: str | None = None,
+           allow_special_in_text: bool = True, cancel: Any = None) -> Encoded:
+    """Check the text (InputError for text with no UTF-8 form) and encode it: ids only, no spans (fast).
+
+    `cancel`: a threading.Event or callable; Stop interrupts the chat template's rendering.
+    """
     _check_text(prompt, "prompt")
     if system:
         _check_text(system, "system message")
@@ -138,8 +159,14 @@ def tokenize(
         regions = [(0, len(text), TokenKind.PROMPT)]
         content_kind = TokenKind.PROMPT
     ids = _encode(tokenizer, text, chat, regions, allow_special_in_text)
-    tokens = spans_for(tokenizer, text, ids, regions, default_kind=content_kind, token_bytes=token_bytes)
-    return Tokenized(text=text, ids=ids, tokens=tokens)
+    return Encoded(text, ids, regions, content_kind)
+
+
+def with_spans(tokenizer: Any, encoded: Encoded, token_bytes: TokenBytes | None = None) -> Tokenized:
+    """The encoded prompt's spanned, kind-tagged tokens."""
+    tokens = spans_for(tokenizer, encoded.text, encoded.ids, encoded.regions, default_kind=encoded.content_kind,
+                       token_bytes=token_bytes)
+    return Tokenized(text=encoded.text, ids=encoded.ids, tokens=tokens)
 
 
 def _check_text(text: str, what: str) -> None:

@@ -1,10 +1,11 @@
 """Depth analyses of a Run: logit lens, direct logit attribution, residual share, layer similarity
 and update ratios. Pure numpy/torch; the counterfactual depth attention is in depth_attention.py.
 
-Conventions: `run.array("resid")` is [L+1, N, D] with row 0 the embeddings and row l the residual
-stream after layer l; none of them has been through the final norm (the capture hooks the layers
-themselves), so the logit lens applies the final norm to every row exactly once. The last row is
-taken from `final_resid` (float32, exact) so the lens' last row equals the model's real logits.
+Conventions (core/naming.py): `run.array("resid")` is [L+1, N, D] indexed by depth: row 0 the
+embeddings and row d the residual stream after block d - 1 (blocks counted from 0). None of them
+has been through the final norm (the capture hooks the layers themselves), so the logit lens
+applies the final norm to every row exactly once. The last row is taken from `final_resid`
+(float32, exact) so the lens' last row equals the model's real logits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ..lens import Readout, apply_readout
 from ..run import Run
+from .massive import massive_positions
 
 LENS_TOP_K = 10
 _LENS_CHUNK = 256  # lens cells per lm_head product (256 x 49k floats = 50 MB)
@@ -316,18 +318,12 @@ def is_additive(run: Run, position: int, tolerance: float = 2e-2) -> bool:
 
 
 # --- layer similarity and update ratios ----------------------------------------------------------
-def massive_positions(run: Run, factor: float = 20.0) -> np.ndarray:
-    """[N] bool: positions whose largest activation (any layer) exceeds `factor` x the median one."""
-    peak = np.abs(run.array("resid")).max(axis=(0, 2)).astype(np.float32)  # [N]
-    return peak > factor * max(float(np.median(peak)), 1e-6)
-
-
 def position_mask(run: Run, skip_first: bool = False, skip_massive: bool = False) -> np.ndarray:
     mask = np.ones(run.n_tokens, bool)
     if skip_first and mask.size > 1:
         mask[0] = False
     if skip_massive:
-        massive = massive_positions(run)
+        massive = massive_positions(run.array("resid"))  # [N] the one rule: analysis/massive.py
         if (~massive & mask).any():
             mask &= ~massive
     return mask

@@ -7,7 +7,6 @@ PCA is numpy only. t-SNE (scikit-learn) and UMAP (umap-learn) are optional:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import re
@@ -17,18 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..numeric import single_blas_thread
 from ..tempname import atomic_write
-
-
-def _one_blas_thread():
-    """Limit BLAS to one thread for these small products: on a busy CPU (the model and the GUI share it)
-    multi-threaded BLAS spin-waits and runs 10x slower. No-op without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
+from .massive import layer_norms, massive_positions  # noqa: F401 - their one home is analysis/massive.py
 
 INSTALL_HINT = 'pip install "lm-explorer[projections]"'
 FIT_ROWS = 4096  # rows used to fit a shared basis (a random subsample beyond this)
@@ -49,7 +39,7 @@ class PcaBasis:
         flat = x.reshape(-1, x.shape[-1])  # [rows, D]
         out = np.empty((flat.shape[0], self.components.shape[0]), np.float32)  # [rows, k]
         step = 65536  # convert float16 in chunks: never a full float32 copy of a big array
-        with _one_blas_thread():
+        with single_blas_thread():
             for lo in range(0, flat.shape[0], step):
                 out[lo:lo + step] = flat[lo:lo + step].astype(np.float32) @ self.components.T - offset
         return out.reshape(*x.shape[:-1], self.components.shape[0])
@@ -65,7 +55,7 @@ def fix_signs(components: np.ndarray) -> np.ndarray:
 
 def pca_fit(x: np.ndarray, k: int = 2, max_rows: int | None = None, seed: int = 0) -> PcaBasis:
     """Fit a k-component PCA on rows of `x` ([N, D]); fit on a random `max_rows` subsample if given."""
-    with _one_blas_thread():
+    with single_blas_thread():
         return _pca_fit(x, k, max_rows, seed)
 
 
@@ -137,15 +127,6 @@ def project_layers(states: np.ndarray, max_rows: int = FIT_ROWS,
     return basis.transform(states), basis
 
 
-def layer_norms(states: np.ndarray) -> np.ndarray:
-    """[layers, N] float32 length of every state (one pass, converted layer by layer)."""
-    out = np.empty(states.shape[:2], np.float32)  # [layers, N]
-    for i in range(states.shape[0]):
-        x = states[i].astype(np.float32)  # [N, D]
-        out[i] = np.sqrt(np.einsum("nd,nd->n", x, x))
-    return out
-
-
 def project_trajectories(states: np.ndarray, normalise: bool = True, massive_factor: float = 10.0,
                          max_rows: int = FIT_ROWS, seed: int = 0) -> tuple[np.ndarray, PcaBasis, np.ndarray]:
     """The panel's projection of [layers, N, D] states: ([layers, N, 2], basis, massive [N]).
@@ -167,7 +148,7 @@ def project_trajectories(states: np.ndarray, normalise: bool = True, massive_fac
     basis = pca_fit(sample, 2)
     coords = np.empty((layers, n, 2), np.float32)  # [layers, N, 2]
     offset = basis.mean @ basis.components.T  # [2]
-    with _one_blas_thread():
+    with single_blas_thread():
         for i in range(layers):
             coords[i] = (states[i].astype(np.float32) @ basis.components.T) / scale[i][:, None] - offset
     return coords, basis, massive
@@ -183,18 +164,6 @@ def unit_rms(states: np.ndarray) -> np.ndarray:
         rms = np.sqrt(np.mean(x * x, axis=1, keepdims=True))  # [chunk, 1]
         flat_out[lo:lo + step] = x / np.maximum(rms, 1e-6)
     return out
-
-
-def massive_positions(states: np.ndarray, factor: float = 10.0, norms: np.ndarray | None = None) -> np.ndarray:
-    """[N] bool: positions whose state at some layer is `factor` times longer than that layer's median.
-
-    LMs give a few tokens (usually the first, an attention sink) "massive activations" hundreds of
-    times larger than the rest; left in, they alone decide the PCA axes.
-    """
-    norms = layer_norms(states) if norms is None else norms  # [layers, N]
-    median = np.median(norms, axis=1, keepdims=True)  # [layers, 1]
-    massive = (norms > factor * np.maximum(median, 1e-6)).any(axis=0)  # [N]
-    return massive if massive.sum() < 0.5 * massive.size else np.zeros_like(massive)
 
 
 # --- optional non-linear methods ---------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..events import Token
-from ..tokens import TokenBytes, tokenize
+from ..tokens import tokenize
+from ..vocab import readable_vocab  # noqa: F401 - its home is core/vocab.py (the Session uses it)
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
@@ -45,26 +46,6 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
         root = _package_dir(entry)
         return _load_tokenizer(root, gguf_file=entry.file)  # reads the vocabulary, not the tensors
     return _load_tokenizer((_package_dir(entry) / entry.file).parent)
-
-
-def readable_vocab(tokenizer: Any) -> list[str]:
-    """Every id's piece as readable text: bytes decoded (a space stays a space), stray bytes as <0xNN>."""
-    n = len(tokenizer)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
-    to_bytes = TokenBytes(tokenizer)
-    if to_bytes.scheme == "none":
-        return [p if p is not None else "" for p in pieces]
-    out = []
-    for i, piece in enumerate(pieces):
-        if piece is None:
-            out.append("")
-            continue
-        raw = to_bytes(i)
-        try:
-            out.append(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            out.append(piece if i in to_bytes.special_ids else "".join(f"<0x{b:02X}>" for b in raw))
-    return out
 
 
 def boundaries(tokens: list[Token]) -> set[int]:
