@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from explorer.core.analysis.depth import compute_lens, lens_inputs  # noqa: E402
 from explorer.core.api import capture  # noqa: E402
-from explorer.core.lens import cached_lens, lens_dir  # noqa: E402
 from explorer.core.lens_fit import FitConfig, fit_and_save, read_metrics  # noqa: E402
+from explorer.core.lens_store import cached_lens, lens_dir  # noqa: E402
 from explorer.core.models import load_model  # noqa: E402
 from explorer.core.runner import Session  # noqa: E402
 

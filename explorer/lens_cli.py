@@ -85,7 +85,7 @@ def cmd_show(argv: list[str]) -> int:
     p.add_argument("--top", type=int, default=3)
     args = p.parse_args(argv)
     from .core.api import capture
-    from .core.lens import top_tokens
+    from .core.lens_store import top_tokens
 
     run = capture(args.prompt, args.model, lens=args.lens, lens_top_k=args.top)
     cols = run.lens

@@ -13,7 +13,7 @@ from explorer.core.analysis.align import lens_logprobs
 from explorer.core.analysis.depth import compute_lens, lens_columns, lens_inputs
 from explorer.core.api import capture
 from explorer.core.errors import Cancelled
-from explorer.core.lens import Lens, LensError, load_lens, read_lens, save_lens, top_tokens
+from explorer.core.lens import Lens, LensError
 from explorer.core.lens_fit import (
     FitConfig,
     _frozen,
@@ -24,6 +24,7 @@ from explorer.core.lens_fit import (
     split_files,
     stdlib_files,
 )
+from explorer.core.lens_store import load_lens, read_lens, save_lens, top_tokens
 
 PROMPT = "The capital of France is Paris. The capital of Italy is"
 
@@ -61,7 +62,7 @@ def test_kl_per_cell_matches_full_softmax(tiny_run):
 def test_blocks_of_positions_give_the_same_columns(tiny_run):
     resid, targets = lens_inputs(tiny_run, 0, tiny_run.n_tokens)
     whole = compute_lens(resid, targets, tiny_run.norm, tiny_run.unembed)
-    import explorer.core.analysis.depth as depth
+    import explorer.core.lens as depth
 
     old = depth._KL_BLOCK
     depth._KL_BLOCK = 4

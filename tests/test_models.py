@@ -275,3 +275,15 @@ def test_cached_default_model_entry_is_valid(default_model):
     entry_dir = Path(default_model.source)
     assert entry_dir.parent == model_cache.models_dir()
     assert model_cache.entry_valid(entry_dir)
+
+
+def test_a_conversion_that_fails_midway_leaves_nothing_in_the_cache(private_cache, tiny_llama):
+    class BrokenTokenizer:
+        def save_pretrained(self, _folder):
+            raise OSError("disk full")
+
+    entry = model_cache.models_dir() / "half-written"
+    with pytest.raises(OSError, match="disk full"):
+        models.write_cache_entry(tiny_llama.model, BrokenTokenizer(), entry, source="test", source_sha256="0" * 64)
+    assert entry.parent.is_dir()  # the conversion got as far as the cache folder
+    assert not _cache_entries()  # and its temporary folder is gone

@@ -63,14 +63,14 @@ def capture(
     With `lens` ("logit", "tuned" or "jacobian" for the lens cached for this model, a folder written by
     `lm-explorer lens fit`, or a core.lens.Lens), `run.lens` holds that lens' readout at every depth and
     position: `.top_ids` / `.top_probs` [layers + 1, N, lens_top_k], `.kl` [layers + 1, N] (KL from the final
-    distribution) and `.label`; `explorer.core.lens.top_tokens(run, run.lens)` names the tokens.
+    distribution) and `.label`; `explorer.core.lens_store.top_tokens(run, run.lens)` names the tokens.
     """
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p, seed=seed)
     request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings)
     run = run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
     if lens is not None:
-        from .lens import read_lens, resolve_lens
+        from .lens_store import read_lens, resolve_lens
 
         run.lens = read_lens(run, resolve_lens(lens, run.info), k=lens_top_k)
     return run

@@ -19,16 +19,16 @@ with the kind and the model in the metadata) and `metrics.json` (held-out KL per
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import ExplorerError
+
+if TYPE_CHECKING:
+    from .run import Run
 
 KINDS = ("logit", "tuned", "jacobian")
 FITTED_KINDS = ("tuned", "jacobian")
@@ -105,133 +105,200 @@ def apply_readout(resid: np.ndarray, readout: Readout) -> np.ndarray:
     return resid if readout is None else readout.translate(resid)
 
 
-# --- files ---------------------------------------------------------------------------------------------------
-def save_lens(lens: Lens, folder: str | os.PathLike, metrics: dict | None = None) -> Path:
-    """Write `lens.safetensors` and `metrics.json` into `folder` (created); files are replaced atomically."""
-    from safetensors.numpy import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": lens.kind, "model": lens.model, "normalize_input": str(int(lens.normalize_input)),
-            "format": FORMAT}
-    tmp = folder / (LENS_FILE + ".tmp")
-    save_file({"matrix": np.ascontiguousarray(lens.matrix, np.float32),
-               "bias": np.ascontiguousarray(lens.bias, np.float32)}, str(tmp), metadata=meta)
-    os.replace(tmp, folder / LENS_FILE)
-    data = metrics if metrics is not None else lens.metrics
-    if data:
-        tmp = folder / (METRICS_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, folder / METRICS_FILE)
-    return folder
+LENS_TOP_K = 10
+_LENS_CHUNK = 256  # lens cells per lm_head product (256 x 49k floats = 50 MB)
 
 
-def load_lens(path: str | os.PathLike, *, n_layers: int | None = None, hidden: int | None = None,
-              model: str | None = None) -> Lens:
-    """Load a lens folder (or its lens.safetensors), checking sizes, types and, when given, the model."""
-    from safetensors import SafetensorError, safe_open
+# --- logit lens -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LensColumns:
+    """The logit lens for positions start .. start + n - 1 at every depth (rows 0..L)."""
 
-    path = Path(path).expanduser()
-    file = path / LENS_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise LensError(f"No lens at {path}: expected a folder with {LENS_FILE} (fit one with `lm-explorer lens fit`).")
-    size = file.stat().st_size
-    if size > MAX_LENS_BYTES:
-        raise LensError(f"{file.name} is {size / 2**30:.1f} GiB, more than any lens this app reads.")
-    try:
-        with safe_open(str(file), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-            names = set(fh.keys())
-            if names != {"matrix", "bias"}:
-                raise LensError(f"{file.name} is not a lens file (tensors {sorted(names)}).")
-            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in names}
-            dtypes = {k: fh.get_slice(k).get_dtype() for k in names}
-            _check_layout(file, meta, shapes, dtypes, n_layers, hidden, model)
-            matrix, bias = fh.get_tensor("matrix"), fh.get_tensor("bias")
-    except SafetensorError as exc:
-        raise LensError(f"{file.name} is not a readable safetensors file: {exc}") from None
-    if not (np.isfinite(matrix).all() and np.isfinite(bias).all()):
-        raise LensError(f"{file.name} holds non-finite numbers: refit the lens.")
-    return Lens(meta["kind"], meta.get("model", ""), matrix, bias, meta.get("normalize_input") == "1",
-                _read_metrics(file.parent / METRICS_FILE))
+    start: int
+    top_ids: np.ndarray  # [rows, n, k] int32 top tokens per cell
+    top_probs: np.ndarray  # [rows, n, k] float32 their probabilities
+    lse: np.ndarray  # [rows, n] float32 log-sum-exp of the cell's logits (for any token's probability)
+    target_ids: np.ndarray  # [n] int64 token scored in target mode (-1: none)
+    target_logprob: np.ndarray  # [rows, n] float32 (nan where no target)
+    target_rank: np.ndarray  # [rows, n] int32 (0 = top; -1 where no target)
+    kl: np.ndarray | None = None  # [rows, n] float32 KL(final distribution || this cell's), nats
+    label: str = "logit lens"  # which readout made these columns
+
+    @property
+    def n(self) -> int:
+        return self.top_ids.shape[1]
 
 
-def _check_layout(file: Path, meta: dict, shapes: dict, dtypes: dict, n_layers, hidden, model) -> None:
-    kind = meta.get("kind")
-    if kind not in FITTED_KINDS:
-        raise LensError(f"{file.name}: unknown lens kind {kind!r} (known: {', '.join(FITTED_KINDS)}).")
-    if meta.get("format") != FORMAT:
-        raise LensError(f"{file.name}: lens format {meta.get('format')!r}; this version reads format {FORMAT}.")
-    m, b = shapes["matrix"], shapes["bias"]
-    if len(m) != 3 or m[1] != m[2] or b != (m[0], m[1]) or set(dtypes.values()) != {"F32"}:
-        raise LensError(f"{file.name}: tensors of shape {m} / {b} ({sorted(set(dtypes.values()))}) are not a lens "
-                        "(expected float32 [layers, d, d] and [layers, d]).")
-    if n_layers is not None and m[0] != n_layers or hidden is not None and m[1] != hidden:
-        raise LensError(f"This lens was fitted for {m[0]} layers of width {m[1]} "
-                        f"({meta.get('model') or 'another model'}); the model has {n_layers} of width {hidden}.")
-    if model is not None and meta.get("model") and meta["model"] != model:
-        raise LensError(f"This lens was fitted on '{meta['model']}', not on '{model}'.")
+def lens_targets(run: Run, lo: int, hi: int) -> np.ndarray:
+    """[hi-lo] the token that actually followed each position (the sampled choice for the last one)."""
+    ids = run.token_ids
+    out = np.full(hi - lo, -1, np.int64)
+    for p in range(lo, hi):
+        if p + 1 < len(ids):
+            out[p - lo] = ids[p + 1]
+        elif run.steps and run.steps[-1].choice is not None:
+            out[p - lo] = run.steps[-1].choice.token_id
+    return out
 
 
-def _read_metrics(path: Path) -> dict:
-    if not path.is_file() or path.stat().st_size > MAX_METRICS_BYTES:
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def lens_inputs(run: Run, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """A private copy of the states for positions lo..hi (safe to use off the GUI thread) and targets."""
+    resid = np.array(run.array("resid")[:, lo:hi], dtype=np.float32)  # [L+1, n, D]
+    resid[-1] = run.array("final_resid")[lo:hi]  # exact float32 last layer
+    return resid, lens_targets(run, lo, hi)
 
 
-# --- the per-user cache of fitted lenses ----------------------------------------------------------------------
-def lens_dir(model: str, kind: str) -> Path:
-    """Where the built-in lens of `model` lives: <user cache>/lenses/<model>/<kind>."""
-    from .models import cache_root
-
-    if kind not in FITTED_KINDS:
-        raise LensError(f"Unknown lens kind {kind!r} (fitted kinds: {', '.join(FITTED_KINDS)}).")
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("._") or "model"
-    return cache_root() / "lenses" / safe / kind
+def lens_columns(run: Run, lo: int, hi: int, k: int = LENS_TOP_K, readout: Readout = None) -> LensColumns:
+    """Compute the lens (logit lens, or `readout`) for positions lo..hi (copies its inputs first)."""
+    resid, targets = lens_inputs(run, lo, hi)
+    return compute_lens(resid, targets, run.norm, run.unembed, start=lo, k=k, readout=readout)
 
 
-def cached_lens(model: str, kind: str, n_layers: int | None = None, hidden: int | None = None) -> Lens | None:
-    """The cached lens of a model, or None when none was fitted (or the cached one is unusable)."""
-    folder = lens_dir(model, kind)
-    if not (folder / LENS_FILE).is_file():
-        return None
-    try:
-        return load_lens(folder, n_layers=n_layers, hidden=hidden, model=model)
-    except LensError:
-        return None
+_KL_BLOCK = 64  # positions whose final distributions are held at once ([64, vocab] floats)
 
 
-def resolve_lens(spec, info) -> Lens | None:
-    """"logit" -> None; "tuned" / "jacobian" -> the lens cached for this model; a folder / file -> that lens."""
-    if spec is None or isinstance(spec, Lens):
-        return spec
-    if spec == "logit":
-        return None
-    if spec in FITTED_KINDS:
-        lens = cached_lens(info.name, spec, info.n_layers, info.hidden_size)
-        if lens is None:
-            raise LensError(f"No {spec} lens is cached for {info.name}: fit one with `lm-explorer lens fit --kind "
-                            f"{spec} --model {info.name} --out {lens_dir(info.name, spec)}`.")
-        return lens
-    return load_lens(spec, n_layers=info.n_layers, hidden=info.hidden_size, model=info.name)
+def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarray, start: int = 0,
+                 k: int = LENS_TOP_K, readout: Readout = None) -> LensColumns:
+    """lm_head(final_norm(readout(h))) for every state in `resid` [rows, n, D] (the last row is the model's own
+    output), keeping the top-k, the target's log-probability and rank, and each cell's KL from the last row."""
+    if norm is None or unembed is None:
+        raise ValueError("This model has no language-model head: the logit lens needs one.")
+    rows, n, d = resid.shape
+    if n > _KL_BLOCK:  # blocks of positions bound the memory of the final distributions
+        parts = [compute_lens(resid[:, lo:lo + _KL_BLOCK], targets[lo:lo + _KL_BLOCK], norm, unembed,
+                              start=start + lo, k=k, readout=readout) for lo in range(0, n, _KL_BLOCK)]
+        return LensColumns(start, *(np.concatenate([getattr(p, f) for p in parts], axis=0 if f == "target_ids" else 1)
+                                    for f in ("top_ids", "top_probs", "lse", "target_ids", "target_logprob",
+                                              "target_rank", "kl")), label=parts[0].label)
+    resid = apply_readout(resid, readout)
+    # cells row-major (row, position) with the last row (the model's own prediction) first, so that its
+    # distribution p is known before any other cell: KL(p || q_cell) = sum p log p - sum_v p_v logit_v + lse_cell
+    # costs one elementwise pass per cell and no extra pass over the unembedding
+    states = np.concatenate([resid[-1:], resid[:-1]]).reshape(rows * n, d)  # [cells, D] last row first
+    normed = torch.from_numpy(norm.apply(states))  # [cells, D]
+    w = torch.from_numpy(np.asarray(unembed, np.float32))  # [vocab, D]
+    targets_flat = np.tile(np.asarray(targets, np.int64), rows)  # [cells]
+    top_ids = np.empty((rows * n, k), np.int32)
+    top_probs = np.empty((rows * n, k), np.float32)
+    lse = np.empty(rows * n, np.float32)
+    t_lp = np.full(rows * n, np.nan, np.float32)
+    t_rank = np.full(rows * n, -1, np.int32)
+    cross = np.empty(rows * n, np.float64)  # sum_v p_v logit_v per cell
+    cells = np.arange(_LENS_CHUNK)
+    final_p = neg_entropy = None
+    with torch.inference_mode():
+        for lo in range(0, rows * n, _LENS_CHUNK):
+            hi = min(rows * n, lo + _LENS_CHUNK)
+            logits = normed[lo:hi] @ w.T  # [chunk, vocab]
+            top = logits.topk(k, dim=-1)
+            top_ids[lo:hi] = top.indices.numpy()
+            peak = top.values[:, :1].numpy()  # [chunk, 1]
+            raw = logits.numpy()  # [chunk, vocab] shares memory; numpy's elementwise ops are single-threaded
+            if final_p is None:  # the first chunk starts with the n cells of the last row (n <= _KL_BLOCK)
+                final_logp = torch.log_softmax(logits[:n], dim=-1)  # [n, vocab]
+                final_p = final_logp.exp().numpy()  # [n, vocab]
+                neg_entropy = np.einsum("nv,nv->n", final_p, final_logp.numpy(), dtype=np.float64)  # [n]
+                del final_logp
+            for a in range(lo, hi):  # segments of consecutive positions (a new row every n cells)
+                if a == lo or a % n == 0:
+                    b = min(hi, (a // n + 1) * n)
+                    cross[a:b] = np.einsum("cv,cv->c", raw[a - lo:b - lo], final_p[a % n:a % n + b - a],
+                                           dtype=np.float64)
+            t = targets_flat[lo:hi]  # [chunk]
+            has = t >= 0
+            if has.any():
+                chosen = raw[cells[: hi - lo], np.maximum(t, 0)][:, None]  # [chunk, 1]
+                t_rank[lo:hi][has] = np.count_nonzero(raw > chosen, axis=-1)[has]
+                t_lp[lo:hi][has] = (chosen[:, 0] - peak[:, 0])[has]  # minus log-sum-exp below
+            np.subtract(raw, peak, out=raw)
+            np.exp(raw, out=raw)  # in place: no second [chunk, vocab] buffer
+            log_sum = np.log(raw.sum(axis=-1))  # [chunk] log-sum-exp minus the peak
+            lse[lo:hi] = peak[:, 0] + log_sum
+            top_probs[lo:hi] = np.exp(top.values.numpy() - lse[lo:hi, None])
+            t_lp[lo:hi][has] -= log_sum[has]
+    kl = np.maximum(np.tile(neg_entropy, rows) - cross + lse, 0.0).astype(np.float32)
+
+    def back(a: np.ndarray) -> np.ndarray:  # last row first -> rows in order
+        a = a.reshape(rows, n, *a.shape[1:])
+        return np.concatenate([a[1:], a[:1]])
+
+    return LensColumns(start, back(top_ids), back(top_probs), back(lse), targets.copy(), back(t_lp), back(t_rank),
+                       back(kl), "logit lens" if readout is None else readout.label)
 
 
-# --- readout of a whole run -------------------------------------------------------------------------------------
-def read_lens(run, lens: Lens | str | os.PathLike | None, k: int = 5):
-    """The lens over every depth and position of a Run: a LensColumns ([L+1, N, k] top ids and probabilities,
-    KL from the final distribution per cell); `top_tokens(run, cols)` names them."""
-    from .analysis.depth import lens_columns
+class LensTable:
+    """The logit lens of a whole run, filled column block by column block (top-k only)."""
 
-    lens = resolve_lens(lens, run.info)
-    return lens_columns(run, 0, run.n_tokens, k=k, readout=lens)
+    def __init__(self, rows: int, k: int = LENS_TOP_K):
+        self.rows, self.k = rows, k
+        self.n = 0
+        self.top_ids = np.zeros((rows, 0, k), np.int32)
+        self.top_probs = np.zeros((rows, 0, k), np.float32)
+        self.lse = np.zeros((rows, 0), np.float32)
+        self.target_ids = np.zeros(0, np.int64)
+        self.target_logprob = np.zeros((rows, 0), np.float32)
+        self.target_rank = np.zeros((rows, 0), np.int32)
+        self.kl = np.zeros((rows, 0), np.float32)  # KL(final || cell) per cell
+        self.done = np.zeros(0, bool)
+
+    def grow(self, n: int) -> None:
+        if n <= self.n:
+            return
+        extra = n - self.n
+        self.top_ids = np.concatenate([self.top_ids, np.zeros((self.rows, extra, self.k), np.int32)], 1)
+        self.top_probs = np.concatenate([self.top_probs, np.full((self.rows, extra, self.k), np.nan, np.float32)], 1)
+        self.lse = np.concatenate([self.lse, np.full((self.rows, extra), np.nan, np.float32)], 1)
+        self.target_ids = np.concatenate([self.target_ids, np.full(extra, -1, np.int64)])
+        self.target_logprob = np.concatenate([self.target_logprob, np.full((self.rows, extra), np.nan, np.float32)], 1)
+        self.target_rank = np.concatenate([self.target_rank, np.full((self.rows, extra), -1, np.int32)], 1)
+        self.kl = np.concatenate([self.kl, np.full((self.rows, extra), np.nan, np.float32)], 1)
+        self.done = np.concatenate([self.done, np.zeros(extra, bool)])
+        self.n = n
+
+    def merge(self, cols: LensColumns) -> None:
+        hi = cols.start + cols.n
+        self.grow(hi)
+        s = slice(cols.start, hi)
+        self.top_ids[:, s] = cols.top_ids
+        self.top_probs[:, s] = cols.top_probs
+        self.lse[:, s] = cols.lse
+        self.target_ids[s] = cols.target_ids
+        self.target_logprob[:, s] = cols.target_logprob
+        self.target_rank[:, s] = cols.target_rank
+        if cols.kl is not None:
+            self.kl[:, s] = cols.kl
+        self.done[s] = True
+
+    def mean_kl(self) -> np.ndarray:
+        """[rows] KL from the final distribution averaged over the computed positions (nan before any)."""
+        if not self.done.any():
+            return np.full(self.rows, np.nan, np.float32)
+        return np.nanmean(self.kl[:, self.done], axis=1)
+
+    def next_missing(self, around: int, block: int) -> tuple[int, int] | None:
+        """The missing block of positions nearest to `around` (None when complete)."""
+        missing = np.flatnonzero(~self.done)
+        if missing.size == 0:
+            return None
+        p = int(missing[np.argmin(np.abs(missing - around))])
+        lo = (p // block) * block
+        hi = min(self.n, lo + block)
+        sub = np.flatnonzero(~self.done[lo:hi])
+        return lo + int(sub[0]), lo + int(sub[-1]) + 1
+
+    def token_prob(self, token_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Probability [rows, n] of one token in every computed cell, and its rank when in the top-k
+        (k where it is not: 'rank >= k'); needs the states, so see `token_logprob` for exact values."""
+        hit = self.top_ids == token_id  # [rows, n, k]
+        probs = np.where(hit.any(-1), (self.top_probs * hit).sum(-1), np.nan)
+        rank = np.where(hit.any(-1), hit.argmax(-1), self.k)
+        return probs.astype(np.float32), rank.astype(np.int32)
 
 
-def top_tokens(run, cols) -> list[list[list[str]]]:
-    """[depth][position][rank] readable text of a LensColumns' top tokens."""
-    vocab = run.vocab
-    name = (lambda i: vocab[i]) if vocab is not None else str
-    return [[[name(int(i)) for i in cell] for cell in row] for row in cols.top_ids]
+def token_logprob(run: Run, token_id: int, lse: np.ndarray, readout: Readout = None) -> np.ndarray:
+    """[L+1, N] exact log-probability of `token_id` in every lens cell, from the cells' log-sum-exp."""
+    n = lse.shape[1]
+    resid = apply_readout(lens_inputs(run, 0, n)[0], readout)  # [L+1, n, D]
+    direction = np.asarray(run.unembed[token_id], np.float32)  # [D]
+    logits = run.norm.apply(resid) @ direction  # [L+1, n]
+    return (logits - lse).astype(np.float32)

@@ -35,8 +35,9 @@ import torch
 
 from .adapters import adapter_for
 from .errors import Cancelled
-from .lens import FITTED_KINDS, Lens, LensError, save_lens
+from .lens import FITTED_KINDS, Lens, LensError, compute_lens
 from .lens_corpus import Windows, documents, split_files, stdlib_files
+from .lens_store import save_lens
 from .models import LoadedModel
 
 Progress = Callable[[float, str], None]
@@ -256,12 +257,8 @@ def jacobian_from_sums(acc: torch.Tensor, count: int) -> torch.Tensor:
 def evaluate(loaded: LoadedModel, lens: Lens, ids: torch.Tensor, progress: Progress | None = None,
              cancel: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean KL(final || lens) per depth row 0..L-1 over windows `ids` [W, n]: (logit lens, fitted lens)."""
-    from .adapters import adapter_for as _adapter
-
-    norm_params = _adapter(loaded.info.architecture).norm_params(loaded.model)
-    unembed = _adapter(loaded.info.architecture).lm_head(loaded.model).weight.detach().numpy()  # [vocab, D]
-    from .analysis.depth import compute_lens
-
+    norm_params = adapter_for(loaded.info.architecture).norm_params(loaded.model)
+    unembed = adapter_for(loaded.info.architecture).lm_head(loaded.model).weight.detach().numpy()  # [vocab, D]
     L = loaded.info.n_layers
     sums = np.zeros((2, L), np.float64)
     n = 0

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from . import sampling
 from .budget import CapturePlan, plan_capture
 from .errors import InputError, PromptTooLongError
@@ -50,6 +52,9 @@ def check_request(request: RunRequest) -> None:
         raise InputError("The prompt is empty: type some text to run.")
     if settings.max_new_tokens < 0:
         raise InputError("Max new tokens cannot be negative.")
+    seed = settings.seed  # numpy refuses a negative or non-integer seed with its own error: say it plainly
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"The seed must be a whole number, 0 or more (got {seed!r}).")
 
 
 def new_positions(info: ModelInfo, request: RunRequest) -> int:

@@ -336,13 +336,6 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 
 
 
-def _rng(seed) -> np.random.Generator:
-    """The run's random generator; a seed numpy refuses (negative, not an integer) is a clear InputError."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"The seed must be a whole number, 0 or more (got {seed!r}).")
-    return np.random.default_rng(int(seed))
-
-
 @dataclass
 class _Generation:
     """A run's decoding state: settings, random generator, stop tokens and tokens generated so far."""
@@ -354,7 +347,7 @@ class _Generation:
     rng: np.random.Generator = field(init=False)  # seeded from the settings
 
     def __post_init__(self) -> None:
-        self.rng = _rng(self.settings.seed)
+        self.rng = np.random.default_rng(int(self.settings.seed))  # checked by prompt.check_request
 
     def finish_reason(self, token_id: int) -> str | None:
         """Why the run stops after feeding `token_id` (None: it goes on)."""

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from ..core.analysis.attention import STAT_NAMES, induction_prompt
-from ..core.analysis.depth import lens_columns, massive_positions
+from ..core.analysis.depth import lens_columns
 from ..core.analysis.head_search import head_statistics
+from ..core.analysis.massive import massive_positions
 from ..core.interventions import Intervention
-from ..core.lens import cached_lens
+from ..core.lens_store import cached_lens
 
 Facts = dict[str, Any]
 

@@ -7,7 +7,8 @@ import torch
 
 from explorer.core.analysis.depth import lens_columns
 from explorer.core.events import GenerationSettings, RunRequest
-from explorer.core.lens import Lens, save_lens
+from explorer.core.lens import Lens
+from explorer.core.lens_store import save_lens
 from explorer.core.runner import Session
 from explorer.ui.panels.depth import DepthPanel
 from explorer.ui.panels.depth_lens import LensFitter
@@ -83,7 +84,7 @@ def test_a_cached_lens_is_found_and_a_missing_one_says_how_to_fit(qtbot, tiny_ll
     panel, run = _panel_with_stream(qtbot, session)
     panel.lens_choice.choose("jacobian")
     assert panel.lens_choice.readout() is None and "lm-explorer lens fit" in panel.lens_choice.status.text()
-    from explorer.core.lens import lens_dir
+    from explorer.core.lens_store import lens_dir
 
     save_lens(_lens(run.info), lens_dir(run.info.name, "tuned"))
     panel.lens_choice.set_model(None)

@@ -10,7 +10,7 @@ import pytest
 from explorer.core import catalogue
 from explorer.core.analysis.align import lens_logprobs
 from explorer.core.analysis.eviction import EvictionPolicy, eviction_what_if
-from explorer.core.lens import cached_lens
+from explorer.core.lens_store import cached_lens
 from explorer.ui import theme
 from explorer.ui import tour_scripts as ts
 from explorer.ui.main_window import MainWindow

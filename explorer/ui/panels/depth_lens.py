@@ -21,7 +21,8 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QApplication, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ...core import catalogue
-from ...core.lens import FITTED_KINDS, Lens, cached_lens, lens_dir
+from ...core.lens import FITTED_KINDS, Lens
+from ...core.lens_store import cached_lens, lens_dir
 
 log = logging.getLogger(__name__)
 CHOICES = (("logit", "logit lens"), ("tuned", "tuned lens"), ("jacobian", "Jacobian lens"))
