@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -55,7 +55,6 @@ class InterventionsPanel(Panel):
         "Run in the prompt bar starts a fresh baseline without interventions; 'Apply' re-runs it with the ticked "
         "ones."
     )
-    rerun = Signal(object)  # RunRequest sent to the main window
 
     def __init__(self, selection, parent=None):
         super().__init__(selection, parent)
