@@ -157,6 +157,13 @@ class EngineHost(QObject):
 
     @staticmethod
     def _job_event(event: eng.EngineEvent, callbacks: _Callbacks, handle: JobHandle) -> None:
+        try:
+            EngineHost._deliver(event, callbacks, handle)
+        except Exception:  # a panel's callback failed: log it, the engine and the other jobs go on
+            log.exception("a model job's callback failed")
+
+    @staticmethod
+    def _deliver(event: eng.EngineEvent, callbacks: _Callbacks, handle: JobHandle) -> None:
         if isinstance(event, eng.Progress):
             if callbacks.on_progress is not None:
                 callbacks.on_progress(event.fraction, event.message)

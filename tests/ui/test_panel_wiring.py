@@ -117,3 +117,48 @@ def test_pipeline_links_open_their_panel(qtbot, tmp_path):
     qtbot.waitUntil(lambda: not w.docks["kv_cache"].panel.visibleRegion().isEmpty(), timeout=5000)
     assert w.docks["pipeline"].panel.visibleRegion().isEmpty()
     w.close()
+
+
+def test_every_model_job_runs_on_the_engine_thread(qtbot, tmp_path, tiny_llama):
+    """Runs, an eviction what-if queued behind a run, a head sweep, Compare's run B and the depth weights all
+    reach the model through the engine: every forward happens on the engine's one thread."""
+    import threading
+
+    w = MainWindow(open_settings(tmp_path / "s.ini"), model="tiny-llama", autoload=False, autorun=False,
+                   panels=["kv_cache", "head_sweep", "compare", "depth"])
+    qtbot.addWidget(w)
+    w.show()
+    with qtbot.waitSignal(w.model_ready, timeout=30000):
+        w.load_model("tiny-llama")
+    session = w.host.session
+    threads = set()
+    handles = [m.register_forward_pre_hook(lambda *_a: threads.add(threading.get_ident()))
+               for m in (session.loaded.model, *session.adapter.layers(session.loaded.model))]
+    try:
+        w.prompt_bar.prompt.setPlainText("one two three four five six")
+        w.prompt_bar.max_new.setValue(6)
+        with qtbot.waitSignal(w.run_done, timeout=30000):
+            w.run_prompt()
+        kv = w.docks["kv_cache"].panel
+        kv.eviction.spins["budget"].setValue(4)
+        kv.eviction.start_measure()  # queued on the engine ...
+        with qtbot.waitSignal(w.run_done, timeout=30000):
+            w.run_prompt()  # ... and a run right behind it
+        qtbot.waitUntil(lambda: kv.eviction.job.done, timeout=30000)
+        assert kv.eviction.measure.isEnabled() and "failed" not in kv.eviction.status.text()
+        assert kv.eviction.effects == {}  # measured on the previous run: not drawn over the new one
+        sweep = w.docks["head_sweep"].panel
+        sweep.start_sweep()
+        qtbot.waitUntil(lambda: sweep.result is not None, timeout=30000)
+        compare = w.docks["compare"].panel
+        compare.prompt_b.setText("one two three four")
+        compare.run_prompt_b()
+        qtbot.waitUntil(lambda: compare.run_b is not None, timeout=30000)
+        depth = w.docks["depth"].panel
+        depth.weights()
+        qtbot.waitUntil(lambda: depth._weights is not None, timeout=30000)
+    finally:
+        for h in handles:
+            h.remove()
+    assert threads == {w.host.engine.thread.ident}
+    w.close()

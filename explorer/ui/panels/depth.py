@@ -329,7 +329,7 @@ class DepthPanel(Panel):
         name, weights = result
         self._weights, self._weights_for = weights, name
         if self.run is not None and self.run.info == name:
-            self._refresh_view()
+            self._guard(self._refresh_view)  # a drawing error shows in the panel, like any other update
 
     def _weights_failed(self, message: str) -> None:
         log.info("depth weights not read: %s", message)
