@@ -3,6 +3,7 @@
 The window owns its widgets and is composed of objects whose names say what they own:
 
     runs    RunController   the engine (EngineHost) and the runs: submit, stream, stop, the run on screen
+    models  ModelControl    the model box and model loading (progress, refusals)
     files   FileActions     open / save runs, export panels, diagnostics, drops
     safety  SafetyPrompts   opt-in dialogs, the capture memory budget, prompt files
     state   WindowState     layout and settings (restore at start, save at close)
@@ -20,8 +21,6 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QMainWindow,
@@ -40,18 +39,18 @@ from .docks import PanelDock
 from .file_actions import FileActions
 from .layout_state import WindowState
 from .menus import build_menus
+from .model_control import ModelControl
 from .panels import REGISTRY
 from .panels.base import PanelServices
 from .prompt_bar import PromptBar
 from .run_control import RunController
 from .safeguards import SafetyPrompts
 from .selection import Selection
-from .settings import Settings, disarm_qt_unpickling, open_settings, push_recent, recent
+from .settings import Settings, disarm_qt_unpickling, open_settings
 from .timeline import Timeline
 from .widgets.background import Background
 
 log = logging.getLogger(__name__)
-OPEN_MODEL = "__open__"
 # default dock placement by panel name (a panel class may also set `dock_area = "left" | "right" | "bottom"`)
 _LEFT_HINTS = ("token",)
 _RIGHT_TOP_HINTS = ("attention",)
@@ -81,6 +80,7 @@ class MainWindow(QMainWindow):
         self._autorun = first_launch if autorun is None else autorun
 
         self.runs = RunController(self)
+        self.models = ModelControl(self)
         self.files = FileActions(self)
         self.safety = SafetyPrompts(self)
         self.state = WindowState(self)
@@ -95,7 +95,6 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._build_status()
         build_menus(self)
-        self._connect_engine()
         self.selection.changed.connect(self._selection_changed)
         theme.events().colormap_changed.connect(self.colormap_changed)
         self.state.restore()
@@ -152,37 +151,9 @@ class MainWindow(QMainWindow):
         self.insertToolBar(self.prompt_dock, bar)
         self.insertToolBarBreak(self.prompt_dock)
         bar.addWidget(QLabel(" Model "))
-        self.model_combo = QComboBox()
-        self.model_combo.setMinimumContentsLength(24)
-        self.model_combo.setToolTip("Pick a built-in model, or open a model folder or .gguf file "
-                                    "(you can also drop one on the window)")
-        self._fill_model_combo()
-        self.model_combo.activated.connect(self._model_combo_activated)
+        self.model_combo = self.models.combo
+        self.models._fill_model_combo()
         bar.addWidget(self.model_combo)
-
-    def _fill_model_combo(self) -> None:
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        for name in catalogue.builtin_names():
-            entry = catalogue.get(name)
-            self.model_combo.addItem(name, name)
-            self.model_combo.setItemData(self.model_combo.count() - 1, entry.description, Qt.ToolTipRole)
-        for path in recent(self.settings, "recent_models"):
-            if catalogue.get(path) is None:
-                self.model_combo.addItem(Path(path).name, path)
-                self.model_combo.setItemData(self.model_combo.count() - 1, path, Qt.ToolTipRole)
-        self.model_combo.insertSeparator(self.model_combo.count())
-        self.model_combo.addItem("Open model folder or GGUF...", OPEN_MODEL)
-        self.model_combo.blockSignals(False)
-        self._show_model_in_combo()
-
-    def _show_model_in_combo(self) -> None:
-        current = self.info.name if self.info is not None else None
-        spec = str(self.settings.value("model", "")) or current
-        for i in range(self.model_combo.count()):
-            if self.model_combo.itemData(i) in (spec, current):
-                self.model_combo.setCurrentIndex(i)
-                return
 
     def _build_status(self) -> None:
         status = self.statusBar()
@@ -234,12 +205,6 @@ class MainWindow(QMainWindow):
             self.resizeDocks([left[0], (right_top or rest)[0]], [600, 1000], Qt.Horizontal)
         if right_top and rest:  # the tabbed group (layer depth first) gets a little more than attention
             self.resizeDocks([right_top[0], rest[0]], [330, 430], Qt.Vertical)
-
-    def _connect_engine(self) -> None:
-        h = self.host
-        h.load_progress.connect(self._load_progress)
-        h.model_loaded.connect(self._model_loaded)
-        h.load_failed.connect(self._load_failed)
 
     def open_panel(self, name: str) -> bool:
         """Show the panel registered as `name` and bring it to the front (a panel's link asks for this)."""
@@ -364,62 +329,10 @@ class MainWindow(QMainWindow):
     # --- model ------------------------------------------------------------------------------------
     def load_model(self, spec: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
         """Load a model on the engine (a run in progress is stopped first, so the switch is prompt)."""
-        self.stop()
-        self._loading_spec = spec
-        self.progress.setValue(0)
-        self.progress.show()
-        self.status_model.setText(f"loading {Path(spec).name or spec}...")
-        self.host.load(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-
-    def _load_progress(self, fraction: float, message: str) -> None:
-        self.progress.setValue(int(fraction * 1000))
-        self.progress.setToolTip(message)
-        self.statusBar().showMessage(message, 3000)
-
-    def _model_loaded(self, info) -> None:
-        self.info = info
-        spec = self._loading_spec or info.name
-        self.progress.hide()
-        self.store_setting("model", spec)
-        if catalogue.get(spec) is None:
-            push_recent(self.settings, "recent_models", spec)
-            self._fill_model_combo()
-        self._show_model_in_combo()
-        self.status_model.setText(f"{info.name} · {info.n_layers} layers · {info.n_heads} heads "
-                                  f"({info.n_kv_heads} KV)")
-        self.prompt_bar.set_context_limit(info.context_length if info.is_causal else None)
-        self.model_ready.emit(info)
-        if self._autorun:
-            self._autorun = False
-            self.run_prompt()
-
-    def _load_failed(self, spec: str, message: str, needs: str = "") -> None:
-        self.progress.hide()
-        still = f"The previous model ({self.info.name}) stays loaded." if self.info else "No model is loaded."
-        self.status_model.setText(self.info.name if self.info else "no model")
-        self._show_model_in_combo()
-        if needs:  # refused for safety: offer the opt-in, behind a dialog that says what it means
-            self.show_banner(f"Refused to load the model {spec}:\n{message}\n{still}", action="Review options...",
-                             callback=lambda: self.review_unsafe_model(spec, needs))
-        else:
-            self.show_banner(f"Could not load the model {spec}:\n{message}\n{still}")
-        self.model_failed.emit(message)
-
-    def _model_combo_activated(self, index: int) -> None:
-        data = self.model_combo.itemData(index)
-        if data == OPEN_MODEL:
-            self._show_model_in_combo()
-            self.open_model_dialog()
-        elif data:
-            self.load_model(str(data))
+        self.models.load_model(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
     def open_model_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open model: a .gguf file, or any file inside a Hugging Face model folder", "",
-            "Models (*.gguf config.json *.safetensors);;All files (*)")
-        if path:
-            p = Path(path)
-            self.load_model(str(p if p.suffix.lower() == ".gguf" else p.parent))
+        self.models.open_model_dialog()
 
     # --- selection & keyboard ---------------------------------------------------------------------
     def _selection_changed(self, field: str) -> None:

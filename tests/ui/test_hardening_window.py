@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from explorer.core import engine as engine_mod
 from explorer.core import runner as runner_mod
 from explorer.core.events import TokenKind
-from explorer.core import engine as engine_mod
 from explorer.ui import worker as worker_mod
 from explorer.ui.main_window import MainWindow
 from explorer.ui.settings import open_settings

@@ -13,9 +13,9 @@ from explorer.core.analysis.sweep import head_sweep
 from explorer.core.api import run_request
 from explorer.core.events import RunRequest
 from explorer.core.runner import Session
+from explorer.ui.panels.base import PanelServices
 from explorer.ui.panels.compare import ComparePanel
 from explorer.ui.panels.head_sweep import HeadSweepPanel
-from explorer.ui.panels.base import PanelServices
 from explorer.ui.panels.intervention_menu import head_menu, layer_menu
 from explorer.ui.panels.interventions import InterventionsPanel
 from explorer.ui.selection import Selection

@@ -203,7 +203,7 @@ class InterventionsPanel(Panel):
             return
         if self.run is not None and self.run.request == request:
             return
-        self.rerun.emit(request)  # the main window runs it (connected in MainWindow._connect_panels)
+        self.rerun.emit(request)  # the main window runs it (Panel.rerun -> services.rerun)
 
     # --- Panel contract -----------------------------------------------------------------------------
     def draw_run(self, run: Run | None) -> None:
