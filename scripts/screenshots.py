@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([])
     loaded = load_model(args.model or catalogue.default_model_name())
     run = capture(PROMPT, loaded, max_new_tokens=args.max_new)
+    from explorer.core.runner import Session
+    from explorer.ui.panels.base import PanelServices
+    from explorer.ui.worker import EngineHost
+
+    host = EngineHost(session=Session(loaded))  # panels that need the model (weights, what-ifs) ask its engine
+    services = PanelServices(submit_job=host.submit_job)
     width, height = (int(v) for v in args.size.lower().split("x"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers,
                            heads=run.info.n_heads)
             panel = panel_class(panel_name)(sel)
-            if hasattr(panel, "model_provider"):
-                panel.model_provider = lambda: loaded  # depth attention and per-head attribution need weights
+            panel.services = services
             panel.resize(width, height)
             panel.show()
             panel.set_run(run)
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             panel.close()
             panel.deleteLater()
             app.processEvents()
+    host.shutdown()
     print(f"total {total / 2**20:,.2f} MiB in {out}")
     return 0
 

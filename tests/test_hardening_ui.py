@@ -382,7 +382,7 @@ def test_log_file_failing_later_falls_back_once(tmp_path, monkeypatch, capfd, re
 
 
 def test_no_room_blames_the_system_prompt_not_max_new(tiny_llama):
-    from explorer.ui.worker import _no_room_message
+    from explorer.core.engine import no_room_message as _no_room_message
 
     session = Session(tiny_llama)
     ctx = tiny_llama.info.context_length

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     code = result["code"] or code
     from .worker import orphaned
 
-    if orphaned():  # the worker is stuck in a library call (e.g. a model load): exit without joining it
+    if orphaned():  # the engine thread is stuck in a library call (e.g. a model load): exit without joining it
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

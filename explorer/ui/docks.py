@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from .panels import Panel, panel_class
+from .panels.base import PanelServices
 from .selection import Selection
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class _TitleBar(QWidget):
 class PanelDock(QDockWidget):
     """Holds one panel (or the error that stopped it) plus its help text."""
 
-    def __init__(self, name: str, selection: Selection, parent: QWidget | None = None):
+    def __init__(self, name: str, selection: Selection, parent: QWidget | None = None,
+                 services: PanelServices | None = None):
         self.name = name
         self.panel: Panel | None = None
         self.error: str | None = None
@@ -69,6 +71,8 @@ class PanelDock(QDockWidget):
             cls = panel_class(name)
             title = getattr(cls, "title", name)
             panel = cls(selection)
+            if services is not None:
+                panel.services = services  # the same services for every panel: run, re-run, open panel, jobs
             panel.defer_when_hidden = True  # a background tab skips per-token work until shown
         except Exception as exc:  # noqa: BLE001 - any panel failure becomes a message in its dock
             log.exception("panel %s failed to load", name)

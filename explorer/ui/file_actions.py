@@ -1,4 +1,4 @@
-"""Files: open/save runs, export panels, diagnostics, drag and drop (a mixin of MainWindow)."""
+"""FileActions (owned by MainWindow): open/save runs, export panels, diagnostics, drag and drop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtGui import QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QInputDialog
 
 from ..core.errors import RunFileError
@@ -48,7 +48,18 @@ def _load_off_thread(path: Path, ticket: int, relay: _OpenRelay) -> None:
         log.info("run file %s read after the window closed", path)
 
 
-class FileActions:
+class FileActions(QObject):
+    """Owns the window's files: opening and saving runs (read off the GUI thread), exporting panels,
+    diagnostics and About, and what a drop on the window opens."""
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.w = window
+        self._open_relay = _OpenRelay(self)
+        self._open_relay.done.connect(self._run_file_read)
+        self._open_ticket = 0  # a newer Open supersedes an older one
+        self._open_paths: dict[int, Path] = {}
+
     # --- files ------------------------------------------------------------------------------------
     def open_run(self, path: str | Path) -> bool:
         """Read a run file on a background thread; the GUI stays live. `run_opened(ok)` says how it went.
@@ -57,62 +68,58 @@ class FileActions:
         is a banner and the shown run stays. Returns True when the read was started.
         """
         path = Path(path)
-        relay = getattr(self, "_open_relay", None)
-        if relay is None:
-            relay = self._open_relay = _OpenRelay(self)
-            relay.done.connect(self._run_file_read)
-        self._open_ticket = getattr(self, "_open_ticket", 0) + 1  # a newer Open supersedes an older one
-        self._open_paths = {**getattr(self, "_open_paths", {}), self._open_ticket: path}
-        self.statusBar().showMessage(f"opening {path.name}...")
-        threading.Thread(target=_load_off_thread, args=(path, self._open_ticket, relay),
+        self._open_ticket += 1
+        self._open_paths[self._open_ticket] = path
+        self.w.statusBar().showMessage(f"opening {path.name}...")
+        threading.Thread(target=_load_off_thread, args=(path, self._open_ticket, self._open_relay),
                          name="lm-explorer-open-run", daemon=True).start()
         return True
 
     def _run_file_read(self, ticket: int, run, message: str) -> None:
         path = self._open_paths.pop(ticket, Path("?"))
-        if ticket != self._open_ticket or self._closed:
+        if ticket != self._open_ticket or self.w._closed:
             return
         if run is None:
-            self.show_banner(f"Could not open the run file {path.name}:\n{message}")
-            self.run_opened.emit(False)
+            self.w.show_banner(f"Could not open the run file {path.name}:\n{message}")
+            self.w.run_opened.emit(False)
             return
-        self.detach_stream()  # a streaming run's later steps must never reach the opened run
-        self.hide_banner()
-        self.show_run(run, follow=True)
-        self.statusBar().showMessage(f"opened {path.name} ({run.info.name}; no model needed)", 8000)
-        self.run_opened.emit(True)
+        self.w.detach_stream()  # a streaming run's later steps must never reach the opened run
+        self.w.hide_banner()
+        self.w.show_run(run, follow=True)
+        self.w.statusBar().showMessage(f"opened {path.name} ({run.info.name}; no model needed)", 8000)
+        self.w.run_opened.emit(True)
 
     def save_run(self, path: str | Path) -> bool:
-        if self.run is None:
-            self.show_banner("There is no run to save yet.")
+        if self.w.run is None:
+            self.w.show_banner("There is no run to save yet.")
             return False
         try:
-            self.run.save(path)
+            self.w.run.save(path)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions...
-            self.show_banner(f"Could not save the run: {exc}")
+            self.w.show_banner(f"Could not save the run: {exc}")
             return False
-        self.statusBar().showMessage(f"saved {path}", 5000)
+        self.w.statusBar().showMessage(f"saved {path}", 5000)
         return True
 
     def export_panel(self, name: str, path: str | Path) -> bool:
-        dock = self.docks[name]
+        dock = self.w.docks[name]
         widget = dock.panel.export_widget() if dock.panel is not None else dock.widget()
         try:
             export_widget(widget, path)
         except (OSError, ValueError) as exc:
-            self.show_banner(f"Could not export the {dock.windowTitle()} panel: {exc}")
+            self.w.show_banner(f"Could not export the {dock.windowTitle()} panel: {exc}")
             return False
-        self.statusBar().showMessage(f"exported {dock.windowTitle()} to {path}", 5000)
+        self.w.statusBar().showMessage(f"exported {dock.windowTitle()} to {path}", 5000)
         return True
 
     def export_panel_dialog(self) -> None:
-        names = [n for n, d in self.docks.items() if d.isVisible()] or list(self.docks)
-        titles = [self.docks[n].windowTitle() for n in names]
-        title, ok = QInputDialog.getItem(self, "Export panel", "Panel:", titles, 0, False)
+        names = [n for n, d in self.w.docks.items() if d.isVisible()] or list(self.w.docks)
+        titles = [self.w.docks[n].windowTitle() for n in names]
+        title, ok = QInputDialog.getItem(self.w, "Export panel", "Panel:", titles, 0, False)
         if not ok:
             return
         name = names[titles.index(title)]
-        path, _ = QFileDialog.getSaveFileName(self, "Export panel", f"{name}.png", "PNG image (*.png);;SVG (*.svg)")
+        path, _ = QFileDialog.getSaveFileName(self.w, "Export panel", f"{name}.png", "PNG image (*.png);;SVG (*.svg)")
         if path:
             if not Path(path).suffix:
                 path += ".png"
@@ -121,39 +128,37 @@ class FileActions:
     def copy_diagnostics(self) -> str:
         from ..logfile import log_path
 
-        loaded = self.loaded_model() if hasattr(self, "loaded_model") else None
-        extra = {"run": f"{self.run.n_tokens} tokens" if self.run else "none",
-                 "capture budget": f"{self.capture_budget() / 2**30:.2f} GiB",
+        session = self.w.host.session
+        loaded = session.loaded if session is not None else None
+        extra = {"run": f"{self.w.run.n_tokens} tokens" if self.w.run else "none",
+                 "capture budget": f"{self.w.capture_budget() / 2**30:.2f} GiB",
                  "log file": str(log_path()),
-                 "last error": " / ".join(self.last_error.splitlines()) or "none"}
-        text = diagnostics(self.info, source=loaded.source if loaded is not None else None, extra=extra)
+                 "last error": " / ".join(self.w.last_error.splitlines()) or "none"}
+        text = diagnostics(self.w.info, source=loaded.source if loaded is not None else None, extra=extra)
         QGuiApplication.clipboard().setText(text)
-        self.statusBar().showMessage("diagnostics copied to the clipboard", 4000)
+        self.w.statusBar().showMessage("diagnostics copied to the clipboard", 4000)
         return text
 
     def about(self) -> None:
-        show_about(self, self.info)
+        show_about(self.w, self.w.info)
 
     # --- drag and drop ----------------------------------------------------------------------------
     @staticmethod
-    def _dropped_path(event) -> Path | None:
+    def dropped_path(event) -> Path | None:
+        """The one local model folder, .gguf or .npz file a drag carries (None: not something to open)."""
         urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
         if len(urls) != 1 or not urls[0].isLocalFile():
             return None
         path = Path(urls[0].toLocalFile())
         return path if path.is_dir() or path.suffix.lower() in (".gguf", ".npz") else None
 
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
-        if self._dropped_path(event) is not None:
-            event.acceptProposedAction()
-
-    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
-        path = self._dropped_path(event)
+    def drop(self, event: QDropEvent) -> None:
+        path = self.dropped_path(event)
         if path is None:
             return
         event.acceptProposedAction()
         if path.suffix.lower() == ".npz":
             self.open_run(path)
         else:
-            self.load_model(str(path))
+            self.w.load_model(str(path))
 

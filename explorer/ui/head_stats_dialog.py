@@ -1,19 +1,16 @@
 """Head statistics over many prompts, in a dialog: one sortable row per head with its label, on how many
 prompts that label held, and each score's mean and spread (core.analysis.head_stats_many).
 
-The prompts run on a private copy of the loaded model in a background thread (the window's model and its
-capture hooks stay untouched), with progress and cancel.
+The prompts run as one engine job (the model's one road), with progress; closing the dialog cancels it.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -25,7 +22,8 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.analysis.attention import STAT_NAMES
-from ..core.analysis.head_stats_many import ManyPromptStats, head_stats_over_prompts, read_prompts
+from ..core.analysis.head_stats_many import ManyPromptStats, read_prompts
+from ..core.analysis.jobs import HeadStatsOverPrompts
 from ..core.errors import ExplorerError
 
 if TYPE_CHECKING:
@@ -33,12 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 COLUMNS = ("layer", "head", "label", "label holds on", *[f"{s} {k}" for s in STAT_NAMES for k in ("mean", "sd")])
-
-
-class _Relay(QObject):
-    progress = Signal(float, str)
-    done = Signal(object)
-    failed = Signal(str)
 
 
 class HeadStatsDialog(QDialog):
@@ -49,8 +41,7 @@ class HeadStatsDialog(QDialog):
         self.setWindowTitle(f"Head statistics over {len(prompts)} prompts ({source})")
         self.resize(900, 600)
         self.stats: ManyPromptStats | None = None
-        self.cancel = threading.Event()
-        self.status = QLabel(f"Running {len(prompts)} prompts on a copy of the model...")
+        self.status = QLabel(f"Running {len(prompts)} prompts...")
         self.status.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -62,29 +53,11 @@ class HeadStatsDialog(QDialog):
         layout.addWidget(self.status)
         layout.addWidget(self.table, 1)
         layout.addWidget(buttons)
-        self.relay = _Relay(self)
-        self.relay.progress.connect(lambda f, m: self.status.setText(f"{f:.0%}: {m}"))
-        self.relay.done.connect(self._show)
-        self.relay.failed.connect(lambda m: self.status.setText(f"Head statistics failed: {m}"))
-        self.rejected.connect(self.cancel.set)
-        loaded = w.loaded_model()
-        private = type(loaded)(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.info, loaded.source)
-        self.thread = threading.Thread(target=self._work, args=(private, prompts), daemon=True,
-                                       name="head-stats")
-        self.thread.start()
-
-    def _work(self, loaded, prompts: list[str]) -> None:
-        from ..core.runner import Session
-
-        try:
-            stats = head_stats_over_prompts(Session(loaded), prompts, on_progress=self.relay.progress.emit,
-                                            cancel=self.cancel)
-        except Exception as exc:  # shown in the dialog, never raised in a thread
-            if not isinstance(exc, ExplorerError):
-                log.exception("head statistics failed")
-            self.relay.failed.emit(str(exc))
-        else:
-            self.relay.done.emit(stats)
+        self.job = w.host.submit_job(
+            HeadStatsOverPrompts(tuple(prompts)), on_done=self._show, key="head-stats",
+            on_error=lambda m: self.status.setText(f"Head statistics failed: {m}"),
+            on_progress=lambda f, m: self.status.setText(f"{f:.0%}: {m}"))
+        self.rejected.connect(self.job.cancel)
 
     def _show(self, stats: ManyPromptStats) -> None:
         self.stats = stats
@@ -123,7 +96,7 @@ def tour_prompts() -> list[str]:
 
 def open_head_stats(w: MainWindow, prompts: list[str] | None = None, source: str = "the tours' prompts"):
     """Open the dialog (None while a run is in progress or no model is loaded: it says why in the banner)."""
-    if w.loaded_model() is None:
+    if w.info is None:
         w.show_banner("Load a model first.")
         return None
     if w.running:

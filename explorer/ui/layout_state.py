@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from PySide6.QtCore import QPoint, QRect, Qt
+from PySide6.QtCore import QObject, QPoint, QRect, Qt
 from PySide6.QtGui import QGuiApplication
 
 from . import theme
@@ -142,56 +142,61 @@ def apply_window(window, data: dict[str, Any]) -> None:
         window.showMaximized()
 
 
-class WindowState:
-    """Restoring and saving the window's settings (a mixin of MainWindow): prompt, theme, recent, layout."""
+class WindowState(QObject):
+    """Owns the window's layout and settings: restores them at start, saves them at close, resets the layout."""
 
-    def _restore_settings(self) -> None:
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.w = window
+        self._pending_layout: dict | None = None  # placed once the window is shown
+
+    def restore(self) -> None:
         """Every value was validated by the store (type, range, size); a widget refusing one is noted, not fatal."""
-        s = self.settings
-        self.prompt_bar.set_recent(recent(s, "recent_prompts"))
+        s = self.w.settings
+        self.w.prompt_bar.set_recent(recent(s, "recent_prompts"))
         state = s.value("prompt_state")
         if isinstance(state, dict):
-            self.prompt_bar.from_state(state)
+            self.w.prompt_bar.from_state(state)
         name = s.value("theme", "light")
         theme.apply(name=name if name in theme.THEMES else "light", presenter=False)
         layout = s.value("layout")
         self._pending_layout = layout if isinstance(layout, dict) else None
         if self._pending_layout is not None and self._pending_layout.get("window"):
-            self.resize(*self._pending_layout["window"][2:])
+            self.w.resize(*self._pending_layout["window"][2:])
         else:
-            self.resize(1600, 1000)
+            self.w.resize(1600, 1000)
         if self._pending_layout is not None and self._pending_layout.get("docks"):
-            apply_docks(self, self._pending_layout)
+            apply_docks(self.w, self._pending_layout)
 
     def store_setting(self, key: str, value) -> bool:
         """Store a value; one the store refuses (too long, out of range) is logged and skipped, never raised."""
         try:
-            self.settings.setValue(key, value)
+            self.w.settings.setValue(key, value)
         except (ValueError, TypeError) as exc:
             log.warning("setting %s not stored: %s", key, exc)
             return False
         return True
 
     def save_settings(self) -> None:
-        s = self.settings
-        state = {k: v for k, v in self.prompt_bar.to_state().items()
+        s = self.w.settings
+        state = {k: v for k, v in self.w.prompt_bar.to_state().items()
                  if not (isinstance(v, str) and len(v) > MAX_STORED_PROMPT)}  # a 16 MB prompt stays out
         self.store_setting("prompt_state", state)
-        layout = capture(self)
+        layout = capture(self.w)
         previous = s.value("layout")
-        if self.isFullScreen() and isinstance(previous, dict) and previous.get("window"):
+        if self.w.isFullScreen() and isinstance(previous, dict) and previous.get("window"):
             layout["window"], layout["maximized"] = previous["window"], previous.get("maximized", False)
         self.store_setting("layout", layout)
         s.sync()
 
     def reset_layout(self) -> None:
-        self.apply_default_layout()
-        layout = dict(self.settings.value("layout") or {})
+        self.w.apply_default_layout()
+        layout = dict(self.w.settings.value("layout") or {})
         if layout.pop("docks", None) is not None:
             self.store_setting("layout", layout)
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().showEvent(event)
+    def shown(self) -> None:
+        """The window is shown: place it now (placing before the first show loses the frame size)."""
         if self._pending_layout is not None:  # placing before the first show loses the frame size
             layout, self._pending_layout = self._pending_layout, None
-            apply_window(self, layout)
+            apply_window(self.w, layout)

@@ -1,7 +1,15 @@
 """The main window: prompt, panels (one dock each, from the registry), timeline, status bar.
 
-The worker streams StepEvents; this window grows the Run with `run.apply(event)` on the GUI
-thread and hands it to every panel (`set_run` on the first event, `on_step` after).
+The window owns its widgets and is composed of objects whose names say what they own:
+
+    runs    RunController   the engine (EngineHost) and the runs: submit, stream, stop, the run on screen
+    models  ModelControl    the model box and model loading (progress, refusals)
+    files   FileActions     open / save runs, export panels, diagnostics, drops
+    safety  SafetyPrompts   opt-in dialogs, the capture memory budget, prompt files
+    state   WindowState     layout and settings (restore at start, save at close)
+
+Every panel gets the same `PanelServices` at creation (run a prompt, re-run, open a panel, submit an
+engine job). The window's public methods (run_prompt, load_model, open_run, ...) delegate to these.
 """
 
 from __future__ import annotations
@@ -13,8 +21,6 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QMainWindow,
@@ -33,25 +39,25 @@ from .docks import PanelDock
 from .file_actions import FileActions
 from .layout_state import WindowState
 from .menus import build_menus
+from .model_control import ModelControl
 from .panels import REGISTRY
+from .panels.base import PanelServices
 from .prompt_bar import PromptBar
-from .run_control import RunControl
-from .safeguards import Safeguards
+from .run_control import RunController
+from .safeguards import SafetyPrompts
 from .selection import Selection
-from .settings import Settings, disarm_qt_unpickling, open_settings, push_recent, recent
+from .settings import Settings, disarm_qt_unpickling, open_settings
 from .timeline import Timeline
 from .widgets.background import Background
-from .worker import WorkerHost
 
 log = logging.getLogger(__name__)
-OPEN_MODEL = "__open__"
 # default dock placement by panel name (a panel class may also set `dock_area = "left" | "right" | "bottom"`)
 _LEFT_HINTS = ("token",)
 _RIGHT_TOP_HINTS = ("attention",)
 _RAISE_HINTS = ("depth",)  # the tab shown first in the tabbed group
 
 
-class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
+class MainWindow(QMainWindow):
     colormap_changed = Signal(str)  # panels may also use theme.colormap() / theme.events()
     run_done = Signal(str)  # finish reason ("max_tokens", "eos", "prompt_only", "cancelled", "error")
     model_ready = Signal(object)  # ModelInfo
@@ -66,34 +72,32 @@ class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
         self.setAcceptDrops(True)
         self.settings = settings if settings is not None else open_settings()
         self.selection = Selection(self)
-        self.host = WorkerHost(self)
         self.info = None  # ModelInfo of the loaded model
-        self.run: Run | None = None  # the run on screen
-        self.running = False
-        self._incoming: tuple[int, Run] | None = None
-        self._stream_run: Run | None = None  # the run the worker's stream grows (steps for any other are stale)
-        self._last_request: RunRequest | None = None
         self._loading_spec: str | None = None
         self._closed = False
         self.last_error = ""  # the last error shown, for Help > Copy diagnostics
         first_launch = not self.settings.contains("model")
         self._autorun = first_launch if autorun is None else autorun
 
+        self.runs = RunController(self)
+        self.models = ModelControl(self)
+        self.files = FileActions(self)
+        self.safety = SafetyPrompts(self)
+        self.state = WindowState(self)
         self._build_prompt_dock()
+        self.panel_services = PanelServices(run_prompt=self.run_text, rerun=self.submit, open_panel=self.open_panel,
+                                            submit_job=self.host.submit_job)
         self.docks: dict[str, PanelDock] = {}
         for name in (panels if panels is not None else list(REGISTRY)):
-            dock = PanelDock(name, self.selection, self)
-            self.docks[name] = dock
+            self.docks[name] = PanelDock(name, self.selection, self, services=self.panel_services)
         self.setDockNestingEnabled(True)
         self.apply_default_layout()
         self._build_toolbar()
         self._build_status()
         build_menus(self)
-        self._connect_worker()
-        self._connect_panels()
         self.selection.changed.connect(self._selection_changed)
         theme.events().colormap_changed.connect(self.colormap_changed)
-        self._restore_settings()
+        self.state.restore()
         if autoload:
             self.load_model(model or str(self.settings.value("model", catalogue.default_model_name())))
 
@@ -121,7 +125,7 @@ class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
         self._banner_callback = None
         self.prompt_bar = PromptBar()
         self.timeline = Timeline(self.selection)
-        self.timeline.set_describer(self._describe_step)
+        self.timeline.set_describer(lambda step: self.runs.describe_step(step))
         layout.addWidget(self.banner)
         layout.addWidget(self.prompt_bar)
         layout.addWidget(self.timeline)
@@ -147,37 +151,9 @@ class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
         self.insertToolBar(self.prompt_dock, bar)
         self.insertToolBarBreak(self.prompt_dock)
         bar.addWidget(QLabel(" Model "))
-        self.model_combo = QComboBox()
-        self.model_combo.setMinimumContentsLength(24)
-        self.model_combo.setToolTip("Pick a built-in model, or open a model folder or .gguf file "
-                                    "(you can also drop one on the window)")
-        self._fill_model_combo()
-        self.model_combo.activated.connect(self._model_combo_activated)
+        self.model_combo = self.models.combo
+        self.models._fill_model_combo()
         bar.addWidget(self.model_combo)
-
-    def _fill_model_combo(self) -> None:
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        for name in catalogue.builtin_names():
-            entry = catalogue.get(name)
-            self.model_combo.addItem(name, name)
-            self.model_combo.setItemData(self.model_combo.count() - 1, entry.description, Qt.ToolTipRole)
-        for path in recent(self.settings, "recent_models"):
-            if catalogue.get(path) is None:
-                self.model_combo.addItem(Path(path).name, path)
-                self.model_combo.setItemData(self.model_combo.count() - 1, path, Qt.ToolTipRole)
-        self.model_combo.insertSeparator(self.model_combo.count())
-        self.model_combo.addItem("Open model folder or GGUF...", OPEN_MODEL)
-        self.model_combo.blockSignals(False)
-        self._show_model_in_combo()
-
-    def _show_model_in_combo(self) -> None:
-        current = self.info.name if self.info is not None else None
-        spec = str(self.settings.value("model", "")) or current
-        for i in range(self.model_combo.count()):
-            if self.model_combo.itemData(i) in (spec, current):
-                self.model_combo.setCurrentIndex(i)
-                return
 
     def _build_status(self) -> None:
         status = self.statusBar()
@@ -230,42 +206,98 @@ class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
         if right_top and rest:  # the tabbed group (layer depth first) gets a little more than attention
             self.resizeDocks([right_top[0], rest[0]], [330, 430], Qt.Vertical)
 
-    def _connect_worker(self) -> None:
-        w = self.host.worker
-        w.load_progress.connect(self._load_progress)
-        w.model_loaded.connect(self._model_loaded)
-        w.load_failed.connect(self._load_failed)
-        w.run_started.connect(self._run_started)
-        w.step.connect(self._step)
-        w.run_finished.connect(self._run_finished)
-        w.run_failed.connect(self._run_failed)
-        w.truncated.connect(self._truncated)
-        w.capture_reduced.connect(self._capture_reduced)
-        w.capture_budget = self.capture_budget()
-
-    def _connect_panels(self) -> None:
-        """Optional panel hooks: a model provider for panels that re-compute (eviction, depth attention)
-        and prompt requests (the attention panel's induction test)."""
-        for dock in self.docks.values():
-            panel = dock.panel
-            if panel is None:
-                continue
-            if hasattr(panel, "model_provider"):
-                panel.model_provider = self.loaded_model
-            if hasattr(panel, "request_prompt"):
-                panel.request_prompt.connect(self.run_text)
-            if hasattr(panel, "rerun"):
-                panel.rerun.connect(self.submit)
-
-    def loaded_model(self):
-        """The LoadedModel the worker holds (None before a model is loaded); read-only use off the worker."""
-        session = self.host.worker.session
-        return None if session is None else session.loaded
+    def open_panel(self, name: str) -> bool:
+        """Show the panel registered as `name` and bring it to the front (a panel's link asks for this)."""
+        dock = self.docks.get(name)
+        if dock is None:
+            log.info("no panel named %r to open", name)
+            return False
+        dock.show()
+        dock.raise_()
+        return True
 
     def run_text(self, text: str) -> None:
         """Put `text` in the prompt editor (plain mode) and run it."""
         self.prompt_bar.show_request(replace(self.prompt_bar.request(), prompt=text, chat=False))
         self.run_prompt()
+
+    # --- the public surface, delegated to the objects that own it ------------------------------------
+    @property
+    def host(self):
+        """The engine's Qt adapter (EngineHost): the one road to the model."""
+        return self.runs.host
+
+    @property
+    def run(self) -> Run | None:
+        """The run on screen."""
+        return self.runs.run
+
+    @property
+    def running(self) -> bool:
+        return self.runs.running
+
+    def run_prompt(self) -> None:
+        self.runs.run_prompt()
+
+    def submit(self, request: RunRequest) -> None:
+        self.runs.submit(request)
+
+    def stop(self) -> None:
+        self.runs.stop()
+
+    def step_one_token(self) -> None:
+        self.runs.step_one_token()
+
+    def show_run(self, run: Run | None, follow: bool = False) -> None:
+        self.runs.show_run(run, follow)
+
+    def detach_stream(self) -> None:
+        self.runs.detach_stream()
+
+    def open_run(self, path: str | Path) -> bool:
+        return self.files.open_run(path)
+
+    def save_run(self, path: str | Path) -> bool:
+        return self.files.save_run(path)
+
+    def export_panel(self, name: str, path: str | Path) -> bool:
+        return self.files.export_panel(name, path)
+
+    def copy_diagnostics(self) -> str:
+        return self.files.copy_diagnostics()
+
+    def open_prompt_file(self, path: str | Path) -> bool:
+        return self.safety.open_prompt_file(path)
+
+    def review_unsafe_model(self, spec: str, needs: str) -> None:
+        self.safety.review_unsafe_model(spec, needs)
+
+    @property
+    def unsafe_dialog(self):
+        return self.safety.unsafe_dialog
+
+    def capture_budget(self) -> int:
+        return self.safety.capture_budget()
+
+    def set_capture_budget(self, gib: float) -> None:
+        self.safety.set_capture_budget(gib)
+
+    def store_setting(self, key: str, value) -> bool:
+        return self.state.store_setting(key, value)
+
+    def reset_layout(self) -> None:
+        self.state.reset_layout()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self.state.shown()
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if self.files.dropped_path(event) is not None:
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.files.drop(event)
 
     # --- banner -----------------------------------------------------------------------------------
     def show_banner(self, text: str, *, error: bool = True, action: str | None = None, callback=None) -> None:
@@ -296,68 +328,16 @@ class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
 
     # --- model ------------------------------------------------------------------------------------
     def load_model(self, spec: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
-        """Load a model on the worker (a run in progress is stopped first, so the switch is prompt)."""
-        self.stop()
-        self._loading_spec = spec
-        self.progress.setValue(0)
-        self.progress.show()
-        self.status_model.setText(f"loading {Path(spec).name or spec}...")
-        self.host.load(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-
-    def _load_progress(self, fraction: float, message: str) -> None:
-        self.progress.setValue(int(fraction * 1000))
-        self.progress.setToolTip(message)
-        self.statusBar().showMessage(message, 3000)
-
-    def _model_loaded(self, info) -> None:
-        self.info = info
-        spec = self._loading_spec or info.name
-        self.progress.hide()
-        self.store_setting("model", spec)
-        if catalogue.get(spec) is None:
-            push_recent(self.settings, "recent_models", spec)
-            self._fill_model_combo()
-        self._show_model_in_combo()
-        self.status_model.setText(f"{info.name} · {info.n_layers} layers · {info.n_heads} heads "
-                                  f"({info.n_kv_heads} KV)")
-        self.prompt_bar.set_context_limit(info.context_length if info.is_causal else None)
-        self.model_ready.emit(info)
-        if self._autorun:
-            self._autorun = False
-            self.run_prompt()
-
-    def _load_failed(self, spec: str, message: str, needs: str = "") -> None:
-        self.progress.hide()
-        still = f"The previous model ({self.info.name}) stays loaded." if self.info else "No model is loaded."
-        self.status_model.setText(self.info.name if self.info else "no model")
-        self._show_model_in_combo()
-        if needs:  # refused for safety: offer the opt-in, behind a dialog that says what it means
-            self.show_banner(f"Refused to load the model {spec}:\n{message}\n{still}", action="Review options...",
-                             callback=lambda: self.review_unsafe_model(spec, needs))
-        else:
-            self.show_banner(f"Could not load the model {spec}:\n{message}\n{still}")
-        self.model_failed.emit(message)
-
-    def _model_combo_activated(self, index: int) -> None:
-        data = self.model_combo.itemData(index)
-        if data == OPEN_MODEL:
-            self._show_model_in_combo()
-            self.open_model_dialog()
-        elif data:
-            self.load_model(str(data))
+        """Load a model on the engine (a run in progress is stopped first, so the switch is prompt)."""
+        self.models.load_model(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
     def open_model_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open model: a .gguf file, or any file inside a Hugging Face model folder", "",
-            "Models (*.gguf config.json *.safetensors);;All files (*)")
-        if path:
-            p = Path(path)
-            self.load_model(str(p if p.suffix.lower() == ".gguf" else p.parent))
+        self.models.open_model_dialog()
 
     # --- selection & keyboard ---------------------------------------------------------------------
     def _selection_changed(self, field: str) -> None:
         if field == "step" and self.run is not None:
-            self.statusBar().showMessage(f"step {self.selection.step}: {self._describe_step(self.selection.step)}",
+            self.statusBar().showMessage(f"step {self.selection.step}: {self.runs.describe_step(self.selection.step)}",
                                          3000)
 
     def navigate(self, key: str) -> None:
@@ -400,7 +380,7 @@ class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
         if not self._closed:
             self._closed = True
             self.timeline.set_playing(False)
-            self.save_settings()
+            self.state.save_settings()
             self.host.shutdown()
             Background.wait_idle(5000)  # one pool for every panel's analyses
         super().closeEvent(event)

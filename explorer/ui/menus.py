@@ -19,11 +19,11 @@ def build_menus(w: MainWindow) -> None:
     bar = w.menuBar()
     file = bar.addMenu("&File")
     w.shortcut("Open model folder or GGUF...", QKeySequence.Open, w.open_model_dialog, file)
-    file.addAction("Load prompt from text file...", w.open_prompt_dialog)
+    file.addAction("Load prompt from text file...", w.safety.open_prompt_dialog)
     file.addSeparator()
     w.shortcut("Open run...", "Ctrl+Shift+O", lambda: _open_run(w), file)
     w.shortcut("Save run...", QKeySequence.Save, lambda: _save_run(w), file)
-    w.shortcut("Export panel...", "Ctrl+E", w.export_panel_dialog, file)
+    w.shortcut("Export panel...", "Ctrl+E", w.files.export_panel_dialog, file)
     file.addSeparator()
     w.shortcut("Quit", QKeySequence.Quit, w.close, file)
 
@@ -33,7 +33,7 @@ def build_menus(w: MainWindow) -> None:
     w.stop_action = w.shortcut("Stop", "Esc", w.stop, run)
     w.shortcut("Step one token", "Ctrl+Right", w.step_one_token, run)
     run.addSeparator()
-    run.addAction("Capture memory budget...", w.capture_budget_dialog)
+    run.addAction("Capture memory budget...", w.safety.capture_budget_dialog)
 
     nav = bar.addMenu("&Navigate")
     for text, key, name in (("Previous step / token", "Left", "left"), ("Next step / token", "Right", "right"),
@@ -68,7 +68,7 @@ def build_menus(w: MainWindow) -> None:
     build_tours_menu(w)
 
     help_menu = bar.addMenu("&Help")
-    help_menu.addAction("About LM Explorer", w.about)
+    help_menu.addAction("About LM Explorer", w.files.about)
     help_menu.addAction("Copy diagnostics", w.copy_diagnostics)
     for action in w.actions():
         action.setShortcutVisibleInContextMenu(True)

@@ -1,61 +1,82 @@
-"""Running prompts: submit to the worker, grow the Run from step events, stop, step one token, errors.
+"""RunController: owns the engine (through its Qt adapter) and the runs: submitting prompts, growing
+the Run on screen from step events, stopping, stepping one token, and the errors runs report.
 
-A mixin of MainWindow (it uses the window's prompt bar, host, selection, docks and banner).
+The window owns the widgets (prompt bar, timeline, docks, banner, status bar); this object owns what
+is running and what is on screen (`run`, `running`), and the window delegates to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from PySide6.QtCore import QObject
+
 from ..core.errors import PromptTooLongError
 from ..core.events import RunRequest
 from ..core.run import Run
 from ..core.textin import clean_text
 from .settings import push_recent
+from .worker import EngineHost
 
 MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
 
 
-class RunControl:
+class RunController(QObject):
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.w = window
+        self.host = EngineHost(self)
+        self.run: Run | None = None  # the run on screen
+        self.running = False
+        self._incoming: tuple[int, Run] | None = None
+        self._stream_run: Run | None = None  # the run the engine's stream grows (steps for any other are stale)
+        self._last_request: RunRequest | None = None
+        h = self.host
+        h.run_started.connect(self._run_started)
+        h.step.connect(self._step)
+        h.run_finished.connect(self._run_finished)
+        h.run_failed.connect(self._run_failed)
+        h.truncated.connect(self._truncated)
+
     # --- running ----------------------------------------------------------------------------------
     def run_prompt(self) -> None:
-        request = self.prompt_bar.request()
+        request = self.w.prompt_bar.request()
         if not request.prompt:
-            self.show_banner("The prompt is empty: type some text, then press Run (Ctrl+Enter).")
+            self.w.show_banner("The prompt is empty: type some text, then press Run (Ctrl+Enter).")
             return
         prompt, warnings = clean_text(request.prompt)
         system, more = clean_text(request.system) if request.system else (request.system, [])
         if warnings or more:  # a broken paste: fix it in the editor too, and say so
             request = replace(request, prompt=prompt, system=system)
-            self.prompt_bar.show_request(request)
+            self.w.prompt_bar.show_request(request)
         if len(request.prompt) <= MAX_RECENT_CHARS:  # a 1 MB prompt stays out of the settings file
-            self.prompt_bar.set_recent(push_recent(self.settings, "recent_prompts", request.prompt))
+            self.w.prompt_bar.set_recent(push_recent(self.w.settings, "recent_prompts", request.prompt))
         self.submit(request)
         if warnings or more:
-            self.show_banner(" ".join(warnings + more), error=False)
+            self.w.show_banner(" ".join(warnings + more), error=False)
 
     def submit(self, request: RunRequest) -> None:
-        if self.info is None and self._loading_spec is None:
-            self.show_banner("No model is loaded: pick one in the Model box.")
+        if self.w.info is None and self.w._loading_spec is None:
+            self.w.show_banner("No model is loaded: pick one in the Model box.")
             return
-        self.hide_banner()
+        self.w.hide_banner()
         self._last_request = request
         self.running = True
-        self.prompt_bar.set_running(True)
-        self.timeline.set_playing(False)
-        self.statusBar().showMessage("running...")
+        self.w.prompt_bar.set_running(True)
+        self.w.timeline.set_playing(False)
+        self.w.statusBar().showMessage("running...")
         # prefix reuse only from a run this window streamed (never from one opened from a file: its arrays are
         # the file's, not this model's cache)
         run = self.run
-        live = run is not None and run is getattr(self, "_stream_run", None)
-        previous = run if live and self.info is not None and run.info == self.info else None
+        live = run is not None and run is self._stream_run
+        previous = run if live and self.w.info is not None and run.info == self.w.info else None
         self.host.submit(request, previous)
 
     def stop(self) -> None:
-        self.timeline.set_playing(False)
+        self.w.timeline.set_playing(False)
         if self.running:
             self.host.stop()
-            self.statusBar().showMessage("stopping...")
+            self.w.statusBar().showMessage("stopping...")
 
     def detach_stream(self) -> None:
         """Stop the run in progress and drop every event it still sends (another run takes the screen)."""
@@ -63,29 +84,29 @@ class RunControl:
             return
         self.host.detach()
         self.running = False
-        self.prompt_bar.set_running(False)
+        self.w.prompt_bar.set_running(False)
         self._incoming = None
         self._stream_run = None
-        self.run_done.emit("cancelled")
+        self.w.run_done.emit("cancelled")
 
     def step_one_token(self) -> None:
         """Generate exactly one more token than the run on screen (the prompt's cache is reused)."""
         if self.running:
             return
         run = self.run
-        if run is None or run.info != self.info or run.finish_reason == "eos":
-            request = replace(self.prompt_bar.request(), settings=self.prompt_bar.settings(max_new_tokens=1))
+        if run is None or run.info != self.w.info or run.finish_reason == "eos":
+            request = replace(self.w.prompt_bar.request(), settings=self.w.prompt_bar.settings(max_new_tokens=1))
             if not request.prompt:
-                self.show_banner("The prompt is empty: type some text first.")
+                self.w.show_banner("The prompt is empty: type some text first.")
                 return
         else:
             base = run.request
             request = replace(base, settings=replace(base.settings, max_new_tokens=run.n_generated + 1))
-        if not 0 <= request.settings.max_new_tokens <= self.prompt_bar.max_new.maximum():
-            self.show_banner(f"Cannot generate another token: the run already has {run.n_generated} "
-                             f"(at most {self.prompt_bar.max_new.maximum()} here).")
+        if not 0 <= request.settings.max_new_tokens <= self.w.prompt_bar.max_new.maximum():
+            self.w.show_banner(f"Cannot generate another token: the run already has {run.n_generated} "
+                             f"(at most {self.w.prompt_bar.max_new.maximum()} here).")
             return
-        self.prompt_bar.max_new.setValue(request.settings.max_new_tokens)
+        self.w.prompt_bar.max_new.setValue(request.settings.max_new_tokens)
         self.submit(request)
 
     def _run_started(self, run_id: int, run: Run) -> None:
@@ -93,7 +114,7 @@ class RunControl:
             self._incoming = (run_id, run)
 
     def _step(self, run_id: int, event) -> None:
-        if run_id != self.host.active_id or self._closed:
+        if run_id != self.host.active_id or self.w._closed:
             return
         if self._incoming is not None and self._incoming[0] == run_id:
             run = self._incoming[1]
@@ -103,56 +124,56 @@ class RunControl:
             self.show_run(run, follow=True)
             return
         run = self.run
-        if run is None or run is not getattr(self, "_stream_run", None):  # another run is on screen: stale step
+        if run is None or run is not self._stream_run:  # another run is on screen: stale step
             return
-        following = self.selection.step >= len(run.steps) - 1
+        following = self.w.selection.step >= len(run.steps) - 1
         run.apply(event)
         self._set_limits(run)
-        for dock in self.docks.values():
+        for dock in self.w.docks.values():
             if dock.panel is not None:
                 dock.panel.on_step(run, event)
         if following:
-            self.selection.set("step", len(run.steps) - 1)
-            self.selection.set("position", run.n_tokens - 1)
+            self.w.selection.set("step", len(run.steps) - 1)
+            self.w.selection.set("position", run.n_tokens - 1)
         self._update_status()
 
     def show_run(self, run: Run | None, follow: bool = False) -> None:
         """Put a run on screen (a new one, or one opened from a file)."""
         self.run = run
-        for dock in self.docks.values():  # a full redraw follows: no selection callback may see the old run
+        for dock in self.w.docks.values():  # a full redraw follows: no selection callback may see the old run
             if dock.panel is not None:
                 dock.panel.run = None
         if run is not None:
             self._set_limits(run)
-            if follow or self.selection.step >= len(run.steps):
-                self.selection.set("step", len(run.steps) - 1)
-                self.selection.set("position", run.n_tokens - 1)
-        for dock in self.docks.values():
+            if follow or self.w.selection.step >= len(run.steps):
+                self.w.selection.set("step", len(run.steps) - 1)
+                self.w.selection.set("position", run.n_tokens - 1)
+        for dock in self.w.docks.values():
             if dock.panel is not None:
                 dock.panel.set_run(run)
         self._update_status()
 
     def _set_limits(self, run: Run) -> None:
         info = run.info
-        self.selection.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=info.n_layers,
+        self.w.selection.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=info.n_layers,
                                   heads=info.n_heads)
-        self.timeline.set_steps(len(run.steps))
+        self.w.timeline.set_steps(len(run.steps))
 
     def _run_finished(self, run_id: int, reason: str) -> None:
         if run_id != self.host.active_id:
             return
         self.running = False
-        self.prompt_bar.set_running(False)
+        self.w.prompt_bar.set_running(False)
         self._incoming = None
-        self.statusBar().showMessage("stopped" if reason == "cancelled" else f"finished ({reason})", 5000)
+        self.w.statusBar().showMessage("stopped" if reason == "cancelled" else f"finished ({reason})", 5000)
         self._update_status()
-        self.run_done.emit(reason)
+        self.w.run_done.emit(reason)
 
     def _run_failed(self, run_id: int, exc: Exception, message: str) -> None:
         if run_id not in (self.host.active_id, -1):
             return
         self.running = False
-        self.prompt_bar.set_running(False)
+        self.w.prompt_bar.set_running(False)
         self._incoming = None
         last = self._last_request
         if isinstance(exc, PromptTooLongError) and run_id != -1 and last is not None and last.chat:
@@ -160,20 +181,20 @@ class RunControl:
                         (" and the system prompt: a long system prompt takes room from the prompt."
                          if last.system else "."))
         if isinstance(exc, PromptTooLongError) and run_id != -1 and last is not None and exc.max_new < exc.limit:
-            self.show_banner(f"{message}\nNothing was cut. Truncate keeps the last tokens that fit and shows you "
+            self.w.show_banner(f"{message}\nNothing was cut. Truncate keeps the last tokens that fit and shows you "
                              "the shortened prompt first.", action="Truncate to fit",
                              callback=lambda: self.host.truncate(last))
         else:
-            self.show_banner(message)
-        self.run_done.emit("error")
+            self.w.show_banner(message)
+        self.w.run_done.emit("error")
 
     def _truncated(self, request: RunRequest, dropped: int) -> None:
-        self.prompt_bar.show_request(request)
+        self.w.prompt_bar.show_request(request)
         self.submit(request)
-        self.show_banner(f"The prompt was truncated: its first {dropped} tokens were dropped so that it fits "
+        self.w.show_banner(f"The prompt was truncated: its first {dropped} tokens were dropped so that it fits "
                          "the model's context. The shortened prompt is in the editor.", error=False)
 
-    def _describe_step(self, step: int) -> str:
+    def describe_step(self, step: int) -> str:
         run = self.run
         if run is None or step >= len(run.steps):
             return ""
@@ -185,13 +206,13 @@ class RunControl:
     def _update_status(self) -> None:
         run = self.run
         if run is None or not run.steps:
-            for w in (self.status_tokens, self.status_speed, self.status_memory):
+            for w in (self.w.status_tokens, self.w.status_speed, self.w.status_memory):
                 w.setText("")
             return
-        self.status_tokens.setText(f"{run.n_tokens} tokens ({run.n_prompt} prompt + {run.n_generated} generated)")
+        self.w.status_tokens.setText(f"{run.n_tokens} tokens ({run.n_prompt} prompt + {run.n_generated} generated)")
         speed = f"prefill {run.prefill_tokens_per_s():,.0f} tok/s"
         if len(run.steps) > 1:
             speed += f" · decode {run.decode_tokens_per_s():,.1f} tok/s"
-        self.status_speed.setText(speed)
-        self.status_memory.setText(f"capture {run.capture_bytes() / 2**20:,.1f} MiB")
+        self.w.status_speed.setText(speed)
+        self.w.status_memory.setText(f"capture {run.capture_bytes() / 2**20:,.1f} MiB")
 

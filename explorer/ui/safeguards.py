@@ -1,4 +1,4 @@
-"""Safeguards (a mixin of MainWindow): opt-in for unsafe model folders, the capture memory budget,
+"""SafetyPrompts (owned by MainWindow): opt-in for unsafe model folders, the capture memory budget,
 prompts loaded from files with their decoding warnings.
 """
 
@@ -8,6 +8,7 @@ import logging
 import math
 from pathlib import Path
 
+from PySide6.QtCore import QObject
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
@@ -71,12 +72,22 @@ class UnsafeModelDialog(QDialog):
                 "allow_pickle": ticked and self.needs == "allow_pickle"}
 
 
-class Safeguards:
+class SafetyPrompts(QObject):
+    """Owns the opt-in dialogs and the user's safety limits: the unsafe-model opt-in, the capture memory
+    budget, prompts read from files (size-checked, decoding warnings shown)."""
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.w = window
+        self.unsafe_dialog: UnsafeModelDialog | None = None  # the last opt-in dialog (tests reach it here)
+        window.host.capture_budget = self.capture_budget()
+        window.host.capture_reduced.connect(self._capture_reduced)
+
     def review_unsafe_model(self, spec: str, needs: str) -> None:
         """The opt-in dialog for a refused model (remote code or pickle weights); loads only if ticked."""
-        dialog = UnsafeModelDialog(spec, needs, self)
+        dialog = UnsafeModelDialog(spec, needs, self.w)
         self.unsafe_dialog = dialog  # tests reach it here
-        dialog.accepted.connect(lambda: self.load_model(spec, **dialog.options()))
+        dialog.accepted.connect(lambda: self.w.load_model(spec, **dialog.options()))
         dialog.open()
 
     # --- capture memory budget --------------------------------------------------------------------
@@ -86,7 +97,7 @@ class Safeguards:
         The store has already refused a stored value that is not a finite number in range."""
         from ..core.budget import DEFAULT_BUDGET, GIB
 
-        gib = self.settings.value("capture_budget_gib", DEFAULT_BUDGET / GIB)
+        gib = self.w.settings.value("capture_budget_gib", DEFAULT_BUDGET / GIB)
         if isinstance(gib, bool) or not isinstance(gib, (int, float)) or not math.isfinite(gib) or gib <= 0:
             gib = DEFAULT_BUDGET / GIB
         return max(1, min(int(gib * GIB), 2**62))
@@ -94,22 +105,22 @@ class Safeguards:
     def set_capture_budget(self, gib: float) -> None:
         """Store a new budget; a value that is not a positive finite number is refused with a banner."""
         try:
-            self.settings.setValue("capture_budget_gib", float(gib))
+            self.w.settings.setValue("capture_budget_gib", float(gib))
         except (TypeError, ValueError, OverflowError) as exc:
-            self.show_banner(f"Capture memory budget not changed: {exc}.")
+            self.w.show_banner(f"Capture memory budget not changed: {exc}.")
             return
-        self.host.worker.capture_budget = self.capture_budget()
+        self.w.host.capture_budget = self.capture_budget()
 
     def _capture_reduced(self, run_id: int, message: str) -> None:
-        if run_id == self.host.active_id:
+        if run_id == self.w.host.active_id:
             log.info("capture reduced: %s", message)
-            self.show_banner(message, error=False)
+            self.w.show_banner(message, error=False)
 
     def capture_budget_dialog(self) -> None:
         from ..core.budget import GIB
 
         gib, ok = QInputDialog.getDouble(
-            self, "Capture memory budget",
+            self.w, "Capture memory budget",
             "Most memory a run may use for its captured arrays (GiB).\nAbove it, a run stores less "
             "(no values or block outputs, then no per-layer residuals) and says so.",
             self.capture_budget() / GIB, 0.01, 1024.0, 2)
@@ -125,19 +136,19 @@ class Safeguards:
         try:  # a FIFO, device or folder is refused before any read; so is a file over the limit
             data = read_user_file(path, MAX_PROMPT_FILE, "prompt file")
         except InputError as exc:
-            self.show_banner(str(exc))
+            self.w.show_banner(str(exc))
             return False
         text, warnings = decode_prompt_bytes(data)
-        self.prompt_bar.prompt.setPlainText(text)
+        self.w.prompt_bar.prompt.setPlainText(text)
         if warnings:
-            self.show_banner(f"Loaded {path.name} into the prompt. " + " ".join(warnings), error=False)
+            self.w.show_banner(f"Loaded {path.name} into the prompt. " + " ".join(warnings), error=False)
         else:
-            self.hide_banner()
-            self.statusBar().showMessage(f"loaded {path.name} ({len(text):,} characters)", 5000)
+            self.w.hide_banner()
+            self.w.statusBar().showMessage(f"loaded {path.name} ({len(text):,} characters)", 5000)
         return True
 
     def open_prompt_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load prompt from a text file", "",
+        path, _ = QFileDialog.getOpenFileName(self.w, "Load prompt from a text file", "",
                                               "Text (*.txt *.md *.py *.json);;All files (*)")
         if path:
             self.open_prompt_file(path)

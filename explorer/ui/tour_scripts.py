@@ -15,7 +15,9 @@ import numpy as np
 
 from ..core.analysis.attention import STAT_NAMES, induction_prompt
 from ..core.analysis.depth import lens_columns
+from ..core.analysis.eviction import EvictionPolicy
 from ..core.analysis.head_search import head_statistics
+from ..core.analysis.jobs import EvictionWhatIf
 from ..core.analysis.massive import massive_positions
 from ..core.interventions import Intervention
 from ..core.lens_store import cached_lens
@@ -31,7 +33,8 @@ class Step:
     panel: str  # the dock to raise
     max_new: int = 0
     chat: bool = False
-    facts: Callable[[Any, Any, Facts], Facts] | None = None  # (run, loaded model, facts so far) -> new facts
+    facts: Callable[[Any, Any, Facts], Facts] | None = None  # (run, job result or None, facts so far) -> new facts
+    job: Callable[[Any, Facts], Any] | None = None  # (run, facts) -> an engine job request whose result `facts` reads
     interventions: Callable[[Facts], tuple] | None = None  # from the facts so far
     select: Callable[[Any, Facts], dict] | None = None  # -> {"layer": .., "head": .., "position": ..}
     lens: Callable[[Facts], str] | None = None  # the depth panel's lens ("logit" / "tuned" / "jacobian")
@@ -106,7 +109,7 @@ def sink_facts(run, _loaded, _facts: Facts) -> Facts:
     heavy = float((sink >= 0.5).mean())
     peak = np.abs(run.array("resid")).max(axis=(0, 2)).astype(np.float64)  # [N]
     return {"sink_layer": layer, "sink_head": head, "sink_score": float(sink[layer, head]),
-            "sink_share": heavy, "first": run.tokens[0].text, "massive": bool(massive_positions(run)[0]),
+            "sink_share": heavy, "first": run.tokens[0].text, "massive": bool(massive_positions(run.array("resid"))[0]),
             "peak_ratio": float(peak[0] / np.median(peak[1:]))}
 
 
@@ -229,11 +232,17 @@ def kv_facts(run, _loaded, _facts: Facts) -> Facts:
             "L": info.n_layers, "KV": info.n_kv_heads, "hd": info.head_dim, "H": info.n_heads}
 
 
-def eviction_facts(run, loaded, _facts: Facts) -> Facts:
-    from ..core.analysis.eviction import EvictionPolicy, eviction_what_if
+EVICTION = EvictionPolicy("streaming", budget=16, sinks=4)
 
-    policy = EvictionPolicy("streaming", budget=16, sinks=4)
-    _rows, keeps, effects = eviction_what_if(loaded, run, [policy], n_steps=KV_NEW - 1)
+
+def eviction_job(run, _facts: Facts) -> EvictionWhatIf:
+    """The model re-runs with the evicted cache: an engine job (the GUI thread never runs the model)."""
+    return EvictionWhatIf(run, (EVICTION,), n_steps=KV_NEW - 1)
+
+
+def eviction_facts(run, result, _facts: Facts) -> Facts:
+    policy = EVICTION
+    _run, _rows, _keeps, effects = result
     eff = effects["streaming"]
     return {"ev_budget": policy.budget, "ev_sinks": policy.sinks, "ev_kl": eff.mean_kl,
             "ev_flips": int(eff.top1_changed.sum()), "ev_rows": int(len(eff.kl)), "ev_kept": eff.kept_fraction}
@@ -249,7 +258,7 @@ KV = Tour("kv", "The KV cache, growing and evicted", (
          "all) and drops the rest. Re-running the {ev_rows} generation steps with that cache keeps {ev_kept:.0%} of "
          "the entries; the next-token distribution moves by a mean KL of {ev_kl:.3f} nats and the top token "
          "changes at {ev_flips} of {ev_rows} steps. Memory is bounded; the cost is what it forgot.",
-         KV_PROMPT, "kv_cache", max_new=KV_NEW, facts=eviction_facts, tab="Eviction",
+         KV_PROMPT, "kv_cache", max_new=KV_NEW, facts=eviction_facts, job=eviction_job, tab="Eviction",
          select=lambda run, f: {"position": run.n_tokens - 1}),
 ))
 

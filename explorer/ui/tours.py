@@ -51,6 +51,7 @@ class TourPlayer(QDockWidget):
         self.index = -1
         self.facts: Facts = {}
         self._pending: int | None = None  # the step waiting for a run or a model
+        self._pending_job: int | None = None  # the step waiting for an engine job's result
         self.title = QLabel()
         self.text = QLabel()
         self.text.setWordWrap(True)
@@ -104,20 +105,20 @@ class TourPlayer(QDockWidget):
         self.go(0)
 
     def stop(self) -> None:
-        self.tour, self.index, self._pending = None, -1, None
+        self.tour, self.index, self._pending, self._pending_job = None, -1, None, None
         self.hide()
 
     def go_next(self) -> None:
-        if self.tour is not None and self._pending is None and self.index + 1 < len(self.tour.steps):
+        if self.tour is not None and not self.busy and self.index + 1 < len(self.tour.steps):
             self.go(self.index + 1)
 
     def go_previous(self) -> None:
-        if self.tour is not None and self._pending is None and self.index > 0:
+        if self.tour is not None and not self.busy and self.index > 0:
             self.go(self.index - 1)
 
     @property
     def busy(self) -> bool:
-        return self._pending is not None
+        return self._pending is not None or self._pending_job is not None
 
     def go(self, index: int) -> None:
         tour = self.tour
@@ -168,10 +169,31 @@ class TourPlayer(QDockWidget):
 
     # --- showing a step ---------------------------------------------------------------------------------------
     def _show(self, step: Step) -> None:
-        w, run = self.w, self.w.run
+        """State the step's facts; a step whose facts need the model asks the engine first (never the GUI thread)."""
+        run = self.w.run
+        if step.job is None:
+            self._show_facts(step, run, None)
+            return
+        self._pending_job = self.index
+        self.text.setText("Measuring on the model...")
+        index = self.index
+
+        def done(result) -> None:
+            if self._pending_job == index and self.tour is not None and self.w.run is run:
+                self._pending_job = None
+                self._show_facts(step, run, result)
+
+        def failed(message: str) -> None:
+            self._pending_job = None
+            self._fail(message)
+
+        self.w.host.submit_job(step.job(run, self.facts), on_done=done, on_error=failed, key="tour")
+
+    def _show_facts(self, step: Step, run, result) -> None:
+        w = self.w
         try:
             if step.facts is not None:
-                self.facts.update(step.facts(run, w.loaded_model(), self.facts))
+                self.facts.update(step.facts(run, result, self.facts))
             text = step.text.format(**self.facts)
         except Exception as exc:  # a step that cannot state its facts says so instead of a wrong number
             log.exception("tour step failed")

@@ -305,5 +305,5 @@ def test_closing_during_a_run_exits_cleanly(qtbot, make_window):
     w.run_prompt()
     qtbot.waitUntil(lambda: w.run is not None and len(w.run.steps) >= 2, timeout=30000)
     w.close()
-    assert w.host.thread.isFinished()
+    assert not w.host.engine.alive
     assert w.run.n_generated < 200

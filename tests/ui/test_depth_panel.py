@@ -20,11 +20,27 @@ REQUEST = RunRequest("The capital of France is Paris. Once upon a time",
                      settings=GenerationSettings(max_new_tokens=4, stop_at_eos=False))
 
 
+_HOSTS = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_engines():
+    yield
+    while _HOSTS:
+        assert _HOSTS.pop().shutdown(5000)
+
+
 def _panel(qtbot, loaded=None):
     sel = Selection()
     panel = DepthPanel(sel)
-    if loaded is not None:
-        panel.model_provider = lambda: loaded
+    if loaded is not None:  # the weights are read by an engine job
+        from explorer.core.runner import Session
+        from explorer.ui.panels.base import PanelServices
+        from explorer.ui.worker import EngineHost
+
+        host = EngineHost(panel, session=Session(loaded))
+        panel.services = PanelServices(submit_job=host.submit_job)
+        _HOSTS.append(host)
     qtbot.addWidget(panel)
     panel.resize(900, 800)
     panel.show()
@@ -77,6 +93,7 @@ def test_views_follow_the_selection(qtbot, tiny_llama):
     panel, sel = _panel(qtbot, tiny_llama)
     run = _stream(session, panel, sel)
     _settle(qtbot)
+    qtbot.waitUntil(lambda: panel._weights is not None, timeout=10000)  # read by an engine job
     sel.set("position", 5)
     att = panel.attribution.last
     assert att.position == 5 and att.token_id == run.token_ids[6]

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from explorer.core import engine as engine_mod
 from explorer.core import runner as runner_mod
 from explorer.core.events import TokenKind
 from explorer.ui import worker as worker_mod
@@ -153,7 +154,7 @@ def test_open_run_while_streaming_never_merges(qtbot, window, tmp_path, slow_ste
     live = w.run
     w.open_run(path)  # (read on a thread now; the wait below holds for a synchronous open too)
     qtbot.waitUntil(lambda: w.run is not live, timeout=30000)
-    qtbot.waitUntil(lambda: not w.host.thread.isRunning() or w.host.worker._pending is None, timeout=5000)
+    qtbot.waitUntil(lambda: not w.host.engine.is_busy(), timeout=5000)
     qtbot.wait(300)  # any step still queued from the stream arrives now
     assert [t.id for t in w.run.tokens] == saved_ids and len(w.run.steps) == saved_steps
     assert not w.running and w.prompt_bar.run_button.isEnabled()
@@ -194,14 +195,14 @@ def test_close_during_a_slow_load_cancels_it(qtbot, tmp_path, monkeypatch):
             time.sleep(0.05)
         raise AssertionError("the load was not cancelled")
 
-    monkeypatch.setattr(worker_mod, "load_model", slow_load)
+    monkeypatch.setattr(engine_mod, "load_model", slow_load)
     w = MainWindow(open_settings(tmp_path / "s.json"), autoload=False, autorun=False, panels=["tokens"])
     qtbot.addWidget(w)
     w.show()
     w.load_model("slow-model")
     assert started.wait(10)
     w.close()
-    assert w.host.thread.isFinished(), "the worker thread still runs the load after close"
+    assert not w.host.engine.alive, "the engine thread still runs the load after close"
     assert len(ticks) < 100
     assert not worker_mod.orphaned()
 
@@ -274,7 +275,7 @@ def test_close_does_not_wait_for_a_load_stuck_in_a_library_call(qtbot, tmp_path,
         release.wait(30)  # one long call inside a library
         raise RuntimeError("released")
 
-    monkeypatch.setattr(worker_mod, "load_model", stuck_load)
+    monkeypatch.setattr(engine_mod, "load_model", stuck_load)
     w = MainWindow(open_settings(tmp_path / "s.json"), autoload=False, autorun=False, panels=["tokens"])
     qtbot.addWidget(w)
     w.show()
@@ -283,10 +284,11 @@ def test_close_does_not_wait_for_a_load_stuck_in_a_library_call(qtbot, tmp_path,
     try:
         w.close()
         assert not w.isVisible()
-        assert w.host.thread.isRunning() and worker_mod.orphaned()  # close returned without the load finishing
+        assert w.host.engine.alive and worker_mod.orphaned()  # close returned without the load finishing
     finally:
         release.set()
-        assert w.host.thread.wait(10000)
+        w.host.engine.thread.join(10)
+        assert not w.host.engine.alive
     assert not worker_mod.orphaned()
 
 
@@ -303,13 +305,13 @@ APP_SCRIPT = r"""
 import sys, threading
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
-import explorer.ui.worker as worker
+import explorer.core.engine as engine
 from explorer.ui import app
 
 def stuck_load(spec, on_progress=None, **kwargs):  # a load stuck in one library call, never reporting progress
     threading.Event().wait(600)
 
-worker.load_model = stuck_load
+engine.load_model = stuck_load
 qapp = QApplication(["lm-explorer"])
 
 def close_soon():

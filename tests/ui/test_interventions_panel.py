@@ -14,11 +14,13 @@ from explorer.core.api import run_request
 from explorer.core.events import RunRequest
 from explorer.core.labels import readable_label
 from explorer.core.runner import Session
+from explorer.ui.panels.base import PanelServices
 from explorer.ui.panels.compare import ComparePanel
 from explorer.ui.panels.head_sweep import HeadSweepPanel
-from explorer.ui.panels.intervention_menu import ModelJobs, head_menu, layer_menu
+from explorer.ui.panels.intervention_menu import head_menu, layer_menu
 from explorer.ui.panels.interventions import InterventionsPanel
 from explorer.ui.widgets.background import Background
+from explorer.ui.worker import EngineHost
 
 PROMPT = "The capital of France is Paris. The capital of Italy is"
 
@@ -73,22 +75,11 @@ def test_menu_to_rerun_and_difference_view(qtbot, session, base, make_panel):
     assert panel.list.count() == 3 and panel.interventions[-1].kind == "patch_head"
 
 
-class _Host:
-    """What ModelJobs needs from the app's WorkerHost: a worker with a session, living on a thread."""
-
-    def __init__(self, session):
-        from PySide6.QtCore import QThread
-
-        self.thread = QThread()
-        self.thread.start()
-        self.worker = type("W", (), {"session": session})()
-
-
 def test_head_sweep_panel_map_equals_core_sweep(qtbot, session, base, make_panel):
     panel, sel = make_panel(HeadSweepPanel, base, size=(1000, 600), position="last")
-    host = _Host(session)
+    host = EngineHost(session=session)  # the sweep is an engine job
     try:
-        panel.jobs = ModelJobs(host, panel)
+        panel.services = PanelServices(submit_job=host.submit_job)
         sel.set("position", base.n_tokens - 2)
         panel.start_sweep()
         qtbot.waitUntil(lambda: panel.result is not None, timeout=60000)
@@ -105,8 +96,7 @@ def test_head_sweep_panel_map_equals_core_sweep(qtbot, session, base, make_panel
         panel.hits.cellClicked.emit(0, 0)
         assert (sel.layer, sel.head) == (int(panel.hits.item(0, 0).text()), int(panel.hits.item(0, 1).text()))
     finally:
-        host.thread.quit()
-        host.thread.wait(5000)
+        assert host.shutdown(5000)
 
 
 def test_compare_panel_aligns_and_diffs(qtbot, session, base, make_panel):

@@ -102,7 +102,11 @@ def test_whatif_calculator(panel, tiny_session):
 
 
 def test_eviction_masks_and_measured_effect(panel, qtbot, tiny_session):
-    panel.model_provider = lambda: tiny_session
+    from explorer.ui.panels.base import PanelServices
+    from explorer.ui.worker import EngineHost
+
+    host = EngineHost(session=tiny_session)  # the measurement is an engine job
+    panel.services = PanelServices(submit_job=host.submit_job)
     panel.eviction.spins["budget"].setValue(6)
     run = _stream(panel, tiny_session, _request("one two three four five six seven eight nine ten", 8))
     view = panel.eviction
@@ -117,6 +121,7 @@ def test_eviction_masks_and_measured_effect(panel, qtbot, tiny_session):
     view.start_measure()
     assert not view.bar.isHidden() and not view.measure.isEnabled(), view.status.text()
     qtbot.waitUntil(lambda: bool(view.effects), timeout=30000)
+    assert host.shutdown(5000)
     Background.wait_idle()
     assert view.bar.isHidden() and view.measure.isEnabled()
     for kind in ev.POLICIES:

@@ -1,26 +1,28 @@
-"""The main window hands re-computing panels a model provider and runs the prompts panels request."""
+"""The main window gives every panel the same services (run a prompt, re-run, open a panel, engine jobs)."""
 
 from __future__ import annotations
 
 import pytest
 from PySide6.QtWidgets import QTabBar
 
+from explorer.core.analysis.jobs import ReadDepthWeights
 from explorer.ui.main_window import MainWindow
 from explorer.ui.settings import open_settings
 
 pytest.importorskip("pytestqt")
 
 
-def test_model_provider_and_prompt_requests(qtbot, tmp_path, tiny_llama):
+def test_every_panel_gets_the_same_services_and_prompt_requests_run(qtbot, tmp_path, tiny_llama):
     w = MainWindow(open_settings(tmp_path / "s.ini"), model="tiny-llama", autoload=False, autorun=False,
                    panels=["attention", "kv_cache", "depth"])
     qtbot.addWidget(w)
-    assert w.docks["kv_cache"].panel.model_provider() is None  # nothing loaded yet
+    assert all(d.panel.services is w.panel_services for d in w.docks.values())
+    errors = []
+    w.panel_services.submit_job(ReadDepthWeights(), on_error=errors.append)
+    qtbot.waitUntil(lambda: bool(errors), timeout=10000)
+    assert "No model" in errors[0]  # nothing loaded yet: the engine says so, on the GUI thread
     with qtbot.waitSignal(w.model_ready, timeout=30000):
         w.load_model("tiny-llama")
-    for name in ("kv_cache", "depth"):
-        loaded = w.docks[name].panel.model_provider()
-        assert loaded is not None and loaded.info.name == "tiny-llama"
     with qtbot.waitSignal(w.run_done, timeout=30000):
         w.docks["attention"].panel.request_prompt.emit("one two three one two three")
     assert w.run is not None and w.run.request.prompt == "one two three one two three"
@@ -93,4 +95,70 @@ def test_interventions_rerun_reaches_the_window(qtbot, tmp_path, tiny_llama):
     with qtbot.waitSignal(w.run_done, timeout=30000):
         w.docks["interventions"].panel.rerun.emit(request)
     assert w.run is not None and w.run.request.interventions == (ablate,)
+    w.close()
+
+
+def test_pipeline_links_open_their_panel(qtbot, tmp_path):
+    """A link in the Pipeline panel's explanation shows (and raises) the panel it names, even a closed one."""
+    w = MainWindow(open_settings(tmp_path / "s.ini"), autoload=False, autorun=False,
+                   panels=["pipeline", "attention", "kv_cache"])
+    qtbot.addWidget(w)
+    w.tabifyDockWidget(w.docks["pipeline"], w.docks["kv_cache"])
+    w.show()
+    qtbot.waitExposed(w)
+    w.docks["pipeline"].raise_()
+    w.docks["attention"].close()
+    qtbot.waitUntil(lambda: w.docks["kv_cache"].panel.visibleRegion().isEmpty(), timeout=5000)
+    assert not w.docks["attention"].isVisible()
+    explain = w.docks["pipeline"].panel.explain
+    explain.linkActivated.emit("panel:attention")
+    qtbot.waitUntil(lambda: w.docks["attention"].isVisible(), timeout=5000)
+    explain.linkActivated.emit("panel:kv_cache")  # a background tab comes to the front
+    qtbot.waitUntil(lambda: not w.docks["kv_cache"].panel.visibleRegion().isEmpty(), timeout=5000)
+    assert w.docks["pipeline"].panel.visibleRegion().isEmpty()
+    w.close()
+
+
+def test_every_model_job_runs_on_the_engine_thread(qtbot, tmp_path, tiny_llama):
+    """Runs, an eviction what-if queued behind a run, a head sweep, Compare's run B and the depth weights all
+    reach the model through the engine: every forward happens on the engine's one thread."""
+    import threading
+
+    w = MainWindow(open_settings(tmp_path / "s.ini"), model="tiny-llama", autoload=False, autorun=False,
+                   panels=["kv_cache", "head_sweep", "compare", "depth"])
+    qtbot.addWidget(w)
+    w.show()
+    with qtbot.waitSignal(w.model_ready, timeout=30000):
+        w.load_model("tiny-llama")
+    session = w.host.session
+    threads = set()
+    handles = [m.register_forward_pre_hook(lambda *_a: threads.add(threading.get_ident()))
+               for m in (session.loaded.model, *session.adapter.layers(session.loaded.model))]
+    try:
+        w.prompt_bar.prompt.setPlainText("one two three four five six")
+        w.prompt_bar.max_new.setValue(6)
+        with qtbot.waitSignal(w.run_done, timeout=30000):
+            w.run_prompt()
+        kv = w.docks["kv_cache"].panel
+        kv.eviction.spins["budget"].setValue(4)
+        kv.eviction.start_measure()  # queued on the engine ...
+        with qtbot.waitSignal(w.run_done, timeout=30000):
+            w.run_prompt()  # ... and a run right behind it
+        qtbot.waitUntil(lambda: kv.eviction.job.done, timeout=30000)
+        assert kv.eviction.measure.isEnabled() and "failed" not in kv.eviction.status.text()
+        assert kv.eviction.effects == {}  # measured on the previous run: not drawn over the new one
+        sweep = w.docks["head_sweep"].panel
+        sweep.start_sweep()
+        qtbot.waitUntil(lambda: sweep.result is not None, timeout=30000)
+        compare = w.docks["compare"].panel
+        compare.prompt_b.setText("one two three four")
+        compare.run_prompt_b()
+        qtbot.waitUntil(lambda: compare.run_b is not None, timeout=30000)
+        depth = w.docks["depth"].panel
+        depth.weights()
+        qtbot.waitUntil(lambda: depth._weights is not None, timeout=30000)
+    finally:
+        for h in handles:
+            h.remove()
+    assert threads == {w.host.engine.thread.ident}
     w.close()

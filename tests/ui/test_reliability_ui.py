@@ -186,7 +186,7 @@ def test_remote_code_folder_needs_the_ticked_opt_in(qtbot, window, remote_code_f
         dialog.checkbox.text()
     assert not dialog.load_button.isEnabled() and not dialog.checkbox.isChecked()
     asked = []
-    import explorer.ui.worker as worker_module
+    import explorer.core.engine as engine_module
 
     def fake_load(spec, **kwargs):
         asked.append(kwargs)
@@ -194,7 +194,7 @@ def test_remote_code_folder_needs_the_ticked_opt_in(qtbot, window, remote_code_f
 
         return load_model("tiny-gpt2")
 
-    monkeypatch.setattr(worker_module, "load_model", fake_load)
+    monkeypatch.setattr(engine_module, "load_model", fake_load)
     dialog.checkbox.setChecked(True)
     assert dialog.load_button.isEnabled()
     with qtbot.waitSignal(w.model_ready, timeout=30000):
@@ -233,8 +233,8 @@ def test_stop_during_prefill_keeps_the_previous_run(qtbot, window):
             in_prefill.set()
             time.sleep(0.3)
 
-    model = w.loaded_model().model
-    handle = w.host.worker.session.adapter.layers(model)[0].register_forward_pre_hook(slow, with_kwargs=True)
+    model = w.host.session.loaded.model
+    handle = w.host.session.adapter.layers(model)[0].register_forward_pre_hook(slow, with_kwargs=True)
     try:
         w.prompt_bar.prompt.setPlainText("A new prompt that is being prefilled")
         with qtbot.waitSignal(w.run_done, timeout=30000) as blocker:

@@ -9,7 +9,8 @@ import pytest
 
 from explorer.core import catalogue
 from explorer.core.analysis.align import lens_logprobs
-from explorer.core.analysis.eviction import EvictionPolicy, eviction_what_if
+from explorer.core.analysis.eviction import EvictionPolicy
+from explorer.core.analysis.jobs import EvictionWhatIf
 from explorer.core.lens_store import cached_lens
 from explorer.ui import theme
 from explorer.ui import tour_scripts as ts
@@ -61,7 +62,7 @@ def _overlap(tokenizer, text: str, word: str) -> int:
 def test_tokenization_tour(qtbot, window):
     steps = _play(qtbot, window, "tokens")
     run, facts, text = steps[0]
-    tok = window.loaded_model().tokenizer
+    tok = window.host.session.loaded.tokenizer
     assert facts["n_digits"] == len("12345") == _overlap(tok, ts.TOKENS_PROMPT, "12345")
     assert run.tokens[facts["digits_pos"][0]].text == "1" and f"is {facts['n_digits']} tokens" in text
     pieces = [run.tokens[i].raw_bytes for i in facts["emoji_pos"]]  # byte-level: offsets cannot split a character
@@ -159,8 +160,11 @@ def test_kv_cache_tour(qtbot, window):
     assert per_token == 2 * info.n_layers * info.n_kv_heads * info.head_dim * facts["bytes_per_value"]
     assert facts["bytes_per_value"] in (2, 4)
     f2 = steps[1][1]
-    _rows, _keeps, effects = eviction_what_if(window.loaded_model(), run, [EvictionPolicy("streaming", 16, 4)],
-                                              n_steps=ts.KV_NEW - 1)
+    results = []  # the same what-if, asked of the engine again (the model runs only on its thread)
+    window.host.submit_job(EvictionWhatIf(run, (EvictionPolicy("streaming", 16, 4),), ts.KV_NEW - 1),
+                           on_done=results.append)
+    qtbot.waitUntil(lambda: bool(results), timeout=120000)
+    _run, _rows, _keeps, effects = results[0]
     eff = effects["streaming"]
     assert f2["ev_kl"] == pytest.approx(eff.mean_kl, rel=1e-3, abs=1e-6) and eff.mean_kl > 0
     assert f2["ev_kept"] < 1.0 and f2["ev_flips"] == int(eff.top1_changed.sum())

@@ -35,6 +35,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..adapters import adapter_for
 from ..capture import _capturing_attention
+from ..engine import check_owner
 from ..errors import Cancelled
 from ..models import LoadedModel
 from ..run import Run
@@ -196,7 +197,7 @@ _local = threading.local()  # per thread: {layer index: keep [kv_heads, R, N] bo
 
 def _evicting_attention(module, query, key, value, attention_mask, **kwargs):
     """In a re-computing thread: sdpa with the evicted keys hidden (or plain sdpa with no keep-mask set).
-    In any other thread (a run streaming meanwhile): the capturing attention, unchanged."""
+    With no keep-mask set on this thread (outside an eviction job): the capturing attention, unchanged."""
     keeps = getattr(_local, "keeps", None)
     if keeps is None:
         return _capturing_attention(module, query, key, value, attention_mask, **kwargs)
@@ -220,6 +221,8 @@ AttentionMaskInterface.register(EVICT_NAME, sdpa_mask)
 
 @contextmanager
 def _evicting(model: torch.nn.Module):
+    """Route attention through the evicting implementation for the duration of one engine job. Only the engine
+    thread may call this (check_owner): the swap is then never behind, or under, another job's forward."""
     previous = getattr(model.config, "_attn_implementation", None)
     model.set_attn_implementation(EVICT_NAME)
     _local.keeps, _local.applied = {}, 0
@@ -240,6 +243,7 @@ def measure_effects(model: LoadedModel, run: Run, keeps: dict[str, np.ndarray], 
     `model` is the LoadedModel the run came from (a runner Session's `.loaded`); its own cache is untouched.
     """
     model = getattr(model, "loaded", model)  # accept a Session
+    check_owner(model)  # an app's model is re-run only inside an engine job (core.analysis.jobs.EvictionWhatIf)
     if model.info.name != run.info.name:
         raise ValueError(f"the run came from {run.info.name}, the loaded model is {model.info.name}")
     rows = np.asarray(rows)
@@ -275,8 +279,8 @@ def measure_effects(model: LoadedModel, run: Run, keeps: dict[str, np.ndarray], 
                 logits = net(input_ids=ids[:, start:end], cache=cache, use_cache=True).logits[0]  # [R, vocab]
             finally:
                 _local.keeps = {}
-            if _local.applied != len(layer_ids):  # e.g. a run started meanwhile and re-routed attention
-                raise RuntimeError("the model was busy with another run; measure again when it has finished")
+            if _local.applied != len(layer_ids):  # an architecture whose attention bypasses the interface
+                raise RuntimeError(f"the eviction mask reached {_local.applied} of {len(layer_ids)} layers")
             evicted = torch.log_softmax(logits.float(), dim=-1)  # [R, vocab]
             kl = (full.exp() * (full - evicted)).sum(-1).clamp_min(0.0)  # [R]
             visible = (rows[:, None] >= np.arange(end)[None, :]).sum() * keep.shape[0] * keep.shape[1]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSpinBox, QSplitter, QTabWidget, QWidget
 
 from ...core.analysis import attention as att
@@ -42,7 +42,6 @@ class AttentionPanel(Panel):
         "hide it to see the rest. The head view draws lines from the selected token to the keys it reads; "
         "the statistics table labels heads as sink, previous-token, induction, local or broad."
     )
-    request_prompt = Signal(str)
 
     def __init__(self, selection, parent=None):
         super().__init__(selection, parent)

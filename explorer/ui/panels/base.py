@@ -7,13 +7,21 @@ panel never takes down the window.
 With `defer_when_hidden` (the main window sets it), a panel that is not on screen, e.g. a dock
 tab in the background, skips streaming and selection updates and redraws once when it is shown:
 the per-token cost is paid only by the panels a person can see.
+
+A panel's optional needs from the app are declared here, the same for every panel: the signals
+`request_prompt(text)`, `rerun(RunRequest)` and `panel_requested(name)`, and `services.submit_job(...)`
+for work that needs the model (an engine job; results come back on the GUI thread). The window gives
+every panel one `PanelServices` at creation; outside the app the defaults say that nothing is connected.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ...core.events import StepEvent
@@ -22,6 +30,34 @@ from .. import plot_style
 from ..selection import Selection
 
 log = logging.getLogger(__name__)
+NO_MODEL = "This needs the app's model (the panel is not connected to a window)."
+
+
+def _nothing(*_args) -> None:
+    pass
+
+
+def _no_engine(_request: Any, _on_done=None, on_error: Callable[[str], None] | None = None, _on_progress=None,
+               **_kw) -> None:
+    if on_error is not None:
+        on_error(NO_MODEL)
+
+
+@dataclass
+class PanelServices:
+    """What a panel may ask of the app. The window fills it in once and gives it to every panel.
+
+    run_prompt(text)          put text in the prompt editor and run it
+    rerun(request)            run a RunRequest (e.g. the prompt with interventions)
+    open_panel(name)          show and raise the panel registered as `name`
+    submit_job(request, on_done, on_error, on_progress, key=None) -> JobHandle | None
+                              queue an engine job (core.engine / core.analysis.jobs request); callbacks run on
+                              the GUI thread; on_progress(fraction, message); the handle has cancel()
+    """
+    run_prompt: Callable[[str], None] = _nothing
+    rerun: Callable[[Any], None] = _nothing
+    open_panel: Callable[[str], None] = _nothing
+    submit_job: Callable[..., Any] = _no_engine
 
 
 class Panel(QWidget):
@@ -29,9 +65,16 @@ class Panel(QWidget):
     help_text: ClassVar[str] = ""  # one paragraph for a student: "what am I looking at?"
     defer_when_hidden = False  # per instance: skip work while not visible, redraw when shown
     _update_skipped = False  # updates were skipped while hidden
+    request_prompt = Signal(str)  # run this text as the prompt
+    rerun = Signal(object)  # run this RunRequest
+    panel_requested = Signal(str)  # show the panel registered under this name
 
     def __init__(self, selection: Selection, parent: QWidget | None = None):
         super().__init__(parent)
+        self.services = PanelServices()
+        self.request_prompt.connect(lambda text: self.services.run_prompt(text))
+        self.rerun.connect(lambda request: self.services.rerun(request))
+        self.panel_requested.connect(lambda name: self.services.open_panel(name))
         self.selection = selection
         self.run: Run | None = None
         self._error = QLabel()

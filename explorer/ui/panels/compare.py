@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from ...core.analysis.align import Alignment, align_runs, attention_diff, lens_diff, next_token_diff
-from ...core.api import run_request
+from ...core.engine import CompleteRun
 from ...core.labels import readable_label
 from ...core.run import Run
 from .. import plot_style
@@ -27,7 +27,6 @@ from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
 from .depth_lens import active_readout
-from .intervention_menu import ModelJobs, find_host
 
 _ONLY_A, _ONLY_B, _DIFF = QColor(255, 200, 120), QColor(150, 200, 255), QColor(255, 235, 150)
 
@@ -47,7 +46,6 @@ class ComparePanel(Panel):
         super().__init__(selection, parent)
         self.run_b: Run | None = None
         self.alignment: Alignment | None = None
-        self.jobs: ModelJobs | None = None
         self.background = Background(self)
         row = QHBoxLayout()
         self.prompt_b = QLineEdit()
@@ -85,16 +83,10 @@ class ComparePanel(Panel):
     def run_prompt_b(self) -> None:
         if self.run is None or not self.prompt_b.text():  # whitespace is a valid prompt
             return
-        if self.jobs is None:
-            host = find_host(self)
-            if host is None:
-                self.summary.setText("Running B needs the app's model (no worker found).")
-                return
-            self.jobs = ModelJobs(host, self)
         request = replace(self.run.request, prompt=self.prompt_b.text(), interventions=())
         self.summary.setText("Running B...")
-        self.jobs.submit(lambda session, cancel, _p: run_request(session, request, cancel=cancel), self.set_run_b,
-                         lambda m: self.summary.setText(f"B failed: {m}"))
+        self.services.submit_job(CompleteRun(request), self.set_run_b, lambda m: self.summary.setText(f"B failed: {m}"),
+                                 key=f"run-b-{id(self)}")
 
     def set_run_b(self, run_b: Run) -> None:
         self.run_b = run_b

@@ -4,15 +4,15 @@ Top: the logit lens (depth x position; the visible window first, the rest progre
 thread, top-k only, cached per run; a streamed token adds one column synchronously). Below, in tabs:
 direct logit attribution, residual share, similarity and update ratios, counterfactual depth attention.
 
-The main window may set `panel.model_provider` (a callable returning the LoadedModel or None): it is
-used once per model to extract the few layer weights (key and output projections, input norms, RoPE
-frequencies) the depth-attention view and the per-head attribution need; without it those two views
-say so and everything else works from the Run alone.
+Once per model, an engine job (core.analysis.jobs.ReadDepthWeights, through `services.submit_job`)
+extracts the few layer weights (key and output projections, input norms, RoPE frequencies) the
+depth-attention view and the per-head attribution need; until they arrive (or outside the app) those
+two views say so and everything else works from the Run alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 
 import numpy as np
 import pyqtgraph as pg
@@ -21,7 +21,8 @@ from PySide6.QtGui import QFont, QFontMetricsF
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSplitter, QTabWidget
 
 from ...core.analysis.depth import LENS_TOP_K, LensTable, compute_lens, lens_inputs
-from ...core.analysis.depth_attention import DepthWeights, depth_weights
+from ...core.analysis.depth_attention import DepthWeights
+from ...core.analysis.jobs import ReadDepthWeights
 from ...core.run import Run
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap, readable_label
@@ -31,6 +32,7 @@ from .depth_lens import LensSelector
 from .depth_views import AttributionView, DepthAttentionView, ShareView, SimilarityView, _esc, readable
 from .token_colors import piece_name
 
+log = logging.getLogger(__name__)
 WINDOW = 64  # positions computed first / per background block
 MAX_LABEL_CELLS = 1000  # text labels in the lens only when at most this many cells are visible
 MIN_LABEL_CELL = (40, 14)  # ... and only when a cell is at least this many screen pixels wide and tall
@@ -57,9 +59,9 @@ class DepthPanel(Panel):
 
     def __init__(self, selection, parent=None):
         super().__init__(selection, parent)
-        self.model_provider: Callable[[], object] | None = None
         self._weights: DepthWeights | None = None
-        self._weights_for: object | None = None
+        self._weights_for = None  # the ModelInfo of the model the weights were read from
+        self._weights_asked = None  # the ModelInfo a ReadDepthWeights job was submitted for
         self.bg = Background(self)
         self.table: LensTable | None = None
         self._generation = 0
@@ -328,14 +330,24 @@ class DepthPanel(Panel):
         return int(np.argmax(run.next_token_logprobs(pos))) if run is not None else None
 
     def weights(self) -> DepthWeights | None:
-        if self.model_provider is None:
-            return None
-        loaded = self.model_provider()
-        if loaded is None:
-            return None
-        if self._weights_for is not loaded:
-            self._weights, self._weights_for = depth_weights(loaded), loaded
-        return self._weights
+        """The run's model's weights, or None while they are being read (the view redraws when they arrive)."""
+        name = self.run.info if self.run is not None else None
+        if name is None or self._weights_for == name:
+            return self._weights if name is not None else None
+        if self._weights_asked != name:
+            self._weights_asked = name
+            self.services.submit_job(ReadDepthWeights(), self._weights_read, self._weights_failed,
+                                     key=f"depth-weights-{id(self)}")
+        return None
+
+    def _weights_read(self, result: tuple[str, DepthWeights]) -> None:
+        name, weights = result
+        self._weights, self._weights_for = weights, name
+        if self.run is not None and self.run.info == name:
+            self._guard(self._refresh_view)  # a drawing error shows in the panel, like any other update
+
+    def _weights_failed(self, message: str) -> None:
+        log.info("depth weights not read: %s", message)
 
     def _refresh_view(self, changed: set[str] | None = None) -> None:
         """Redraw the visible lower view; with `changed`, only when it depends on what changed."""

@@ -21,11 +21,12 @@ from PySide6.QtWidgets import (
 )
 
 from ...core.analysis import head_search
-from ...core.analysis.sweep import SweepResult, default_target, head_sweep
+from ...core.analysis.jobs import HeadSweep
+from ...core.analysis.sweep import SweepResult, default_target
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
-from .intervention_menu import ModelJobs, attach_head_menu, find_host, plot_locator
+from .intervention_menu import attach_head_menu, plot_locator
 
 SWEEP_MODES = (("last", "ablate at the predicting position only (prefix from the KV cache, fast)"),
                ("all", "ablate at every position (whole prompt recomputed per head, slow)"))
@@ -46,7 +47,7 @@ class HeadSweepPanel(Panel):
 
     def __init__(self, selection, parent=None):
         super().__init__(selection, parent)
-        self.jobs: ModelJobs | None = None
+        self.job = None  # the sweep in progress (a JobHandle)
         self.result: SweepResult | None = None
         self.background = Background(self)
         self.tabs = QTabWidget()
@@ -86,7 +87,7 @@ class HeadSweepPanel(Panel):
         v.addWidget(split, 1)
         self.tabs.addTab(page, "Head sweep")
         self.start.clicked.connect(self.start_sweep)
-        self.stop.clicked.connect(lambda: self.jobs and self.jobs.cancel())
+        self.stop.clicked.connect(lambda: self.job is not None and self.job.cancel())
         self.map.clicked.connect(self.open_head)
         self.map.hovered.connect(self._hover)
         attach_head_menu(self.map.view, plot_locator(self.map.view, self.map.plot, self._cell))
@@ -106,12 +107,6 @@ class HeadSweepPanel(Panel):
         if self.run is None or not self.run.info.is_causal:
             self.sweep_label.setText("A head sweep needs a run of a causal language model.")
             return
-        if self.jobs is None:
-            host = find_host(self)
-            if host is None:
-                self.sweep_label.setText("The sweep needs the app's model (no worker found).")
-                return
-            self.jobs = ModelJobs(host, self)
         pos, target = self.target()
         ids, mode = self.run.token_ids, self.mode.currentData()
         self.start.setEnabled(False)
@@ -119,13 +114,12 @@ class HeadSweepPanel(Panel):
         self.progress.setValue(0)
         self.sweep_label.setText(f"Sweeping {self.run.info.n_layers * self.run.info.n_heads} heads for "
                                  f"{self._name(target)} after position {pos}...")
-        self.jobs.submit(lambda session, cancel, progress: head_sweep(session, ids, pos, target, mode=mode,
-                                                                      progress=progress, cancel=cancel),
-                         self.show_result, self._failed, self._progress)
+        self.job = self.services.submit_job(HeadSweep(ids, pos, target, mode), self.show_result, self._failed,
+                                            self._progress, key=f"sweep-{id(self)}")
 
-    def _progress(self, done: int, total: int) -> None:
-        self.progress.setMaximum(total)
-        self.progress.setValue(done)
+    def _progress(self, fraction: float, _message: str = "") -> None:
+        self.progress.setMaximum(1000)
+        self.progress.setValue(int(round(fraction * 1000)))
 
     def _failed(self, message: str) -> None:
         self.start.setEnabled(True)

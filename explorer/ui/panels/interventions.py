@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -56,7 +56,6 @@ class InterventionsPanel(Panel):
         "Run in the prompt bar starts a fresh baseline without interventions; 'Apply' re-runs it with the ticked "
         "ones."
     )
-    rerun = Signal(object)  # RunRequest sent to the main window
 
     def __init__(self, selection, parent=None):
         super().__init__(selection, parent)
@@ -206,7 +205,7 @@ class InterventionsPanel(Panel):
             return
         if self.run is not None and self.run.request == request:
             return
-        self.rerun.emit(request)  # the main window runs it (connected in MainWindow._connect_panels)
+        self.rerun.emit(request)  # the main window runs it (Panel.rerun -> services.rerun)
 
     # --- Panel contract -----------------------------------------------------------------------------
     def draw_run(self, run: Run | None) -> None:

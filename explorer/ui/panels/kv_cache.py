@@ -9,8 +9,6 @@ setData on the existing items.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
@@ -57,14 +55,12 @@ class KVCachePanel(Panel):
 
     def __init__(self, selection: Selection, parent: QWidget | None = None):
         super().__init__(selection, parent)
-        # set by the main window: returns the runner Session (or LoadedModel) of the model the runs came from
-        self.model_provider: Callable[[], object] | None = None
         self.tabs = QTabWidget()
         self.body.addWidget(self.tabs)
         self._build_growth_tab()
         self.whatif = WhatIfCalculator()
         self.tabs.addTab(self.whatif, "What-if calculator")
-        self.eviction = EvictionView(lambda: self.model_provider() if self.model_provider else None)
+        self.eviction = EvictionView(lambda *args, **kw: self.services.submit_job(*args, **kw))
         self.tabs.addTab(self.eviction, "Eviction")
         self._layer_items: list[pg.PlotDataItem] = []
         self._n_layers = 0

@@ -3,8 +3,9 @@
 measured effect: the model re-runs the decode steps with the evicted entries masked out (core/analysis/eviction)
 and the KL divergence / top-1 change of each step's next-token distribution vs the full cache is plotted.
 
-Both jobs run off the GUI thread (Background); the re-computation reports progress to a progress bar.
-The model comes from `model_provider` (set by the main window); panels never hold the model themselves.
+The masks are pure numpy (Background pool); the re-computation needs the model, so it is an engine job
+(core.analysis.jobs.EvictionWhatIf, through the panel's `services.submit_job`) that reports progress to a
+progress bar; panels never hold the model themselves.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from ...core.analysis import eviction as ev
+from ...core.analysis.jobs import EvictionWhatIf
 from ...core.run import Run
 from .. import plot_style
 from ..theme import OKABE_ITO
@@ -35,21 +36,17 @@ from ..widgets.heatmap import Heatmap
 COLOURS = {"streaming": OKABE_ITO["blue"], "h2o": OKABE_ITO["vermillion"], "snapkv": OKABE_ITO["green"]}
 
 
-class _Progress(QObject):
-    changed = Signal(float, str)  # emitted from the job's thread, delivered queued on the GUI thread
-
-
 class EvictionView(QWidget):
-    def __init__(self, model_provider: Callable[[], object | None], parent: QWidget | None = None):
+    def __init__(self, submit_job: Callable[..., object], parent: QWidget | None = None):
         super().__init__(parent)
-        self.model_provider = model_provider
+        self.submit_job = submit_job  # PanelServices.submit_job of the panel holding this view
+        self.job = None  # the measurement in progress (a JobHandle)
         self.run: Run | None = None
         self.rows = np.zeros(0, np.int64)
         self.keeps: dict[str, np.ndarray] = {}
         self.effects: dict[str, ev.EvictionEffect] = {}
         self._row_step = 0
         self.background = Background(self)
-        self.progress_relay = _Progress(self)
         layout = QVBoxLayout(self)
 
         controls = QHBoxLayout()
@@ -78,7 +75,6 @@ class EvictionView(QWidget):
         self.bar.setRange(0, 100)
         self.bar.setTextVisible(True)
         self.bar.hide()
-        self.progress_relay.changed.connect(self._on_progress)
         layout.addWidget(self.bar)
 
         grid = QGridLayout()
@@ -173,27 +169,19 @@ class EvictionView(QWidget):
 
     # --- measured effect (needs the model) ----------------------------------------------------------------
     def start_measure(self) -> None:
-        run, model = self.run, self.model_provider()
+        run = self.run
         if run is None or run.n_tokens <= run.n_prompt:
             self.status.setText("This run has no generated tokens: nothing to re-compute.")
             return
-        if model is None:
-            self.status.setText("No model available to re-run (the main window has not connected this panel).")
-            return
         if run.finish_reason is None:
-            self.status.setText("Wait until the run has finished: the model is busy generating.")
+            self.status.setText("Wait until the run has finished: its last steps are still coming.")
             return
-        n_steps, policies, relay = self.spins["steps"].value(), self.policies(), self.progress_relay
         self.bar.setValue(0)
         self.bar.show()
         self.measure.setEnabled(False)
-
-        def job():
-            rows, keeps, effects = ev.eviction_what_if(model, run, policies, n_steps,
-                                                       progress=lambda f, m: relay.changed.emit(f, m))
-            return run, rows, keeps, effects
-
-        self.background.submit("kv-measure", job, self._measure_done, self._measure_failed)
+        request = EvictionWhatIf(run, tuple(self.policies()), self.spins["steps"].value())
+        self.job = self.submit_job(request, self._measure_done, self._measure_failed, self._on_progress,
+                                   key=f"kv-measure-{id(self)}")
 
     def _on_progress(self, fraction: float, message: str) -> None:
         self.bar.setValue(int(round(fraction * 100)))

@@ -3,6 +3,9 @@
 Results come back through a queued signal to the GUI thread; a newer job with the same key
 supersedes an older one: if it has not started, it is skipped, and if it has, its result is dropped,
 so fast scrubbing never piles up stale work.
+
+Only for analyses of arrays (a Run, numpy): work that uses the model is an engine job
+(`Panel.services.submit_job`, core/engine.py), so that the model is only ever used on the engine thread.
 """
 
 from __future__ import annotations
