@@ -126,7 +126,7 @@ class Session:
             self._cache_ids = list(ids)
             generated = 0
             if event.choice is None:
-                yield replace(event, finish_reason="prompt_only")
+                yield replace(event, finish_reason="prompt_only", routing=self._routing(ids, capture))
                 return
             yield event
             text_len = len(tokenized.text)
@@ -152,9 +152,18 @@ class Session:
                 self._cache_ids.append(token_id)
                 if finished:
                     reason = "eos" if token_id in eos and settings.stop_at_eos else "max_tokens"
-                    yield replace(event, finish_reason=reason)
+                    yield replace(event, finish_reason=reason, routing=self._routing(self._cache_ids, capture))
                     return
                 yield event
+
+    def _routing(self, ids: list[int], capture: CaptureContext) -> dict | None:
+        """A model that learns its depth routing (the Depth lab's) reports it for the finished run's tokens
+        (one more forward pass, which the capture hooks ignore)."""
+        routing = getattr(self.loaded.model, "depth_routing", None)
+        if routing is None:
+            return None
+        capture.record = None
+        return routing(ids)
 
     def _reusable_prefix(self, ids: list[int], previous: Run | None, interventions: tuple = (),
                          skip: tuple[str, ...] = ()) -> int:
