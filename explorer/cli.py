@@ -12,7 +12,7 @@ from . import __version__
 from .core import catalogue
 from .core.errors import ExplorerError
 
-SUBCOMMANDS = ("capture", "inspect", "fetch", "bench")
+SUBCOMMANDS = ("capture", "inspect", "fetch", "bench", "lab")
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
         setup_logging(console_level=logging.ERROR)  # the file gets INFO; the terminal only our own lines
         command, rest = argv[0], argv[1:]
         try:
-            handlers = {"capture": cmd_capture, "inspect": cmd_inspect, "fetch": cmd_fetch, "bench": cmd_bench}
+            handlers = {"capture": cmd_capture, "inspect": cmd_inspect, "fetch": cmd_fetch, "bench": cmd_bench,
+                        "lab": cmd_lab}
             return handlers[command](rest)
         except ExplorerError as exc:
             logging.getLogger("explorer.cli").warning("%s failed: %s", command, exc)
@@ -128,6 +129,12 @@ def cmd_fetch(argv: list[str]) -> int:
             print(f"error: could not install {entry.pip_requirement}", file=sys.stderr)
             return 1
     return 0
+
+
+def cmd_lab(argv: list[str]) -> int:
+    from .lab.cli import main as lab_main
+
+    return lab_main(argv)
 
 
 def cmd_bench(argv: list[str]) -> int:

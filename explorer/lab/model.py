@@ -125,7 +125,7 @@ class LabForCausalLM(LabPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
     def depth_routing(self, ids) -> dict:
         """The learned routing over a token sequence (explorer.lab.routing.record): the runner attaches it

@@ -14,6 +14,8 @@ s = 0 is the embedding, s = j + 1 is sublayer j's output):
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -95,7 +97,9 @@ def read_matrix(routing: dict) -> tuple[str, np.ndarray] | None:
     """The variant's layer x source-depth matrix (mean over tokens) and its name, on shared axes."""
     for key, name in (("attnres", "AttnRes weight"), ("mhc_read", "mHC effective read")):
         if key in routing:
-            return name, np.nanmean(routing[key], axis=1) if routing[key].shape[1] else routing[key][:, 0]
+            with warnings.catch_warnings():  # sources that do not exist yet are NaN for every token
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return name, np.nanmean(routing[key], axis=1)  # [readers, sources]
     return None
 
 
@@ -110,7 +114,9 @@ def routing_summary(model: LabForCausalLM, rows: torch.Tensor) -> dict:
     out: dict = {}
     for key in ("attnres", "mhc_read"):
         if key in parts[0]:
-            out[key] = _json(np.nanmean(np.stack([p[key] for p in parts]), axis=(0, 2)))
+            with warnings.catch_warnings():  # sources that do not exist yet are NaN for every token
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[key] = _json(np.nanmean(np.stack([p[key] for p in parts]), axis=(0, 2)))
     if "moda_depth" in parts[0]:
         out["moda_depth"] = _json(np.mean([p["moda_depth"].mean(-1) for p in parts], axis=0))  # [L, H]
     if "engram_gate" in parts[0]:

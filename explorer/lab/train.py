@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
         step += 1
         tokens += per_step
         train_time += time.perf_counter() - t0
-        running += float(loss) / LN2
+        running += loss.item() / LN2
         n_running += 1
         if step % cfg.eval_every == 0:
             metrics["train_bpb"].append([tokens, running / n_running])
