@@ -69,15 +69,19 @@ class AttnRes(Connection):
         self.fixed_weights = None  # tests: reader, n_sources -> [S] weights replacing the softmax
 
     def start(self, emb):
-        return [emb]  # sources v_0 .. v_k, each [B, T, D]
+        return {"values": [emb], "normed": [self._unit(emb)]}  # sources v_i and RMSNorm(v_i) without gain
+
+    def _unit(self, v):
+        return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)  # [B, T, D]
 
     def sources(self, state):
-        return state
+        return state["values"], state["normed"]
 
     def mix(self, state, reader: int):
-        values = torch.stack(self.sources(state))  # [S, B, T, D]
-        keys = self.key_norms[reader](values)  # [S, B, T, D] RMSNorm(v_i)
-        logits = torch.einsum("d,sbtd->sbt", self.queries[reader], keys)  # [S, B, T] w_k^T RMSNorm(v_i)
+        values, normed = (torch.stack(x) for x in self.sources(state))  # [S, B, T, D] each
+        # w_k^T RMSNorm_k(v_i) = (w_k * g_k)^T unit(v_i): each source is normalised once, not once per reader
+        query = self.queries[reader] * self.key_norms[reader].weight  # [D]
+        logits = torch.einsum("d,sbtd->sbt", query, normed)  # [S, B, T] eq. 4
         for r, s in self.drop:
             if r == reader and s < logits.shape[0]:
                 logits = logits.index_fill(0, torch.tensor([s]), float("-inf"))
@@ -92,13 +96,13 @@ class AttnRes(Connection):
         return self.mix(state, k)
 
     def write(self, state, k, y):
-        return [*state, y]
+        return {"values": [*state["values"], y], "normed": [*state["normed"], self._unit(y)]}
 
     def final(self, state):
         return self.mix(state, self.config.n_sublayers)
 
     def readable(self, state):
-        return torch.stack(self.sources(state)).sum(0)  # [B, T, D] the plain sum, for the post-hoc views
+        return torch.stack(state["values"]).sum(0)  # [B, T, D] the plain sum, for the post-hoc views
 
 
 class BlockAttnRes(AttnRes):
@@ -109,17 +113,24 @@ class BlockAttnRes(AttnRes):
     first readers can still choose the embedding, as in the full variant)."""
 
     def start(self, emb):
-        return {"blocks": [emb], "partial": None, "count": 0}
+        return {"values": [emb], "normed": [self._unit(emb)], "partial": None, "count": 0}
 
     def sources(self, state):
-        return state["blocks"] + ([state["partial"]] if state["partial"] is not None else [])
+        if state["partial"] is None:
+            return state["values"], state["normed"]
+        return [*state["values"], state["partial"]], [*state["normed"], self._unit(state["partial"])]
 
     def write(self, state, k, y):
         partial = y if state["partial"] is None else state["partial"] + y  # [B, T, D] intra-block sum
         count = state["count"] + 1
-        if count == self.config.attnres_block_size:
-            return {"blocks": [*state["blocks"], partial], "partial": None, "count": 0}
-        return {"blocks": state["blocks"], "partial": partial, "count": count}
+        if count == self.config.attnres_block_size:  # the block is complete: it becomes a source
+            return {"values": [*state["values"], partial], "normed": [*state["normed"], self._unit(partial)],
+                    "partial": None, "count": 0}
+        return {**state, "partial": partial, "count": count}
+
+    def readable(self, state):
+        total = torch.stack(state["values"]).sum(0)  # [B, T, D]
+        return total if state["partial"] is None else total + state["partial"]
 
 
 def sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
