@@ -23,6 +23,7 @@ from .data import Corpus, load_corpus
 from .model import LabForCausalLM
 
 LN2 = math.log(2.0)
+LIVE_METRICS = "metrics.live.json"  # written at every evaluation; metrics.json only with a checkpoint
 
 SIZES: dict[str, dict] = {
     "default": {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4},
@@ -57,20 +58,35 @@ class TrainConfig:
             raise ValueError(f"unknown size '{self.size}' (choose from {', '.join(SIZES)})")
 
 
-def model_config(arch: str, size: str = "default", max_positions: int = 1024) -> LabConfig:
-    """The variant's config. Engram is matched to plain's parameter count (its tables hold most of its
-    extra parameters, so the MLP shrinks to pay for them), as the paper compares at equal parameters."""
+def model_config(arch: str, size: str = "default", max_positions: int = 1024,
+                 memory_share: float = 0.25) -> LabConfig:
+    """The variant's config. Engram is matched to plain's parameter count, as the paper compares at equal
+    parameters: its tables get `memory_share` of plain's MLP parameters (the paper's U-shaped law puts the
+    best share of sparse parameters in memory near 20-25%; here the trade is against dense MLP width, not
+    MoE experts, so it is only an analogy) and the MLP shrinks to pay for the tables and projections."""
     base = dict(SIZES[size], max_position_embeddings=max_positions)
     if arch != "engram":
         return LabConfig(depth=arch, **base)
-    target = _n_params(LabConfig(depth="plain", **base))
+    plain = LabConfig(depth="plain", **base)
+    target = _n_params(plain)
+    n_tables = len(plain.engram_orders) * plain.engram_hash_heads
+    dim = max(8, plain.hidden_size // 4)
+    mlp = 3 * plain.hidden_size * plain.intermediate_size * plain.num_hidden_layers
+    table = _prime_at_least(max(31, int(memory_share * mlp / (n_tables * dim))))
+    mem = dict(base, engram_table_size=table, engram_dim=dim)
     best = None
-    for inter in range(16, LabConfig(**base).intermediate_size + 1, 8):
-        cfg = LabConfig(depth="engram", intermediate_size=inter, **base)
+    for inter in range(16, plain.intermediate_size + 1, 8):
+        cfg = LabConfig(depth="engram", intermediate_size=inter, **mem)
         gap = abs(_n_params(cfg) - target)
         if best is None or gap < best[0]:
             best = (gap, cfg)
     return best[1]
+
+
+def _prime_at_least(n: int) -> int:
+    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
 
 
 def _n_params(cfg: LabConfig) -> int:
@@ -132,7 +148,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
     rng = np.random.default_rng(cfg.seed)
     metrics = {"arch": cfg.arch, "params": sum(p.numel() for p in model.parameters()), "tokens_per_s": 0.0,
                "heldout_bpb": [], "train_bpb": [], "heldout_bpb_time": [], "routing": [],
-               "seed": cfg.seed, "train_config": asdict(cfg)}
+               "seed": cfg.seed, "train_config": asdict(cfg), "n_layers": model.config.num_hidden_layers}
     step, tokens, elapsed = 0, 0, 0.0
     if resume:
         meta = checkpoint.load_train_state(out, opt)
@@ -175,6 +191,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
             bpb = _record_eval(model, held, metrics, tokens, train_time,
                                routing=n_evals % cfg.routing_every == 0)
             metrics["tokens_per_s"] = tokens / max(train_time, 1e-9)
+            checkpoint.write_json(out / LIVE_METRICS, metrics)  # the panel's live curves and routing snapshots
             if on_progress is not None:
                 on_progress(Progress(step, tokens, train_time, metrics["train_bpb"][-1][1], bpb))
     if n_running:

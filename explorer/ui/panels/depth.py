@@ -28,6 +28,7 @@ from ..widgets.heatmap import Heatmap, readable_label
 from . import intervention_menu as im
 from .base import Panel
 from .depth_views import AttributionView, DepthAttentionView, ShareView, SimilarityView, _esc, readable
+from .lab_routing import LearnedVsPostHoc
 from .token_colors import piece_name
 
 WINDOW = 64  # positions computed first / per background block
@@ -80,6 +81,8 @@ class DepthPanel(Panel):
         self.tabs.addTab(self.share, "Residual share")
         self.tabs.addTab(self.similarity, "Similarity && updates")
         self.tabs.addTab(self.depth_attention, "Depth attention (counterfactual)")
+        self.learned = LearnedVsPostHoc()  # a Depth lab model's real routing beside the post-hoc share
+        self.tabs.addTab(self.learned, "Learned routing (lab model)")
         split = QSplitter(Qt.Vertical)
         split.addWidget(self.lens)
         split.addWidget(self.tabs)
@@ -318,7 +321,7 @@ class DepthPanel(Panel):
         layer = min(self.selection.layer, run.info.n_layers - 1)
         view = self.tabs.currentWidget()
         depends = {self.attribution: {"position"}, self.share: {"position"}, self.similarity: {"run"},
-                   self.depth_attention: {"position", "layer", "head"}}.get(view, set())
+                   self.depth_attention: {"position", "layer", "head"}, self.learned: {"position"}}.get(view, set())
         if changed is not None and not (changed & depends):
             return
         if view is self.attribution:
@@ -330,6 +333,8 @@ class DepthPanel(Panel):
         elif view is self.depth_attention:
             head = min(self.selection.head, run.info.n_heads - 1)
             self.depth_attention.draw(run, self.weights(), layer, head, pos)
+        elif view is self.learned:
+            self.learned.draw(run, pos)
 
 
 
