@@ -17,6 +17,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
+    QApplication,
     QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
@@ -135,7 +136,16 @@ class DepthLabPanel(Panel):
         self.position.valueChanged.connect(lambda _v: self._draw_probe())
         self.routing.mean.toggled.connect(lambda _c: self._draw_probe())
         self.snapshot.valueChanged.connect(lambda _v: self._draw_snapshot())
+        app = QApplication.instance()
+        if app is not None:  # a training thread must not outlive the interpreter (torch aborts at exit)
+            app.aboutToQuit.connect(self.shutdown)
         self.refresh()
+
+    def shutdown(self) -> None:
+        """Cancel a running training and wait for its checkpoint (the step in flight finishes first)."""
+        if self.job is not None and not self.job.done:
+            self.job.cancel()
+            self.job.join(timeout=60)
 
     @staticmethod
     def _loss_plot(x_label: str) -> pg.PlotWidget:
