@@ -121,3 +121,23 @@ def test_layer_depth_panel_shows_learned_routing_beside_the_post_hoc_share(qtbot
     panel.tabs.setCurrentWidget(panel.depth_attention)
     panel.tabs.setCurrentWidget(panel.learned)
     assert "not a Depth lab model" in panel.learned.learned.caption.text()
+
+
+def test_kv_cache_formula_counts_moda_depth_keys(qtbot, lab_root):
+    from explorer.ui.panels.kv_cache import KVCachePanel
+
+    sel = Selection()
+    panel = KVCachePanel(sel)
+    qtbot.addWidget(panel)
+    panel.show()
+    for arch in ("moda", "attnres"):
+        folder = next(p for p in lab_root.iterdir() if p.name.startswith(arch))
+        run = explorer.capture("def add(a, b):", model=explorer.load_model(str(folder)), max_new_tokens=2)
+        sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers,
+                       heads=run.info.n_heads)
+        panel.set_run(run)
+        text = panel.formula.text()
+        info = run.info
+        expected = 2 * 2 * (info.n_layers - 1) * info.n_kv_heads * info.head_dim * run.n_prompt * 4  # float32
+        assert ("MoDA depth keys/values" in text) == (arch == "moda")
+        assert (f"{expected:,} B" in text) == (arch == "moda")

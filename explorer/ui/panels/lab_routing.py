@@ -196,3 +196,18 @@ class LearnedVsPostHoc(QSplitter):
     def redraw(self) -> None:
         if self._last is not None:
             self.draw(*self._last)
+
+
+def moda_depth_kv_text(run: Run, bytes_per_elem: float) -> str:
+    """The KV cache panel's extra line for a MoDA model: its depth keys/values (MoDA eq. 4: every query
+    also reads K_i, V_i of the earlier sublayers at its own position)."""
+    if not run.routing or "moda_depth" not in run.routing:
+        return ""
+    info = run.info
+    slots = 2 * (info.n_layers - 1)  # earlier attention + MLP sublayers read by the last layer
+    n = run.n_prompt
+    total = 2 * slots * info.n_kv_heads * info.head_dim * n * bytes_per_elem
+    return (f"<br><b>MoDA depth keys/values</b>: 2 \u00d7 {slots} earlier sublayers \u00d7 {info.n_kv_heads} KV heads "
+            f"\u00d7 {info.head_dim} \u00d7 {n} prompt tokens \u00d7 {bytes_per_elem:g} B = {total:,.0f} B during "
+            "the prompt's forward pass. They are not kept in the cache: a token's depth keys are read only by its "
+            "own queries, so generating adds no cached bytes for them.")
