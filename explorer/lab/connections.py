@@ -84,7 +84,7 @@ class AttnRes(Connection):
         logits = torch.einsum("d,sbtd->sbt", query, normed)  # [S, B, T] eq. 4
         for r, s in self.drop:
             if r == reader and s < logits.shape[0]:
-                logits = logits.index_fill(0, torch.tensor([s]), float("-inf"))
+                logits = logits.index_fill(0, torch.tensor([s], device=logits.device), float("-inf"))
         alpha = logits.softmax(dim=0)  # [S, B, T] eq. 3: softmax over sources
         if self.fixed_weights is not None:
             alpha = self.fixed_weights(reader, values.shape[0]).reshape(-1, 1, 1).expand_as(alpha)  # [S, B, T]

@@ -37,7 +37,7 @@ def reader_labels(n_layers: int) -> list[str]:
 @torch.no_grad()
 def record(model: LabForCausalLM, ids: torch.Tensor) -> dict[str, np.ndarray]:
     """Routing of one sequence ids [T] (or [1, T])."""
-    ids = ids.reshape(1, -1)
+    ids = ids.reshape(1, -1).to(model.device)
     cfg = model.config
     rec: dict = {}
     model.set_recording(rec)
@@ -45,6 +45,7 @@ def record(model: LabForCausalLM, ids: torch.Tensor) -> dict[str, np.ndarray]:
         model(ids, use_cache=False)
     finally:
         model.set_recording(None)
+    rec = _cpu(rec)
     n_read, n_src, t = cfg.n_sublayers + 1, cfg.n_sublayers + 1, ids.shape[1]
     out: dict[str, np.ndarray] = {"arch": np.array(cfg.depth)}
     if "attnres" in rec:
@@ -71,6 +72,17 @@ def record(model: LabForCausalLM, ids: torch.Tensor) -> dict[str, np.ndarray]:
         out["engram_gate"] = np.stack([rec["engram"][i][0][0].numpy() for i in layers])  # [E, T]
         out["engram_rows"] = np.stack([rec["engram"][i][1][0].numpy() for i in layers])  # [E, T, tables]
     return out
+
+
+def _cpu(obj):
+    """The recorded tensors on the CPU (training may run on a GPU)."""
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_cpu(v) for v in obj)
+    return obj
 
 
 def _mhc(rec: dict, cfg, t: int) -> dict[str, np.ndarray]:
@@ -132,6 +144,7 @@ def _json(a: np.ndarray):
 
 @torch.no_grad()
 def _loss(model: LabForCausalLM, rows: torch.Tensor) -> float:
+    rows = rows.to(model.device)
     logits = model(rows[:, :-1], use_cache=False).logits  # [B, T, V]
     return float(F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())) / np.log(2)
 

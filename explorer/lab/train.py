@@ -50,6 +50,7 @@ class TrainConfig:
     eval_batch: int = 8
     max_corpus_bytes: int | None = None  # tests: read only part of the standard library
     routing_every: int = 2  # record a routing snapshot every this many evaluations
+    device: str = "auto"  # "auto": a CUDA GPU when present, else the CPU (never required)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -140,7 +141,9 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
     else:
         resume = False
         model = LabForCausalLM(model_config(cfg.arch, cfg.size, max(1024, cfg.seq)))
-    model.train()
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "tables" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "tables" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -155,7 +158,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
         step, tokens, elapsed = meta["step"], meta["tokens"], meta["elapsed_s"]
         rng.bit_generator.state = meta["rng"]
         metrics = checkpoint.read_json(out / "metrics.json")
-    held = corpus.heldout_batches(cfg.eval_batch, cfg.seq, cfg.eval_batches)
+    held = [b.to(device) for b in corpus.heldout_batches(cfg.eval_batch, cfg.seq, cfg.eval_batches)]
     budget = cfg.minutes * 60.0
     per_step = cfg.batch * cfg.seq
     running, n_running, n_evals = 0.0, 0, len(metrics["heldout_bpb"])
@@ -171,7 +174,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
         if (cfg.max_steps is not None and step >= cfg.max_steps) or (cfg.minutes > 0 and train_time >= budget):
             break
         t0 = time.perf_counter()
-        rows = corpus.batch(rng, cfg.batch, cfg.seq)  # [B, seq + 1]
+        rows = corpus.batch(rng, cfg.batch, cfg.seq).to(device)  # [B, seq + 1]
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         loss = model(rows[:, :-1], labels=rows[:, 1:], use_cache=False).loss
@@ -202,6 +205,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
     metrics.update(steps=step, tokens_seen=tokens, train_seconds=train_time,
                    wall_seconds=time.perf_counter() - started, cancelled=cancelled)
     save(model, opt, out, metrics, step, tokens, train_time, rng)
+    metrics["device"] = str(device)
     if on_progress is not None:
         on_progress(Progress(step, tokens, train_time, metrics["train_bpb"][-1][1] if metrics["train_bpb"] else
                              float("nan"), metrics["heldout_bpb"][-1][1], "saved"))
