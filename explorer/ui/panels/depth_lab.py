@@ -197,6 +197,9 @@ class DepthLabPanel(Panel):
                 self.status.setText(f"Training failed: {job.error}")
             elif job.result is not None:
                 m = job.result.metrics
+                row = next((i for i, e in enumerate(self.entries) if e.folder == job.out), -1)
+                if row >= 0:  # show the model just trained, with its measured importances
+                    self.models.setCurrentRow(row)
                 state = "cancelled; checkpoint saved" if job.result.cancelled else "done"
                 self.status.setText(f"{job.config.arch} {state}: held-out {m['heldout_bpb'][-1][1]:.3f} bits/byte "
                                     f"after {m['tokens_seen']:,} tokens ({m['tokens_per_s']:,.0f} tokens/s).")
@@ -225,6 +228,13 @@ class DepthLabPanel(Panel):
             self.models.setCurrentRow(selected)
         self.models.blockSignals(False)
         self.draw_curves()
+        if 0 <= selected < len(self.entries):  # the selected model may be the one training: follow its snapshots
+            snaps = self.entries[selected].metrics.get("routing") or []
+            at_end = self.snapshot.value() >= self.snapshot.maximum()
+            self.snapshot.setRange(0, max(0, len(snaps) - 1))
+            if at_end:
+                self.snapshot.setValue(self.snapshot.maximum())
+            self._draw_snapshot()
 
     def curves(self) -> dict[str, dict[str, list[np.ndarray]]]:
         """arch -> {"tokens": [held-out [n, 2] per seed], "time": [...], "train": [...]}."""
@@ -291,7 +301,7 @@ class DepthLabPanel(Panel):
         if r is None:
             return
         pos = min(self.position.value(), len(r.tokens) - 1)
-        self.routing.draw(r.routing, r.n_layers, pos, r.ablation, r.tokens[pos])
+        self.routing.draw(r.routing, r.n_layers, pos, r.ablation, r.tokens[pos], tokens=r.tokens)
 
     def _draw_snapshot(self) -> None:
         row = self.models.currentRow()

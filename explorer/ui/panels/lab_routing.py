@@ -57,10 +57,10 @@ class LearnedRoutingView(QWidget):
         self.weights = Heatmap("viridis")
         self.importance = Heatmap("CET-D1")
         self.extra = Heatmap("viridis")
+        self.slots = Heatmap("viridis")  # MoDA: which depth each layer reads
         row = QHBoxLayout()
-        row.addWidget(self.weights, 1)
-        row.addWidget(self.importance, 1)
-        row.addWidget(self.extra, 1)
+        for widget in (self.weights, self.importance, self.extra, self.slots):
+            row.addWidget(widget, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.caption)
@@ -69,16 +69,18 @@ class LearnedRoutingView(QWidget):
         self.routing: dict | None = None
         self.ablation: dict | None = None
         self.n_layers = 0
+        self.tokens: list[str] | None = None
         self.weights.hovered.connect(self._hover)
         self.importance.hovered.connect(self._hover)
 
     ablation_note = True  # say where the importance is measured (off in the Depth lab panel itself)
 
     def draw(self, routing: dict | None, n_layers: int, position: int, ablation: dict | None = None,
-             token: str = "", where: str | None = None) -> None:
-        self.routing, self.ablation, self.n_layers = routing, ablation, n_layers
-        for h in (self.weights, self.importance, self.extra):
+             token: str = "", where: str | None = None, tokens: list[str] | None = None) -> None:
+        self.routing, self.ablation, self.n_layers, self.tokens = routing, ablation, n_layers, tokens
+        for h in (self.weights, self.importance, self.extra, self.slots):
             h.image.clear()
+        self.slots.setVisible(bool(routing) and "moda_slots" in routing)
         self.importance.setVisible(bool(ablation))
         self.extra.setVisible(bool(routing) and any(k in routing for k in ("moda_depth", "engram_gate", "mhc_h_res")))
         self.weights.setVisible(bool(routing) and read_matrix(routing, None) is not None)
@@ -131,6 +133,15 @@ class LearnedRoutingView(QWidget):
             self.extra.set_data(m, levels=(0.0, 1.0), row_labels=[f"layer {i}" for i in range(n_layers)],
                                 col_labels=heads)
             self.extra.plot.setTitle("MoDA: mass on depth keys", size="9pt")
+            if "moda_slots" in routing:
+                sl = routing["moda_slots"]  # [layers, heads, T, S]
+                with np.errstate(all="ignore"):
+                    per = np.nanmean(sl, axis=2) if pos is None else sl[:, :, min(pos, sl.shape[2] - 1)]
+                    per = per.mean(1)  # [layers, S] mean over heads
+                self.slots.set_data(per, levels=(0.0, max(1e-6, float(np.nanmax(per))) if np.isfinite(per).any()
+                                                 else 1.0), row_labels=[f"layer {i}" for i in range(n_layers)],
+                                    col_labels=[f"{k}{i}" for i in range(n_layers - 1) for k in ("a", "m")])
+                self.slots.plot.setTitle("which depth it reads", size="9pt")
             text = [f"MoDA: layer {i} heads put {m[i].mean():.0%} of their attention on depth keys"
                     + (f" (masking them: {abl['ablation_moda'][i]:+.3f} bits/byte)" if "ablation_moda" in abl else "")
                     for i in range(1, n_layers)]
@@ -142,6 +153,9 @@ class LearnedRoutingView(QWidget):
             rows = routing["engram_rows"]  # [E, T, tables]
             p = min(pos or 0, g.shape[1] - 1)
             hit = ", ".join(str(int(r)) for r in rows[0, p])
+            if self.tokens:
+                grams = ["'" + "".join(self.tokens[max(0, p - n + 1): p + 1]) + "'" for n in (2, 3)]
+                hit = f"{' and '.join(grams)} -> rows {hit}"
             off = ("; gate set to 0: " + ", ".join(f"{v:+.3f}" for v in abl["ablation_engram"]) + " bits/byte"
                    if "ablation_engram" in abl else "")
             return [f"Engram gate mean {g.mean():.2f}, at this token {g[0, p]:.2f}; table rows hit by its 2- and "
