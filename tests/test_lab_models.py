@@ -158,3 +158,21 @@ def test_incremental_decoding_equals_a_full_forward(arch):
         for i in range(12, 20):
             parts.append(model(ids[:, i:i + 1], cache=cache, use_cache=True).logits)
     assert close(torch.cat(parts, 1), full, rel=1e-4)
+
+
+def test_lab_package_imports_no_qt():
+    """explorer/lab is Qt-free like explorer/core: a notebook trains and reads routing without a GUI."""
+    import ast
+    from pathlib import Path
+
+    lab = Path(__file__).resolve().parents[1] / "explorer" / "lab"
+    forbidden = ("PySide6", "PyQt5", "PyQt6", "pyqtgraph", "qtpy", "superqt", "shiboken6")
+    files = sorted(lab.glob("*.py"))
+    assert len(files) >= 8
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in forbidden for n in names), (path.name, names)
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert "ui" not in (node.module or "").split("."), (path.name, node.module)
