@@ -12,10 +12,10 @@ from pathlib import Path
 from .config import ARCHS
 
 
-def default_out(arch: str, seed: int) -> Path:
+def default_out(arch: str, size: str, seed: int) -> Path:
     from ..core.models import cache_root
 
-    return cache_root() / "lab" / f"{arch}-seed{seed}"
+    return cache_root() / "lab" / f"{arch}-{size}-seed{seed}"  # where the Depth lab panel looks
 
 
 def main(argv: list[str]) -> int:
@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(arch=args.arch, size=args.size, minutes=args.minutes, seed=args.seed,
                       max_steps=args.max_steps, batch=args.batch, seq=args.seq, eval_every=args.eval_every,
                       max_corpus_bytes=args.corpus_bytes, device=args.device)
-    out = args.out or default_out(args.arch, args.seed)
+    out = args.out or default_out(args.arch, args.size, args.seed)
     cancel = threading.Event()
 
     def show(p) -> None:
