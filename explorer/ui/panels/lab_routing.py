@@ -197,6 +197,9 @@ class LearnedVsPostHoc(QSplitter):
         self.share = ShareView()
         self.addWidget(self.learned)
         self.addWidget(self.share)
+        self.setStretchFactor(0, 1)
+        self.setStretchFactor(1, 1)
+        self.setSizes([600, 600])  # equal halves: what it learned | what a post-hoc analysis would say
         self.learned.mean.toggled.connect(lambda _c: self.redraw())
         self.share.split.setChecked(True)  # sublayer columns, on the learned matrix's axes
         self.share.split.toggled.connect(lambda _c: self.redraw())
