@@ -135,3 +135,21 @@ def test_corpus_is_split_by_file(tmp_path):
     for name in held_names:  # every held-out file's text is absent from the training bytes
         assert (tmp_path / name).read_bytes() not in corpus.train.tobytes()
     assert b"SKIPPED" not in corpus.train.tobytes() + corpus.heldout.tobytes()
+
+
+def test_training_with_a_models_tokenizer_reports_bits_per_byte(tmp_path):
+    """The SmolLM2 option, exercised with the tiny byte-level BPE of the test catalogue: the vocabulary
+    follows the tokenizer, losses are per byte (not per token), and the saved tokenizer loads with the model."""
+    cfg = tiny("engram", max_steps=20, tokenizer="tiny-llama", max_corpus_bytes=150_000)
+    result = train(cfg, tmp_path)
+    tok = explorer.load_model("tiny-llama").tokenizer
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["vocab_size"] == len(tok) != 256
+    corpus = load_corpus(max_bytes=150_000, tokenizer=tok)
+    assert corpus.heldout_bytes_per_token > 1.2  # a BPE merges bytes
+    first = result.metrics["heldout_bpb"][0][1]  # random init: about ln(V) nats per token
+    expected = np.log2(len(tok)) / corpus.heldout_bytes_per_token
+    assert first == pytest.approx(expected, rel=0.15)
+    assert result.metrics["heldout_bpb"][-1][1] < first
+    run = explorer.capture("def add(a, b):", model=explorer.load_model(str(tmp_path)), max_new_tokens=2)
+    assert run.token_ids.tolist()[:-2] == tok("def add(a, b):", add_special_tokens=False)["input_ids"]

@@ -39,12 +39,15 @@ def read_json(path: Path) -> Any:
         raise ModelLoadError(f"{path} is not valid JSON ({exc}).") from exc
 
 
-def save_model(model: LabForCausalLM, folder: Path) -> None:
+def save_model(model: LabForCausalLM, folder: Path, tokenizer=None) -> None:
+    """Weights + config, and the tokenizer (the byte-level one unless the model was trained on another)."""
     from .data import save_byte_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)
-    if not (folder / "tokenizer.json").is_file():
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    elif not (folder / "tokenizer.json").is_file():
         save_byte_tokenizer(folder)
 
 

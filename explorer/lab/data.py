@@ -1,5 +1,7 @@
 """Training data every install has offline: the Python standard library's own source files, split into
-train and held-out BY FILE (so held-out text is never seen in training), as bytes (V = 256)."""
+train and held-out BY FILE (so held-out text is never seen in training), as bytes (V = 256) by default or
+as the token ids of a model's tokenizer (e.g. SmolLM2's 49,152), with the bytes per token kept so losses
+are always reported in bits per byte."""
 
 from __future__ import annotations
 
@@ -29,10 +31,12 @@ def is_heldout(name: str, fraction: float) -> bool:
 
 @dataclass
 class Corpus:
-    train: np.ndarray  # [n_train] uint8
-    heldout: np.ndarray  # [n_heldout] uint8
+    train: np.ndarray  # [n_train] uint8 bytes or int32 token ids
+    heldout: np.ndarray  # [n_heldout]
     n_train_files: int
     n_heldout_files: int
+    train_bytes_per_token: float = 1.0
+    heldout_bytes_per_token: float = 1.0
 
     def batch(self, rng: np.random.Generator, batch: int, seq: int, split: str = "train") -> torch.Tensor:
         data = self.train if split == "train" else self.heldout
@@ -46,7 +50,8 @@ class Corpus:
         return [self.batch(rng, batch, seq, "heldout") for _ in range(n_batches)]
 
 
-def load_corpus(root: Path | None = None, heldout_fraction: float = 0.05, max_bytes: int | None = None) -> Corpus:
+def load_corpus(root: Path | None = None, heldout_fraction: float = 0.05, max_bytes: int | None = None,
+                tokenizer=None) -> Corpus:
     root = Path(root or sysconfig.get_paths()["stdlib"])
     train, held = [], []
     n_train = n_held = 0
@@ -67,8 +72,28 @@ def load_corpus(root: Path | None = None, heldout_fraction: float = 0.05, max_by
             break
     if not train or not held:
         raise ValueError(f"no usable *.py files under {root} for a train/held-out split")
-    join = lambda parts: np.frombuffer(b"\n".join(parts), dtype=np.uint8)  # noqa: E731
-    return Corpus(join(train), join(held), n_train, n_held)
+    if tokenizer is None:
+        join = lambda parts: np.frombuffer(b"\n".join(parts), dtype=np.uint8)  # noqa: E731
+        return Corpus(join(train), join(held), n_train, n_held)
+    ids_train, ids_held = (_encode(tokenizer, parts) for parts in (train, held))
+    return Corpus(ids_train, ids_held, n_train, n_held,
+                  train_bytes_per_token=sum(map(len, train)) / max(1, len(ids_train)),
+                  heldout_bytes_per_token=sum(map(len, held)) / max(1, len(ids_held)))
+
+
+def _encode(tokenizer, parts: list[bytes]) -> np.ndarray:
+    texts = [p.decode("utf-8", errors="replace") + "\n" for p in parts]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return np.concatenate([np.asarray(ids, dtype=np.int32) for ids in encoded])
+
+
+def load_tokenizer(name: str):
+    """None for bytes; else the tokenizer of a model the app can load (a catalogue name or folder)."""
+    if name in ("bytes", "", None):
+        return None
+    from ..core.models import load_model
+
+    return load_model(name).tokenizer
 
 
 def save_byte_tokenizer(folder: Path) -> None:

@@ -113,14 +113,16 @@ class Probe:
 def probe(folder: Path, text: str = PROBE_TEXT) -> Probe:
     """Load a checkpoint, record its routing over `text` and measure each source's importance."""
     import torch
+    from transformers import AutoTokenizer
 
     from .checkpoint import load_lab_model
     from .routing import ablation, record
 
     model = load_lab_model(Path(folder)).eval()
-    data = text.encode("utf-8")[:512]
-    ids = torch.tensor(list(data), dtype=torch.long)  # [T] byte ids
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)  # bytes, or what it trained on
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][:512], dtype=torch.long)  # [T]
     routing = record(model, ids)
     abl = ablation(model, ids.reshape(1, -1))
-    tokens = [chr(b) if 32 <= b < 127 else {10: "\u21b5", 9: "\u2192"}.get(b, f"<{b:02x}>") for b in data]
+    tokens = [tokenizer.decode([int(i)]).replace("\n", "\u21b5").replace(" ", "\u00b7") or f"<{int(i)}>"
+              for i in ids]
     return Probe(model.config.depth, tokens, routing, abl, model.config.num_hidden_layers)

@@ -146,9 +146,7 @@ class Engram(nn.Module):
         output alpha_t * v_t, added to the residual stream before the layer's attention.
     Left out or open here: the tokenizer compression (bytes need none), the short causal convolution
     after the gate (it would need its own decode cache), the table sizes. Positions before the
-    start use a padding id (256)."""
-
-    PAD = 256
+    start use a padding id one past the vocabulary."""
 
     def __init__(self, config):
         super().__init__()

@@ -102,7 +102,8 @@ class LabModel(LabPreTrainedModel):
         history = history[:, :past] if history is not None else input_ids[:, :0]  # [B, P]
         if cache is not None:
             cache._lab_ids = torch.cat([history, input_ids], dim=1)  # [B, P + T]
-        pad = torch.full((input_ids.shape[0], need), Engram.PAD, dtype=torch.long, device=input_ids.device)
+        pad = torch.full((input_ids.shape[0], need), self.config.vocab_size, dtype=torch.long,
+                         device=input_ids.device)  # one past the vocabulary: "before the start"
         return torch.cat([pad, history, input_ids], dim=1)[:, -(input_ids.shape[1] + need):]  # [B, T + n-1]
 
 

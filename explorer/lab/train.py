@@ -19,7 +19,7 @@ import torch
 
 from . import checkpoint
 from .config import ARCHS, LabConfig
-from .data import Corpus, load_corpus
+from .data import Corpus, load_corpus, load_tokenizer
 from .model import LabForCausalLM
 
 LN2 = math.log(2.0)
@@ -51,6 +51,7 @@ class TrainConfig:
     max_corpus_bytes: int | None = None  # tests: read only part of the standard library
     routing_every: int = 2  # record a routing snapshot every this many evaluations
     device: str = "auto"  # "auto": a CUDA GPU when present, else the CPU (never required)
+    tokenizer: str = "bytes"  # or a model whose tokenizer to use, e.g. "smollm2-135m-instruct" (V = 49,152)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -60,12 +61,12 @@ class TrainConfig:
 
 
 def model_config(arch: str, size: str = "default", max_positions: int = 1024,
-                 memory_share: float = 0.25) -> LabConfig:
+                 memory_share: float = 0.25, vocab_size: int = 256) -> LabConfig:
     """The variant's config. Engram is matched to plain's parameter count, as the paper compares at equal
     parameters: its tables get `memory_share` of plain's MLP parameters (the paper's U-shaped law puts the
     best share of sparse parameters in memory near 20-25%; here the trade is against dense MLP width, not
     MoE experts, so it is only an analogy) and the MLP shrinks to pay for the tables and projections."""
-    base = dict(SIZES[size], max_position_embeddings=max_positions)
+    base = dict(SIZES[size], max_position_embeddings=max_positions, vocab_size=vocab_size)
     if arch != "engram":
         return LabConfig(depth=arch, **base)
     plain = LabConfig(depth="plain", **base)
@@ -118,14 +119,14 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: LabForCausalLM, batches: list[torch.Tensor]) -> float:
-    """Mean held-out loss in bits per byte over fixed windows."""
+def evaluate(model: LabForCausalLM, batches: list[torch.Tensor], bytes_per_token: float = 1.0) -> float:
+    """Mean held-out loss in bits per byte over fixed windows (bits per token / bytes per token)."""
     model.eval()
     total = 0.0
     for rows in batches:
         total += float(model(rows[:, :-1], labels=rows[:, 1:], use_cache=False).loss)
     model.train()
-    return total / len(batches) / LN2
+    return total / len(batches) / LN2 / bytes_per_token
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus | None = None,
@@ -133,14 +134,16 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
           cancel: threading.Event | None = None) -> TrainResult:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = corpus or load_corpus(max_bytes=cfg.max_corpus_bytes)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    corpus = corpus or load_corpus(max_bytes=cfg.max_corpus_bytes, tokenizer=tokenizer)
+    vocab = len(tokenizer) if tokenizer is not None else 256
     torch.manual_seed(cfg.seed)
     if resume and (out / "train_state.json").is_file():
         model = checkpoint.load_lab_model(out)
         model.train().requires_grad_(True)
     else:
         resume = False
-        model = LabForCausalLM(model_config(cfg.arch, cfg.size, max(1024, cfg.seq)))
+        model = LabForCausalLM(model_config(cfg.arch, cfg.size, max(1024, cfg.seq), vocab_size=vocab))
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     model.to(device).train()
@@ -164,7 +167,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
     running, n_running, n_evals = 0.0, 0, len(metrics["heldout_bpb"])
     train_time = elapsed  # seconds spent in training steps (evaluations excluded), cumulated over resumes
     if not resume:
-        _record_eval(model, held, metrics, tokens, train_time, None)
+        _record_eval(model, held, metrics, tokens, train_time, None, corpus.heldout_bytes_per_token)
     started = time.perf_counter() - elapsed
     cancelled = False
     while True:
@@ -185,14 +188,14 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
         step += 1
         tokens += per_step
         train_time += time.perf_counter() - t0
-        running += loss.item() / LN2
+        running += loss.item() / LN2 / corpus.train_bytes_per_token
         n_running += 1
         if step % cfg.eval_every == 0:
             metrics["train_bpb"].append([tokens, running / n_running])
             running, n_running = 0.0, 0
             n_evals += 1
             bpb = _record_eval(model, held, metrics, tokens, train_time,
-                               routing=n_evals % cfg.routing_every == 0)
+                               routing=n_evals % cfg.routing_every == 0, bytes_per_token=corpus.heldout_bytes_per_token)
             metrics["tokens_per_s"] = tokens / max(train_time, 1e-9)
             checkpoint.write_json(out / LIVE_METRICS, metrics)  # the panel's live curves and routing snapshots
             if on_progress is not None:
@@ -200,11 +203,12 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
     if n_running:
         metrics["train_bpb"].append([tokens, running / n_running])
     if not metrics["heldout_bpb"] or metrics["heldout_bpb"][-1][0] != tokens:
-        _record_eval(model, held, metrics, tokens, train_time, routing=True)
+        _record_eval(model, held, metrics, tokens, train_time, routing=True,
+                     bytes_per_token=corpus.heldout_bytes_per_token)
     metrics["tokens_per_s"] = tokens / max(train_time, 1e-9)
     metrics.update(steps=step, tokens_seen=tokens, train_seconds=train_time,
                    wall_seconds=time.perf_counter() - started, cancelled=cancelled)
-    save(model, opt, out, metrics, step, tokens, train_time, rng)
+    save(model, opt, out, metrics, step, tokens, train_time, rng, tokenizer)
     metrics["device"] = str(device)
     if on_progress is not None:
         on_progress(Progress(step, tokens, train_time, metrics["train_bpb"][-1][1] if metrics["train_bpb"] else
@@ -212,8 +216,8 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, corpus: Corpus |
     return TrainResult(out, metrics, cancelled)
 
 
-def _record_eval(model, held, metrics, tokens, train_time, routing) -> float:
-    bpb = evaluate(model, held)
+def _record_eval(model, held, metrics, tokens, train_time, routing, bytes_per_token=1.0) -> float:
+    bpb = evaluate(model, held, bytes_per_token)
     metrics["heldout_bpb"].append([tokens, bpb])
     metrics["heldout_bpb_time"].append([train_time, bpb])
     if routing or routing is None:
@@ -223,8 +227,9 @@ def _record_eval(model, held, metrics, tokens, train_time, routing) -> float:
     return bpb
 
 
-def save(model, opt, out: Path, metrics: dict, step: int, tokens: int, train_time: float, rng) -> None:
-    checkpoint.save_model(model, out)
+def save(model, opt, out: Path, metrics: dict, step: int, tokens: int, train_time: float, rng,
+         tokenizer=None) -> None:
+    checkpoint.save_model(model, out, tokenizer)
     checkpoint.write_json(out / "metrics.json", metrics)
     checkpoint.save_train_state(out, opt, {"step": step, "tokens": tokens, "elapsed_s": train_time,
                                            "rng": rng.bit_generator.state})

@@ -74,6 +74,10 @@ class DepthLabPanel(Panel):
         self.minutes.setRange(0.1, 120.0)
         self.minutes.setValue(10.0)
         self.minutes.setSuffix(" min")
+        self.tokenizer = QComboBox()
+        self.tokenizer.addItems(["bytes", "smollm2-135m-instruct"])
+        self.tokenizer.setToolTip("bytes: V = 256 (default, fast). SmolLM2's tokenizer: V = 49,152, the embedding "
+                                  "dwarfs the model body and a step is ~24x slower.")
         self.seed = QSpinBox()
         self.seed.setRange(0, 10_000)
         self.train_button = QPushButton("Train")
@@ -81,7 +85,8 @@ class DepthLabPanel(Panel):
         self.cancel_button.setEnabled(False)
         self.status = QLabel(" ")
         controls = QHBoxLayout()
-        for label, widget in (("Variant", self.arch), ("Size", self.size), ("Time", self.minutes), ("Seed", self.seed)):
+        for label, widget in (("Variant", self.arch), ("Size", self.size), ("Tokens", self.tokenizer),
+                              ("Time", self.minutes), ("Seed", self.seed)):
             controls.addWidget(QLabel(label))
             controls.addWidget(widget)
         controls.addWidget(self.train_button)
@@ -164,8 +169,10 @@ class DepthLabPanel(Panel):
         if self.job is not None and not self.job.done:
             return None
         arch, seed = self.arch.currentText(), self.seed.value()
-        cfg = TrainConfig(arch=arch, size=self.size.currentText(), minutes=self.minutes.value(), seed=seed)
-        out = self.root / f"{arch}-{cfg.size}-seed{seed}"
+        cfg = TrainConfig(arch=arch, size=self.size.currentText(), minutes=self.minutes.value(), seed=seed,
+                          tokenizer=self.tokenizer.currentText())
+        vocab = "" if cfg.tokenizer == "bytes" else f"-{cfg.tokenizer.split('-')[0]}"
+        out = self.root / f"{arch}-{cfg.size}{vocab}-seed{seed}"
         self.job = TrainJob(cfg, out, resume=(out / "train_state.json").is_file()).start()
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
