@@ -108,7 +108,7 @@ def test_cli_train_writes_the_stated_files(tmp_path, capsys):
 
 def test_capture_on_a_lab_checkpoint_exposes_its_routing(tmp_path):
     train(tiny("attnres", max_steps=5), tmp_path, corpus=CORPUS)
-    run = explorer.capture("def add(a, b):", model=explorer.load_model(str(tmp_path)), max_new_tokens=3)
+    run = explorer.capture("def add(a, b):", model=str(tmp_path), max_new_tokens=3)  # a folder, like any model
     assert run.n_tokens == len(b"def add(a, b):") + 3
     weights = run.routing["attnres"]  # [readers, tokens, sources]
     assert weights.shape[:2] == (5, run.n_tokens)
@@ -153,3 +153,31 @@ def test_training_with_a_models_tokenizer_reports_bits_per_byte(tmp_path):
     assert result.metrics["heldout_bpb"][-1][1] < first
     run = explorer.capture("def add(a, b):", model=explorer.load_model(str(tmp_path)), max_new_tokens=2)
     assert run.token_ids.tolist()[:-2] == tok("def add(a, b):", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("field,value", [("hidden_size", 10**9), ("num_hidden_layers", 0), ("mhc_streams", "4"),
+                                         ("engram_table_size", -1), ("depth", "resnet")])
+def test_an_untrusted_lab_config_is_refused_before_allocating(tmp_path, field, value):
+    from explorer.core.errors import ModelLoadError
+    from explorer.lab.model import LabForCausalLM
+
+    torch.manual_seed(0)
+    checkpoint.save_model(LabForCausalLM(model_config("plain", "tiny")), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="must be an integer|unknown depth connection"):
+        explorer.load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("kw", [{"batch": 0}, {"seq": 4}, {"minutes": -1.0}, {"arch": "resnet"}])
+def test_unusable_training_settings_are_refused(kw):
+    from explorer.core.errors import InputError
+
+    with pytest.raises(InputError):
+        TrainConfig(**{"max_steps": 5, **kw})
+
+
+def test_cli_reports_a_bad_setting_without_a_traceback(tmp_path, capsys):
+    assert cli_main(["lab", "train", "--batch", "0", "--max-steps", "1", "--out", str(tmp_path)]) == 2
+    assert "batch=0" in capsys.readouterr().err

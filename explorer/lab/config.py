@@ -11,6 +11,11 @@ from transformers import PretrainedConfig
 
 ARCHS = ("plain", "attnres", "attnres-block", "moda", "mhc", "engram")
 MODEL_TYPE = "explorer_lab"
+# A config.json is untrusted input: sizes are checked before anything is allocated.
+LIMITS = {"vocab_size": 1_000_000, "hidden_size": 8192, "num_hidden_layers": 256, "num_attention_heads": 256,
+          "intermediate_size": 65_536, "max_position_embeddings": 1_048_576, "attnres_block_size": 512,
+          "mhc_streams": 16, "mhc_sinkhorn_iters": 1000, "engram_hash_heads": 16, "engram_table_size": 50_000_000,
+          "engram_dim": 4096}
 
 
 class LabConfig(PretrainedConfig):
@@ -40,6 +45,21 @@ class LabConfig(PretrainedConfig):
     ):
         if depth not in ARCHS:
             raise ValueError(f"unknown depth connection '{depth}' (choose from {', '.join(ARCHS)})")
+        sizes = {"vocab_size": vocab_size, "hidden_size": hidden_size, "num_hidden_layers": num_hidden_layers,
+                 "num_attention_heads": num_attention_heads, "intermediate_size": intermediate_size or 1,
+                 "max_position_embeddings": max_position_embeddings, "attnres_block_size": attnres_block_size,
+                 "mhc_streams": mhc_streams, "mhc_sinkhorn_iters": mhc_sinkhorn_iters,
+                 "engram_hash_heads": engram_hash_heads, "engram_table_size": engram_table_size,
+                 "engram_dim": engram_dim}
+        for name, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= LIMITS[name]:
+                raise ValueError(f"{name} must be an integer from 1 to {LIMITS[name]:,} (got {value!r})")
+        kv = num_key_value_heads or num_attention_heads
+        if hidden_size % num_attention_heads or not isinstance(kv, int) or kv < 1 or num_attention_heads % kv:
+            raise ValueError("hidden_size must divide into the heads, and the heads into the key/value heads")
+        if not all(isinstance(n, int) and 1 <= n <= 8 for n in engram_orders) or \
+                not all(isinstance(i, int) and 0 <= i < num_hidden_layers for i in engram_layers):
+            raise ValueError("engram_orders must be n-gram sizes 1-8 and engram_layers existing layer indices")
         self.depth = depth
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import InputError
 from . import checkpoint
 from .config import ARCHS, LabConfig
 from .data import Corpus, load_corpus, load_tokenizer
@@ -55,9 +56,18 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture '{self.arch}' (choose from {', '.join(ARCHS)})")
+            raise InputError(f"unknown architecture '{self.arch}' (choose from {', '.join(ARCHS)})")
         if self.size not in SIZES:
-            raise ValueError(f"unknown size '{self.size}' (choose from {', '.join(SIZES)})")
+            raise InputError(f"unknown size '{self.size}' (choose from {', '.join(SIZES)})")
+        checks = {"minutes": 0 <= self.minutes <= 24 * 60, "batch": 1 <= self.batch <= 4096,
+                  "seq": 8 <= self.seq <= 8192, "eval_every": self.eval_every >= 1,
+                  "eval_batches": self.eval_batches >= 1, "max_steps": self.max_steps is None or self.max_steps >= 0,
+                  "lr": 0 < self.lr < 1, "warmup": self.warmup >= 1}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise InputError(f"unusable training setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        if self.minutes == 0 and self.max_steps is None:
+            raise InputError("give a time budget (minutes > 0) or a number of steps")
 
 
 def model_config(arch: str, size: str = "default", max_positions: int = 1024,
