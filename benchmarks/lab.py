@@ -13,13 +13,44 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's explorer, not an installed one
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def step_costs(archs: list[str], size: str, corpus, rounds: int = 3, steps: int = 3) -> dict[str, float]:
+    """Seconds per training step of each variant, measured round-robin (every variant once per round, median
+    over rounds), so a change in the machine's load hits all variants alike."""
+    import numpy as np
+    import torch
+
+    from explorer.lab.model import LabForCausalLM
+    from explorer.lab.train import model_config
+
+    rng = np.random.default_rng(0)
+    models = {}
+    for arch in archs:
+        torch.manual_seed(0)
+        model = LabForCausalLM(model_config(arch, size)).train()
+        models[arch] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    times: dict[str, list[float]] = {a: [] for a in archs}
+    for _ in range(rounds):
+        for arch, (model, opt) in models.items():
+            rows = corpus.batch(rng, 16, 256)
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss = model(rows[:, :-1], labels=rows[:, 1:], use_cache=False).loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            times[arch].append((time.perf_counter() - start) / steps)
+    return {a: statistics.median(t) for a, t in times.items()}
 
 
 def main() -> None:
@@ -56,6 +87,11 @@ def main() -> None:
             runs.append(result.metrics)
     rows, tokens, seconds = table(runs)
     md = markdown(rows, tokens, seconds)
+    costs = step_costs(args.archs, args.size, corpus)
+    base = costs.get("plain", next(iter(costs.values())))
+    md += ("\n\nStep time measured round-robin (3 rounds x 3 steps, median; batch 16 x 256 bytes), so the machine's "
+           "changing load hits every variant alike:\n\n| variant | s per step | x plain |\n|---|---|---|\n"
+           + "\n".join(f"| {a} | {c:.3f} | {c / base:.2f} |" for a, c in costs.items()))
     print(md)
     header = (
         f"# Depth lab benchmark\n\nMeasured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on "
@@ -68,8 +104,13 @@ def main() -> None:
         f"Python standard library's source ({corpus.n_train_files} train files, {corpus.n_heldout_files} held-out "
         "files). Held-out bits per byte are read on the same fixed held-out windows, interpolated between "
         "evaluations at the token count the slowest variant reached and at the shortest training time.\n\n")
-    footer = ("\n\nThis scale is tiny (about 1M parameters, a few hundred thousand tokens): the papers' claims are "
-              "about 1B+ models and billions of tokens. A difference smaller than the seed spread (train 2-3 seeds "
+    footer = ("\n\nTraining tokens/s come from runs made one after another while other jobs shared the two cores: "
+              "two variants of the same cost (plain and Engram) differed up to 2x, so the equal-time column mostly "
+              "reflects the load at the time; the round-robin step times above are the fairer speed comparison. "
+              "This scale is tiny (about 1M parameters, a few hundred thousand tokens): the papers' claims are "
+              "about 1B+ models and billions of tokens. These models are early in training (about 4 bits per byte "
+              "at the comparison point): a lead this early can shrink later (the issue's prototype saw AttnRes's "
+              "lead fall within seed noise by 1,500 steps). A difference smaller than the seed spread (train 2-3 seeds "
               "with --seeds) is not a result. Engram is compared with plain at equal parameters (its tables replace "
               "MLP width); the paper's U-shaped allocation law trades memory against MoE experts, which this "
               "dense model does not have, so any sweep here is only an analogy.\n")
