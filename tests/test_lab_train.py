@@ -181,3 +181,15 @@ def test_unusable_training_settings_are_refused(kw):
 def test_cli_reports_a_bad_setting_without_a_traceback(tmp_path, capsys):
     assert cli_main(["lab", "train", "--batch", "0", "--max-steps", "1", "--out", str(tmp_path)]) == 2
     assert "batch=0" in capsys.readouterr().err
+
+
+def test_mhc_stays_doubly_stochastic_after_training(tmp_path):
+    """Training sharpens H_res towards a permutation, where the paper's 20 Sinkhorn iterations leave ~1e-2 of
+    error in the row sums; the projection must still meet 1e-4 on a trained model."""
+    from explorer.lab.routing import record
+
+    train(tiny("mhc", max_steps=40), tmp_path, corpus=CORPUS)
+    model = checkpoint.load_lab_model(tmp_path).eval()
+    routing = record(model, torch.tensor(list(TEXT[:40])))
+    assert routing["mhc_ds_error"].max() <= 1e-4
+    assert routing["mhc_h_res"].min() >= 0
