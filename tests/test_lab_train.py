@@ -34,6 +34,21 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """cli_main sets up the app's log handlers on the root logger: remove them again (other tests count them)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_few_steps_lower_the_heldout_loss(arch, tmp_path):
     result = train(tiny(arch), tmp_path, corpus=CORPUS)
