@@ -201,6 +201,13 @@ def _base(model: torch.nn.Module, attr: str) -> torch.nn.Module:
     return inner if isinstance(inner, torch.nn.Module) and inner is not model else model
 
 
+def _lab_adapter() -> Adapter:
+    """The Depth lab's trainable decoders (explorer/lab), imported on first use."""
+    from ..lab.adapter import LabAdapter
+
+    return LabAdapter()
+
+
 ADAPTERS: dict[str, type[Adapter]] = {
     "llama": LlamaAdapter,
     "mistral": LlamaAdapter,
@@ -208,6 +215,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "qwen3": LlamaAdapter,
     "gpt2": GPT2Adapter,
     "bert": BertAdapter,
+    "explorer_lab": _lab_adapter,
 }
 
 

@@ -98,6 +98,7 @@ class StepEvent:
     choice: TokenChoice | None = None  # token sampled at the end of this step (None: encoder/no generation)
     cached_prefix: int = 0  # positions reused from the previous run's cache (prefill only)
     finish_reason: str | None = None  # None while running; "eos", "max_tokens", "cancelled", "prompt_only"
+    routing: dict | None = None  # last event only, for models with learned depth routing (explorer.lab.routing)
 
     def __post_init__(self) -> None:
         arrays = dict(self.arrays)

@@ -48,6 +48,7 @@ class Run:
     scaling: np.ndarray | None = None  # [layers] attention scaling per layer
     vocab: list[str] | None = None  # readable text of every token id (set by Session.new_run; None when loaded)
     lens: Any = None  # analysis.depth.LensColumns over every depth and position, from capture(..., lens=...)
+    routing: dict | None = None  # learned depth routing of a Depth lab model (explorer.lab.routing.record)
     _buffers: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _n: int = 0
     _planned: int | None = field(default=None, repr=False)  # positions after the first step (None: max_new_tokens)
@@ -75,6 +76,8 @@ class Run:
         if event.is_prefill:
             self.n_prompt = event.n_new
         self.steps.append(event)
+        if event.routing is not None:
+            self.routing = event.routing
         if event.finish_reason:
             self.finish_reason = event.finish_reason
         self._cache.clear()

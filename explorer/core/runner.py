@@ -101,7 +101,7 @@ class Session:
                                    skip=request.skip_arrays) as capture, torch.inference_mode():
             event = self._prefill(capture, prompt, reuse, previous if reuse else None, gen)
             if event.choice is None:
-                yield replace(event, finish_reason="prompt_only")
+                yield replace(event, finish_reason="prompt_only", routing=self._routing(prompt.ids, capture))
                 return
             yield event
             spans, text_len = IncrementalSpans(), len(prompt.tokenized.text)
@@ -110,6 +110,8 @@ class Session:
                     raise Cancelled("Run cancelled.")
                 token = self._generated_token(event.choice, spans, text_len)
                 event = self._decode_step(capture, token, event.choice, gen)
+                if event.finish_reason:  # a lab model's learned routing rides on the last event
+                    event = replace(event, routing=self._routing(self._cache_ids, capture))
                 yield event
 
     def _prepared_prompt(self, request: RunRequest, cancel: threading.Event | None = None) -> Prepared:
@@ -182,6 +184,15 @@ class Session:
         except BaseException:
             self.forget_cache()
             raise
+
+    def _routing(self, ids: list[int], capture: CaptureContext) -> dict | None:
+        """A model that learns its depth routing (the Depth lab's) reports it for the finished run's tokens
+        (one more forward pass, which the capture hooks ignore)."""
+        routing = getattr(self.loaded.model, "depth_routing", None)
+        if routing is None:
+            return None
+        capture.record = None
+        return routing(ids)
 
     def _reusable_prefix(self, ids: list[int], previous: Run | None, interventions: tuple = (),
                          skip: tuple[str, ...] = ()) -> int:

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "interventions": "explorer.ui.panels.interventions:InterventionsPanel",
     "head_sweep": "explorer.ui.panels.head_sweep:HeadSweepPanel",
     "compare": "explorer.ui.panels.compare:ComparePanel",
+    "depth_lab": "explorer.ui.panels.depth_lab:DepthLabPanel",
 }
 
 

@@ -30,6 +30,7 @@ from . import intervention_menu as im
 from .base import Panel
 from .depth_lens import LensSelector
 from .depth_views import AttributionView, DepthAttentionView, ShareView, SimilarityView, _esc, readable
+from .lab_routing import LearnedVsPostHoc
 from .token_colors import piece_name
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class DepthPanel(Panel):
         self.tabs.addTab(self.share, "Residual share")
         self.tabs.addTab(self.similarity, "Similarity && updates")
         self.tabs.addTab(self.depth_attention, "Depth attention (counterfactual)")
+        self.learned = LearnedVsPostHoc()  # a Depth lab model's real routing beside the post-hoc share
+        self.tabs.addTab(self.learned, "Learned routing (lab model)")
         split = QSplitter(Qt.Vertical)
         top = QSplitter(Qt.Horizontal)
         top.addWidget(self.lens)
@@ -359,7 +362,7 @@ class DepthPanel(Panel):
         layer = min(self.selection.layer, run.info.n_layers - 1)
         view = self.tabs.currentWidget()
         depends = {self.attribution: {"position"}, self.share: {"position"}, self.similarity: {"run"},
-                   self.depth_attention: {"position", "layer", "head"}}.get(view, set())
+                   self.depth_attention: {"position", "layer", "head"}, self.learned: {"position"}}.get(view, set())
         if changed is not None and not (changed & depends):
             return
         if view is self.attribution:
@@ -378,6 +381,8 @@ class DepthPanel(Panel):
                 self.depth_attention.draw(run, weights, layer, head, pos)
             except (ValueError, KeyError, AttributeError, NotImplementedError) as exc:  # e.g. no such projections
                 self.depth_attention.clear(f"Depth attention is not available for this model: {exc}")
+        elif view is self.learned:
+            self.learned.draw(run, pos)
 
 
 

@@ -24,6 +24,7 @@ from ..theme import OKABE_ITO
 from .base import Panel
 from .kv_eviction import EvictionView
 from .kv_whatif import WhatIfCalculator
+from .lab_routing import moda_depth_kv_text
 
 MIB = float(1 << 20)
 CACHED_COLOUR = OKABE_ITO["orange"]  # the reused prefix
@@ -252,7 +253,7 @@ class KVCachePanel(Panel):
         self.formula.setText(
             f"<b>Formula</b> (K and V \u00d7 layers \u00d7 KV heads \u00d7 head dim \u00d7 tokens \u00d7 bytes per "
             f"number, {run.info.dtype}):<br><span style='font-size:large'>{f.text()}</span> "
-            f"({check} the measured cache)<br>{f.savings_text()}")
+            f"({check} the measured cache)<br>{f.savings_text()}{moda_depth_kv_text(run, self._bytes_per_elem)}")
         self._update_reuse(run)
 
     # --- prefix reuse ------------------------------------------------------------------------------------

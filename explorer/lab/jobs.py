@@ -1,0 +1,128 @@
+"""What the GUI (or a notebook) needs around the trainer, without Qt: the checkpoints trained so far,
+a training job on a background thread (progress, cancel), and a probe that reads a checkpoint's
+learned routing and the ablation-measured importance of each source as numpy arrays."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .train import Progress, TrainConfig, TrainResult
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXT = ("def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
+              "    return a\n\n\nclass Stack:\n    def __init__(self):\n        self.items = []\n")
+
+
+def lab_root() -> Path:
+    from ..core.models import cache_root
+
+    return cache_root() / "lab"
+
+
+@dataclass
+class LabEntry:
+    folder: Path
+    arch: str
+    seed: int
+    metrics: dict
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch} (seed {self.seed})"
+
+
+def list_checkpoints(root: Path | None = None) -> list[LabEntry]:
+    """Every folder under `root` with a readable metrics.json (damaged ones are skipped and logged)."""
+    from ..core.errors import ModelLoadError
+    from .checkpoint import read_json
+
+    root = Path(root or lab_root())
+    entries = []
+    for metrics_file in sorted(root.glob("*/metrics.json")):
+        try:
+            m = read_json(metrics_file)
+            if not isinstance(m, dict) or not isinstance(m.get("heldout_bpb"), list):
+                raise ModelLoadError(f"{metrics_file} has no held-out curve")
+            entries.append(LabEntry(metrics_file.parent, str(m.get("arch", "?")), int(m.get("seed", 0)), m))
+        except (ModelLoadError, ValueError, TypeError) as exc:
+            log.warning("skipping lab folder %s: %s", metrics_file.parent, exc)
+    return entries
+
+
+@dataclass
+class TrainJob:
+    """One training run on a daemon thread. Poll `progress` / `done`; `cancel()` stops after the current
+    step and saves a checkpoint."""
+
+    config: TrainConfig
+    out: Path
+    resume: bool = False
+    progress: Progress | None = None
+    history: list[Progress] = field(default_factory=list)
+    result: TrainResult | None = None
+    error: str | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> TrainJob:
+        self._thread = threading.Thread(target=self._run, name=f"lab-train-{self.config.arch}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from .train import train
+
+        def on_progress(p: Progress) -> None:
+            self.progress = p
+            self.history.append(p)
+
+        try:
+            self.result = train(self.config, self.out, resume=self.resume, on_progress=on_progress,
+                                cancel=self._cancel)
+        except Exception as exc:  # reported to the panel, never raised in the thread
+            log.exception("lab training failed")
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def done(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+@dataclass
+class Probe:
+    arch: str
+    tokens: list[str]  # readable byte per position
+    routing: dict[str, np.ndarray]
+    ablation: dict[str, np.ndarray]
+    n_layers: int
+
+
+def probe(folder: Path, text: str = PROBE_TEXT) -> Probe:
+    """Load a checkpoint, record its routing over `text` and measure each source's importance."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from .checkpoint import load_lab_model
+    from .routing import ablation, record
+
+    model = load_lab_model(Path(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)  # bytes, or what it trained on
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][:512], dtype=torch.long)  # [T]
+    routing = record(model, ids)
+    abl = ablation(model, ids.reshape(1, -1))
+    tokens = [tokenizer.decode([int(i)]).replace("\n", "\u21b5").replace(" ", "\u00b7") or f"<{int(i)}>"
+              for i in ids]
+    return Probe(model.config.depth, tokens, routing, abl, model.config.num_hidden_layers)
