@@ -13,6 +13,8 @@ import argparse
 import sys
 import threading
 
+from .core.naming import depth_label
+
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("fit", "show"):
@@ -93,7 +95,7 @@ def cmd_show(argv: list[str]) -> int:
     names = top_tokens(run, cols)
     print(f"{cols.label} at position {pos} ({run.tokens[pos].text!r}):")
     for row in range(cols.top_ids.shape[0]):
-        depth = "embed" if row == 0 else f"after layer {row - 1}"
+        depth = depth_label(row)
         tops = "  ".join(f"{t!r} {p:.2f}" for t, p in zip(names[row][pos], cols.top_probs[row, pos], strict=True))
         print(f"  {depth:<16} KL {cols.kl[row, pos]:7.3f}  {tops}")
     return 0

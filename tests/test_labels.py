@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 import explorer
 from explorer.core.labels import position_text, readable_label, token_label, token_text, vocab_label
 
@@ -44,3 +46,22 @@ def test_no_other_module_makes_token_label_text():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if p.name != "labels.py" and pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_residual_depths_are_labelled_by_the_one_naming_rule():
+    """Issue 17: one residual row was "layer i", "after i" and "layer i+1 of L" in three panels. Only
+    core/naming.py spells a depth label; everything else calls depth_label / block_label."""
+    root = Path(explorer.__file__).parent
+    pattern = re.compile(r"""f["'][^"']*after (layer|block) \{""")
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p.name != "naming.py" and pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_depth_labels():
+    from explorer.core.naming import block_label, block_output_depth, depth_label
+
+    assert [depth_label(d) for d in range(3)] == ["embed", "after block 0", "after block 1"]
+    assert depth_label(2, short=True) == "after 1" and block_label(4) == "block 4" and block_output_depth(4) == 5
+    with pytest.raises(ValueError):
+        depth_label(-1)

@@ -10,7 +10,7 @@ to the states before the final norm and the unembedding:
                    KL(final || lens); the translator reads the RMS-normalised state, see lens_fit.py)
     Jacobian lens  lm_head(norm(J_l h_l)),  J_l = E[d h_L / d h_l]   (Gurnee, Sofroniew, Lindsey et al. 2026)
 
-Depth rows follow the Run: row 0 is the embeddings, row l the state after layer l - 1, row L the
+Depth rows follow the Run: row 0 is the embeddings, row l the state after block l - 1 (core.naming), row L the
 last layer's output, which every lens reads as is (the model's real prediction).
 
 A fitted lens is a folder: `lens.safetensors` (tensors `matrix` [L, D, D] and `bias` [L, D], float32,

@@ -39,6 +39,7 @@ from .lens import FITTED_KINDS, Lens, LensError, compute_lens
 from .lens_corpus import Windows, documents, split_files, stdlib_files
 from .lens_store import save_lens
 from .models import LoadedModel
+from .naming import depth_label
 
 Progress = Callable[[float, str], None]
 
@@ -302,7 +303,7 @@ def fit_lens(loaded: LoadedModel, config: FitConfig, *, on_progress: Progress | 
         "kind": config.kind, "model": loaded.info.name, "fit_seconds": round(fit_s, 2),
         "held_out_positions": int(eval_ids.numel()), "corpus": "python stdlib docstrings + source",
         "train_files": len(train), "held_out_files": len(held), "config": asdict(config), **detail,
-        "layers": [{"layer": layer, "depth": "embed" if layer == 0 else f"after layer {layer - 1}",
+        "layers": [{"layer": layer, "depth": depth_label(layer),
                     "kl_logit_lens": float(kl_logit[layer]), "kl_fitted": float(kl_fit[layer])}
                    for layer in range(loaded.info.n_layers)],
     }

@@ -115,6 +115,7 @@ def probe(folder: Path, text: str = PROBE_TEXT) -> Probe:
     import torch
     from transformers import AutoTokenizer
 
+    from ..core.labels import readable_label
     from .checkpoint import load_lab_model
     from .routing import ablation, record
 
@@ -123,6 +124,5 @@ def probe(folder: Path, text: str = PROBE_TEXT) -> Probe:
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][:512], dtype=torch.long)  # [T]
     routing = record(model, ids)
     abl = ablation(model, ids.reshape(1, -1))
-    tokens = [tokenizer.decode([int(i)]).replace("\n", "\u21b5").replace(" ", "\u00b7") or f"<{int(i)}>"
-              for i in ids]
+    tokens = [readable_label(tokenizer.decode([int(i)]), width=None) or f"<{int(i)}>" for i in ids]
     return Probe(model.config.depth, tokens, routing, abl, model.config.num_hidden_layers)

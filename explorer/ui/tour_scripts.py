@@ -21,6 +21,7 @@ from ..core.analysis.jobs import EvictionWhatIf
 from ..core.analysis.massive import massive_positions
 from ..core.interventions import Intervention
 from ..core.lens_store import cached_lens
+from ..core.naming import depth_label
 
 Facts = dict[str, Any]
 
@@ -196,7 +197,7 @@ def paris_facts(run, _loaded, _facts: Facts) -> Facts:
     p_final = float(np.exp(run.next_token_logprobs(pos)[paris]))
 
     def name(d: int) -> str:
-        return "the embedding" if d == 0 else f"layer {d - 1}"
+        return "the embedding" if d == 0 else depth_label(d)
 
     return {"lens_kind": kind, "lens_label": "tuned lens" if kind == "tuned" else "logit lens",
             "paris": (run.vocab[paris] if run.vocab else str(paris)), "paris_id": paris, "pos": pos,

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSplitter, QTabWid
 from ...core.analysis.depth import LENS_TOP_K, LensTable, compute_lens, lens_inputs
 from ...core.analysis.depth_attention import DepthWeights
 from ...core.analysis.jobs import ReadDepthWeights
+from ...core.naming import depth_label
 from ...core.run import Run
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap, readable_label
@@ -227,7 +228,7 @@ class DepthPanel(Panel):
         if run is None or t is None:
             return
         values, levels = self.lens_values()
-        rows = ["embed"] + [f"layer\u00a0{i}" for i in range(run.info.n_layers)]  # no-break space: the axis
+        rows = [depth_label(d, short=True).replace(" ", "\u00a0") for d in range(run.info.n_layers + 1)]  # the axis
         # shows a token's spaces as "·", these are not tokens
         cols = [tok.text for tok in run.tokens[: t.n]]
         self.lens.set_data(values, levels=levels, row_labels=rows, col_labels=cols, auto_range=False)
@@ -293,7 +294,7 @@ class DepthPanel(Panel):
         t, run = self.table, self.run
         if t is None or run is None or col >= t.n:
             return
-        where = "embedding" if row == 0 else f"after layer {row - 1}"
+        where = depth_label(row)
         tok = _esc(readable(run.tokens[col].text))
         if not t.done[col]:
             self.lens.readout.setText(f"position {col} '{tok}', {where}: not computed yet")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
@@ -34,13 +35,13 @@ from PySide6.QtWidgets import (
 from ...lab.config import ARCHS
 from ...lab.jobs import LabEntry, TrainJob, lab_root, list_checkpoints, probe
 from ...lab.train import LIVE_METRICS, SIZES, TrainConfig
+from .. import plot_style
 from ..widgets.background import Background
 from .base import Panel
 from .lab_routing import LearnedRoutingView
 
-# Okabe-Ito: colour-blind safe, one per variant
-COLOURS = dict(zip(ARCHS, [(110, 110, 110), (230, 159, 0), (86, 180, 233), (0, 158, 115), (213, 94, 0),
-                          (204, 121, 167)], strict=True))
+# the theme's categorical colours (Okabe-Ito: colour-blind safe), one per variant, as RGB tuples
+COLOURS = {arch: tuple(QColor(plot_style.series(i)).getRgb()[:3]) for i, arch in enumerate(ARCHS)}
 POLL_MS = 300
 
 
@@ -84,6 +85,7 @@ class DepthLabPanel(Panel):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.status = QLabel(" ")
+        self.status.setWordWrap(True)  # progress lines are long: they wrap under the controls (presenter fits)
         controls = QHBoxLayout()
         for label, widget in (("Variant", self.arch), ("Size", self.size), ("Tokens", self.tokenizer),
                               ("Time", self.minutes), ("Seed", self.seed)):
@@ -91,8 +93,9 @@ class DepthLabPanel(Panel):
             controls.addWidget(widget)
         controls.addWidget(self.train_button)
         controls.addWidget(self.cancel_button)
-        controls.addWidget(self.status, 1)
+        controls.addStretch(1)
         self.body.addLayout(controls)
+        self.body.addWidget(self.status)
 
         self.by_tokens = self._loss_plot("tokens seen")
         self.by_time = self._loss_plot("training time (s)")
@@ -154,15 +157,12 @@ class DepthLabPanel(Panel):
 
     @staticmethod
     def _loss_plot(x_label: str) -> pg.PlotWidget:
-        plot = pg.PlotWidget(background="w")  # line charts on white, as the other panels' charts
-        for axis in ("left", "bottom"):
-            plot.getAxis(axis).setPen("k")
-            plot.getAxis(axis).setTextPen("k")
+        plot = pg.PlotWidget()
         plot.setLabel("bottom", x_label)
         plot.setLabel("left", "bits per byte")
         plot.showGrid(x=True, y=True, alpha=0.3)
-        plot.addLegend(offset=(-10, 10), labelTextColor="k", brush=pg.mkBrush(255, 255, 255, 200))
-        return plot
+        plot.addLegend(offset=(-10, 10))
+        return plot_style.style(plot)  # the theme's background, axes, legend and fonts, kept on theme changes
 
     # --- training ---------------------------------------------------------------------------------
     def start_training(self) -> TrainJob | None:

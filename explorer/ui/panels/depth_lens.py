@@ -23,12 +23,13 @@ from PySide6.QtWidgets import QApplication, QComboBox, QHBoxLayout, QLabel, QVBo
 from ...core import catalogue
 from ...core.lens import FITTED_KINDS, Lens
 from ...core.lens_store import cached_lens, lens_dir
+from .. import plot_style
 
 log = logging.getLogger(__name__)
 CHOICES = (("logit", "logit lens"), ("tuned", "tuned lens"), ("jacobian", "Jacobian lens"))
-RUN_COLOUR = (213, 94, 0)
-LOGIT_COLOUR = (0, 114, 178)
-FITTED_COLOUR = (0, 158, 115)
+RUN_COLOUR = plot_style.series(3)  # vermillion
+LOGIT_COLOUR = plot_style.series(0)  # blue
+FITTED_COLOUR = plot_style.series(2)  # green
 FIT_MINUTES = {"tuned": 3.0, "jacobian": 6.0}  # first-use fits; the Jacobian estimate is noisier (see lens_fit.py)
 KL_FLOOR = 1e-3  # the last depth's KL is 0: the log axis draws it at this floor
 
@@ -121,21 +122,19 @@ class LensSelector(QWidget):
             self.combo.addItem(label, key)
         self.status = QLabel(" ")
         self.status.setWordWrap(True)
-        self.plot = pg.PlotWidget(background="w")
+        self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "depth (0 = embed)")
         self.plot.setLabel("left", "KL from final (nats, log)")
         self.plot.showGrid(y=True, alpha=0.3)
         self.plot.setLogMode(y=True)  # the logit lens' first rows are 100x the last ones
-        self.plot.addLegend(offset=(5, 5), labelTextColor="k")
-        for axis in ("left", "bottom"):
-            self.plot.getAxis(axis).setPen("k")
-            self.plot.getAxis(axis).setTextPen("k")
+        self.plot.addLegend(offset=(5, 5))
         self.run_curve = self.plot.plot([], [], pen=pg.mkPen(RUN_COLOUR, width=2), name="this run")
         self.held_logit = self.plot.plot([], [], pen=pg.mkPen(LOGIT_COLOUR, width=2, style=Qt.DashLine),
                                          name="held-out: logit lens")
         self.held_fitted = self.plot.plot([], [], pen=pg.mkPen(FITTED_COLOUR, width=2, style=Qt.DashLine),
                                           name="held-out: fitted lens")
+        plot_style.style(self.plot)  # after the legend: the theme styles it too, and again on theme changes
         self.plot.setMinimumWidth(220)
         self.plot.setMinimumHeight(110)
         small = self.status.font()

@@ -22,6 +22,7 @@ from ...core.analysis.depth import (
 from ...core.analysis.depth_attention import DepthWeights, depth_attention, head_attribution
 from ...core.labels import readable_label
 from ...core.labels import token_text as piece_name
+from ...core.naming import depth_label
 from ...core.run import Run
 from .. import plot_style
 from ..theme import OKABE_ITO
@@ -140,7 +141,7 @@ class ShareView(QWidget):
     def draw(self, run: Run, position: int) -> None:
         share = residual_share(run, position, split=self.split.isChecked())
         n_layers = run.info.n_layers
-        rows = ["embed"] + [f"after {i}" for i in range(n_layers)]
+        rows = [depth_label(d, short=True) for d in range(n_layers + 1)]
         cols = ["embed"] + ([f"{k}{i}" for i in range(n_layers) for k in ("a", "m")] if self.split.isChecked()
                             else [str(i) for i in range(n_layers)])
         self.map.set_data(share, levels=_sym_levels(share), row_labels=rows, col_labels=cols)
@@ -267,10 +268,10 @@ class DepthAttentionView(QWidget):
         self.caption.setText(
             f"Layer {layer}, head {head}, position {position}: blue = sequence keys 0..{position} (black marks: the "
             f"head's real attention), pink = keys from this position's states after layers "
-            f"emb..{layer - 1} (d<i>j</i> = after layer <i>j</i>; the last is the state layer {layer} reads), "
+            f"embed..{depth_label(layer)} (the last is the state block {layer} reads), "
             f"with layer {layer}'s own key projection, in one softmax. Depth would take "
             f"<b>{att.depth_mass:.0%}</b> of the attention, most from "
-            f"{'the embedding' if top == 0 else f'after layer {top - 1}'}.")
+            f"{depth_label(top)}.")
 
 
 def _plot() -> pg.PlotWidget:

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushBu
 from ...core.analysis import projection as P
 from ...core.events import TokenKind
 from ...core.labels import readable_label, token_label, vocab_label  # noqa: F401 - vocab_label re-exported
+from ...core.naming import depth_label
 from .. import plot_style
 from ..theme import OKABE_ITO
 
@@ -32,9 +33,8 @@ COLOUR_BY = ("token kind", "position", "same token as selected")
 
 
 def layer_name(layer: int, n_layers: int) -> str:
-    if layer == 0:
-        return "embeddings (layer 0)"
-    return f"after block {layer - 1} (layer {layer} of {n_layers})"
+    """The residual depth `layer` in the one naming rule (core.naming), with the number of blocks."""
+    return f"{depth_label(layer)} of {n_layers}" if layer else depth_label(layer)
 
 
 class TokensAtLayerView(QWidget):
