@@ -19,12 +19,6 @@ def llama_run(tiny_llama):
     return capture("The capital of France is Paris. The capital of Italy is", tiny_llama, max_new_tokens=4)
 
 
-def test_registered():
-    from explorer.ui.panels import REGISTRY, panel_class
-
-    assert "attention" in REGISTRY and panel_class("attention") is AttentionPanel
-
-
 def test_displayed_map_equals_run_attention(qtbot, llama_run, make_panel):
     panel, sel = make_panel(AttentionPanel, llama_run, size=(1100, 600))
     sel.set("layer", 2)

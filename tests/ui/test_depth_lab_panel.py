@@ -12,7 +12,6 @@ import torch
 import explorer
 from explorer.lab.data import Corpus
 from explorer.lab.train import TrainConfig, train
-from explorer.ui.panels import REGISTRY, panel_class
 from explorer.ui.panels.depth import DepthPanel
 from explorer.ui.panels.depth_lab import DepthLabPanel
 from explorer.ui.selection import Selection
@@ -44,10 +43,6 @@ def _panel(qtbot, root):
     panel.resize(1200, 800)
     panel.show()
     return panel
-
-
-def test_registered():
-    assert panel_class("depth_lab") is DepthLabPanel and "depth_lab" in REGISTRY
 
 
 def test_curves_of_every_checkpoint_with_a_band_for_seeds(qtbot, lab_root):

@@ -10,7 +10,6 @@ from numeric import approx, assert_close
 from explorer.core.analysis.depth import lens_columns
 from explorer.core.events import GenerationSettings, RunRequest
 from explorer.core.runner import Session
-from explorer.ui.panels import REGISTRY, panel_class
 from explorer.ui.panels import depth as depth_module
 from explorer.ui.panels.depth import DepthPanel
 from explorer.ui.selection import Selection
@@ -60,10 +59,6 @@ def _stream(session, panel, sel):
 def _settle(qtbot):
     Background.wait_idle()
     qtbot.wait(20)
-
-
-def test_registered():
-    assert panel_class("depth") is DepthPanel and "depth" in REGISTRY
 
 
 def test_streams_and_fills_the_lens_progressively(qtbot, tiny_llama, monkeypatch):

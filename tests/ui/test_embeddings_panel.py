@@ -45,12 +45,6 @@ def _shown(scatter) -> np.ndarray:
     return np.stack([x, y], axis=1)
 
 
-def test_registered():
-    from explorer.ui.panels import REGISTRY, panel_class
-
-    assert panel_class("embeddings") is EmbeddingsPanel and "embeddings" in REGISTRY
-
-
 def test_points_are_the_shared_projection_at_the_slider_layer(qtbot, llama_run, make_panel):
     panel, sel = _panel(make_panel, llama_run)
     view = panel.tokens_view

@@ -35,13 +35,6 @@ def base(session):
     return run_request(session, RunRequest(PROMPT))
 
 
-def test_registered():
-    from explorer.ui.panels import panel_class
-
-    for name, cls in (("interventions", InterventionsPanel), ("head_sweep", HeadSweepPanel), ("compare", ComparePanel)):
-        assert panel_class(name) is cls
-
-
 def test_menu_to_rerun_and_difference_view(qtbot, session, base, make_panel):
     panel, sel = make_panel(InterventionsPanel, base, size=(1000, 600), position="last")
     requests = []

@@ -7,7 +7,6 @@ import pytest
 
 from explorer.core.analysis import eviction as ev
 from explorer.core.events import GenerationSettings, RunRequest
-from explorer.ui.panels import REGISTRY, panel_class
 from explorer.ui.panels.kv_cache import MIB, KVCachePanel
 from explorer.ui.selection import Selection
 from explorer.ui.widgets.background import Background
@@ -34,11 +33,6 @@ def panel(qtbot):
     p.resize(1000, 800)
     p.show()
     return p
-
-
-def test_registered():
-    assert panel_class("kv_cache") is KVCachePanel
-    assert "kv_cache" in REGISTRY
 
 
 def test_chart_values_are_the_measured_bytes_and_steps_append(panel, tiny_session):

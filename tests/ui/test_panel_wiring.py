@@ -7,6 +7,7 @@ from PySide6.QtWidgets import QTabBar
 
 from explorer.core.analysis.jobs import ReadDepthWeights
 from explorer.ui.main_window import MainWindow
+from explorer.ui.panels import REGISTRY
 from explorer.ui.settings import open_settings
 
 pytest.importorskip("pytestqt")
@@ -162,3 +163,16 @@ def test_every_model_job_runs_on_the_engine_thread(qtbot, tmp_path, tiny_llama):
             h.remove()
     assert threads == {w.host.engine.thread.ident}
     w.close()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registry_entry_is_a_panel_class_of_its_module(name):
+    """One test for the registry (it replaced a copy per panel): each name resolves to a Panel subclass
+    defined in the module the entry names, with a title for its dock."""
+    from explorer.ui.panels import Panel, panel_class
+
+    cls = panel_class(name)
+    module, cls_name = REGISTRY[name].split(":")
+    assert issubclass(cls, Panel) and cls is not Panel
+    assert cls.__module__ == module and cls.__name__ == cls_name
+    assert isinstance(cls.title, str) and cls.title.strip()

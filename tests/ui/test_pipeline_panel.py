@@ -12,7 +12,6 @@ from PySide6.QtCore import QPoint, Qt
 
 from explorer.core.api import run_request
 from explorer.core.events import GenerationSettings, RunRequest
-from explorer.ui.panels import REGISTRY, panel_class
 from explorer.ui.panels.pipeline import GROUPS, PipelinePanel, overhead_text, process_rss_bytes, stage_group
 
 
@@ -30,11 +29,6 @@ def _bar_totals(panel) -> np.ndarray:
         y, width = item.opts["y"], item.opts["width"]
         np.add.at(totals, np.asarray(y, int), np.broadcast_to(width, np.shape(y)))
     return totals
-
-
-def test_registered():
-    assert panel_class("pipeline") is PipelinePanel
-    assert "pipeline" in REGISTRY
 
 
 def test_stage_groups():
