@@ -13,6 +13,7 @@ import argparse
 import sys
 import threading
 
+from .cli import _progress_printer
 from .core.naming import depth_label
 
 
@@ -21,14 +22,6 @@ def main(argv: list[str]) -> int:
         print("usage: lm-explorer lens {fit,show} ...  (fit --help / show --help for the options)", file=sys.stderr)
         return 2
     return {"fit": cmd_fit, "show": cmd_show}[argv[0]](argv[1:])
-
-
-def _progress(prefix: str):
-    def show(fraction: float, message: str) -> None:
-        print(f"\r{prefix} [{fraction * 100:5.1f}%] {message[:64]:<64}", end="", file=sys.stderr, flush=True)
-        if fraction >= 1.0:
-            print(file=sys.stderr)
-    return show
 
 
 def cmd_fit(argv: list[str]) -> int:
@@ -56,12 +49,12 @@ def cmd_fit(argv: list[str]) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, on_progress=_progress("load"))
+    loaded = load_model(args.model, on_progress=_progress_printer("load"))
     config = FitConfig(kind=args.kind, minutes=args.minutes, seq_len=args.seq_len, batch=args.batch,
                        eval_windows=args.eval_windows, seed=args.seed)
     cancel = threading.Event()
     try:
-        _lens, metrics = fit_and_save(loaded, config, args.out, on_progress=_progress("fit"), cancel=cancel)
+        _lens, metrics = fit_and_save(loaded, config, args.out, on_progress=_progress_printer("fit"), cancel=cancel)
     except KeyboardInterrupt:
         cancel.set()
         print("\ncancelled: nothing written", file=sys.stderr)

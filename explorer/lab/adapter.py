@@ -3,33 +3,13 @@
 
 from __future__ import annotations
 
-from ..core.adapters import Adapter
+from ..core.adapters import LlamaAdapter
 from . import model as _model  # noqa: F401  registers LabConfig / LabForCausalLM with the Auto classes
 
 
-class LabAdapter(Adapter):
-    """model.model.layers[i].{self_attn, mlp}. Only the plain, MoDA variants keep an additive residual;
+class LabAdapter(LlamaAdapter):
+    """model.model.layers[i].{self_attn, mlp}, as Llama's. Only the plain, MoDA variants keep an additive residual;
     AttnRes/mHC reweight sources and Engram adds memory outside the attention/MLP blocks, so the
     direct attribution is not exact for them and is labelled as such."""
 
     additive_residual = False
-
-    def layers(self, model):
-        return list(model.model.layers)
-
-    def attention_core(self, layer):
-        return layer.self_attn
-
-    attention_block = attention_core
-
-    def mlp_block(self, layer):
-        return layer.mlp
-
-    def output_projection(self, layer):
-        return layer.self_attn.o_proj
-
-    def embedding(self, model):
-        return model.model.embed_tokens
-
-    def final_norm(self, model):
-        return model.model.norm
