@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 from ...core.analysis.align import Alignment, align_runs, attention_diff, lens_diff, next_token_diff
 from ...core.api import run_request
 from ...core.run import Run
+from ..table_fill import fill_table
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
@@ -108,16 +109,17 @@ class ComparePanel(Panel):
 
     def _draw_strip(self) -> None:
         a, b, al = self.run, self.run_b, self.alignment
-        self.strip.setColumnCount(len(al.pairs))
-        for col, (i, j) in enumerate(al.pairs):
+        cells: list[list[QTableWidgetItem]] = [[], []]  # [A row, B row] one column per aligned pair
+        for i, j in al.pairs:
             for r, (run, k) in enumerate(((a, i), (b, j))):
                 item = QTableWidgetItem("" if k is None else run.tokens[k].text.replace("\n", "⏎"))
                 if i is None or j is None:
                     item.setBackground(_ONLY_B if i is None else _ONLY_A)
                 elif a.tokens[i].text != b.tokens[j].text:
                     item.setBackground(_DIFF)
-                self.strip.setItem(r, col, item)
-        self.strip.resizeColumnsToContents()
+                cells[r].append(item)
+        fill_table(self.strip, cells, columns=len(al.pairs))
+        self.strip.setVerticalHeaderLabels(["A", "B"])
 
     def _strip_clicked(self, _row: int, col: int) -> None:
         i = self.alignment.pairs[col][0] if self.alignment is not None else None

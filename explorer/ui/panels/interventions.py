@@ -17,7 +17,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -28,6 +27,7 @@ from ...core.analysis.patching import patch_from_run_b
 from ...core.events import RunRequest
 from ...core.interventions import Intervention
 from ...core.run import Run
+from ..table_fill import fill_table
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
@@ -262,11 +262,8 @@ class InterventionsPanel(Panel):
             f"Next token after position {pos}: KL(baseline ‖ now) = <b>{d['kl_ab']:.4f}</b> nats · top-1 "
             f"{name(d['top1_a'])} → {name(d['top1_b'])} "
             + ("<b style='color:#c0392b'>(changed)</b>" if changed else "(unchanged)"))
-        self.table.setRowCount(len(d["ids"]))
-        for row, (tid, pa, pb) in enumerate(zip(d["ids"], d["p_a"], d["p_b"], strict=True)):
-            for col, text in enumerate((name(tid), f"{pa:.3f}", f"{pb:.3f}", f"{pb - pa:+.3f}")):
-                self.table.setItem(row, col, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
+        fill_table(self.table, [[name(tid), f"{pa:.3f}", f"{pb:.3f}", f"{pb - pa:+.3f}"]
+                                for tid, pa, pb in zip(d["ids"], d["p_a"], d["p_b"], strict=True)])
         peak = float(max(lens.max(), 1e-6))
         labels = [self.run.tokens[p].text for p in range(lo, lo + lens.shape[1])]
         self.lens.set_data(lens, (0.0, peak), row_labels=["emb"] + [str(i) for i in range(lens.shape[0] - 1)],
