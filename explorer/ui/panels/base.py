@@ -58,17 +58,41 @@ class Panel(QWidget):
         return self
 
     # --- called by the main window -------------------------------------------------------------
+    # Replay: once the step is moved, `self.run` is the run as it was at the selected step (Run.upto) and
+    # `self.full_run` the whole run; a new run is drawn whole (the window selects its last step).
+    full_run: Run | None = None
+
     def set_run(self, run: Run | None) -> None:
-        self.run = run
+        self.full_run = self.run = run
         if not self._deferred():
             self._guard(self.draw_run, run)
 
     def on_step(self, run: Run, event: StepEvent) -> None:
+        replaying = self.full_run is run and self.run is not run  # the user stepped back while it streams
+        self.full_run = run
+        if replaying:
+            return
         self.run = run
         if not self._deferred():
             self._guard(self.draw_step, run, event)
 
+    def _at_selected_step(self, run: Run | None) -> Run | None:
+        if run is None or not run.steps or self.selection.step >= len(run.steps) - 1:
+            return run
+        return run.upto(self.selection.step)
+
     def _selection_changed(self, field: str) -> None:
+        if field == "step" and self.full_run is not None:
+            shown = self._at_selected_step(self.full_run)
+            if shown is not self.run and (shown.n_tokens, len(shown.steps)) != (self.run.n_tokens, len(self.run.steps)):
+                following = self.run is None or self.selection.position >= self.run.n_tokens - 1
+                self.run = shown  # replay: redraw what the model had seen at that step
+                if following or self.selection.position >= shown.n_tokens:  # the newest token of that step
+                    self.selection.set("position", shown.n_tokens - 1)
+                if not self._deferred():
+                    self._guard(self.draw_run, shown)
+                    self._guard(self.draw_selection, field)
+                return
         if self.run is not None and not self._deferred():
             self._guard(self.draw_selection, field)
 
