@@ -82,10 +82,10 @@ class Panel(QWidget):
         return run.upto(self.selection.step)
 
     def _selection_changed(self, field: str) -> None:
-        if field == "step" and self.full_run is not None:
+        if field == "step" and self.full_run is not None and self.run is not None:  # None: a new run is coming
             shown = self._at_selected_step(self.full_run)
             if shown is not self.run and (shown.n_tokens, len(shown.steps)) != (self.run.n_tokens, len(self.run.steps)):
-                following = self.run is None or self.selection.position >= self.run.n_tokens - 1
+                following = self.selection.position >= self.run.n_tokens - 1
                 self.run = shown  # replay: redraw what the model had seen at that step
                 if following or self.selection.position >= shown.n_tokens:  # the newest token of that step
                     self.selection.set("position", shown.n_tokens - 1)
