@@ -208,7 +208,8 @@ class Run:
                        _buffers=dict(self._buffers), _n=n, _cache={})
 
     def save(self, path, include_head: bool = True) -> None:
-        """Save as one .npz with a JSON header (no pickle); see core/runfile.py."""
+        """Save as one compressed .npz with a JSON header (no pickle); `include_head=False` leaves out the
+        unembedding, most of the file (see core/runfile.py)."""
         from .runfile import save_run
 
         save_run(self, path, include_head=include_head)

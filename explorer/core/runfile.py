@@ -36,7 +36,11 @@ _DTYPES = {
 
 
 def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write atomically (a temporary file in the same folder, then a rename), every member deflated.
+
+    The header keeps the readable text of every vocabulary id (the names of top-k alternatives). The
+    unembedding ([vocab, hidden], 57 MB for SmolLM2) is left out with `include_head=False`: then the
+    opened run has no full next-token distribution until `attach_head` gives it the model's own."""
     path = Path(path)
     header = {
         "format": FORMAT, "version": VERSION, "info": run.info.to_dict(),
@@ -47,21 +51,37 @@ def save_run(run: Run, path: str | os.PathLike, include_head: bool = True) -> No
         "steps": [_step_dict(s) for s in run.steps],
         "norm": None if run.norm is None else {"kind": run.norm.kind, "eps": run.norm.eps},
     }
+    if run.vocab is not None and len(run.vocab) == run.info.vocab_size:
+        header["vocab"] = list(run.vocab)
     arrays = {name: np.ascontiguousarray(run.array(name)) for name in ARRAY_FIELDS if run.has_array(name)}
     arrays["kv_bytes"] = np.stack([np.asarray(s.kv_bytes_per_layer) for s in run.steps])  # [steps, layers]
     if run.scaling is not None:
         arrays["scaling"] = np.asarray(run.scaling, np.float32)
+    if run.norm is not None:  # small; lets a run opened without its head take the model's unembedding later
+        arrays["norm_weight"] = run.norm.weight
+        if run.norm.bias is not None:
+            arrays["norm_bias"] = run.norm.bias
     if include_head and run.unembed is not None and run.norm is not None:
         with np.errstate(over="ignore"):
             half = run.unembed.astype(np.float16)
         # a weight beyond float16's range stays float32 (never saved as inf)
         arrays["unembed"] = half if np.isfinite(half).all() or not np.isfinite(run.unembed).all() else run.unembed
-        arrays["norm_weight"] = run.norm.weight
-        if run.norm.bias is not None:
-            arrays["norm_bias"] = run.norm.bias
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with atomic_write(path) as fh:
-        np.savez(fh, header=blob, **arrays)
+        np.savez_compressed(fh, header=blob, **arrays)
+
+
+def attach_head(run: Run, info: ModelInfo, norm: NormParams | None, unembed: np.ndarray | None) -> bool:
+    """Give a run opened without its unembedding the model's own (same name and shapes); True when attached."""
+    if run.unembed is not None or unembed is None or norm is None:
+        return False
+    if info.name != run.info.name or unembed.shape != (run.info.vocab_size, run.info.hidden_size):
+        return False
+    run.unembed = unembed
+    if run.norm is None:
+        run.norm = norm
+    run._cache.clear()
+    return True
 
 
 def load_run(path: str | os.PathLike) -> Run:
@@ -147,6 +167,7 @@ def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
                             "interventions": _interventions(header["request"].get("interventions", []), name)})
     n = int(header["n_tokens"])
     _check(arrays, info, n, name, skip=tuple(skip))
+    run_vocab = _vocab(header.get("vocab"), info, name)
     norm = None
     if header.get("norm") and "norm_weight" in arrays:
         bias = arrays.get("norm_bias")
@@ -177,7 +198,17 @@ def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
     if run.text != header["text"] or not _spans_tile(run.tokens, run.text):
         raise RunFileError(f"{name}: the token spans do not rebuild the saved text.")
     run.finish_reason = header.get("finish_reason")
+    run.vocab = run_vocab
     return run
+
+
+def _vocab(items, info: ModelInfo, name: str) -> list[str] | None:
+    """The saved readable text of every token id (None in files saved before it was kept)."""
+    if items is None:
+        return None
+    if not isinstance(items, list) or len(items) != info.vocab_size or not all(isinstance(t, str) for t in items):
+        raise RunFileError(f"{name}: the saved vocabulary is not {info.vocab_size:,} texts.")
+    return items
 
 
 def _interventions(items, name: str) -> tuple:

@@ -78,6 +78,11 @@ class FileActions:
             return
         self.detach_stream()  # a streaming run's later steps must never reach the opened run
         self.hide_banner()
+        # issue 18 item 6: the file's prompt and settings back in the prompt bar; the loaded model's head
+        self.prompt_bar.show_request(run.request)
+        session = self.host.worker.session
+        if session is not None:
+            session.attach_head(run)
         self.show_run(run, follow=True)
         self.statusBar().showMessage(f"opened {path.name} ({run.info.name}; no model needed)", 8000)
         self.run_opened.emit(True)
@@ -87,7 +92,7 @@ class FileActions:
             self.show_banner("There is no run to save yet.")
             return False
         try:
-            self.run.save(path)
+            self.run.save(path, include_head=False)  # the vocabulary matrix comes from the model when opened
         except Exception as exc:  # noqa: BLE001 - disk full, permissions...
             self.show_banner(f"Could not save the run: {exc}")
             return False
