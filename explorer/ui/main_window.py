@@ -310,6 +310,8 @@ class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
         self.statusBar().showMessage(message, 3000)
 
     def _model_loaded(self, info) -> None:
+        if self.run is not None and self.run.info.name != info.name:  # issue 18: no panel keeps the old model's data
+            self.show_run(None)
         self.info = info
         spec = self._loading_spec or info.name
         self.progress.hide()

@@ -97,11 +97,21 @@ class ComparePanel(Panel):
 
     # --- drawing -----------------------------------------------------------------------------------------
     def draw_run(self, run: Run | None) -> None:
+        if self.run_b is not None and (run is None or run.info.name != self.run_b.info.name):
+            self._forget_b()  # B belongs to another model (or the run was cleared)
         if run is None or self.run_b is None:
             return
         self.alignment = align_runs(run, self.run_b)
         self._draw_strip()
         self.draw_selection("position")
+
+    def _forget_b(self) -> None:
+        self.run_b, self.alignment = None, None
+        self.strip.setColumnCount(0)
+        self.lens_curve.setData([], [])
+        for hm in (self.attn_a, self.attn_b, self.attn_d):
+            hm.image.clear()
+        self.summary.setText("Type prompt B and press 'Run B'.")
 
     def draw_step(self, run: Run, event) -> None:
         if event.finish_reason:

@@ -113,6 +113,7 @@ class DepthPanel(Panel):
         self.table = None
         if run is None or run.n_tokens == 0:
             self.lens.image.clear()
+            self.attribution.clear(" ")
             self.status.setText(" ")
             return
         if run.unembed is None or run.norm is None:

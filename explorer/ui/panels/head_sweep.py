@@ -218,4 +218,8 @@ class HeadSweepPanel(Panel):
         fill_table(self.hits, rows)
 
     def draw_run(self, run) -> None:
-        self.result = None
+        self.result = None  # a sweep and a search belong to the run (and model) they were made for
+        self.map.image.clear()
+        self.blocks.image.clear()
+        self.hits.setRowCount(0)
+        self.sweep_label.setText("Select a position, then press 'Sweep heads'.")

@@ -9,6 +9,7 @@ import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
+    QDockWidget,
     QHBoxLayout,
     QInputDialog,
     QLabel,
@@ -207,11 +208,41 @@ class InterventionsPanel(Panel):
         self.rerun.emit(request)  # the main window runs it (connected in MainWindow._connect_panels)
 
     # --- Panel contract -----------------------------------------------------------------------------
-    def draw_run(self, run: Run | None) -> None:
-        if run is None:
-            return
-        if not run.request.interventions:
+    # --- recorded whatever is on screen (a hidden panel skips drawing, never the baseline) -----------------
+    def set_run(self, run: Run | None) -> None:
+        self._note(run)
+        super().set_run(run)
+        if run is not None and run.request.interventions:
+            self.come_forward()  # an ablation's difference is what the user asked to see
+
+    def on_step(self, run: Run, event) -> None:
+        self._note(run)
+        super().on_step(run, event)
+
+    def _note(self, run: Run | None) -> None:
+        if run is not None and not run.request.interventions:
             self.baseline = run
+
+    def come_forward(self) -> None:
+        """Raise this panel's dock (a background tab comes to the front)."""
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+
+    def draw_run(self, run: Run | None) -> None:
+        for name in ("baseline", "run_b"):  # runs of another model (or of a cleared screen) are no baseline
+            other = getattr(self, name)
+            if other is not None and (run is None or other.info.name != run.info.name):
+                setattr(self, name, None)
+        if run is None:
+            self.table.setRowCount(0)
+            self.lens.image.clear()
+            self.attn.image.clear()
+            self.summary.setText(" ")
+            return
         ivs = run.request.interventions
         self.status.setText("Baseline run (no interventions)." if not ivs else
                             f"This run: {len(ivs)} intervention(s); {run.steps[0].cached_prefix} positions "
