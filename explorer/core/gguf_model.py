@@ -238,7 +238,10 @@ def heartbeat(progress: ProgressCallback, interval: float = 1.0):
                 if not last["message"] or now - last["at"] < interval:
                     continue
                 last["at"] = now
-                progress(last["fraction"], f"{last['message']}: still working, {now - last['since']:.0f} s")
+                try:
+                    progress(last["fraction"], f"{last['message']}: still working, {now - last['since']:.0f} s")
+                except Exception:  # noqa: BLE001 - a cancel point raising: the loading thread's next report raises
+                    return
 
     thread = threading.Thread(target=beat, name="lm-explorer-progress", daemon=True)
     thread.start()
