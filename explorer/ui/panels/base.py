@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ...core.events import StepEvent
 from ...core.run import NotCaptured, Run
+from ..empty_state import show_empty
 from ..selection import Selection
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Panel(QWidget):
 
     def set_run(self, run: Run | None) -> None:
         self.full_run = self.run = run
+        show_empty(self, self.title, run is None)  # before a run: what will appear, no made-up axes
         if not self._deferred():
             self._guard(self.draw_run, run)
 
@@ -113,6 +115,8 @@ class Panel(QWidget):
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
+        if self.full_run is None:
+            show_empty(self, self.title, True)  # the plots the subclass built: covered until the first run
         self.catch_up()
 
     _failed_in: str | None = None  # the drawing method whose error is shown
