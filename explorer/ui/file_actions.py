@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QFileDialog, QInputDialog
 
 from ..core.errors import RunFileError
 from .dialogs import diagnostics, show_about
-from .export import export_widget
+from .export import documents_dir, export_widget
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,11 @@ class FileActions:
         self.statusBar().showMessage(f"saved {path}", 5000)
         return True
 
-    def export_panel(self, name: str, path: str | Path) -> bool:
+    def export_panel(self, name: str, path: str | Path, scale: float = 1.0, dpi: float | None = None) -> bool:
         dock = self.docks[name]
         widget = dock.panel.export_widget() if dock.panel is not None else dock.widget()
         try:
-            export_widget(widget, path)
+            export_widget(widget, path, scale=scale, dpi=dpi)
         except (OSError, ValueError) as exc:
             self.show_banner(f"Could not export the {dock.windowTitle()} panel: {exc}")
             return False
@@ -117,11 +117,25 @@ class FileActions:
         if not ok:
             return
         name = names[titles.index(title)]
-        path, _ = QFileDialog.getSaveFileName(self, "Export panel", f"{name}.png", "PNG image (*.png);;SVG (*.svg)")
-        if path:
-            if not Path(path).suffix:
-                path += ".png"
-            self.export_panel(name, path)
+        start = str(Path(documents_dir()) / f"{name}.png")
+        path, _ = QFileDialog.getSaveFileName(self, "Export panel", start, "PNG image (*.png);;SVG (*.svg)")
+        if not path:
+            return
+        if not Path(path).suffix:
+            path += ".png"
+        scale, dpi = 1.0, None
+        if path.lower().endswith(".png"):  # the size and resolution of the image, not only the on-screen one
+            widget = self.docks[name]
+            scale, ok = QInputDialog.getDouble(
+                self, "Export panel", f"Image size ({widget.width()} x {widget.height()} on screen; 2 = twice "
+                "as many pixels each way):", 2.0, 0.5, 8.0, 2)
+            if not ok:
+                return
+            dpi, ok = QInputDialog.getInt(self, "Export panel", "Resolution written into the PNG (DPI):",
+                                          round(96 * scale), 36, 2400)
+            if not ok:
+                return
+        self.export_panel(name, path, scale=scale, dpi=dpi)
 
     def copy_diagnostics(self) -> str:
         from ..logfile import log_path

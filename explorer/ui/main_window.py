@@ -30,6 +30,7 @@ from ..core.events import RunRequest
 from ..core.run import Run
 from . import theme
 from .docks import PanelDock
+from .export import documents_dir
 from .file_actions import FileActions
 from .layout_state import WindowState
 from .menus import build_menus
@@ -350,7 +351,7 @@ class MainWindow(RunControl, FileActions, Safeguards, WindowState, QMainWindow):
 
     def open_model_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open model: a .gguf file, or any file inside a Hugging Face model folder", "",
+            self, "Open model: a .gguf file, or any file inside a Hugging Face model folder", documents_dir(),
             "Models (*.gguf config.json *.safetensors);;All files (*)")
         if path:
             p = Path(path)
