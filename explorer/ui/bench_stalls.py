@@ -74,7 +74,7 @@ def _views(window, panels: dict) -> list[tuple[str, object, QTabWidget | None, i
     for name, panel in panels.items():
         tabs = getattr(panel, "tabs", None)
         if isinstance(tabs, QTabWidget) and tabs.count() > 1:
-            out += [(f"{name} > {tabs.tabText(i)}", panel, tabs, i) for i in range(tabs.count())]
+            out += [(f"{name} > {tabs.tabText(i).replace('&&', '&')}", panel, tabs, i) for i in range(tabs.count())]
         else:
             out.append((name, panel, None, 0))
     return out
