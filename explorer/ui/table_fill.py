@@ -44,5 +44,5 @@ def fill_table(table: QTableWidget, rows: Sequence[Sequence[Cell]], *, columns: 
         table.setSortingEnabled(sorting)
         table.setUpdatesEnabled(updates)
     if resize:
-        table.resizeColumnsToContents()
+        table.resizeColumnsToContents()  # with sorting on, Qt leaves room for the sort arrow
     table.viewport().update()

@@ -227,6 +227,8 @@ class HeadStatsTable(QWidget):
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
         self.table.verticalHeader().hide()
         interactive_columns(self.table)
+        self.table.horizontalHeader().setSortIndicator(0, Qt.AscendingOrder)  # layer 0 first until the user sorts
+        self.table.setSortingEnabled(True)
         self.table.cellClicked.connect(self._on_cell)
         top = QHBoxLayout()
         top.addWidget(self.note, 1)
@@ -244,7 +246,6 @@ class HeadStatsTable(QWidget):
                 rows.append([_Num(s.layer, str(s.layer)), _Num(head, str(head)), _Num(kv, str(kv)),
                              label_head(scores, self.thresholds), *(_Num(v, f"{v:.3f}") for v in scores)])
         fill_table(self.table, rows)  # one pass: no re-measuring of every row after each cell
-        self.table.setSortingEnabled(True)
 
     def labels(self) -> dict[tuple[int, int], str]:
         out = {}
