@@ -44,6 +44,7 @@ TARGETS = {
     "capture memory vs eager": (("memory", "ratio"), "<=", 0.25, "x"),
     "redraw p95 at 1,024 tokens": (("gui", "redraw_p95_ms_at_1024"), "<=", 16.0, "ms"),
     "head selection (4,096 tokens; 1,024 in --quick)": (("gui", "head_select", "median_ms"), "<=", 100.0, "ms"),
+    "longest GUI-thread stall while streaming": (("gui", "stalls", "longest_ms"), "<=", 50.0, "ms"),
     "memory growth over the runs": (("stability", "growth_mb"), "<=", 50.0, "MB"),
 }
 
@@ -182,6 +183,11 @@ def table(results: dict) -> str:
     if head:
         rows.append((f"select a head at {head['tokens']} tokens, ms (median / max)", f"{head['median_ms']:.0f}",
                      f"{head['max_ms']:.0f}", ""))
+    stalls = gui.get("stalls")
+    if stalls:
+        for view, ms in stalls["per_view_ms"].items():
+            rows.append((f"longest GUI stall with {view} showing ({stalls['tokens']} + {stalls['steps']} tokens), ms",
+                         "", f"{ms:.0f}", ""))
     s = results["stability"]
     rows.append((f"RSS over {s['runs']} runs, MB (start / end)", f"{s['rss_start_mb']:.0f}",
                  f"{s['rss_end_mb']:.0f}", f"{s['growth_mb']:+.1f} MB"))

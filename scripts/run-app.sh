@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/check-qt-libs.sh .venv/bin/python || exit 1
 exec .venv/bin/lm-explorer "$@"

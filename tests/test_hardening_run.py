@@ -325,7 +325,7 @@ def test_an_interrupted_save_leaves_nothing(small_run, tmp_path, monkeypatch):
         fh.write(b"PK half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runfile.np, "savez", interrupted)
+    monkeypatch.setattr(runfile.np, "savez_compressed", interrupted)
     with pytest.raises(KeyboardInterrupt):
         small_run.save(tmp_path / ("x" * 240 + ".npz"))
     assert list(tmp_path.iterdir()) == []

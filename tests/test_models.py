@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -287,3 +288,35 @@ def test_a_conversion_that_fails_midway_leaves_nothing_in_the_cache(private_cach
         models.write_cache_entry(tiny_llama.model, BrokenTokenizer(), entry, source="test", source_sha256="0" * 64)
     assert entry.parent.is_dir()  # the conversion got as far as the cache folder
     assert not _cache_entries()  # and its temporary folder is gone
+
+
+def test_gguf_conversion_reports_while_a_stage_is_silent(tmp_path, monkeypatch):
+    """A conversion stage that reports nothing (reading the tensor index, building the model) still sends a
+    message every interval, at the same fraction, so the first launch never sits at one figure silently."""
+    import threading
+
+    import transformers
+
+    from explorer.core import gguf_model
+
+    seen: list[tuple[float, str]] = []
+    beat = threading.Event()
+
+    def progress(fraction: float, message: str) -> None:
+        seen.append((fraction, message))
+        if "still working" in message:
+            beat.set()
+
+    def silent_from_pretrained(*_args, **_kwargs):
+        assert beat.wait(60), "no message while the model was being built"
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(gguf_model, "check_gguf", lambda path: None)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: object())
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", silent_from_pretrained)
+    monkeypatch.setattr(gguf_model, "heartbeat", functools.partial(gguf_model.heartbeat, interval=0.05))
+    with pytest.raises(ModelLoadError, match="stop here"):
+        gguf_model.convert(tmp_path / "m.gguf", progress)
+    quiet = [(f, m) for f, m in seen if "still working" in m]
+    assert quiet and all(m.startswith("Reading the GGUF file's tensor index") for _, m in quiet)
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen)

@@ -95,7 +95,7 @@ def test_atomic_write_leaves_no_partial_file(tiny_run, tmp_path, monkeypatch):
         fh.write(b"PK\x03\x04 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(runfile.np, "savez", broken_savez)
+    monkeypatch.setattr(runfile.np, "savez_compressed", broken_savez)
     with pytest.raises(OSError, match="disk full"):
         tiny_run.save(path)
     assert path.read_bytes() == before  # the old file is untouched

@@ -60,6 +60,12 @@ class CompleteRun:
 
 
 @dataclass(frozen=True)
+class AttachHead:
+    """Give a run opened from a file saved without its vocabulary matrix the loaded model's own (same model)."""
+    run: Run
+
+
+@dataclass(frozen=True)
 class TruncateToFit:
     """Keep the last prompt tokens that fit the context (with room for the new tokens)."""
     request: RunRequest
@@ -347,6 +353,11 @@ def _stream(ctx: JobContext, req: StreamRun) -> str:
 def _complete(ctx: JobContext, req: CompleteRun) -> Run:
     from .api import run_request
     return run_request(ctx.session, req.request, cancel=ctx.cancel)
+
+
+@handles(AttachHead)
+def _attach_head(ctx: JobContext, req: AttachHead) -> bool:
+    return ctx.session.attach_head(req.run)
 
 
 @handles(TruncateToFit)

@@ -13,6 +13,8 @@ import json
 import mmap
 import re
 import struct
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -188,15 +190,17 @@ def convert(gguf: Path, progress: ProgressCallback) -> tuple[torch.nn.Module, An
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_gguf(gguf)
-    progress(0.05, "Reading the tokenizer from the GGUF file")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        progress(0.15, "Dequantising the weights (first load only)")
-        with _tqdm_progress(progress, 0.15, 0.85):
-            model, info = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, output_loading_info=True)
-    except Exception as exc:
-        raise ModelLoadError(f"{gguf.name} is not a readable GGUF model: {sentence(exc)}") from exc
+    with heartbeat(progress) as report:  # a stage that reports nothing still says it is alive, every second
+        report(0.05, "Reading the tokenizer from the GGUF file")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            report(0.15, "Reading the GGUF file's tensor index and building the model (first load only)")
+            with _tqdm_progress(report, 0.2, 0.85):
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    gguf.parent, gguf_file=gguf.name, dtype=torch.float32, output_loading_info=True)
+            report(0.86, "Checking the converted model")
+        except Exception as exc:
+            raise ModelLoadError(f"{gguf.name} is not a readable GGUF model: {sentence(exc)}") from exc
     adapter_for(model.config.model_type)
     check_loading_info(info, gguf.name)
     check_tokenizer_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], gguf.name)
@@ -211,6 +215,41 @@ def save_converted(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None
     (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     save_model(model, str(folder / "model.safetensors"))
     tokenizer.save_pretrained(folder)
+
+
+@contextlib.contextmanager
+def heartbeat(progress: ProgressCallback, interval: float = 1.0):
+    """Yield a `report(fraction, message)` that forwards to `progress`; while nothing is reported for
+    `interval` seconds, a helper thread repeats the last message with the time spent on it ("..., 12 s")."""
+    lock = threading.Lock()
+    last = {"fraction": 0.0, "message": "", "since": time.monotonic(), "at": time.monotonic()}
+    stop = threading.Event()
+
+    def report(fraction: float, message: str) -> None:
+        with lock:
+            now = time.monotonic()
+            last.update(fraction=fraction, message=message, since=now, at=now)
+            progress(fraction, message)  # under the lock: a beat never lands after a newer report
+
+    def beat() -> None:
+        while not stop.wait(interval / 4):
+            with lock:
+                now = time.monotonic()
+                if not last["message"] or now - last["at"] < interval:
+                    continue
+                last["at"] = now
+                try:
+                    progress(last["fraction"], f"{last['message']}: still working, {now - last['since']:.0f} s")
+                except Exception:  # noqa: BLE001 - a cancel point raising: the loading thread's next report raises
+                    return
+
+    thread = threading.Thread(target=beat, name="lm-explorer-progress", daemon=True)
+    thread.start()
+    try:
+        yield report
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager

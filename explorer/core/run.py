@@ -6,7 +6,7 @@ captured post-RoPE queries and keys: softmax(q k^T * scaling + causal mask).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -195,8 +195,24 @@ class Run:
     def timings(self, step: int) -> dict[str, float]:
         return dict(self.steps[step].timings_ms)
 
+    def upto(self, step: int) -> Run:
+        """The run as it was after `step` (0 = the prompt): what the model had seen and predicted then.
+
+        A read-only view for replay: it shares the captured buffers (no copy) and must not be `apply`-ed.
+        """
+        step = max(0, min(int(step), len(self.steps) - 1))
+        if step >= len(self.steps) - 1:
+            return self
+        steps = self.steps[: step + 1]
+        n = steps[-1].start + steps[-1].n_new
+        tokens = self.tokens[:n]
+        text = "".join(t.text for t in tokens if t.end > t.start)  # as `apply` builds it
+        return replace(self, tokens=list(tokens), steps=list(steps), text=text, finish_reason=None,
+                       _buffers=dict(self._buffers), _n=n, _cache={})
+
     def save(self, path, include_head: bool = True) -> None:
-        """Save as one .npz with a JSON header (no pickle); see core/runfile_write.py (core/runfile.py loads)."""
+        """Save as one compressed .npz with a JSON header (no pickle); `include_head=False` leaves out the
+        unembedding, most of the file (see core/runfile_write.py; core/runfile.py loads)."""
         save_run(self, path, include_head=include_head)
 
     def capture_bytes(self) -> int:

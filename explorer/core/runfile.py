@@ -38,6 +38,19 @@ _DTYPES = {**{name: np.dtype(spec.dtype).kind for name, spec in CAPTURED.items()
            **{name: kinds for name, (kinds, _shape) in _EXTRA.items()}}
 
 
+def attach_head(run: Run, info: ModelInfo, norm: NormParams | None, unembed: np.ndarray | None) -> bool:
+    """Give a run opened without its unembedding the model's own (same name and shapes); True when attached."""
+    if run.unembed is not None or unembed is None or norm is None:
+        return False
+    if info.name != run.info.name or unembed.shape != (run.info.vocab_size, run.info.hidden_size):
+        return False
+    run.unembed = unembed
+    if run.norm is None:
+        run.norm = norm
+    run._cache.clear()
+    return True
+
+
 def load_run(path: str | os.PathLike) -> Run:
     """Load a run file, checking every size against the header before anything is inflated.
 
@@ -116,6 +129,7 @@ def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
                             "interventions": _interventions(header["request"].get("interventions", []), name)})
     n = int(header["n_tokens"])
     _check(arrays, info, n, name, skip=tuple(skip))
+    run_vocab = _vocab(header.get("vocab"), info, name)
     norm = None
     if header.get("norm") and "norm_weight" in arrays:
         bias = arrays.get("norm_bias")
@@ -146,7 +160,17 @@ def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
     if run.text != header["text"] or not _spans_tile(run.tokens, run.text):
         raise RunFileError(f"{name}: the token spans do not rebuild the saved text.")
     run.finish_reason = header.get("finish_reason")
+    run.vocab = run_vocab
     return run
+
+
+def _vocab(items, info: ModelInfo, name: str) -> list[str] | None:
+    """The saved readable text of every token id (None in files saved before it was kept)."""
+    if items is None:
+        return None
+    if not isinstance(items, list) or len(items) != info.vocab_size or not all(isinstance(t, str) for t in items):
+        raise RunFileError(f"{name}: the saved vocabulary is not {info.vocab_size:,} texts.")
+    return items
 
 
 def _interventions(items, name: str) -> tuple:

@@ -21,8 +21,12 @@ from .tempname import atomic_write
 
 
 def save_run(run, path: str | os.PathLike, include_head: bool = True) -> None:
-    """Write a core.run.Run (read through its public attributes) atomically: a temporary file in the same
-    folder, then a rename."""
+    """Write a core.run.Run (read through its public attributes) atomically (a temporary file in the same
+    folder, then a rename), every member deflated.
+
+    The header keeps the readable text of every vocabulary id (the names of top-k alternatives). The
+    unembedding ([vocab, hidden], 57 MB for SmolLM2) is left out with `include_head=False`: then the
+    opened run has no full next-token distribution until `runfile.attach_head` gives it the model's own."""
     path = Path(path)
     header = {
         "format": FORMAT, "version": VERSION, "info": run.info.to_dict(),
@@ -33,6 +37,8 @@ def save_run(run, path: str | os.PathLike, include_head: bool = True) -> None:
         "steps": [_step_dict(s) for s in run.steps],
         "norm": None if run.norm is None else {"kind": run.norm.kind, "eps": run.norm.eps},
     }
+    if run.vocab is not None and len(run.vocab) == run.info.vocab_size:
+        header["vocab"] = list(run.vocab)
     arrays = {name: np.ascontiguousarray(run.array(name)) for name in ARRAY_FIELDS if run.has_array(name)}
     arrays["kv_bytes"] = np.stack([np.asarray(s.kv_bytes_per_layer) for s in run.steps])  # [steps, layers]
     if run.scaling is not None:
@@ -42,12 +48,13 @@ def save_run(run, path: str | os.PathLike, include_head: bool = True) -> None:
             half = run.unembed.astype(np.float16)
         # a weight beyond float16's range stays float32 (never saved as inf)
         arrays["unembed"] = half if np.isfinite(half).all() or not np.isfinite(run.unembed).all() else run.unembed
+    if run.norm is not None:  # small; lets a run opened without its head take the model's unembedding later
         arrays["norm_weight"] = run.norm.weight
         if run.norm.bias is not None:
             arrays["norm_bias"] = run.norm.bias
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with atomic_write(path) as fh:
-        np.savez(fh, header=blob, **arrays)
+        np.savez_compressed(fh, header=blob, **arrays)
 
 
 def _token_dict(t: Token) -> dict:

@@ -66,6 +66,17 @@ class Session:
 
     _vocab: list[str] | None = None
 
+    def attach_head(self, run: Run) -> bool:
+        """Give a run opened from a file saved without its unembedding this model's own, when it is the
+        same model (name and shapes); also its vocabulary texts when the file has none."""
+        from .runfile import attach_head
+
+        if run.info.name != self.info.name:
+            return False
+        if run.vocab is None and run.info.vocab_size == self.info.vocab_size:
+            run.vocab = self.vocab
+        return attach_head(run, self.info, self.adapter.norm_params(self.loaded.model), self._unembed())
+
     def _unembed(self) -> np.ndarray | None:
         head = self.adapter.lm_head(self.loaded.model)
         return None if head is None else head.weight.detach().numpy()  # [vocab, hidden] shares memory

@@ -20,9 +20,12 @@ import shiboken6
 from PySide6.QtWidgets import QApplication, QWidget
 
 from ..core.events import GenerationSettings, RunRequest
+from .bench_stalls import measure_stalls
 from .panels import REGISTRY
 from .selection import Selection
 from .widgets.background import Background
+
+STALL_TOKENS, STALL_STEPS = 29, 16  # the stall figure: a short prompt, as a newcomer types it
 
 
 def _app() -> QApplication:
@@ -189,6 +192,13 @@ def _measure_gui(session, sizes: tuple[int, ...], steps: int, head_tokens: int, 
         shiboken6.delete(window)  # now, not at interpreter exit
         app.processEvents()
         del window, panels, selection, run
+    log("  GUI-thread stalls per panel and tab while a run streams")
+    window, panels = build_panels(errors)
+    out["stalls"] = measure_stalls(session, window, panels, STALL_TOKENS, min(steps, STALL_STEPS), prompt_of, log=log)
+    window.close()
+    _settle(app)
+    shiboken6.delete(window)
+    app.processEvents()
     out["panels_measured"] = [name for name in REGISTRY if name not in errors]
     at = "1024" if "1024" in out["sizes"] else (max(out["sizes"], key=int) if out["sizes"] else None)
     out["redraw_p95_ms_at_1024"] = out["sizes"][at]["p95_ms"] if at else None

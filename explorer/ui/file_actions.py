@@ -10,9 +10,10 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QInputDialog
 
+from ..core.engine import AttachHead
 from ..core.errors import RunFileError
 from .dialogs import diagnostics, show_about
-from .export import export_widget
+from .export import documents_dir, export_widget
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,20 @@ class FileActions(QObject):
             return
         self.w.detach_stream()  # a streaming run's later steps must never reach the opened run
         self.w.hide_banner()
+        # issue 18 item 6: the file's prompt and settings back in the prompt bar
+        self.w.prompt_bar.show_request(run.request)
         self.w.show_run(run, follow=True)
         self.w.statusBar().showMessage(f"opened {path.name} ({run.info.name}; no model needed)", 8000)
+        if run.unembed is None and self.w.info is not None and self.w.info.name == run.info.name:
+            # saved without its vocabulary matrix: the loaded model gives its own (read on the engine thread)
+            def attached(ok) -> None:
+                if ok and self.w.run is run:
+                    self.w.show_run(run, follow=False)
+                self.w.run_opened.emit(True)
+
+            self.w.host.submit_job(AttachHead(run), on_done=attached,
+                                   on_error=lambda _m: self.w.run_opened.emit(True), key="attach-head")
+            return
         self.w.run_opened.emit(True)
 
     def save_run(self, path: str | Path) -> bool:
@@ -94,18 +107,18 @@ class FileActions(QObject):
             self.w.show_banner("There is no run to save yet.")
             return False
         try:
-            self.w.run.save(path)
+            self.w.run.save(path, include_head=False)  # the vocabulary matrix comes from the model when opened
         except Exception as exc:  # noqa: BLE001 - disk full, permissions...
             self.w.show_banner(f"Could not save the run: {exc}")
             return False
         self.w.statusBar().showMessage(f"saved {path}", 5000)
         return True
 
-    def export_panel(self, name: str, path: str | Path) -> bool:
+    def export_panel(self, name: str, path: str | Path, scale: float = 1.0, dpi: float | None = None) -> bool:
         dock = self.w.docks[name]
         widget = dock.panel.export_widget() if dock.panel is not None else dock.widget()
         try:
-            export_widget(widget, path)
+            export_widget(widget, path, scale=scale, dpi=dpi)
         except (OSError, ValueError) as exc:
             self.w.show_banner(f"Could not export the {dock.windowTitle()} panel: {exc}")
             return False
@@ -119,11 +132,25 @@ class FileActions(QObject):
         if not ok:
             return
         name = names[titles.index(title)]
-        path, _ = QFileDialog.getSaveFileName(self.w, "Export panel", f"{name}.png", "PNG image (*.png);;SVG (*.svg)")
-        if path:
-            if not Path(path).suffix:
-                path += ".png"
-            self.export_panel(name, path)
+        start = str(Path(documents_dir()) / f"{name}.png")
+        path, _ = QFileDialog.getSaveFileName(self.w, "Export panel", start, "PNG image (*.png);;SVG (*.svg)")
+        if not path:
+            return
+        if not Path(path).suffix:
+            path += ".png"
+        scale, dpi = 1.0, None
+        if path.lower().endswith(".png"):  # the size and resolution of the image, not only the on-screen one
+            widget = self.w.docks[name]
+            scale, ok = QInputDialog.getDouble(
+                self.w, "Export panel", f"Image size ({widget.width()} x {widget.height()} on screen; 2 = twice "
+                "as many pixels each way):", 2.0, 0.5, 8.0, 2)
+            if not ok:
+                return
+            dpi, ok = QInputDialog.getInt(self.w, "Export panel", "Resolution written into the PNG (DPI):",
+                                          round(96 * scale), 36, 2400)
+            if not ok:
+                return
+        self.export_panel(name, path, scale=scale, dpi=dpi)
 
     def copy_diagnostics(self) -> str:
         from ..logfile import log_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
@@ -9,6 +10,7 @@ from PySide6.QtGui import QActionGroup, QKeySequence
 from PySide6.QtWidgets import QFileDialog
 
 from . import theme
+from .export import documents_dir
 from .tours import build_tours_menu
 
 if TYPE_CHECKING:
@@ -76,7 +78,7 @@ def build_menus(w: MainWindow) -> None:
 
 
 def _open_run(w: MainWindow) -> None:
-    path, _ = QFileDialog.getOpenFileName(w, "Open run", "", "LM Explorer runs (*.npz);;All files (*)")
+    path, _ = QFileDialog.getOpenFileName(w, "Open run", documents_dir(), "LM Explorer runs (*.npz);;All files (*)")
     if path:
         w.open_run(path)
 
@@ -85,6 +87,7 @@ def _save_run(w: MainWindow) -> None:
     if w.run is None:
         w.show_banner("There is no run to save yet.")
         return
-    path, _ = QFileDialog.getSaveFileName(w, "Save run", "run.npz", "LM Explorer runs (*.npz)")
+    path, _ = QFileDialog.getSaveFileName(w, "Save run", str(Path(documents_dir()) / "run.npz"),
+                                          "LM Explorer runs (*.npz)")
     if path:
         w.save_run(path if path.endswith(".npz") else path + ".npz")

@@ -8,6 +8,7 @@ from PySide6.QtCore import QObject, Qt
 from PySide6.QtWidgets import QComboBox, QFileDialog
 
 from ..core import catalogue
+from .export import documents_dir
 from .settings import push_recent, recent
 
 OPEN_MODEL = "__open__"
@@ -72,6 +73,8 @@ class ModelControl(QObject):
         self.w.statusBar().showMessage(message, 3000)
 
     def _model_loaded(self, info) -> None:
+        if self.w.run is not None and self.w.run.info.name != info.name:  # no panel keeps the old model's data
+            self.w.show_run(None)
         self.w.info = info
         spec = self.w._loading_spec or info.name
         self.w.progress.hide()
@@ -110,7 +113,7 @@ class ModelControl(QObject):
 
     def open_model_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self.w, "Open model: a .gguf file, or any file inside a Hugging Face model folder", "",
+            self.w, "Open model: a .gguf file, or any file inside a Hugging Face model folder", documents_dir(),
             "Models (*.gguf config.json *.safetensors);;All files (*)")
         if path:
             p = Path(path)

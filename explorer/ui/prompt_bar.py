@@ -44,12 +44,13 @@ class PromptBar(QWidget):
         self.chat.setToolTip("Wrap the prompt in the model's chat template (user message), with a system prompt")
         self.recent = QComboBox()
         self.recent.setToolTip("Recent prompts")
-        self.recent.setMinimumContentsLength(30)
+        self.recent.setMinimumContentsLength(12)  # fits 1280 px in presenter mode; the popup shows full prompts
+        self.recent.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.recent.setPlaceholderText("Recent prompts")
         self.recent.activated.connect(lambda i: self.prompt.setPlainText(self.recent.itemData(i) or ""))
         top.addWidget(QLabel("<b>Prompt</b>"))
         top.addWidget(self.chat)
-        self.special_as_text = QCheckBox("Treat special-token text as plain text")
+        self.special_as_text = QCheckBox("Special tokens as text")
         self.special_as_text.setToolTip(
             "Typed text like <|im_start|> becomes the model's real control token unless this is ticked "
             "(such tokens are flagged in the Tokens panel: it is a prompt-injection path)")

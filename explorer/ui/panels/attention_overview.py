@@ -15,7 +15,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QFontMetricsF, QPen
 from PySide6.QtWidgets import (
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
     QTableWidget,
@@ -26,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from ...core.analysis.attention import STAT_NAMES, LayerSummary, Thresholds, label_head
 from .. import plot_style
+from ..table_fill import fill_table, interactive_columns
 from ..widgets.heatmap import tick_step
 
 BACKGROUND = (30, 30, 34)
@@ -233,7 +233,9 @@ class HeadStatsTable(QWidget):
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        interactive_columns(self.table)
+        self.table.horizontalHeader().setSortIndicator(0, Qt.AscendingOrder)  # layer 0 first until the user sorts
+        self.table.setSortingEnabled(True)
         self.table.cellClicked.connect(self._on_cell)
         top = QHBoxLayout()
         top.addWidget(self.note, 1)
@@ -244,17 +246,13 @@ class HeadStatsTable(QWidget):
         layout.addWidget(self.table, 1)
 
     def set_summaries(self, summaries: list[LayerSummary], group: int) -> None:
-        self.table.setSortingEnabled(False)
-        rows = [(s.layer, h, sc) for s in summaries for h, sc in enumerate(s.scores)]
-        self.table.setRowCount(len(rows))
-        for i, (layer, head, scores) in enumerate(rows):
-            self.table.setItem(i, 0, _Num(layer, str(layer)))
-            self.table.setItem(i, 1, _Num(head, str(head)))
-            self.table.setItem(i, 2, _Num(head // group, str(head // group)))
-            self.table.setItem(i, 3, QTableWidgetItem(label_head(scores, self.thresholds)))
-            for j, value in enumerate(scores):
-                self.table.setItem(i, 4 + j, _Num(value, f"{value:.3f}"))
-        self.table.setSortingEnabled(True)
+        rows = []
+        for s in summaries:
+            for head, scores in enumerate(s.scores):
+                kv = head // group
+                rows.append([_Num(s.layer, str(s.layer)), _Num(head, str(head)), _Num(kv, str(kv)),
+                             label_head(scores, self.thresholds), *(_Num(v, f"{v:.3f}") for v in scores)])
+        fill_table(self.table, rows)  # one pass: no re-measuring of every row after each cell
 
     def labels(self) -> dict[tuple[int, int], str]:
         out = {}

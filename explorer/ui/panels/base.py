@@ -27,6 +27,7 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from ...core.events import StepEvent
 from ...core.run import NotCaptured, Run
 from .. import plot_style
+from ..empty_state import show_empty
 from ..selection import Selection
 
 log = logging.getLogger(__name__)
@@ -112,17 +113,42 @@ class Panel(QWidget):
         return self
 
     # --- called by the main window -------------------------------------------------------------
+    # Replay: once the step is moved, `self.run` is the run as it was at the selected step (Run.upto) and
+    # `self.full_run` the whole run; a new run is drawn whole (the window selects its last step).
+    full_run: Run | None = None
+
     def set_run(self, run: Run | None) -> None:
-        self.run = run
+        self.full_run = self.run = run
+        show_empty(self, self.title, run is None)  # before a run: what will appear, no made-up axes
         if not self._deferred():
             self._guard(self.draw_run, run)
 
     def on_step(self, run: Run, event: StepEvent) -> None:
+        replaying = self.full_run is run and self.run is not run  # the user stepped back while it streams
+        self.full_run = run
+        if replaying:
+            return
         self.run = run
         if not self._deferred():
             self._guard(self.draw_step, run, event)
 
+    def _at_selected_step(self, run: Run | None) -> Run | None:
+        if run is None or not run.steps or self.selection.step >= len(run.steps) - 1:
+            return run
+        return run.upto(self.selection.step)
+
     def _selection_changed(self, field: str) -> None:
+        if field == "step" and self.full_run is not None and self.run is not None:  # None: a new run is coming
+            shown = self._at_selected_step(self.full_run)
+            if shown is not self.run and (shown.n_tokens, len(shown.steps)) != (self.run.n_tokens, len(self.run.steps)):
+                following = self.selection.position >= self.run.n_tokens - 1
+                self.run = shown  # replay: redraw what the model had seen at that step
+                if following or self.selection.position >= shown.n_tokens:  # the newest token of that step
+                    self.selection.set("position", shown.n_tokens - 1)
+                if not self._deferred():
+                    self._guard(self.draw_run, shown)
+                    self._guard(self.draw_selection, field)
+                return
         if self.run is not None and not self._deferred():
             self._guard(self.draw_selection, field)
 
@@ -151,6 +177,8 @@ class Panel(QWidget):
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
+        if self.full_run is None:
+            show_empty(self, self.title, True)  # the plots the subclass built: covered until the first run
         self.catch_up()
 
     _failed_in: str | None = None  # the drawing method whose error is shown

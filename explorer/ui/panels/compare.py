@@ -22,6 +22,7 @@ from ...core.engine import CompleteRun
 from ...core.labels import readable_label
 from ...core.run import Run
 from .. import plot_style
+from ..table_fill import fill_table
 from ..theme import OKABE_ITO
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
@@ -94,11 +95,21 @@ class ComparePanel(Panel):
 
     # --- drawing -----------------------------------------------------------------------------------------
     def draw_run(self, run: Run | None) -> None:
+        if self.run_b is not None and (run is None or run.info.name != self.run_b.info.name):
+            self._forget_b()  # B belongs to another model (or the run was cleared)
         if run is None or self.run_b is None:
             return
         self.alignment = align_runs(run, self.run_b)
         self._draw_strip()
         self.draw_selection("position")
+
+    def _forget_b(self) -> None:
+        self.run_b, self.alignment = None, None
+        self.strip.setColumnCount(0)
+        self.lens_curve.setData([], [])
+        for hm in (self.attn_a, self.attn_b, self.attn_d):
+            hm.image.clear()
+        self.summary.setText("Type prompt B and press 'Run B'.")
 
     def draw_step(self, run: Run, event) -> None:
         if event.finish_reason:
@@ -106,8 +117,8 @@ class ComparePanel(Panel):
 
     def _draw_strip(self) -> None:
         a, b, al = self.run, self.run_b, self.alignment
-        self.strip.setColumnCount(len(al.pairs))
-        for col, (i, j) in enumerate(al.pairs):
+        cells: list[list[QTableWidgetItem]] = [[], []]  # [A row, B row] one column per aligned pair
+        for i, j in al.pairs:
             for r, (run, k) in enumerate(((a, i), (b, j))):
                 item = QTableWidgetItem("" if k is None else readable_label(run.tokens[k].text, None))
                 fill = (_ONLY_B if i is None else _ONLY_A) if i is None or j is None else \
@@ -115,8 +126,9 @@ class ComparePanel(Panel):
                 if fill is not None:  # a light fill: dark text on it in every theme
                     item.setBackground(fill)
                     item.setForeground(QColor("#1a1a1a"))
-                self.strip.setItem(r, col, item)
-        self.strip.resizeColumnsToContents()
+                cells[r].append(item)
+        fill_table(self.strip, cells, columns=len(al.pairs))
+        self.strip.setVerticalHeaderLabels(["A", "B"])
 
     def _strip_clicked(self, _row: int, col: int) -> None:
         i = self.alignment.pairs[col][0] if self.alignment is not None else None

@@ -127,6 +127,7 @@ class DepthPanel(Panel):
         self.lens_choice.set_model(None if run is None else run.info)
         if run is None or run.n_tokens == 0:
             self.lens.image.clear()
+            self.attribution.clear(" ")
             self.status.setText(" ")
             return
         if run.unembed is None or run.norm is None:

@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QSplitter,
     QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -22,6 +21,7 @@ from ...core.analysis import projection as P
 from ...core.analysis import rope as R
 from ...core.labels import readable_label, token_label, vocab_label
 from .. import plot_style
+from ..table_fill import fill_table
 from ..theme import OKABE_ITO
 from ..widgets.heatmap import Heatmap
 from .embeddings_tokens import MAX_LABELS, SELECTED
@@ -169,10 +169,8 @@ class VocabView(QWidget):
         self.labels.show(entries)
         self.nn_title.setText(f"Nearest neighbours (cosine) of <b>{vocab_label(run, sel_id, known, 30)}</b> "
                               f"(id {sel_id}) in the whole table:")
-        self.table.setRowCount(len(nn_ids))
-        for r, (i, s) in enumerate(zip(nn_ids, sims, strict=True)):
-            for c, text in enumerate((vocab_label(run, int(i), known, 30), str(int(i)), f"{s:.3f}")):
-                self.table.setItem(r, c, QTableWidgetItem(text))
+        fill_table(self.table, [[vocab_label(run, int(i), known, 30), str(int(i)), f"{s:.3f}"]
+                                for i, s in zip(nn_ids, sims, strict=True)], resize=False)  # column 0 stretches
 
     def _on_hovered(self, _item, points, _event=None) -> None:
         if self.run is not None and len(points):

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 from ...core.analysis import head_search
 from ...core.analysis.jobs import HeadSweep
 from ...core.analysis.sweep import SweepResult, default_target
+from ..table_fill import fill_table
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
@@ -203,12 +204,16 @@ class HeadSweepPanel(Panel):
                                self.show_hits)
 
     def show_hits(self, hits) -> None:
-        self.hits.setRowCount(len(hits))
-        for r, hit in enumerate(hits):
-            for c, text in enumerate((str(hit.layer), str(hit.head), f"{hit.score:.3f}")):
-                item = QTableWidgetItem(text)
+        rows = []
+        for hit in hits:
+            rows.append([QTableWidgetItem(text) for text in (str(hit.layer), str(hit.head), f"{hit.score:.3f}")])
+            for item in rows[-1]:
                 item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                self.hits.setItem(r, c, item)
+        fill_table(self.hits, rows)
 
     def draw_run(self, run) -> None:
-        self.result = None
+        self.result = None  # a sweep and a search belong to the run (and model) they were made for
+        self.map.image.clear()
+        self.blocks.image.clear()
+        self.hits.setRowCount(0)
+        self.sweep_label.setText("Select a position, then press 'Sweep heads'.")

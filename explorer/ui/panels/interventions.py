@@ -9,6 +9,7 @@ import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
+    QDockWidget,
     QHBoxLayout,
     QInputDialog,
     QLabel,
@@ -17,7 +18,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -28,6 +28,7 @@ from ...core.analysis.patching import patch_from_run_b
 from ...core.events import RunRequest
 from ...core.interventions import Intervention
 from ...core.run import Run
+from ..table_fill import fill_table
 from ..widgets.background import Background
 from ..widgets.heatmap import Heatmap
 from .base import Panel
@@ -208,11 +209,41 @@ class InterventionsPanel(Panel):
         self.rerun.emit(request)  # the main window runs it (Panel.rerun -> services.rerun)
 
     # --- Panel contract -----------------------------------------------------------------------------
-    def draw_run(self, run: Run | None) -> None:
-        if run is None:
-            return
-        if not run.request.interventions:
+    # --- recorded whatever is on screen (a hidden panel skips drawing, never the baseline) -----------------
+    def set_run(self, run: Run | None) -> None:
+        self._note(run)
+        super().set_run(run)
+        if run is not None and run.request.interventions:
+            self.come_forward()  # an ablation's difference is what the user asked to see
+
+    def on_step(self, run: Run, event) -> None:
+        self._note(run)
+        super().on_step(run, event)
+
+    def _note(self, run: Run | None) -> None:
+        if run is not None and not run.request.interventions:
             self.baseline = run
+
+    def come_forward(self) -> None:
+        """Raise this panel's dock (a background tab comes to the front)."""
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+
+    def draw_run(self, run: Run | None) -> None:
+        for name in ("baseline", "run_b"):  # runs of another model (or of a cleared screen) are no baseline
+            other = getattr(self, name)
+            if other is not None and (run is None or other.info.name != run.info.name):
+                setattr(self, name, None)
+        if run is None:
+            self.table.setRowCount(0)
+            self.lens.image.clear()
+            self.attn.image.clear()
+            self.summary.setText(" ")
+            return
         ivs = run.request.interventions
         self.status.setText("Baseline run (no interventions)." if not ivs else
                             f"This run: {len(ivs)} intervention(s); {run.steps[0].cached_prefix} positions "
@@ -267,11 +298,8 @@ class InterventionsPanel(Panel):
             f"Next token after position {pos}: KL(baseline ‖ now) = <b>{d['kl_ab']:.4f}</b> nats · top-1 "
             f"{name(d['top1_a'])} → {name(d['top1_b'])} "
             + ("<b style='color:#c0392b'>(changed)</b>" if changed else "(unchanged)"))
-        self.table.setRowCount(len(d["ids"]))
-        for row, (tid, pa, pb) in enumerate(zip(d["ids"], d["p_a"], d["p_b"], strict=True)):
-            for col, text in enumerate((name(tid), f"{pa:.3f}", f"{pb:.3f}", f"{pb - pa:+.3f}")):
-                self.table.setItem(row, col, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
+        fill_table(self.table, [[name(tid), f"{pa:.3f}", f"{pb:.3f}", f"{pb - pa:+.3f}"]
+                                for tid, pa, pb in zip(d["ids"], d["p_a"], d["p_b"], strict=True)])
         peak = float(max(lens.max(), 1e-6))
         labels = [self.run.tokens[p].text for p in range(lo, lo + lens.shape[1])]
         self.lens.set_data(lens, (0.0, peak), row_labels=["emb"] + [str(i) for i in range(lens.shape[0] - 1)],

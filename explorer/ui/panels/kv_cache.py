@@ -140,6 +140,7 @@ class KVCachePanel(Panel):
     def draw_run(self, run: Run | None) -> None:
         self._steps, self._per_layer = [], []
         if run is None:
+            self.eviction.set_run(None)
             self._refresh()
             return
         self._setup_layers(run)

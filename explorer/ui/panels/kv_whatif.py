@@ -85,6 +85,7 @@ class WhatIfCalculator(QWidget):
         layout.addLayout(left, 2)
 
         self.plot = pg.PlotWidget()
+        self.plot.setProperty("lmx_keep_without_run", True)  # a calculator: meaningful before any run
         self.plot.setMenuEnabled(False)
         self.plot.showGrid(x=True, y=True, alpha=0.25)
         self.plot.setLogMode(x=True, y=True)

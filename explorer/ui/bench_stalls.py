@@ -1,0 +1,124 @@
+"""GUI-thread stalls per panel and tab while a run streams (part of `lm-explorer bench`).
+
+A QTimer ticks every 5 ms on the GUI thread and records the gaps between its ticks: any work that
+blocks the GUI thread (a panel's per-step drawing, a background result landing, a table filling
+after the run) shows up as a long gap. For each panel (its dock raised, so it draws) and each tab
+of a panel's `tabs` widget (Attention > Head statistics among them), the run's events are fed as the
+window receives them while streaming, with the event loop running between steps, and then the
+event loop runs until background analyses are done, so freezes after a run are counted too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from PySide6.QtCore import QElapsedTimer, QTimer
+from PySide6.QtWidgets import QApplication, QTabWidget
+
+from ..core.events import GenerationSettings, RunRequest
+from .widgets.background import Background
+
+TICK_MS = 5
+
+
+class StallMeter:
+    """Longest gap between ticks of a 5 ms timer on the GUI thread while `running`."""
+
+    def __init__(self, interval_ms: int = TICK_MS):
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.clock = QElapsedTimer()
+        self.longest_ms = 0.0
+        self._last = 0
+
+    def start(self) -> None:
+        self.longest_ms, self._last = 0.0, 0
+        self.clock.start()
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = self.clock.elapsed()
+        self.longest_ms = max(self.longest_ms, float(now - self._last))
+        self._last = now
+
+    def stop(self) -> float:
+        self._tick()  # a stall at the very end counts too
+        self.timer.stop()
+        return self.longest_ms
+
+
+def pump(app: QApplication, ms: float) -> None:
+    """Run the event loop for `ms` milliseconds (the time between two decode steps)."""
+    end = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.001)
+
+
+def drain(app: QApplication, limit_s: float = 600.0) -> None:
+    """Run the event loop until background analyses are done and their results are shown."""
+    end = time.perf_counter() + limit_s
+    quiet = 0
+    while time.perf_counter() < end and quiet < 20:
+        app.processEvents()
+        busy = Background.pool().activeThreadCount() > 0
+        quiet = 0 if busy else quiet + 1
+        time.sleep(0.005)
+
+
+def _views(window, panels: dict) -> list[tuple[str, object, QTabWidget | None, int]]:
+    """(label, panel, tab widget or None, tab index) for every panel and every tab of its `tabs`."""
+    out = []
+    for name, panel in panels.items():
+        tabs = getattr(panel, "tabs", None)
+        if isinstance(tabs, QTabWidget) and tabs.count() > 1:
+            out += [(f"{name} > {tabs.tabText(i).replace('&&', '&')}", panel, tabs, i) for i in range(tabs.count())]
+        else:
+            out.append((name, panel, None, 0))
+    return out
+
+
+def measure_stalls(session, window, panels: dict, n_tokens: int, steps: int, prompt_of: Callable,
+                   step_ms: float = 20.0, log: Callable[[str], None] = print) -> dict:
+    """{"per_view_ms": {label: longest stall}, "longest_ms", "worst"} for a run of `n_tokens` + `steps`."""
+    app = QApplication.instance()
+    prompt, _ = prompt_of(session.loaded.tokenizer, n_tokens)
+    request = RunRequest(prompt=prompt, settings=GenerationSettings(max_new_tokens=steps, stop_at_eos=False),
+                         reuse_prefix=False)
+    session.forget_cache()
+    events = list(session.stream(request))
+    info, selection = session.info, window.selection
+    meter = StallMeter()
+    per_view: dict[str, float] = {}
+    for label, panel, tabs, index in _views(window, panels):
+        dock = panel.parentWidget()
+        while dock is not None and not hasattr(dock, "setFloating"):
+            dock = dock.parentWidget()
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        if tabs is not None:
+            tabs.setCurrentIndex(index)
+        run = session.new_run(request)
+        run.apply(events[0])
+        selection.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=info.n_layers, heads=info.n_heads)
+        for p in panels.values():
+            p.set_run(run)
+        drain(app)
+        meter.start()
+        for event in events[1:]:
+            run.apply(event)
+            selection.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=info.n_layers,
+                                 heads=info.n_heads)
+            selection.set("step", len(run.steps) - 1)
+            for p in panels.values():
+                p.on_step(run, event)
+            pump(app, step_ms)
+        drain(app)
+        per_view[label] = meter.stop()
+        log(f"    longest GUI stall with {label} showing: {per_view[label]:.0f} ms")
+    worst = max(per_view, key=per_view.get) if per_view else None
+    return {"tokens": n_tokens, "steps": steps, "tick_ms": TICK_MS, "per_view_ms": per_view,
+            "longest_ms": per_view[worst] if worst else None, "worst": worst}
