@@ -25,6 +25,7 @@ from ..core.analysis.attention import STAT_NAMES
 from ..core.analysis.head_stats_many import ManyPromptStats, read_prompts
 from ..core.analysis.jobs import HeadStatsOverPrompts
 from ..core.errors import ExplorerError
+from .export import documents_dir
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -108,7 +109,8 @@ def open_head_stats(w: MainWindow, prompts: list[str] | None = None, source: str
 
 
 def open_head_stats_file(w: MainWindow) -> None:
-    path, _ = QFileDialog.getOpenFileName(w, "Prompts (blank-line separated)", "", "Text (*.txt);;All files (*)")
+    path, _ = QFileDialog.getOpenFileName(w, "Prompts (blank-line separated)", documents_dir(),
+                                          "Text (*.txt);;All files (*)")
     if not path:
         return
     try:

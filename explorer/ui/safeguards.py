@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 
 from ..core.errors import InputError
 from ..core.textin import decode_prompt_bytes, read_user_file
+from .export import documents_dir
 
 log = logging.getLogger(__name__)
 MAX_PROMPT_FILE = 16 * 2**20  # bytes; a prompt file above this is refused (the editor would crawl)
@@ -148,7 +149,7 @@ class SafetyPrompts(QObject):
         return True
 
     def open_prompt_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.w, "Load prompt from a text file", "",
+        path, _ = QFileDialog.getOpenFileName(self.w, "Load prompt from a text file", documents_dir(),
                                               "Text (*.txt *.md *.py *.json);;All files (*)")
         if path:
             self.open_prompt_file(path)

@@ -63,3 +63,27 @@ def test_dialogs_start_in_the_documents_folder():
             at = [i for i in range(len(src)) if src.startswith(call, i)]
             for i in at:
                 assert "documents_dir()" in src[i - 200: i + 200], f"{module.__name__}: a dialog elsewhere"
+
+
+def test_every_file_dialog_opens_in_the_documents_folder():
+    """The class of issue 18's finding (dialogs opened in the current directory): every QFileDialog call in the
+    app passes a start folder built from documents_dir()."""
+    import ast
+    from pathlib import Path
+
+    import explorer
+
+    root = Path(explorer.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("getOpenFileName", "getSaveFileName", "getExistingDirectory",
+                                           "getOpenFileNames")):
+                start = node.args[2] if len(node.args) > 2 else None
+                names = {n.id for n in ast.walk(start) if isinstance(n, ast.Name)} if start is not None else set()
+                calls = {n.func.id for n in ast.walk(start) if isinstance(n, ast.Call)
+                         and isinstance(n.func, ast.Name)} if start is not None else set()
+                if "documents_dir" not in calls and "start" not in names:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []

@@ -11,6 +11,7 @@ from ...core import catalogue
 from ...core.analysis.tokenizer_compare import Comparison, boundaries, compare, load_tokenizer, tokenize_text
 from ...core.events import StepEvent
 from ...core.run import Run
+from ..export import documents_dir
 from ..widgets.background import Background
 from ..widgets.token_view import TokenView, scrolling
 from . import token_colors as tc
@@ -148,7 +149,7 @@ class TokensPanel(Panel):
     def _compare_chosen(self, _index: int) -> None:
         name = self.compare_box.currentData()
         if name == OTHER_FOLDER:
-            name = QFileDialog.getExistingDirectory(self, "Choose a folder with tokenizer files")
+            name = QFileDialog.getExistingDirectory(self, "Choose a folder with tokenizer files", documents_dir())
             if not name:
                 self.compare_box.setCurrentIndex(0)
                 return
