@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ...core import catalogue
@@ -27,6 +28,7 @@ from .. import plot_style
 
 log = logging.getLogger(__name__)
 CHOICES = (("logit", "logit lens"), ("tuned", "tuned lens"), ("jacobian", "Jacobian lens"))
+CURVE_MS = 250  # the run's KL curve redraws at most this often while streaming
 RUN_COLOUR = plot_style.series(3)  # vermillion
 LOGIT_COLOUR = plot_style.series(0)  # blue
 FITTED_COLOUR = plot_style.series(2)  # green
@@ -117,6 +119,11 @@ class LensSelector(QWidget):
         self.fit_minutes: float | None = None  # None: FIT_MINUTES per kind
         self.info = None
         self._lenses: dict[str, Lens | None] = {}
+        self._pending_kl: np.ndarray | None = None
+        self._last_curve = -1e9
+        self._curve_timer = QTimer(self)
+        self._curve_timer.setSingleShot(True)
+        self._curve_timer.timeout.connect(self._draw_run_curve)
         self.combo = QComboBox()
         for key, label in CHOICES:
             self.combo.addItem(label, key)
@@ -192,6 +199,19 @@ class LensSelector(QWidget):
         self.combo.setCurrentIndex([k for k, _ in CHOICES].index(kind))
 
     def update_run_curve(self, mean_kl: np.ndarray | None) -> None:
+        """This run's KL per depth, live but coalesced: at most one redraw per CURVE_MS while a run streams (a
+        redraw re-lays out the selector and its plot; every streamed token would otherwise pay for it)."""
+        self._pending_kl = mean_kl
+        now = time.monotonic()
+        if now - self._last_curve >= CURVE_MS / 1e3:
+            self._draw_run_curve()
+        elif not self._curve_timer.isActive():
+            self._curve_timer.start(CURVE_MS)
+
+    def _draw_run_curve(self) -> None:
+        self._curve_timer.stop()
+        self._last_curve = time.monotonic()
+        mean_kl = self._pending_kl
         if mean_kl is None or not np.isfinite(mean_kl).any():
             self.run_curve.setData([], [])
             return
