@@ -237,7 +237,8 @@ class DepthPanel(Panel):
             lo, hi = self._window
             self.lens.plot.setRange(xRange=(lo, hi), yRange=(0, t.rows), padding=0)
         self.marker.setValue(self.selection.position + 0.5)
-        self.lens_choice.update_run_curve(t.mean_kl())
+        finished = self.run is not None and bool(self.run.finish_reason)  # streaming: coalesced redraws
+        self.lens_choice.update_run_curve(t.mean_kl(), final=finished and bool(t.done.all()))
         self._update_texts()
 
     def cell_pixels(self) -> tuple[float, float]:

@@ -198,12 +198,13 @@ class LensSelector(QWidget):
     def choose(self, kind: str) -> None:
         self.combo.setCurrentIndex([k for k, _ in CHOICES].index(kind))
 
-    def update_run_curve(self, mean_kl: np.ndarray | None) -> None:
-        """This run's KL per depth, live but coalesced: at most one redraw per CURVE_MS while a run streams (a
-        redraw re-lays out the selector and its plot; every streamed token would otherwise pay for it)."""
+    def update_run_curve(self, mean_kl: np.ndarray | None, final: bool = True) -> None:
+        """This run's KL per depth, live but coalesced: at most one redraw per CURVE_MS while the lens table is
+        still filling (a redraw re-lays out the selector and its plot; every streamed token would otherwise pay
+        for it); `final` (the table is complete) draws at once."""
         self._pending_kl = mean_kl
         now = time.monotonic()
-        if now - self._last_curve >= CURVE_MS / 1e3:
+        if final or now - self._last_curve >= CURVE_MS / 1e3:
             self._draw_run_curve()
         elif not self._curve_timer.isActive():
             self._curve_timer.start(CURVE_MS)
