@@ -25,6 +25,8 @@ EMPTY_TEXT = {
                      "knocked out (right-click a head in Attention or Layer depth).",
     "Head sweep and search": "After a run: every head knocked out in turn and how much the prediction moves, "
                              "or the heads that best match a behaviour.",
+    "Depth lab": "No Depth lab model trained yet: choose a variant and press Train (minutes on a CPU). Loss "
+                 "curves of every variant and each model's learned depth routing appear here.",
     "Prompt A/B": "After a run and a second prompt B: the two runs aligned token by token, their logit-lens "
                   "and attention differences.",
 }

@@ -117,9 +117,13 @@ class Panel(QWidget):
     # `self.full_run` the whole run; a new run is drawn whole (the window selects its last step).
     full_run: Run | None = None
 
+    def is_empty(self) -> bool:
+        """Nothing to show yet (its plots are covered by a sentence): before a run, for most panels."""
+        return self.full_run is None
+
     def set_run(self, run: Run | None) -> None:
         self.full_run = self.run = run
-        show_empty(self, self.title, run is None)  # before a run: what will appear, no made-up axes
+        show_empty(self, self.title, self.is_empty())  # before a run: what will appear, no made-up axes
         if not self._deferred():
             self._guard(self.draw_run, run)
 
@@ -177,8 +181,8 @@ class Panel(QWidget):
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
-        if self.full_run is None:
-            show_empty(self, self.title, True)  # the plots the subclass built: covered until the first run
+        if self.is_empty():
+            show_empty(self, self.title, True)  # the plots the subclass built: covered until there is data
         self.catch_up()
 
     _failed_in: str | None = None  # the drawing method whose error is shown

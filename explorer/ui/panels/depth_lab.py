@@ -36,6 +36,7 @@ from ...lab.config import ARCHS
 from ...lab.jobs import LabEntry, TrainJob, lab_root, list_checkpoints, probe
 from ...lab.train import LIVE_METRICS, SIZES, TrainConfig
 from .. import plot_style
+from ..empty_state import show_empty
 from ..widgets.background import Background
 from .base import Panel
 from .lab_routing import LearnedRoutingView
@@ -149,6 +150,10 @@ class DepthLabPanel(Panel):
             app.aboutToQuit.connect(self.shutdown)
         self.refresh()
 
+    def is_empty(self) -> bool:
+        """The lab shows checkpoints, not the run on screen: empty until one is trained."""
+        return not getattr(self, "entries", None)
+
     def shutdown(self) -> None:
         """Cancel a running training and wait for its checkpoint (the step in flight finishes first)."""
         if self.job is not None and not self.job.done:
@@ -235,6 +240,7 @@ class DepthLabPanel(Panel):
             self.models.setCurrentRow(selected)
         self.models.blockSignals(False)
         self.draw_curves()
+        show_empty(self, self.title, self.is_empty())  # before the first checkpoint: what will appear here
         if 0 <= selected < len(self.entries):  # the selected model may be the one training: follow its snapshots
             snaps = self.entries[selected].metrics.get("routing") or []
             at_end = self.snapshot.value() >= self.snapshot.maximum()
