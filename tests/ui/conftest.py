@@ -1,5 +1,5 @@
-"""Shared panel fixtures: a panel on a Selection sized to a run, shown off screen, and an app theme that
-is put back after each test (theme state is process-wide)."""
+"""Shared UI fixtures: a panel on a Selection sized to a run, shown off screen; a real window on the tiny Llama
+with private settings; and an app theme that is put back after each test (theme state is process-wide)."""
 
 from __future__ import annotations
 
@@ -50,3 +50,28 @@ def _restore_theme(qapp):
     yield
     if theme.state() != before:
         theme.apply(name=before.name, presenter=before.presenter, colormap_name=before.colormap)
+
+
+@pytest.fixture
+def tiny_window(qtbot, tmp_path, tiny_llama):
+    """make(settings_path=None, load=True, panels=("tokens",)) -> a MainWindow on the tiny Llama (private
+    settings file; loaded unless load=False); every window made is closed after the test."""
+    from explorer.ui.main_window import MainWindow
+    from explorer.ui.settings import open_settings
+
+    made = []
+
+    def make(settings_path=None, load=True, panels=("tokens",)) -> MainWindow:
+        w = MainWindow(open_settings(settings_path or tmp_path / f"s{len(made)}.json"), model="tiny-llama",
+                       autoload=False, autorun=False, panels=list(panels))
+        qtbot.addWidget(w)
+        w.show()
+        made.append(w)
+        if load:
+            with qtbot.waitSignal(w.model_ready, timeout=30000):
+                w.load_model("tiny-llama")
+        return w
+
+    yield make
+    for w in made:
+        w.close()

@@ -12,7 +12,6 @@ from PySide6.QtWidgets import QLabel
 from explorer.ui import theme
 from explorer.ui.main_window import MainWindow
 from explorer.ui.panels import REGISTRY, Panel
-from explorer.ui.settings import open_settings
 
 pytest.importorskip("pytestqt")
 
@@ -52,24 +51,13 @@ def probes(monkeypatch):
 
 
 @pytest.fixture
-def make_window(qtbot, tmp_path, tiny_llama, probes):
+def make_window(tmp_path, tiny_window, probes):
     """A window on the tiny Llama with two probe panels, a broken one and private settings."""
-    made = []
 
-    def make(panels=(*PROBES, "broken"), ini="settings.ini", load=True) -> MainWindow:
-        w = MainWindow(open_settings(tmp_path / ini), model="tiny-llama", autoload=False, autorun=False,
-                       panels=list(panels))
-        qtbot.addWidget(w)
-        w.show()
-        made.append(w)
-        if load:
-            with qtbot.waitSignal(w.model_ready, timeout=30000):
-                w.load_model("tiny-llama")
-        return w
+    def make(panels=(*PROBES, "broken"), ini="settings.ini", load=True):
+        return tiny_window(panels=panels, settings_path=tmp_path / ini, load=load)
 
-    yield make
-    for w in made:
-        w.close()
+    return make
 
 
 def run_and_wait(qtbot, w: MainWindow, prompt: str = "Hello world", max_new: int = 4, timeout: int = 30000) -> str:

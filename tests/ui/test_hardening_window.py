@@ -22,23 +22,8 @@ pytest.importorskip("pytestqt")
 
 
 @pytest.fixture
-def window(qtbot, tmp_path, tiny_llama):
-    made = []
-
-    def make(settings_path=None, load=True, panels=("tokens",)) -> MainWindow:
-        w = MainWindow(open_settings(settings_path or tmp_path / f"s{len(made)}.json"), model="tiny-llama",
-                       autoload=False, autorun=False, panels=list(panels))
-        qtbot.addWidget(w)
-        w.show()
-        made.append(w)
-        if load:
-            with qtbot.waitSignal(w.model_ready, timeout=30000):
-                w.load_model("tiny-llama")
-        return w
-
-    yield make
-    for w in made:
-        w.close()
+def window(tiny_window):
+    return tiny_window
 
 
 def run_and_wait(qtbot, w, prompt="Hello world", max_new=3) -> str:

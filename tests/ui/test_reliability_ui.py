@@ -14,11 +14,9 @@ from PySide6.QtCore import Qt
 from explorer.core.api import run_request
 from explorer.core.events import GenerationSettings, RunRequest
 from explorer.core.textin import clean_text
-from explorer.ui.main_window import MainWindow
 from explorer.ui.panels import REGISTRY, Panel
 from explorer.ui.panels.tokens import TokensPanel
 from explorer.ui.selection import Selection
-from explorer.ui.settings import open_settings
 from explorer.ui.widgets.background import Background
 
 pytest.importorskip("pytestqt")
@@ -60,26 +58,15 @@ class ExplodingPanel(SpyPanel):
 
 
 @pytest.fixture
-def window(qtbot, tmp_path, monkeypatch):
+def window(tiny_window, monkeypatch):
     monkeypatch.setitem(REGISTRY, "spy", f"{__name__}:SpyPanel")
     monkeypatch.setitem(REGISTRY, "exploding", f"{__name__}:ExplodingPanel")
     monkeypatch.setitem(REGISTRY, "bounds", f"{__name__}:BoundsPanel")
-    made = []
 
-    def make(panels=("spy",), load=True) -> MainWindow:
-        w = MainWindow(open_settings(tmp_path / f"s{len(made)}.ini"), model="tiny-llama", autoload=False,
-                       autorun=False, panels=list(panels))
-        qtbot.addWidget(w)
-        w.show()
-        made.append(w)
-        if load:
-            with qtbot.waitSignal(w.model_ready, timeout=30000):
-                w.load_model("tiny-llama")
-        return w
+    def make(panels=("spy",), load=True):
+        return tiny_window(panels=panels, load=load)
 
-    yield make
-    for w in made:
-        w.close()
+    return make
 
 
 def run_and_wait(qtbot, w, prompt="Hello world", max_new=3, timeout=60000) -> str:
