@@ -54,3 +54,32 @@ def remote_code_folder(tiny_llama, tmp_path):
                                                        '"model_type"', 1))
     (folder / "x.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('code ran')\n")
     return folder
+
+
+class _Boom:
+    """Unpickling this writes the marker file: proof that a settings read ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def pickled_qsettings(tmp_path):
+    """make(key) -> (ini, marker): a QSettings .ini whose `key` holds a pickled object (`@Variant(...)`) that
+    creates `marker` when PySide unpickles it (the attack of issue 16 item 1)."""
+    from PySide6.QtCore import QSettings
+
+    def make(key: str):
+        marker, ini = tmp_path / "MARKER", tmp_path / "settings.ini"
+        q = QSettings(str(ini), QSettings.IniFormat)
+        q.setValue("model", "tiny-llama")
+        q.setValue(key, _Boom(marker))
+        q.sync()
+        del q
+        assert "@Variant(" in ini.read_text(errors="replace") and not marker.exists()
+        return ini, marker
+
+    return make

@@ -123,23 +123,9 @@ def test_unreadable_settings_file_is_set_aside_not_fatal(tmp_path, caplog, text)
     assert json.loads(path.read_text()) == {"theme": "dark"}
 
 
-def test_qsettings_pickle_in_an_ini_never_runs(tmp_path, caplog):
+def test_qsettings_pickle_in_an_ini_never_runs(pickled_qsettings, caplog):
     """The attack: a QSettings .ini value `@Variant(...PyObjectWrapper...)` is unpickled by PySide on read."""
-    from PySide6.QtCore import QSettings
-
-    marker = tmp_path / "MARKER"
-
-    class Boom:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    ini = tmp_path / "settings.ini"
-    q = QSettings(str(ini), QSettings.IniFormat)
-    q.setValue("model", "tiny-llama")
-    q.setValue("theme", Boom())
-    q.sync()
-    del q
-    assert "@Variant(" in ini.read_text(errors="replace") and not marker.exists()
+    ini, marker = pickled_qsettings("theme")
     with caplog.at_level(logging.WARNING, logger="explorer.ui.settings"):
         s = open_settings(ini)
         s.value("model")

@@ -21,26 +21,25 @@ from .lens import (
     LensError,
     lens_columns,
 )
+from .tempname import atomic_write
 
 
 # --- files ---------------------------------------------------------------------------------------------------
 def save_lens(lens: Lens, folder: str | os.PathLike, metrics: dict | None = None) -> Path:
     """Write `lens.safetensors` and `metrics.json` into `folder` (created); files are replaced atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"kind": lens.kind, "model": lens.model, "normalize_input": str(int(lens.normalize_input)),
             "format": FORMAT}
-    tmp = folder / (LENS_FILE + ".tmp")
-    save_file({"matrix": np.ascontiguousarray(lens.matrix, np.float32),
-               "bias": np.ascontiguousarray(lens.bias, np.float32)}, str(tmp), metadata=meta)
-    os.replace(tmp, folder / LENS_FILE)
+    with atomic_write(folder / LENS_FILE) as fh:  # the project's one atomic save
+        fh.write(save({"matrix": np.ascontiguousarray(lens.matrix, np.float32),
+                       "bias": np.ascontiguousarray(lens.bias, np.float32)}, metadata=meta))
     data = metrics if metrics is not None else lens.metrics
     if data:
-        tmp = folder / (METRICS_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, folder / METRICS_FILE)
+        with atomic_write(folder / METRICS_FILE, "w") as fh:
+            fh.write(json.dumps(data, indent=1))
     return folder
 
 

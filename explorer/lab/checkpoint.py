@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..core.errors import ModelLoadError
+from ..core.tempname import atomic_write
 from .config import LabConfig
 from .model import LabForCausalLM
 
@@ -23,9 +23,8 @@ MAX_JSON_BYTES = 50_000_000
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as fh:  # the project's one atomic save
+        fh.write(json.dumps(data, indent=1))
 
 
 def read_json(path: Path) -> Any:
@@ -65,9 +64,8 @@ def save_train_state(folder: Path, optimizer: torch.optim.Optimizer, meta: dict)
                 key = f"{idx}.{name}"
                 tensors[key] = value.detach().contiguous().clone()
                 layout[key] = True
-    tmp = folder / "train_state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / "train_state.safetensors")
+    with atomic_write(folder / "train_state.safetensors") as fh:
+        fh.write(save(tensors))
     write_json(folder / "train_state.json", {**meta, "param_groups": optimizer.state_dict()["param_groups"]})
 
 

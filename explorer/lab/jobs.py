@@ -37,6 +37,9 @@ class LabEntry:
         return f"{self.arch} (seed {self.seed})"
 
 
+_READ: dict[Path, tuple[tuple[int, int], LabEntry]] = {}  # metrics file -> ((mtime, size), entry) already read
+
+
 def list_checkpoints(root: Path | None = None) -> list[LabEntry]:
     """Every folder under `root` with a readable metrics.json (damaged ones are skipped and logged)."""
     from ..core.errors import ModelLoadError
@@ -46,11 +49,19 @@ def list_checkpoints(root: Path | None = None) -> list[LabEntry]:
     entries = []
     for metrics_file in sorted(root.glob("*/metrics.json")):
         try:
+            st = metrics_file.stat()
+            key = (st.st_mtime_ns, st.st_size)
+            cached = _READ.get(metrics_file)
+            if cached is not None and cached[0] == key:  # the panel polls while training: read a file once
+                entries.append(cached[1])
+                continue
             m = read_json(metrics_file)
             if not isinstance(m, dict) or not isinstance(m.get("heldout_bpb"), list):
                 raise ModelLoadError(f"{metrics_file} has no held-out curve")
-            entries.append(LabEntry(metrics_file.parent, str(m.get("arch", "?")), int(m.get("seed", 0)), m))
-        except (ModelLoadError, ValueError, TypeError) as exc:
+            entry = LabEntry(metrics_file.parent, str(m.get("arch", "?")), int(m.get("seed", 0)), m)
+            _READ[metrics_file] = (key, entry)
+            entries.append(entry)
+        except (OSError, ModelLoadError, ValueError, TypeError) as exc:
             log.warning("skipping lab folder %s: %s", metrics_file.parent, exc)
     return entries
 

@@ -35,21 +35,8 @@ def run_and_wait(qtbot, w, prompt="Hello world", max_new=3) -> str:
 
 
 # --- 1. settings ------------------------------------------------------------------------------------------
-def test_pickled_qsettings_value_does_not_run_when_the_window_starts(qtbot, window, tmp_path, caplog):
-    from PySide6.QtCore import QSettings
-
-    marker = tmp_path / "MARKER"
-
-    class Boom:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    ini = tmp_path / "settings.ini"
-    q = QSettings(str(ini), QSettings.IniFormat)
-    q.setValue("model", "tiny-llama")
-    q.setValue("prompt_state", Boom())
-    q.sync()
-    del q
+def test_pickled_qsettings_value_does_not_run_when_the_window_starts(qtbot, window, pickled_qsettings, caplog):
+    ini, marker = pickled_qsettings("prompt_state")
     with caplog.at_level(logging.WARNING):
         w = window(ini, load=False)
         w.close()
