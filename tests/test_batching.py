@@ -22,9 +22,10 @@ PROMPTS = ["The capital of France is", "Once upon a time there was a small langu
            "def add", "Tokens, embeddings, attention heads and"]
 
 
-def _greedy_alone(session: Session, prompt: str, n: int) -> list[int]:
+def _greedy_alone(session: Session, prompt: str, n: int, chat: bool = False) -> list[int]:
     """The app's own instrumented run of one prompt at temperature 0: its generated ids."""
-    run = run_request(session, RunRequest(prompt, settings=GenerationSettings(max_new_tokens=n, stop_at_eos=False)))
+    settings = GenerationSettings(max_new_tokens=n, stop_at_eos=False)
+    run = run_request(session, RunRequest(prompt, chat=chat, settings=settings))
     return run.token_ids[run.n_prompt:].tolist()
 
 
@@ -153,9 +154,11 @@ def test_throughput_table_reports_each_size_and_rejects_bad_sizes(tiny_llama):
 
 
 def test_real_model_batch_equals_single_runs(default_model):
-    prompts = ["The capital of France is", "Water boils at a temperature of"]
+    prompts = ["What is the capital of Italy?", "Why is the sky blue? Answer in one sentence."]  # chat: padded
     session = Session(default_model)
-    singles = [_greedy_alone(session, p, 5) for p in prompts]
-    res = bt.run_batch(default_model, bt.encode_prompts(default_model, prompts, 5), 5, stop_at_eos=False)
+    singles = [_greedy_alone(session, p, 6, chat=True) for p in prompts]
+    rows = bt.encode_prompts(default_model, prompts, 6, chat=True)
+    assert len(rows[0]) != len(rows[1])
+    res = bt.run_batch(default_model, rows, 6, stop_at_eos=False)
     assert [list(g) for g in res.generated] == singles
     assert res.kv_bytes_per_token == 30 * 3 * 64 * 2 * 4  # SmolLM2 in float32
