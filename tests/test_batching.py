@@ -48,6 +48,16 @@ def test_batch_equals_the_instrumented_runner_at_temperature_0(tiny_llama):
     assert [list(g) for g in batch.generated] == singles
 
 
+def test_python_api_runs_a_batch(tiny_llama):
+    import explorer
+
+    res = explorer.capture_batch(PROMPTS[:2], tiny_llama, max_new_tokens=3, stop_at_eos=False)
+    rows = bt.encode_prompts(tiny_llama, PROMPTS[:2], 3)
+    assert res.prompt_lengths == tuple(map(len, rows)) and all(len(g) == 3 for g in res.generated)
+    with pytest.raises(InputError, match="empty"):
+        explorer.capture_batch([], tiny_llama)
+
+
 def test_left_padding_mask_and_positions_for_different_lengths():
     ids, mask = bt.pad_left([[5, 6, 7], [8], [1, 2]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 1, 2]]

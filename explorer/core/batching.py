@@ -150,6 +150,22 @@ def eos_ids(loaded: LoadedModel) -> set[int]:
     return ids
 
 
+def capture_batch(prompts: list[str], model: Any = "smollm2-135m-instruct", *, max_new_tokens: int = 16,
+                  chat: bool = False, system: str | None = None, stop_at_eos: bool = True) -> BatchResult:
+    """The Python API: greedy-decode `prompts` as one padded batch (`explorer.capture_batch`).
+
+        res = explorer.capture_batch(["The capital of France is", "Water boils at"], max_new_tokens=5)
+        res.generated            # per prompt: the new token ids (each equals capture(prompt)'s at temperature 0)
+        res.attention_mask       # [B, T] 1 = real token, 0 = padding
+        paged_kv.from_batch(res, max_length=2048)   # the batch's cache in blocks of 16
+    """
+    from .api import session_for
+
+    loaded = session_for(model).loaded
+    rows = encode_prompts(loaded, prompts, max_new_tokens, chat=chat, system=system)
+    return run_batch(loaded, rows, max_new_tokens, stop_at_eos=stop_at_eos)
+
+
 def run_batch(loaded: LoadedModel, rows: list[list[int]], max_new_tokens: int, *, stop_at_eos: bool = True,
               keep_logits: bool = False, cancel: threading.Event | None = None) -> BatchResult:
     """Greedy-decode token-id rows as one left-padded batch (see the module's diagram)."""

@@ -49,6 +49,14 @@ def _scrolled(widget: QWidget) -> QScrollArea:
     return area
 
 
+class _FitArea(QScrollArea):
+    """A scroll area that fits the batch grid's columns to its width whenever it is resized."""
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self.widget().fit(self.viewport().width())
+
+
 class RuntimePanel(Panel):
     title = "Runtime"
     help_text = (
@@ -100,7 +108,8 @@ class RuntimePanel(Panel):
 
         self.tabs = QTabWidget()
         self.grid = BatchGrid()
-        self.grid_area = _scrolled(self.grid)
+        self.grid_area = _FitArea()
+        self.grid_area.setWidget(self.grid)
         self.tabs.addTab(self.grid_area, "Batch")
         self.tabs.addTab(self._build_throughput(), "Throughput")
         self.tabs.addTab(self._build_paged(), "Paged KV")
@@ -266,10 +275,6 @@ class RuntimePanel(Panel):
         self.mem_plot.getAxis("left").setTicks([[]])
         lo, hi = int(np.floor(np.log10(mib.min() / 4))), int(np.ceil(np.log10(mib.max())))
         self.mem_plot.getAxis("bottom").setTicks([[(k, f"{10.0 ** k:g}") for k in range(lo, hi + 1)], []])
-
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().resizeEvent(event)
-        self.grid.fit(self.grid_area.viewport().width())
 
     def start_measure(self) -> None:
         self.bar.setValue(0)

@@ -147,7 +147,9 @@ class BatchGrid(QWidget):
         p.setPen(QPen(_ink(), 2, Qt.DashLine))
         p.drawLine(int(boundary), HEAD_H - 2, int(boundary), bottom)
         p.setPen(_ink())
-        p.drawText(QRectF(8, bottom + 4, max(self.width(), 600) - 16, LEGEND_H), Qt.TextWordWrap, LEGEND)
+        viewport = self.parentWidget()  # in a scroll area: wrap the legend to what is on screen
+        legend_w = min(self.width(), viewport.width()) if viewport is not None else self.width()
+        p.drawText(QRectF(8, bottom + 4, legend_w - 24, LEGEND_H), Qt.TextWordWrap, LEGEND)
 
 
 def shared_colour(block: int, shared_ids: list[int]) -> QColor:
@@ -208,10 +210,16 @@ class BlockTable(QWidget):
                 p.setPen(QPen(_ink(), 2 if block in shared else 1))
                 p.setBrush(Qt.NoBrush)
                 p.drawRect(box)
-                p.setPen(QColor("#202020") if frac > 0.5 else _ink())
                 label = f"P{block}  {lay.fill[block]}/{lay.block_size}"
                 if block in shared:
                     label = f"P{block} \u00d7{lay.refs[block]}"
+                if frac < 1:  # a partly empty block: the label on a plate that reads over fill and hatching
+                    plate = QRectF(p.fontMetrics().boundingRect(label)).adjusted(-3, -1, 3, 1)
+                    plate.moveCenter(box.center())
+                    p.fillRect(plate, plot_style.fill())
+                    p.setPen(_ink())
+                else:
+                    p.setPen(QColor("#202020"))
                 p.drawText(box, Qt.AlignCenter, label)
 
 
