@@ -172,3 +172,19 @@ def test_real_model_batch_equals_single_runs(default_model):
     res = bt.run_batch(default_model, rows, 6, stop_at_eos=False)
     assert [list(g) for g in res.generated] == singles
     assert res.kv_bytes_per_token == 30 * 3 * 64 * 2 * 4  # SmolLM2 in float32
+
+
+def test_a_batch_reports_each_step_and_can_be_cancelled(tiny_llama):
+    from explorer.core.errors import Cancelled
+
+    rows = bt.encode_prompts(tiny_llama, PROMPTS[:2], 5)
+    seen, cancel = [], threading.Event()
+
+    def progress(fraction, message):
+        seen.append(fraction)
+        if len(seen) == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        bt.run_batch(tiny_llama, rows, 5, stop_at_eos=False, cancel=cancel, progress=progress)
+    assert seen == [pytest.approx(1 / 5), pytest.approx(2 / 5)]

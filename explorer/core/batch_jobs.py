@@ -36,8 +36,8 @@ def _batch(ctx: JobContext, req: BatchRun) -> BatchResult:
     loaded = ctx.session.loaded
     rows = encode_prompts(loaded, req.prompts, req.max_new_tokens, chat=req.chat, system=req.system)
     ctx.progress(0.0, f"{len(rows)} prompts, {max(map(len, rows))} tokens wide")
-    result = run_batch(loaded, rows, req.max_new_tokens, keep_logits=req.keep_logits, cancel=ctx.cancel)
-    return result
+    return run_batch(loaded, rows, req.max_new_tokens, keep_logits=req.keep_logits, cancel=ctx.cancel,
+                     progress=ctx.progress)
 
 
 @handles(MeasureThroughput)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,8 +168,10 @@ def capture_batch(prompts: list[str], model: Any = "smollm2-135m-instruct", *, m
 
 
 def run_batch(loaded: LoadedModel, rows: list[list[int]], max_new_tokens: int, *, stop_at_eos: bool = True,
-              keep_logits: bool = False, cancel: threading.Event | None = None) -> BatchResult:
-    """Greedy-decode token-id rows as one left-padded batch (see the module's diagram)."""
+              keep_logits: bool = False, cancel: threading.Event | None = None,
+              progress: Callable[[float, str], None] | None = None) -> BatchResult:
+    """Greedy-decode token-id rows as one left-padded batch (see the module's diagram); `progress(fraction,
+    message)` after each decode step; Cancelled when `cancel` is set (checked before every step)."""
     model, info = loaded.model, loaded.info
     pad, eos = pad_token_id(loaded), (eos_ids(loaded) if stop_at_eos else set())
     ids, mask = pad_left(rows, pad)  # [B, P], [B, P]
@@ -211,6 +214,8 @@ def run_batch(loaded: LoadedModel, rows: list[list[int]], max_new_tokens: int, *
                         position_ids=torch.from_numpy(np.maximum(pos, 0)), cache=cache, use_cache=True)
             logits = out.logits[:, -1].float().numpy()  # [B, vocab]
             step_ms.append((time.perf_counter() - t0) * 1e3)
+            if progress is not None:
+                progress((step + 1) / max_new_tokens, f"decode step {step + 1}/{max_new_tokens}")
     all_ids = np.concatenate(ids_cols, axis=1)  # [B, T]
     all_mask = np.concatenate(mask_cols, axis=1)  # [B, T]
     return BatchResult(

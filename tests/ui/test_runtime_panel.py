@@ -106,3 +106,42 @@ def test_run_batch_submits_a_plain_request_and_draws_the_result(panel, tiny_llam
 def test_without_an_engine_the_panel_says_so(panel):
     panel.start_batch()
     assert "not connected" in panel.status.text()
+
+
+class HeldJob:
+    """A job the engine has not finished: Stop cancels it, the engine then reports 'cancelled'."""
+
+    def __init__(self):
+        self.cancelled, self.callbacks = False, None
+
+    def __call__(self, request, on_done=None, on_error=None, on_progress=None, key=None):
+        self.callbacks = (on_done, on_error, on_progress)
+        return self
+
+    def cancel(self):
+        self.cancelled = True
+        self.callbacks[1]("cancelled")
+
+
+def test_stop_cancels_the_running_batch(panel):
+    job = HeldJob()
+    panel.services = PanelServices(submit_job=job)
+    panel.start_batch()
+    assert not panel.run_button.isEnabled() and panel.stop_button.isEnabled()
+    job.callbacks[2](0.5, "decode step 6/12")
+    assert "decode step 6/12" in panel.status.text()
+    panel.stop_batch()
+    assert job.cancelled and "stopped" in panel.status.text()
+    assert panel.run_button.isEnabled() and not panel.stop_button.isEnabled()
+
+
+def test_add_the_current_prompt_as_one_line(panel, tiny_llama):
+    from explorer.core.api import capture
+
+    panel.add_current_prompt()
+    assert "No run yet" in panel.status.text()
+    run = capture("first line\nsecond  line", tiny_llama, max_new_tokens=1)
+    panel.set_run(run)
+    panel.prompts.setPlainText("a\nb")
+    panel.add_current_prompt()
+    assert panel.prompt_list() == ["a", "b", "first line second line"]

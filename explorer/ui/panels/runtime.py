@@ -97,9 +97,19 @@ class RuntimePanel(Panel):
         self.new_tokens.setValue(12)
         row.addWidget(self.new_tokens)
         side.addLayout(row)
+        buttons = QHBoxLayout()
         self.run_button = QPushButton("Run batch")
         self.run_button.clicked.connect(self.start_batch)
-        side.addWidget(self.run_button)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop_batch)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stop_button)
+        side.addLayout(buttons)
+        self.add_current = QPushButton("Add the current prompt")
+        self.add_current.setToolTip("Append the main run's prompt as one more line of the batch")
+        self.add_current.clicked.connect(self.add_current_prompt)
+        side.addWidget(self.add_current)
         controls.addLayout(side)
         self.body.addLayout(controls)
         self.status = QLabel("Greedy (temperature 0) decoding of every line as one padded batch.")
@@ -221,15 +231,39 @@ class RuntimePanel(Panel):
         self.status.setText(f"Running {len(prompts)} prompts as one batch\u2026")
         self.run_button.setEnabled(False)
         request = BatchRun(prompts, self.new_tokens.value(), chat=self.chat.isChecked())
-        self._job = self.services.submit_job(request, self.show_batch, self._batch_failed, None,
+        self.stop_button.setEnabled(True)
+        self._job = self.services.submit_job(request, self.show_batch, self._batch_failed, self._batch_progress,
                                              key=f"runtime-batch-{id(self)}")
+        if self._job is None:  # no engine: the error callback has said why
+            self._idle()
+
+    def stop_batch(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def add_current_prompt(self) -> None:
+        run = self.full_run
+        if run is None:
+            self.status.setText("No run yet: run a prompt first, then add it to the batch.")
+            return
+        text = " ".join(run.request.prompt.split())  # one line: a batch has one prompt per line
+        lines = self.prompt_list()
+        self.prompts.setPlainText("\n".join([*lines, text]))
+
+    def _idle(self) -> None:
+        self.run_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self._job = None
+
+    def _batch_progress(self, fraction: float, message: str) -> None:
+        self.status.setText(f"Running the batch: {message}")
 
     def _batch_failed(self, message: str) -> None:
-        self.run_button.setEnabled(True)
-        self.status.setText(f"The batch did not run: {message}")
+        self._idle()
+        self.status.setText("The batch was stopped." if message == "cancelled" else f"The batch did not run: {message}")
 
     def show_batch(self, result: BatchResult) -> None:
-        self.run_button.setEnabled(True)
+        self._idle()
         self.batch = result
         self.grid.available = self.grid_area.viewport().width()
         self.grid.set_result(result)
