@@ -145,3 +145,12 @@ def test_add_the_current_prompt_as_one_line(panel, tiny_llama):
     panel.prompts.setPlainText("a\nb")
     panel.add_current_prompt()
     assert panel.prompt_list() == ["a", "b", "first line second line"]
+
+
+def test_stop_cancels_the_measurement(panel):
+    job = HeldJob()
+    panel.services = PanelServices(submit_job=job)
+    panel.start_measure()
+    assert not panel.measure_button.isEnabled() and panel.measure_stop.isEnabled()
+    panel.measure_stop.click()
+    assert job.cancelled and "stopped" in panel.throughput_text.text() and panel.measure_button.isEnabled()

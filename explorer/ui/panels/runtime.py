@@ -138,6 +138,10 @@ class RuntimePanel(Panel):
         self.measure_button = QPushButton("Measure batch sizes 1, 2, 4, 8, 16 (1 torch thread)")
         self.measure_button.clicked.connect(self.start_measure)
         row.addWidget(self.measure_button)
+        self.measure_stop = QPushButton("Stop")
+        self.measure_stop.setEnabled(False)
+        self.measure_stop.clicked.connect(lambda: self._measure_job is not None and self._measure_job.cancel())
+        row.addWidget(self.measure_stop)
         row.addStretch(1)
         layout.addLayout(row)
         self.bar = QProgressBar()
@@ -314,6 +318,7 @@ class RuntimePanel(Panel):
         self.bar.setValue(0)
         self.bar.show()
         self.measure_button.setEnabled(False)
+        self.measure_stop.setEnabled(True)
         self._measure_job = self.services.submit_job(MeasureThroughput(repeats=self.repeats.value()),
                                                      self.show_throughput, self._measure_failed, self._progress,
                                                      key=f"runtime-measure-{id(self)}")
@@ -322,14 +327,19 @@ class RuntimePanel(Panel):
         self.bar.setValue(int(round(fraction * 100)))
         self.bar.setFormat(f"{message} %p%")
 
-    def _measure_failed(self, message: str) -> None:
+    def _measure_idle(self) -> None:
         self.bar.hide()
         self.measure_button.setEnabled(True)
-        self.throughput_text.setText(f"The measurement did not run: {message}")
+        self.measure_stop.setEnabled(False)
+        self._measure_job = None
+
+    def _measure_failed(self, message: str) -> None:
+        self._measure_idle()
+        self.throughput_text.setText("The measurement was stopped." if message == "cancelled"
+                                     else f"The measurement did not run: {message}")
 
     def show_throughput(self, table: ThroughputTable) -> None:
-        self.bar.hide()
-        self.measure_button.setEnabled(True)
+        self._measure_idle()
         self.table = table
         sizes = np.array([r.batch for r in table.rows], float)
         for key, values in (("prefill_tps", [r.prefill_tok_s for r in table.rows]),
