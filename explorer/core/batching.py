@@ -65,9 +65,11 @@ class BatchResult:
 
 
 def kv_bytes_per_token(info: Any) -> int:
-    """Bytes one token's keys and values take in every layer: layers x kv heads x head_dim x 2 x dtype bytes."""
-    dtype_bytes = torch.empty(0, dtype=getattr(torch, getattr(info, "dtype", "float32"))).element_size()
-    return int(info.n_layers * info.n_kv_heads * info.head_dim * 2 * dtype_bytes)
+    """Bytes one token's keys and values take in every layer: layers x kv heads x head_dim x 2 x dtype bytes
+    (the KV cache panel's one formula, `analysis.kv`)."""
+    from .analysis.kv import config_from_info, dtype_key
+
+    return int(config_from_info(info).bytes_per_token(dtype_key(info.dtype)))
 
 
 def check_prompts(prompts: Any, max_new_tokens: int) -> tuple[str, ...]:
