@@ -69,7 +69,9 @@ class RuntimePanel(Panel):
         "batching multiplies decode throughput while each step gets only a little slower. Paged KV: the batch's "
         "cache cut into blocks of 16 tokens as vLLM's PagedAttention does (Kwon et al. 2023): each sequence's "
         "block table points at physical blocks; a prefix two prompts share is stored once; only the last block "
-        "of a sequence is partly empty; compare with reserving the maximum length for every sequence.")
+        "of a sequence is partly empty; compare with reserving the maximum length for every sequence. Type the "
+        "same prompt twice to see a fork: both share even the partly filled last block until the first new token "
+        "is written, which copies it (copy-on-write).")
 
     def __init__(self, selection, parent=None):
         super().__init__(selection, parent)
