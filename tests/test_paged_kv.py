@@ -78,3 +78,12 @@ def test_layout_of_a_real_batch_with_a_common_chat_prefix(tiny_llama):
     assert lay.bytes_per_token == info.n_layers * info.n_kv_heads * info.head_dim * 2 * 4
     assert pk.padded_bytes(res) == res.input_ids.size * lay.bytes_per_token
     assert lay.tokens_stored == sum(len(r) + 4 for r in rows) - (common // 16) * 16
+
+
+def test_a_repeated_prompt_is_a_fork_copied_on_its_first_write(tiny_llama):
+    prompt = "Once upon a time there was a small language model"
+    rows = bt.encode_prompts(tiny_llama, [prompt, prompt], 3)
+    assert len(rows[0]) % 16 != 0  # its last prompt block is partly filled
+    lay = pk.from_batch(bt.run_batch(tiny_llama, rows, 3, stop_at_eos=False), max_length=64)
+    assert lay.tables[0][:-1] == lay.tables[1][:-1] and lay.tables[0][-1] != lay.tables[1][-1]
+    assert lay.cow_copies == 1 and lay.shared_blocks == len(rows[0]) // 16
