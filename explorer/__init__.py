@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "capture": "explorer.core.api",
+    "capture_batch": "explorer.core.batching",
     "load_model": "explorer.core.models",
     "LoadedModel": "explorer.core.models",
     "ModelInfo": "explorer.core.models",

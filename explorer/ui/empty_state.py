@@ -27,6 +27,8 @@ EMPTY_TEXT = {
                              "or the heads that best match a behaviour.",
     "Depth lab": "No Depth lab model trained yet: choose a variant and press Train (minutes on a CPU). Loss "
                  "curves of every variant and each model's learned depth routing appear here.",
+    "Runtime": "Run a batch (one prompt per line) or measure throughput: the padded batch with its attention "
+               "mask, tokens/s per batch size and the batch's KV cache in blocks of 16 appear here.",
     "Prompt A/B": "After a run and a second prompt B: the two runs aligned token by token, their logit-lens "
                   "and attention differences.",
 }

@@ -17,6 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal
 
+from ..core import batch_jobs as _batch_jobs  # noqa: F401 - registers the batch / throughput engine jobs
 from ..core import engine as eng
 from ..core.analysis import jobs as _analysis_jobs  # noqa: F401 - registers the analyses' engine jobs
 from ..core.budget import DEFAULT_BUDGET
