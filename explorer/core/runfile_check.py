@@ -69,6 +69,9 @@ def _check(header: dict) -> tuple[ModelInfo, int]:
     values = {key: _int(raw[key], *INFO_LIMITS[key], f"the model's {key}") for key in INFO_LIMITS}
     if values["n_heads"] % values["n_kv_heads"]:
         raise RunFileError("the model's query heads are not a multiple of its KV heads")
+    for key in ("d_ff", "mlp_matrices"):  # optional (older files lack them)
+        if key in raw:
+            _int(raw[key], 0, 2**24, f"the model's {key}")
     for key in ("name", "architecture", "kind", "dtype"):
         if key in raw:
             _type(raw[key], (str,), f"the model's {key}")
