@@ -154,3 +154,8 @@ def _check_request(r: dict, info: ModelInfo) -> None:
     _type(s.get("stop_at_eos", True), (bool,), "stop at EOS")
     _type(r.get("interventions", []), (list,), "the interventions")
     _type(r.get("skip_arrays", []), (list,), "the arrays left out")
+    if r.get("tools") is not None:
+        _type(r["tools"], (str,), "the tool definitions")
+    for turn in _type(r.get("turns", []), (list,), "the conversation turns"):
+        if not isinstance(turn, list) or len(turn) != 2 or not all(isinstance(x, str) for x in turn):
+            raise RunFileError("a conversation turn is not a (role, text) pair")
