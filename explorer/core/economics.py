@@ -30,6 +30,7 @@ from typing import Any
 from .events import TokenKind
 from .models import ModelInfo
 
+SAVED = "cached prefix (saved, not computed)"
 VISIBLE = frozenset({TokenKind.USER.value, TokenKind.PROMPT.value, TokenKind.GENERATED.value})
 
 
@@ -130,11 +131,12 @@ class Economics:
     def table(self) -> list[tuple[str, int, int, int, float]]:
         """(what, tokens, prefill tokens, decode tokens, GFLOPs) rows, then the totals and the extras."""
         g = 1e-9
-        out = [(r.kind, r.tokens, r.prefill, r.decode, r.flops * g) for r in self.rows]
+        out = [(r.kind, r.tokens, r.prefill, r.decode, r.flops * g) for r in self.rows
+               if not (r.kind == TokenKind.CACHED_PREFIX.value and r.flops == 0)]  # shown as the saved row
         n_heads = self.head_flops // self.shapes.head_flops if self.shapes.head_flops else 0
         out.append(("lm_head (logits)", n_heads, 0, 0, self.head_flops * g))
         if self.cached_tokens:
-            out.append(("cached (saved, not computed)", self.cached_tokens, 0, 0, self.cached_flops_saved * g))
+            out.append((SAVED, self.cached_tokens, 0, 0, self.cached_flops_saved * g))
         if self.draft_tokens:
             out.append(("draft tokens rejected", self.rejected_tokens, 0, 0, self.rejected_flops * g))
         return out

@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QLabel, QSplitter, QTableWidget, QTableWidgetItem
 
-from ...core.economics import Economics, economics
+from ...core.economics import SAVED, Economics, economics
 from ...core.events import TokenKind
 from .. import plot_style
 from ..table_fill import fill_table, interactive_columns
@@ -20,7 +20,7 @@ from .base import Panel
 from .token_colors import KIND_COLORS, KIND_NAMES
 
 HEADERS = ("tokens of kind", "tokens", "prefill", "decode", "GFLOPs", "share")
-EXTRA_COLOURS = {"lm_head (logits)": "#b9b9b9", "cached (saved, not computed)": "#bfe9e4",
+EXTRA_COLOURS = {"lm_head (logits)": "#b9b9b9", SAVED: KIND_COLORS[TokenKind.CACHED_PREFIX],
                  "draft tokens rejected": "#ff9d9d"}
 FORMULA = ("per token 2N + 4·L·H·d<sub>head</sub>·c (c = keys attended) + 2·d·V per logits row; "
            "N = L·(q, k, v, o + MLP weights) (Kaplan et al. 2020, Table 1; attention as in Hoffmann et al. 2022, "
@@ -96,16 +96,20 @@ class EconomicsPanel(Panel):
         total = e.total_flops or 1
         values = np.array([r[4] for r in rows], float)  # [rows] GFLOPs
         colours = [QColor(_colour(r[0])).darker(115) for r in rows]
+        saved = [r[0] == SAVED for r in rows]  # compute not spent: an outline, lightly filled
+        brushes = [pg.mkBrush(QColor(c.red(), c.green(), c.blue(), 70 if s else 255)) for c, s in zip(colours, saved,
+                                                                                                        strict=True)]
+        pens = [pg.mkPen(c.darker(130), width=2, style=Qt.PenStyle.DashLine) if s else pg.mkPen(None)
+                for c, s in zip(colours, saved, strict=True)]
         self.bars.setOpts(x0=np.zeros(len(rows)), y=np.arange(len(rows)), height=0.7, width=values,
-                          brushes=[pg.mkBrush(c) for c in colours], pens=[pg.mkPen(None)] * len(rows))
+                          brushes=brushes, pens=pens)
         axis = self.plot.getPlotItem().getAxis("left")
         axis.setTicks([[(i, f"{_label(r[0])} ({r[1]:,})") for i, r in enumerate(rows)]])
         self.plot.setYRange(-0.5, len(rows) - 0.5, padding=0.02)
         self.plot.setXRange(0, max(float(values.max()) if len(values) else 1.0, 1e-9), padding=0.05)
         cells = []
         for what, n, pre, dec, gflops in rows:
-            saved = what.startswith("cached")
-            share = "saved" if saved else f"{gflops * 1e9 / total:.1%}"
+            share = "saved" if what == SAVED else f"{gflops * 1e9 / total:.1%}"
             cells.append([_label(what), _number(n), _number(pre), _number(dec), f"{gflops:,.4f}", share])
         fill_table(self.table, cells)
         self.figures.setText(_figures(e, run))
