@@ -228,3 +228,53 @@ def test_saved_run_keeps_kinds_tools_and_turns(tools_template, tmp_path):
     assert [t.kind for t in loaded.tokens] == kinds
     assert loaded.request == run.request
     assert isinstance(loaded.request, RunRequest) and json.loads(loaded.request.tools) == definitions
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("turns", [["tool"]]), ("turns", "assistant"), ("turns", [["tool", 5]]), ("tools", {"name": "x"}),
+])
+def test_a_run_file_with_a_broken_conversation_is_refused(tiny_llama, tmp_path, key, value):
+    from test_runfile import _edit_header
+
+    from explorer.core.errors import RunFileError
+
+    path = tmp_path / "run.npz"
+    capture("hi", tiny_llama, chat=True, turns=(("assistant", CALL), ("tool", "5")), max_new_tokens=1).save(path)
+    path.write_bytes(_edit_header(path.read_bytes(), lambda h: h["request"].update({key: value})))
+    with pytest.raises(RunFileError):
+        load_run(path)
+
+
+def test_a_run_file_from_before_tools_still_loads(tiny_llama, tmp_path):
+    from test_runfile import _edit_header
+
+    from explorer.core.economics import economics
+
+    def older(h):
+        for k in ("tools", "turns"):
+            h["request"].pop(k)
+        for k in ("d_ff", "mlp_matrices"):
+            h["info"].pop(k)
+
+    path = tmp_path / "run.npz"
+    capture("hi", tiny_llama, max_new_tokens=2).save(path)
+    path.write_bytes(_edit_header(path.read_bytes(), older))
+    run = load_run(path)
+    assert run.request.turns == () and run.request.tools is None
+    assert economics(run).shapes.estimated
+
+
+def test_real_model_marks_exactly_the_tagged_text_it_writes(default_session):
+    """Whatever SmolLM2 writes after a conversation that shows a tool call, a generated token is tool_call or
+    reasoning exactly when it lies in a tagged region of the text (the streaming post-pass, on a real run)."""
+    from explorer.core.token_kinds import kind_spans
+
+    turns = (("assistant", THINK + CALL), ("tool", "5"))
+    run = capture("What is 2+3?", default_session, chat=True, tools=[tools.CALCULATOR], turns=turns, max_new_tokens=24)
+    lo = run.tokens[run.n_prompt].start
+    spans = kind_spans(run.text, DEFAULT_TAGS, lo)
+    for t in run.tokens[run.n_prompt:]:
+        inside = [k for s, e, k in spans if t.start < e and t.end > s]
+        assert t.kind == (inside[0] if inside else TokenKind.GENERATED), (t.text, t.kind)
+    assert {TokenKind.SYSTEM, TokenKind.TOOL_CALL, TokenKind.TOOL_RESULT, TokenKind.REASONING} <= {
+        t.kind for t in run.tokens[:run.n_prompt]}
