@@ -69,12 +69,15 @@ class PromptBar(QWidget):
         self.tool_reply_button.clicked.connect(self.tool_reply_clicked)
         self.turns_label = QLabel()
         self.turns_label.linkActivated.connect(lambda _link: self.set_turns(()))
-        for w in (self.tools_button, self.tool_reply_button, self.turns_label):
-            w.setVisible(False)
-            top.addWidget(w)
         top.addStretch(1)
         top.addWidget(self.recent)
         left.addLayout(top)
+        tool_row = QHBoxLayout()  # a row of its own: the top row stays narrow enough for presenter mode
+        for w in (self.tools_button, self.tool_reply_button, self.turns_label):
+            w.setVisible(False)
+            tool_row.addWidget(w)
+        tool_row.addStretch(1)
+        left.addLayout(tool_row)
         self.system = QPlainTextEdit()
         self.system.setPlaceholderText("System prompt (chat mode)")
         self.system.setFixedHeight(44)

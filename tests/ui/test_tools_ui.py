@@ -116,3 +116,53 @@ def test_economics_panel_draws_the_table_and_bars(make_panel, tiny_session):
     assert np.allclose(panel.bars.opts["width"], [r[4] for r in rows], rtol=1e-12)
     assert any(panel.table.item(i, 5).text() == "saved" for i in range(len(rows)))  # the cached prefix
     assert "cache saved" in panel.figures.text()
+
+
+def test_tool_controls_keep_the_bar_within_1280_in_presenter_mode(qtbot):
+    from explorer.ui import theme
+
+    theme.apply(presenter=True)
+    try:
+        bar = PromptBar()
+        qtbot.addWidget(bar)
+        bar.show()
+        bar.chat.setChecked(True)
+        bar.set_turns((("assistant", "a reply"), ("tool", "5")))
+        assert bar.tools_button.isVisible() and bar.turns_label.isVisible()
+        assert bar.minimumSizeHint().width() <= 1280 - 16
+    finally:
+        theme.apply(presenter=False)
+
+
+def test_the_window_explains_when_there_is_nothing_to_answer(tiny_window):
+    window = tiny_window()
+    window.reply_with_tool_result()  # no chat run on screen: a sentence, no dialog
+    assert "chat-mode run" in window.banner_text()
+
+
+def test_a_tool_result_continues_the_conversation_in_the_window(qtbot, tiny_window, monkeypatch):
+    from explorer.ui import tools_dialog
+
+    window = tiny_window(panels=("tokens", "economics"))
+    bar = window.prompt_bar
+    bar.chat.setChecked(True)
+    bar.prompt.setPlainText("What is 6*7?")
+    bar.max_new.setValue(3)
+    with qtbot.waitSignal(window.run_done, timeout=30000):
+        window.run_prompt()
+    first = window.runs.run
+
+    def answer(dialog):  # the user types a result and presses OK
+        dialog.text.setPlainText("42")
+        dialog.accept()
+        return dialog.result()
+
+    monkeypatch.setattr(tools_dialog.ToolResultDialog, "exec", answer)
+    with qtbot.waitSignal(window.run_done, timeout=30000):
+        window.reply_with_tool_result()
+    second = window.runs.run
+    assert second is not first and second.request.turns[-1] == ("tool", "42")
+    assert second.steps[0].cached_prefix >= first.n_prompt  # the conversation so far came from the cache
+    assert any(t.kind == TokenKind.TOOL_RESULT for t in second.tokens)
+    assert bar.request().turns == second.request.turns  # the next Run continues the conversation
+    assert window.docks["economics"].panel.error is None
