@@ -102,3 +102,12 @@ def test_shapes_are_estimated_for_a_run_file_without_the_mlp_size(tiny_llama):
     assert shapes.estimated
     # the estimate spends the non-embedding parameters (norms included) on the MLP: close to the real N
     assert shapes.body_params == pytest.approx(N_TINY, rel=0.05)
+
+
+def test_the_api_names_economics_and_tool_follow_up():
+    import explorer
+    from explorer.core import economics as economics_module
+    from explorer.core import tools
+
+    assert explorer.economics is economics_module.economics and explorer.follow_up is tools.follow_up
+    assert issubclass(explorer.ToolError, explorer.InputError)
