@@ -121,13 +121,15 @@ def _pieces(text: str, kinds: dict[int, TokenKind] | None = None) -> list[Token]
 
 
 def test_streaming_marks_the_same_as_marking_the_finished_text():
-    text = f"Sure. {THINK}Let me call {CALL} and <think>an unclosed thought"
+    text = f"Sure. {THINK}Let me call {CALL} and {CALL}{THINK} <thi <think>an unclosed thought <tool_call>"
     whole = _pieces(text)
     mark(whole, text, DEFAULT_TAGS, 0)
     streamed: list[Token] = []
+    resume = 0
     for t in _pieces(text):
         streamed.append(t)
-        mark(streamed, text[:t.end], DEFAULT_TAGS, len(streamed) - 1)
+        resume = mark(streamed, text[:t.end], DEFAULT_TAGS, len(streamed) - 1, 0, resume)
+        assert 0 <= resume <= t.end
     assert [t.kind for t in streamed] == [t.kind for t in whole]
     assert _kinds_of(whole, text, THINK) == {TokenKind.REASONING}
     assert _kinds_of(whole, text, CALL) == {TokenKind.TOOL_CALL}

@@ -55,6 +55,7 @@ class Run:
     _n: int = 0
     _planned: int | None = field(default=None, repr=False)  # positions after the first step (None: max_new_tokens)
     _cache: dict = field(default_factory=dict, repr=False)
+    _kind_scan: int = field(default=0, repr=False)  # where core/token_kinds.mark resumes (spans before: final)
 
     @classmethod
     def start(cls, info: ModelInfo, request: RunRequest, norm: NormParams | None,
@@ -77,8 +78,9 @@ class Run:
         self.text += "".join(t.text for t in event.tokens if t.end > t.start)
         if event.is_prefill:
             self.n_prompt = event.n_new
-        mark(self.tokens, self.text, self.kind_tags, len(self.tokens) - event.n_new,
-             0 if event.is_prefill else self.n_prompt)  # tool calls and reasoning in model text
+        self._kind_scan = mark(self.tokens, self.text, self.kind_tags, len(self.tokens) - event.n_new,
+                               0 if event.is_prefill else self.n_prompt,
+                               0 if event.is_prefill else self._kind_scan)  # tool calls, reasoning in model text
         self.steps.append(event)
         if event.routing is not None:
             self.routing = event.routing

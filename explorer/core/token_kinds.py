@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 from .events import Token, TokenKind
@@ -63,12 +64,17 @@ def template_tags(source: str) -> tuple[Tag, ...]:
     return tuple(found)
 
 
+@lru_cache(maxsize=8)
+def _opening(tags: tuple[Tag, ...]) -> tuple[re.Pattern, dict[str, Tag]]:
+    by_open = {t[0]: t for t in tags}
+    return re.compile("|".join(re.escape(o) for o in sorted(by_open, key=len, reverse=True))), by_open
+
+
 def kind_spans(text: str, tags: tuple[Tag, ...], lo: int = 0) -> list[tuple[int, int, TokenKind]]:
     """Character spans [start, end) of tagged regions in text[lo:], in order; an unclosed one runs to the end."""
-    if "<" not in text[lo:]:
+    if not tags or text.find("<", lo) < 0:
         return []
-    by_open = {t[0]: t for t in tags}
-    pattern = re.compile("|".join(re.escape(o) for o in sorted(by_open, key=len, reverse=True)))
+    pattern, by_open = _opening(tags)
     spans = []
     at = lo
     while True:
@@ -82,28 +88,53 @@ def kind_spans(text: str, tags: tuple[Tag, ...], lo: int = 0) -> list[tuple[int,
         at = end
 
 
-def mark(tokens: list[Token], text: str, tags: tuple[Tag, ...], first: int, lo_token: int = 0) -> None:
-    """Retag (in place) the `generated` tokens inside tagged spans of `text`.
+def mark(tokens: list[Token], text: str, tags: tuple[Tag, ...], first: int, lo_token: int = 0,
+         resume: int = 0) -> int:
+    """Retag (in place) the `generated` tokens inside tagged spans of `text`; returns where the next call may
+    start scanning (`resume`): the end of the last span that has closed (text only grows, so the spans
+    before it are final and already marked).
 
     `first`: index of the first token just added (earlier ones were marked against the earlier text);
     `lo_token`: tokens before it are never model text here (e.g. a prompt, on decode steps)."""
     if first >= len(tokens) or not tags:
-        return
-    lo_char = tokens[lo_token].start if lo_token < len(tokens) else len(text)
+        return resume
+    lo_char = max(resume, tokens[lo_token].start if lo_token < len(tokens) else len(text))
     new_from = tokens[first].start
+    still_open = False
     for s_start, s_end, kind in kind_spans(text, tags, lo_char):
+        if _closed(text, s_start, s_end, tags):
+            resume = max(resume, s_end)
+        else:
+            still_open = True
         if s_end < new_from:
             continue  # closed before this update: already marked
-        i = len(tokens) - 1
-        while i >= lo_token and tokens[i].start >= s_end and tokens[i].end > tokens[i].start:
-            i -= 1  # after the span
-        while i >= lo_token:
-            t = tokens[i]
-            inside = t.start < s_end and t.end > s_start or (t.start == t.end and s_start <= t.start < s_end)
-            if not inside and t.end <= s_start:
-                break
-            if inside and t.kind == TokenKind.GENERATED:
-                tokens[i] = replace(t, kind=kind)
-            elif inside and t.kind == kind and i < first:
-                break  # marked on an earlier update, and so is everything before it in the span
-            i -= 1
+        _mark_span(tokens, s_start, s_end, kind, first, lo_token)
+    if not still_open:  # no tag opens before the last characters that could still begin one
+        resume = max(resume, len(text) - max(len(t[0]) for t in tags) + 1)
+    return resume
+
+
+def _closed(text: str, start: int, end: int, tags: tuple[Tag, ...]) -> bool:
+    """Whether the span text[start:end] ends with its closing tag (not cut off by the end of the text)."""
+    pattern, by_open = _opening(tags)
+    m = pattern.match(text, start)
+    if m is None:
+        return False
+    close = by_open[m.group()][1]
+    return end - m.end() >= len(close) and text.endswith(close, 0, end)
+
+
+def _mark_span(tokens: list[Token], s_start: int, s_end: int, kind: TokenKind, first: int, lo_token: int) -> None:
+    i = len(tokens) - 1
+    while i >= lo_token and tokens[i].start >= s_end and tokens[i].end > tokens[i].start:
+        i -= 1  # after the span
+    while i >= lo_token:
+        t = tokens[i]
+        inside = t.start < s_end and t.end > s_start or (t.start == t.end and s_start <= t.start < s_end)
+        if not inside and t.end <= s_start:
+            break
+        if inside and t.kind == TokenKind.GENERATED:
+            tokens[i] = replace(t, kind=kind)
+        elif inside and t.kind == kind and i < first:
+            break  # marked on an earlier update, and so is everything before it in the span
+        i -= 1
