@@ -166,3 +166,15 @@ def test_a_tool_result_continues_the_conversation_in_the_window(qtbot, tiny_wind
     assert any(t.kind == TokenKind.TOOL_RESULT for t in second.tokens)
     assert bar.request().turns == second.request.turns  # the next Run continues the conversation
     assert window.docks["economics"].panel.error is None
+
+
+def test_tools_that_overflow_the_context_are_named_in_the_message(qtbot, tiny_window):
+    window = tiny_window()
+    bar = window.prompt_bar
+    bar.chat.setChecked(True)
+    bar.set_tools(tools.tools_json([tools.CALCULATOR]))  # ~750 tokens of system message: over tiny-llama's 512
+    bar.prompt.setPlainText("What is 6*7?")
+    with qtbot.waitSignal(window.run_done, timeout=30000):
+        window.run_prompt()
+    assert "tool definitions" in window.banner_text()
+    assert bar.prompt.toPlainText() == "What is 6*7?" and bar.tools is not None  # nothing lost
