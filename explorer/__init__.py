@@ -24,6 +24,9 @@ _EXPORTS = {
     "ModelLoadError": "explorer.core.errors",
     "InputError": "explorer.core.errors",
     "RunFileError": "explorer.core.errors",
+    "ToolError": "explorer.core.errors",
+    "economics": "explorer.core.economics",
+    "follow_up": "explorer.core.tools",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

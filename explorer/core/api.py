@@ -57,6 +57,8 @@ def capture(
     cancel: threading.Event | None = None,
     lens=None,
     lens_top_k: int = 5,
+    tools=None,
+    turns=(),
 ) -> Run:
     """Run `prompt` through an instrumented model and return the captured Run.
 
@@ -64,13 +66,32 @@ def capture(
     `lm-explorer lens fit`, or a core.lens.Lens), `run.lens` holds that lens' readout at every depth and
     position: `.top_ids` / `.top_probs` [layers + 1, N, lens_top_k], `.kl` [layers + 1, N] (KL from the final
     distribution) and `.label`; `explorer.core.lens_store.top_tokens(run, run.lens)` names the tokens.
+
+    Chat mode: `tools` are tool definitions in the JSON-schema form transformers' chat templates take (a list of
+    dicts, or its JSON text; `explorer.core.tools.CALCULATOR` is built in); `turns` are (role, content) messages
+    after the prompt ("assistant", "tool", "user"). Tokens the model writes inside <tool_call> tags have kind
+    "tool_call", tool messages "tool_result", text inside <think> tags "reasoning";
+    `explorer.core.tools.follow_up(run, result)` gives the request that continues after a tool call.
     """
+    from .tools import tools_json
+
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p, seed=seed)
-    request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings)
+    request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings, tools=tools_json(tools),
+                         turns=tuple((str(r), c) for r, c in _turn_pairs(turns)))
     run = run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
     if lens is not None:
         from .lens_store import read_lens, resolve_lens
 
         run.lens = read_lens(run, resolve_lens(lens, run.info), k=lens_top_k)
     return run
+
+
+def _turn_pairs(turns) -> list[tuple]:
+    """(role, content) pairs from pairs or {"role", "content"} dicts (checked by core.prompt.check_conversation)."""
+    from .errors import InputError
+
+    pairs = [(t.get("role"), t.get("content")) if isinstance(t, dict) else tuple(t) for t in turns or ()]
+    if any(len(p) != 2 for p in pairs):
+        raise InputError("Each turn is a (role, content) pair or a {'role': ..., 'content': ...} dict.")
+    return pairs

@@ -247,8 +247,10 @@ def _tracer(limits: _Limits):
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
-           cancel: CancelFlag = None, time_limit: float | None = None, max_chars: int | None = None) -> str:
-    """The chat template applied to `messages`, within the limits; ChatTemplateError or Cancelled otherwise."""
+           cancel: CancelFlag = None, time_limit: float | None = None, max_chars: int | None = None,
+           tools: list[dict] | None = None) -> str:
+    """The chat template applied to `messages` (and `tools`, JSON-schema dicts, for a template that formats
+    them), within the limits; ChatTemplateError or Cancelled otherwise."""
     import jinja2
 
     source = tokenizer.get_chat_template()
@@ -256,13 +258,13 @@ def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_pro
         raise ChatTemplateError(f"The model's chat template is {len(str(source)):,} characters long (at most "
                                 f"{MAX_TEMPLATE_CHARS:,} are accepted): it is refused. Use plain mode.")
     budget = max_chars if max_chars is not None else MIN_OUTPUT_CHARS + 4 * sum(
-        len(m.get("content") or "") for m in messages)
+        len(m.get("content") or "") for m in messages) + 4 * len(json.dumps(tools or []))
     limits = _Limits(budget, TIME_LIMIT_S if time_limit is None else time_limit, cancel)
     try:
         compiled = _compile(source)
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(f"The model's chat template is not valid Jinja ({exc}). Use plain mode.") from exc
-    context = {**_plain(tokenizer.special_tokens_map), "messages": _plain(messages), "tools": None,
+    context = {**_plain(tokenizer.special_tokens_map), "messages": _plain(messages), "tools": _plain(tools),
                "documents": None, "add_generation_prompt": add_generation_prompt}
     previous_trace = sys.gettrace()
     _local.limits = limits
@@ -297,3 +299,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return str(value)
+
+
+def formats_tools(tokenizer: Any) -> bool:
+    """Whether the model's chat template reads `tools` (else core/tools.py shows them in the system message)."""
+    source = tokenizer.get_chat_template() if getattr(tokenizer, "chat_template", None) else ""
+    return isinstance(source, str) and re.search(r"\btools\b", source) is not None

@@ -372,7 +372,8 @@ def _truncate(ctx: JobContext, req: TruncateToFit) -> tuple[RunRequest, int]:
         text = tok.decode(ids[cut:])
         candidate = replace(request, prompt=text)
         n = len(tokenize(tok, text, chat=request.chat, system=request.system,
-                         allow_special_in_text=request.allow_special_in_text).ids)
+                         allow_special_in_text=request.allow_special_in_text, tools=request.tools,
+                         turns=request.turns).ids)
         if n <= budget:
             return candidate, cut
         cut += max(1, n - budget)

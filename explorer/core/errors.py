@@ -50,3 +50,7 @@ class RunFileError(ExplorerError):
 
 class Cancelled(ExplorerError):  # noqa: N818 - it is a signal, not a failure
     """The run was cancelled by the user."""
+
+
+class ToolError(InputError):
+    """Tool definitions, a tool call or a tool's input are not usable (core/tools.py)."""

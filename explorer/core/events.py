@@ -25,6 +25,9 @@ class TokenKind(str, Enum):
     PROMPT = "prompt"  # plain-mode prompt text
     GENERATED = "generated"  # produced by the model
     CACHED_PREFIX = "cached-prefix"  # reused from the previous run's KV cache, not recomputed
+    TOOL_CALL = "tool_call"  # a tool call the model wrote (<tool_call>...</tool_call>), tags included
+    TOOL_RESULT = "tool_result"  # a tool's answer, given back as a tool message (core/tools.py)
+    REASONING = "reasoning"  # model text inside reasoning tags (<think>...</think>; core/token_kinds.py)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,13 @@ class RunRequest:
     reuse_prefix: bool = True
     interventions: tuple = ()  # tuple[core.interventions.Intervention, ...] applied during the run
     skip_arrays: tuple[str, ...] = ()  # captured arrays not stored (core.arrays.OPTIONAL), to save memory
+    tools: str | None = None  # chat mode: tool definitions as JSON text (core.tools.tools_json checks them)
+    turns: tuple[tuple[str, str], ...] = ()  # chat mode: (role, content) messages after the user's prompt
+
+    def __post_init__(self) -> None:  # a run file gives lists: keep the request hashable and comparable
+        if not isinstance(self.turns, tuple) or any(not isinstance(t, tuple) for t in self.turns):
+            object.__setattr__(self, "turns", tuple(tuple(t) if isinstance(t, (list, tuple)) else t
+                                                    for t in self.turns))
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class ModelInfo:
     n_params: int
     has_chat_template: bool
     dtype: str = "float32"
+    d_ff: int = 0  # the MLP's inner width (0: unknown, e.g. a run file from before it was recorded)
+    mlp_matrices: int = 0  # d_model x d_ff weight matrices per MLP: 3 gated (SwiGLU), 2 plain (0: unknown)
 
     @property
     def group_size(self) -> int:
@@ -357,4 +359,22 @@ def model_info(model: torch.nn.Module, tokenizer: Any, name: str) -> ModelInfo:
         n_params=sum(p.numel() for p in model.parameters()),
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        **_mlp_shape(model, adapter, hidden),
     )
+
+
+def _mlp_shape(model: torch.nn.Module, adapter, hidden: int) -> dict[str, int]:
+    """The MLP's inner width and its number of d_model x d_ff matrices: the first layer's weight matrices less
+    the attention's (q, k, v, o) over d_model x d_ff (for core/economics.py); zeros when that does not divide."""
+    cfg = model.config
+    d_ff = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden)
+    unknown = {"d_ff": 0, "mlp_matrices": 0}
+    try:
+        layer = adapter.layers(model)[0]
+        heads, kv, head_dim = adapter.n_heads(cfg), adapter.n_kv_heads(cfg), adapter.head_dim(cfg)
+    except Exception:  # noqa: BLE001 - a model without that layout: unknown
+        return unknown
+    elements = sum(p.numel() for p in layer.parameters() if p.dim() == 2)  # weight matrices only
+    mlp = elements - hidden * head_dim * (2 * heads + 2 * kv)  # less q, o [d, H*dh] and k, v [d, KV*dh]
+    matrices, rest = divmod(mlp, hidden * d_ff) if d_ff > 0 and mlp > 0 else (0, 1)
+    return {"d_ff": d_ff, "mlp_matrices": int(matrices)} if matrices and not rest else unknown

@@ -41,7 +41,8 @@ class Prepared:
 
 def prompt_key(request: RunRequest) -> tuple:
     """Everything tokenization depends on, for one tokenizer."""
-    return (request.prompt, request.chat, request.system, request.allow_special_in_text)
+    return (request.prompt, request.chat, request.system, request.allow_special_in_text, request.tools,
+            request.turns)
 
 
 def check_request(request: RunRequest) -> None:
@@ -52,9 +53,32 @@ def check_request(request: RunRequest) -> None:
         raise InputError("The prompt is empty: type some text to run.")
     if settings.max_new_tokens < 0:
         raise InputError("Max new tokens cannot be negative.")
+    check_conversation(request)
     seed = settings.seed  # numpy refuses a negative or non-integer seed with its own error: say it plainly
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"The seed must be a whole number, 0 or more (got {seed!r}).")
+
+
+_ROLES = ("user", "assistant", "tool")
+MAX_TURNS = 64
+
+
+def check_conversation(request: RunRequest) -> None:
+    """Tool definitions and the turns after the prompt (ToolError/InputError): chat mode, known roles, sizes."""
+    from .tools import check_result, tools_json
+
+    if (request.tools or request.turns) and not request.chat:
+        raise InputError("Tools and tool results need chat mode (the chat template formats them).")
+    if request.tools is not None:
+        tools_json(request.tools)
+    if not isinstance(request.turns, tuple) or len(request.turns) > MAX_TURNS:
+        raise InputError(f"A conversation holds at most {MAX_TURNS} turns after the prompt.")
+    for turn in request.turns:
+        if (not isinstance(turn, tuple) or len(turn) != 2 or turn[0] not in _ROLES
+                or not isinstance(turn[1], str)):
+            raise InputError(f"A conversation turn is a (role, text) pair with a role in {', '.join(_ROLES)}.")
+        if turn[0] == "tool":
+            check_result(turn[1])
 
 
 def new_positions(info: ModelInfo, request: RunRequest) -> int:
@@ -70,7 +94,8 @@ def prepare(tokenizer: Any, info: ModelInfo, request: RunRequest, token_bytes: T
     check_request(request)
     t0 = time.perf_counter()
     encoded = encode(tokenizer, request.prompt, chat=request.chat, system=request.system,
-                     allow_special_in_text=request.allow_special_in_text, cancel=cancel)
+                     allow_special_in_text=request.allow_special_in_text, cancel=cancel, tools=request.tools,
+                     turns=request.turns)
     if not encoded.ids:
         raise InputError("The prompt gives no tokens with this model's tokenizer: type some other text.")
     max_new = new_positions(info, request)

@@ -18,6 +18,7 @@ from .models import ModelInfo
 from .numeric import attention_rows
 from .runfile_write import save_run
 from .sampling import log_softmax
+from .token_kinds import DEFAULT_TAGS, mark
 
 __all__ = ["ARRAY_FIELDS", "NotCaptured", "Run"]  # ARRAY_FIELDS: name -> position axis (core/arrays.py)
 
@@ -49,10 +50,12 @@ class Run:
     vocab: list[str] | None = None  # readable text of every token id (set by Session.new_run; None when loaded)
     lens: Any = None  # analysis.depth.LensColumns over every depth and position, from capture(..., lens=...)
     routing: dict | None = None  # learned depth routing of a Depth lab model (explorer.lab.routing.record)
+    kind_tags: tuple = DEFAULT_TAGS  # tag pairs that mark tool calls and reasoning in model text (core/token_kinds)
     _buffers: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _n: int = 0
     _planned: int | None = field(default=None, repr=False)  # positions after the first step (None: max_new_tokens)
     _cache: dict = field(default_factory=dict, repr=False)
+    _kind_scan: int = field(default=0, repr=False)  # where core/token_kinds.mark resumes (spans before: final)
 
     @classmethod
     def start(cls, info: ModelInfo, request: RunRequest, norm: NormParams | None,
@@ -75,6 +78,9 @@ class Run:
         self.text += "".join(t.text for t in event.tokens if t.end > t.start)
         if event.is_prefill:
             self.n_prompt = event.n_new
+        self._kind_scan = mark(self.tokens, self.text, self.kind_tags, len(self.tokens) - event.n_new,
+                               0 if event.is_prefill else self.n_prompt,
+                               0 if event.is_prefill else self._kind_scan)  # tool calls, reasoning in model text
         self.steps.append(event)
         if event.routing is not None:
             self.routing = event.routing

@@ -69,6 +69,9 @@ def _check(header: dict) -> tuple[ModelInfo, int]:
     values = {key: _int(raw[key], *INFO_LIMITS[key], f"the model's {key}") for key in INFO_LIMITS}
     if values["n_heads"] % values["n_kv_heads"]:
         raise RunFileError("the model's query heads are not a multiple of its KV heads")
+    for key in ("d_ff", "mlp_matrices"):  # optional (older files lack them)
+        if key in raw:
+            _int(raw[key], 0, 2**24, f"the model's {key}")
     for key in ("name", "architecture", "kind", "dtype"):
         if key in raw:
             _type(raw[key], (str,), f"the model's {key}")
@@ -151,3 +154,8 @@ def _check_request(r: dict, info: ModelInfo) -> None:
     _type(s.get("stop_at_eos", True), (bool,), "stop at EOS")
     _type(r.get("interventions", []), (list,), "the interventions")
     _type(r.get("skip_arrays", []), (list,), "the arrays left out")
+    if r.get("tools") is not None:
+        _type(r["tools"], (str,), "the tool definitions")
+    for turn in _type(r.get("turns", []), (list,), "the conversation turns"):
+        if not isinstance(turn, list) or len(turn) != 2 or not all(isinstance(x, str) for x in turn):
+            raise RunFileError("a conversation turn is not a (role, text) pair")

@@ -28,6 +28,7 @@ from .interventions import InterventionContext, first_affected
 from .models import LoadedModel
 from .prompt import Prepared, check_request, new_positions, prepare
 from .run import Run
+from .token_kinds import tags_for
 from .tokens import IncrementalSpans, TokenBytes, readable_piece
 from .vocab import readable_vocab
 
@@ -43,6 +44,7 @@ class Session:
         self.adapter = adapter_for(loaded.info.architecture)
         self.store_dtype = store_dtype
         self.token_bytes = TokenBytes(loaded.tokenizer)
+        self.kind_tags = tags_for(loaded.tokenizer)  # tool-call / reasoning tags (core/token_kinds.py)
         self._cache: DynamicCache | None = None
         self._cache_ids: list[int] = []  # token ids whose keys/values are in _cache
 
@@ -55,6 +57,7 @@ class Session:
         cores = [self.adapter.attention_core(layer) for layer in self.adapter.layers(self.loaded.model)]
         run.scaling = np.array([float(getattr(c, "scaling", self.info.head_dim ** -0.5)) for c in cores], np.float32)
         run.vocab = self.vocab
+        run.kind_tags = self.kind_tags
         return run
 
     @property

@@ -120,6 +120,8 @@ def tokenize(
     allow_special_in_text: bool = True,
     token_bytes: TokenBytes | None = None,
     cancel: Any = None,
+    tools: str | None = None,
+    turns: tuple = (),
 ) -> Tokenized:
     """Tokenize a prompt (plain or chat template) into ids and spanned, kind-tagged tokens.
 
@@ -127,7 +129,7 @@ def tokenize(
     `cancel`: a threading.Event or callable; Stop interrupts the chat template's rendering.
     """
     encoded = encode(tokenizer, prompt, chat=chat, system=system, allow_special_in_text=allow_special_in_text,
-                     cancel=cancel)
+                     cancel=cancel, tools=tools, turns=turns)
     return with_spans(tokenizer, encoded, token_bytes)
 
 
@@ -142,17 +144,21 @@ class Encoded:
 
 
 def encode(tokenizer: Any, prompt: str, *, chat: bool = False, system: str | None = None,
-           allow_special_in_text: bool = True, cancel: Any = None) -> Encoded:
+           allow_special_in_text: bool = True, cancel: Any = None, tools: str | None = None,
+           turns: tuple = ()) -> Encoded:
     """Check the text (InputError for text with no UTF-8 form) and encode it: ids only, no spans (fast).
 
     `cancel`: a threading.Event or callable; Stop interrupts the chat template's rendering.
+    `tools` (JSON text of tool definitions) and `turns` ((role, content) after the prompt): chat mode only.
     """
     _check_text(prompt, "prompt")
     if system:
         _check_text(system, "system message")
+    for _role, content in turns:
+        _check_text(content, "conversation")
     regions: list[tuple[int, int, TokenKind]] = []
     if chat:
-        text, regions = render_chat(tokenizer, prompt, system, cancel=cancel)
+        text, regions = render_chat(tokenizer, prompt, system, cancel=cancel, tools=tools, turns=turns)
         content_kind = TokenKind.USER
     else:
         text = prompt
@@ -182,30 +188,44 @@ def _check_text(text: str, what: str) -> None:
         ) from None
 
 
-def render_chat(tokenizer: Any, prompt: str, system: str | None,
-                cancel: Any = None) -> tuple[str, list[tuple[int, int, TokenKind]]]:
-    """Apply the chat template; return the text and the character ranges of system and user content.
+def render_chat(tokenizer: Any, prompt: str, system: str | None, cancel: Any = None, tools: str | None = None,
+                turns: tuple = ()) -> tuple[str, list[tuple[int, int, TokenKind]]]:
+    """Apply the chat template; return the text and the character ranges of each message's content.
 
     The template is untrusted code: it runs sandboxed with time and size limits, and `cancel` stops it.
+    `tools` (JSON text): passed to a template that formats tools, else shown in the system message
+    (core/tools.py). `turns`: (role, content) messages after the user's prompt (a model reply, a tool result).
     """
     from . import chat_template
+    from .tools import system_with_tools, tool_list
 
     if not getattr(tokenizer, "chat_template", None):
         from .errors import InputError
 
         raise InputError("This model has no chat template: use plain mode.")
+    template_tools = None
+    if tools:
+        if chat_template.formats_tools(tokenizer):
+            template_tools = tool_list(tools)
+        else:
+            system = system_with_tools(system, tools)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = chat_template.render(tokenizer, messages, add_generation_prompt=True, cancel=cancel)
+    messages += [{"role": str(role), "content": content} for role, content in turns]
+    text = chat_template.render(tokenizer, messages, add_generation_prompt=True, cancel=cancel, tools=template_tools)
     regions: list[tuple[int, int, TokenKind]] = []
     cursor = 0
-    for message, kind in zip(messages, (TokenKind.SYSTEM, TokenKind.USER) if system else (TokenKind.USER,),
-                             strict=True):
+    for message in messages:
         content = message["content"]
         at = text.find(content, cursor) if content else -1
         if at >= 0:
-            regions.append((at, at + len(content), kind))
+            regions.append((at, at + len(content), ROLE_KINDS.get(message["role"], TokenKind.USER)))
             cursor = at + len(content)
     return text, regions
+
+
+# the kind of a message's content tokens by its role (a model reply's tool calls and reasoning: core/token_kinds.py)
+ROLE_KINDS = {"system": TokenKind.SYSTEM, "user": TokenKind.USER, "assistant": TokenKind.GENERATED,
+              "tool": TokenKind.TOOL_RESULT, "ipython": TokenKind.TOOL_RESULT}
 
 
 def _encode(tokenizer: Any, text: str, chat: bool, regions, allow_special: bool) -> list[int]:
@@ -256,7 +276,7 @@ def spans_for(tokenizer: Any, text: str, ids: list[int], regions, default_kind: 
     return tokens
 
 
-_TYPED = (TokenKind.USER, TokenKind.SYSTEM, TokenKind.PROMPT)
+_TYPED = (TokenKind.USER, TokenKind.SYSTEM, TokenKind.PROMPT, TokenKind.TOOL_RESULT)
 
 
 def _kind_at(start: int, end: int, regions, default_kind: TokenKind) -> TokenKind:

@@ -143,6 +143,7 @@ class MainWindow(QMainWindow):
         self.prompt_bar.run_clicked.connect(self.run_prompt)
         self.prompt_bar.stop_clicked.connect(self.stop)
         self.prompt_bar.step_clicked.connect(self.step_one_token)
+        self.prompt_bar.tool_reply_clicked.connect(self.reply_with_tool_result)
 
     def _build_toolbar(self) -> None:
         bar = QToolBar("Model", self)
@@ -247,6 +248,19 @@ class MainWindow(QMainWindow):
 
     def step_one_token(self) -> None:
         self.runs.step_one_token()
+
+    def reply_with_tool_result(self) -> None:
+        """Answer the model's tool call in the run on screen (ui/tools_dialog.py) and continue the conversation."""
+        from .tools_dialog import ToolResultDialog
+
+        run = self.runs.run
+        if run is None or not run.request.chat or not run.n_generated or self.runs.running:
+            self.show_banner("A tool result answers the reply of a finished chat-mode run: run a chat prompt first.")
+            return
+        dialog = ToolResultDialog(run, self)
+        if dialog.exec() and dialog.request is not None:
+            self.prompt_bar.show_request(dialog.request)
+            self.submit(dialog.request)
 
     def show_run(self, run: Run | None, follow: bool = False) -> None:
         self.runs.show_run(run, follow)

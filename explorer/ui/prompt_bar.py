@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from PySide6.QtCore import Qt, Signal
@@ -32,6 +33,9 @@ class PromptBar(QWidget):
     run_clicked = Signal()
     stop_clicked = Signal()
     step_clicked = Signal()
+    tool_reply_clicked = Signal()  # reply to the run on screen with a tool result (chat mode)
+    tools: str | None = None  # tool definitions (checked JSON text) for chat mode: ui/tools_dialog.py
+    turns: tuple = ()  # the conversation after the prompt (a reply and a tool result), from show_request
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -55,9 +59,25 @@ class PromptBar(QWidget):
             "Typed text like <|im_start|> becomes the model's real control token unless this is ticked "
             "(such tokens are flagged in the Tokens panel: it is a prompt-injection path)")
         top.addWidget(self.special_as_text)
+        self.tools_button = QPushButton("Tools…")
+        self.tools_button.setToolTip("Tools the model may call in chat mode (a built-in calculator, or your own "
+                                     "JSON definitions); the chat template shows them to the model")
+        self.tools_button.clicked.connect(self.edit_tools)
+        self.tool_reply_button = QPushButton("Tool result…")
+        self.tool_reply_button.setToolTip("Answer the model's tool call: append the result as a tool message "
+                                          "and continue the conversation")
+        self.tool_reply_button.clicked.connect(self.tool_reply_clicked)
+        self.turns_label = QLabel()
+        self.turns_label.linkActivated.connect(lambda _link: self.set_turns(()))
         top.addStretch(1)
         top.addWidget(self.recent)
         left.addLayout(top)
+        tool_row = QHBoxLayout()  # a row of its own: the top row stays narrow enough for presenter mode
+        for w in (self.tools_button, self.tool_reply_button, self.turns_label):
+            w.setVisible(False)
+            tool_row.addWidget(w)
+        tool_row.addStretch(1)
+        left.addLayout(tool_row)
         self.system = QPlainTextEdit()
         self.system.setPlaceholderText("System prompt (chat mode)")
         self.system.setFixedHeight(44)
@@ -70,6 +90,7 @@ class PromptBar(QWidget):
         left.addWidget(self.system)
         left.addWidget(self.prompt, 1)
         self.chat.toggled.connect(self.system.setVisible)
+        self.chat.toggled.connect(self._show_tool_controls)
         outer.addLayout(left, 3)
 
         grid = QGridLayout()
@@ -130,9 +151,36 @@ class PromptBar(QWidget):
 
     def request(self) -> RunRequest:
         system = self.system.toPlainText().strip() or None
-        return RunRequest(prompt=self.prompt.toPlainText(), chat=self.chat.isChecked(),
-                          system=system if self.chat.isChecked() else None, settings=self.settings(),
-                          allow_special_in_text=not self.special_as_text.isChecked())
+        chat = self.chat.isChecked()
+        return RunRequest(prompt=self.prompt.toPlainText(), chat=chat,
+                          system=system if chat else None, settings=self.settings(),
+                          allow_special_in_text=not self.special_as_text.isChecked(),
+                          tools=self.tools if chat else None, turns=self.turns if chat else ())
+
+    # --- tools (chat mode) ----------------------------------------------------------------------
+    def edit_tools(self) -> None:
+        from .tools_dialog import ToolsDialog
+
+        dialog = ToolsDialog(self.tools, self)
+        if dialog.exec():
+            self.set_tools(dialog.result_json)
+
+    def set_tools(self, tools: str | None) -> None:
+        self.tools = tools
+        n = len(json.loads(tools)) if tools else 0
+        self.tools_button.setText(f"Tools ({n})…" if n else "Tools…")
+
+    def set_turns(self, turns: tuple) -> None:
+        """The conversation after the prompt that the next run continues (cleared with the label's link)."""
+        self.turns = tuple(turns)
+        self.turns_label.setText(f"+ {len(self.turns)} turns (<a href='clear'>clear</a>)" if self.turns else "")
+        self.turns_label.setToolTip("\n\n".join(f"{role}: {text[:200]}" for role, text in self.turns))
+        self._show_tool_controls(self.chat.isChecked())
+
+    def _show_tool_controls(self, chat: bool) -> None:
+        self.tools_button.setVisible(chat)
+        self.tool_reply_button.setVisible(chat)
+        self.turns_label.setVisible(chat and bool(self.turns))
 
     def set_context_limit(self, context_length: int | None) -> None:
         """Max new tokens cannot reach the model's context window (None: no generation limit known)."""
@@ -146,6 +194,8 @@ class PromptBar(QWidget):
         self.chat.setChecked(request.chat)
         self.special_as_text.setChecked(not request.allow_special_in_text)
         self.system.setPlainText(request.system or "")
+        self.set_tools(request.tools)
+        self.set_turns(request.turns)
         s = request.settings
         self.max_new.setValue(s.max_new_tokens)
         self.temperature.setValue(s.temperature)

@@ -179,7 +179,9 @@ class RunController(QObject):
         if isinstance(exc, PromptTooLongError) and run_id != -1 and last is not None and last.chat:
             message += ("\nThe count includes the chat template" +  # so a long system prompt is not a mystery
                         (" and the system prompt: a long system prompt takes room from the prompt."
-                         if last.system else "."))
+                         if last.system else ".") +
+                        (" The tool definitions are shown to the model too (Tools…): fewer or shorter tools "
+                         "leave more room." if last.tools else ""))
         if isinstance(exc, PromptTooLongError) and run_id != -1 and last is not None and exc.max_new < exc.limit:
             self.w.show_banner(f"{message}\nNothing was cut. Truncate keeps the last tokens that fit and shows you "
                              "the shortened prompt first.", action="Truncate to fit",

@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "compare": "explorer.ui.panels.compare:ComparePanel",
     "depth_lab": "explorer.ui.panels.depth_lab:DepthLabPanel",
     "runtime": "explorer.ui.panels.runtime:RuntimePanel",
+    "economics": "explorer.ui.panels.economics:EconomicsPanel",
 }
 
 

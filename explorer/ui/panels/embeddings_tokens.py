@@ -25,7 +25,8 @@ PLAY_MS = 160  # one layer per tick while playing
 KIND_COLOURS = {
     TokenKind.SPECIAL: OKABE_ITO["grey"], TokenKind.SYSTEM: OKABE_ITO["purple"], TokenKind.USER: OKABE_ITO["blue"],
     TokenKind.PROMPT: OKABE_ITO["green"], TokenKind.GENERATED: OKABE_ITO["vermillion"],
-    TokenKind.CACHED_PREFIX: OKABE_ITO["sky"],
+    TokenKind.CACHED_PREFIX: OKABE_ITO["sky"], TokenKind.TOOL_CALL: OKABE_ITO["orange"],
+    TokenKind.TOOL_RESULT: OKABE_ITO["yellow"], TokenKind.REASONING: OKABE_ITO["vermillion"],
 }
 SELECTED = (220, 30, 30)
 METHODS = ("PCA, one basis for all layers", "PCA of this layer", "t-SNE", "UMAP")
@@ -215,7 +216,8 @@ class TokensAtLayerView(QWidget):
         mode = COLOUR_BY[self.colour.currentIndex()]
         if mode == "token kind":
             cache = {k: pg.mkBrush(pg.mkColor(c + "dc")) for k, c in KIND_COLOURS.items()}  # alpha 220
-            self._brushes = [cache[t.kind] for t in run.tokens]
+            other = pg.mkBrush(pg.mkColor(OKABE_ITO["grey"] + "dc"))  # a kind without a colour here
+            self._brushes = [cache.get(t.kind, other) for t in run.tokens]
             kinds = [k for k in KIND_COLOURS if any(t.kind == k for t in run.tokens)]
             self.legend.setText("  ".join(f"<span style='color: {KIND_COLOURS[k]}'>●</span> {k.value}"
                                           for k in kinds) + "  —  big red ring: the selected token")

@@ -19,9 +19,14 @@ KIND_COLORS = {
     TokenKind.PROMPT: "#cde8c1",
     TokenKind.GENERATED: "#e4ccf4",
     TokenKind.CACHED_PREFIX: "#bfe9e4",
+    TokenKind.TOOL_CALL: "#f9c89b",
+    TokenKind.TOOL_RESULT: "#f3e79b",
+    TokenKind.REASONING: "#f4c6dc",
 }
 KIND_NAMES = {TokenKind.SPECIAL: "special / template", TokenKind.SYSTEM: "system", TokenKind.USER: "user",
-              TokenKind.PROMPT: "prompt", TokenKind.GENERATED: "generated", TokenKind.CACHED_PREFIX: "cached prefix"}
+              TokenKind.PROMPT: "prompt", TokenKind.GENERATED: "generated", TokenKind.CACHED_PREFIX: "cached prefix",
+              TokenKind.TOOL_CALL: "tool call", TokenKind.TOOL_RESULT: "tool result",
+              TokenKind.REASONING: "reasoning"}
 INJECTED_FILL, INJECTED_OUTLINE = QColor("#ffb0b0"), QColor("#d00000")
 MISSING = QColor("#e8e8e8")
 MODES = ("kind", "logprob", "entropy", "id")
@@ -37,7 +42,7 @@ INJECTION_HELP = (
 def _kind_colors(tokens: list[Token], start: int = 0) -> list[QColor]:
     out = []
     for i, t in enumerate(tokens[start:], start):
-        c = INJECTED_FILL if t.injected else QColor(KIND_COLORS[t.kind])
+        c = INJECTED_FILL if t.injected else QColor(KIND_COLORS.get(t.kind, MISSING))
         out.append(c.darker(108) if i % 2 else c)  # alternate shades so neighbours stay apart
     return out
 
@@ -96,7 +101,8 @@ def kind_counts(tokens: list[Token]) -> dict[str, int]:
 def legend_html(run: Run, mode: str) -> str:
     if mode == "kind":
         counts = kind_counts(run.tokens)
-        items = [f"<span style='background:{KIND_COLORS[k]};'>&nbsp;&nbsp;&nbsp;</span>&nbsp;{KIND_NAMES[k]} "
+        items = [f"<span style='background:{QColor(KIND_COLORS.get(k, MISSING)).name()};'>&nbsp;&nbsp;&nbsp;</span>"
+                 f"&nbsp;{KIND_NAMES.get(k, k.value)} "
                  f"<b>{counts[k.value]}</b>" for k in TokenKind if counts[k.value]]
         if counts["injected"]:
             items.append(f"<span style='background:{INJECTED_FILL.name()}; border:1px solid red;'>&nbsp;&nbsp;"
