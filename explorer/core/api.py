@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from .errors import Cancelled
 from .events import GenerationSettings, RunRequest, StepEvent
 from .models import LoadedModel, load_model
 from .run import Run
 from .runner import Session
+
+if TYPE_CHECKING:
+    from .engine_client import EngineClient
 
 
 @lru_cache(maxsize=2)
@@ -57,6 +61,7 @@ def capture(
     cancel: threading.Event | None = None,
     lens=None,
     lens_top_k: int = 5,
+    engine: EngineClient | None = None,
 ) -> Run:
     """Run `prompt` through an instrumented model and return the captured Run.
 
@@ -64,11 +69,17 @@ def capture(
     `lm-explorer lens fit`, or a core.lens.Lens), `run.lens` holds that lens' readout at every depth and
     position: `.top_ids` / `.top_probs` [layers + 1, N, lens_top_k], `.kl` [layers + 1, N] (KL from the final
     distribution) and `.label`; `explorer.core.lens_store.top_tokens(run, run.lens)` names the tokens.
+
+    With `engine` (an `EngineClient`: the engine process the window uses, with its model loaded), the run is
+    made there and `model` is ignored; without it, in this thread with the same Session code.
     """
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p, seed=seed)
     request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings)
-    run = run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
+    if engine is not None:
+        run = engine.run(request, previous=previous, on_step=on_step, cancel=cancel)
+    else:
+        run = run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
     if lens is not None:
         from .lens_store import read_lens, resolve_lens
 

@@ -116,7 +116,16 @@ class JobCancelled:
     job: int
 
 
-EngineEvent = Started | Step | Progress | Notice | Done | Failed | JobCancelled
+@dataclass(frozen=True)
+class EngineLost:
+    """The engine process stopped (crash, out of memory, killed) and was started again, without a model:
+    the jobs in flight failed; the caller loads the model again (job 0: no job's event)."""
+    message: str
+    exit_code: int | None = None
+    job: int = 0
+
+
+EngineEvent = Started | Step | Progress | Notice | Done | Failed | JobCancelled | EngineLost
 
 
 # --- the handler registry ---------------------------------------------------------------------------------------
@@ -181,11 +190,12 @@ class Engine:
             claim(session.loaded, self.thread)
 
     # --- any thread ------------------------------------------------------------------------------------------
-    def submit(self, request: Any, *, key: str | None = None, priority: int = 0) -> int:
-        """Queue a request; returns its job id. A job with the same `key` queued or running is cancelled."""
+    def submit(self, request: Any, *, key: str | None = None, priority: int = 0, job_id: int | None = None) -> int:
+        """Queue a request; returns its job id (`job_id`: one the caller numbered, e.g. across a process
+        boundary). A job with the same `key` queued or running is cancelled."""
         if type(request) not in HANDLERS:
             raise TypeError(f"the engine has no handler for {type(request).__name__}")
-        job = _Job(next(self._ids), request, key, threading.Event())
+        job = _Job(job_id if job_id is not None else next(self._ids), request, key, threading.Event())
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine is shut down")
