@@ -89,6 +89,7 @@ class Progress:
     job: int
     fraction: float
     message: str = ""
+    detail: Any = None  # plain data a job reports besides (e.g. the Depth lab trainer's Progress record)
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,8 @@ class JobContext:
             raise InputError("No model is loaded yet.")
         return session
 
-    def progress(self, fraction: float, message: str = "") -> None:
-        self.engine._emit(Progress(self.job, float(fraction), message))
+    def progress(self, fraction: float, message: str = "", detail: Any = None) -> None:
+        self.engine._emit(Progress(self.job, float(fraction), message, detail))
 
     def emit(self, event: EngineEvent) -> None:
         self.engine._emit(event)

@@ -31,6 +31,7 @@ from .transport import Channel, remove_blocks_of
 
 log = logging.getLogger(__name__)
 
+JOB_MODULES = ("explorer.core.analysis.jobs",)  # imported by the engine process: they register its jobs
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds explorer/
 
 
@@ -49,8 +50,14 @@ class ProcessEngine:
     session = None  # the model lives in the child: nothing in this process can touch it
 
     def __init__(self, on_event: Callable[[Any], None], *, threads: int | None = None,
-                 name: str = "lm-explorer-engine"):
+                 name: str = "lm-explorer-engine", modules: tuple[str, ...] = JOB_MODULES, restart: bool = True):
+        """`modules`: what the child imports to register its job handlers; `restart`: start a fresh child when
+        this one dies (the window's engine) or not (a one-job side process, core/side_jobs.py)."""
+        if not all(m.startswith("explorer.") and m.replace(".", "").replace("_", "").isalnum() for m in modules):
+            raise ValueError(f"not job modules of this package: {modules}")
         self.on_event = on_event
+        self.modules = modules
+        self.restart = restart
         self.threads = threads if threads and threads > 0 else default_threads()
         self.name = name
         self._ids = itertools.count(1)
@@ -69,7 +76,8 @@ class ProcessEngine:
                    PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]))
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "explorer.core.engine_process", str(theirs.fileno()), str(self.threads)],
+                [sys.executable, "-m", "explorer.core.engine_process", str(theirs.fileno()), str(self.threads),
+                 ",".join(self.modules)],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         self.channel = Channel(Connection(ours.detach()), "gui")
         self._reader = threading.Thread(target=self._read, args=(self.channel, self.process),
@@ -178,7 +186,8 @@ class ProcessEngine:
         for job in sorted(pending):
             self._emit(Failed(job, EngineCrash(message), message))
         with self._lock:
-            if self._closing:
+            if self._closing or not self.restart:
+                self._closing = True
                 return
             self.restarts += 1
             self._start()
@@ -202,15 +211,19 @@ def lost_message(code: int | None) -> str:
 
 
 # --- the child ------------------------------------------------------------------------------------------------------
-def serve(conn, threads: int) -> None:
+def serve(conn, threads: int, modules: tuple[str, ...] = JOB_MODULES) -> None:
     """The engine process: one Engine, its events sent back, requests received until shutdown or EOF."""
+    import importlib
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the window's to handle
     import torch
 
     torch.set_num_threads(threads)
     from . import engine as eng
-    from .analysis import jobs as _jobs  # noqa: F401 - registers the analyses' engine jobs
     from .run import Run
+
+    for module in modules:
+        importlib.import_module(module)  # registers its jobs' handlers
 
     channel = Channel(conn, "engine")
     runs: dict[int, Run] = {}  # job -> this process' copy of the run its stream grows
@@ -278,4 +291,4 @@ def safe(event):
 
 
 if __name__ == "__main__":  # python -m explorer.core.engine_process FD THREADS (started by ProcessEngine)
-    serve(Connection(int(sys.argv[1])), int(sys.argv[2]))
+    serve(Connection(int(sys.argv[1])), int(sys.argv[2]), tuple(filter(None, sys.argv[3].split(","))))
