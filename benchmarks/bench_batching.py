@@ -17,9 +17,9 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from explorer.core import batching as bt  # noqa: E402
-from explorer.core import paged_kv as pk  # noqa: E402
-from explorer.core.batch_bench import SIZES, measure_throughput  # noqa: E402
+from explorer.core.analysis import batching as bt  # noqa: E402
+from explorer.core.analysis import paged_kv as pk  # noqa: E402
+from explorer.core.analysis.batch_bench import SIZES, measure_throughput  # noqa: E402
 from explorer.core.models import load_model  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colours.", "Why is the sky blue?",

@@ -4,6 +4,9 @@
     run = explorer.capture("The capital of France is", max_new_tokens=5)
     run.attention(layer=3, head=0)   # [N, N]
 
+    with explorer.EngineClient() as engine:   # the engine process the window uses: identical Runs
+        run = explorer.capture("The capital of France is", engine=engine, max_new_tokens=5)
+
 Names are imported lazily so that `lm-explorer --version` and `fetch` start without torch.
 """
 
@@ -15,7 +18,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "capture": "explorer.core.api",
-    "capture_batch": "explorer.core.batching",
+    "capture_batch": "explorer.core.analysis.batching",
+    "EngineClient": "explorer.core.engine_client",
     "load_model": "explorer.core.models",
     "LoadedModel": "explorer.core.models",
     "ModelInfo": "explorer.core.models",

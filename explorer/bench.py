@@ -46,6 +46,8 @@ TARGETS = {
     "head selection (4,096 tokens; 1,024 in --quick)": (("gui", "head_select", "median_ms"), "<=", 100.0, "ms"),
     "longest GUI-thread stall while streaming": (("gui", "stalls", "longest_ms"), "<=", 50.0, "ms"),
     "memory growth over the runs": (("stability", "growth_mb"), "<=", 50.0, "MB"),
+    "window vs headless, short prompt (engine process)": (("live", "worst", "short"), ">=", 0.8, "x"),
+    "window vs headless, 1,000-token prompt (engine process)": (("live", "worst", "long"), ">=", 0.8, "x"),
 }
 
 
@@ -192,6 +194,11 @@ def table(results: dict) -> str:
     rows.append((f"RSS over {s['runs']} runs, MB (start / end)", f"{s['rss_start_mb']:.0f}",
                  f"{s['rss_end_mb']:.0f}", f"{s['growth_mb']:+.1f} MB"))
     lines = markdown_table(rows)
+    if results.get("live"):
+        from .ui.bench_live import rows as live_rows
+
+        lines += ["", *markdown_table([("window vs headless (engine process, best of rounds)", "headless", "window",
+                                        "window / headless"), *live_rows(results["live"])])]
     lines.append("")
     target_rows = [("target", "measured", "target", "met")]
     for name, c in results["checks"].items():
@@ -215,13 +222,13 @@ def run_suite(config: BenchConfig, log=print) -> dict:
     results: dict = {"meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                               "model": config.model, "quick": config.quick, "config": asdict(config),
                               "machine": machine()}}
-    log("1/6 load: first (temporary cache) vs cached")
+    log("1/7 load: first (temporary cache) vs cached")
     results["load"] = measure_load(config.model, config.repeats)
-    log(f"2/6 prefill at {config.prefill_sizes} tokens")
+    log(f"2/7 prefill at {config.prefill_sizes} tokens")
     results["prefill"], runs = measure_prefill(session, config.prefill_sizes, config.repeats)
-    log(f"3/6 decode {config.decode_tokens} tokens")
+    log(f"3/7 decode {config.decode_tokens} tokens")
     results["decode"] = measure_decode(session, config.decode_tokens, config.repeats)
-    log(f"4/6 capture memory at {config.memory_tokens} tokens")
+    log(f"4/7 capture memory at {config.memory_tokens} tokens")
     run = runs.get(config.memory_tokens)
     if run is None:
         from .core.api import run_request
@@ -231,11 +238,18 @@ def run_suite(config: BenchConfig, log=print) -> dict:
     results["memory"] = measure_memory(run)
     del run, runs
     gc.collect()
-    log(f"5/6 GUI redraw at {config.gui_sizes} tokens, head selection at {config.head_tokens}")
+    log(f"5/7 GUI redraw at {config.gui_sizes} tokens, head selection at {config.head_tokens}")
     results["gui"] = measure_gui(session, config.gui_sizes, config.gui_steps, config.head_tokens, prompt_of, log=log)
     gc.collect()
-    log(f"6/6 memory over {config.stability_runs} runs")
+    log(f"6/7 memory over {config.stability_runs} runs")
     results["stability"] = measure_stability(session, config.stability_runs)
+    log("7/7 the window against the headless API, both on the engine process")
+    from .ui.bench_live import measure_live, worst_ratios
+
+    del session
+    gc.collect()
+    results["live"] = measure_live(config.model, rounds=1 if config.quick else 3, log=log)
+    results["live"]["worst"] = worst_ratios(results["live"])
     results["checks"] = checks(results)
     results["meta"]["duration_s"] = time.perf_counter() - started
     return results

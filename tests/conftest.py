@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# window tests run the engine in-process (fast); tests/ui/test_engine_process.py runs a real engine process
+os.environ.setdefault("LM_EXPLORER_ENGINE", "thread")
 os.environ.setdefault("LM_EXPLORER_LOG_DIR", __import__("tempfile").mkdtemp(prefix="lm-explorer-logs-"))
 
 import pytest  # noqa: E402

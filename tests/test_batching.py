@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from numeric import assert_close
 
-from explorer.core import batching as bt
 from explorer.core import engine as eng
+from explorer.core.analysis import batching as bt
+from explorer.core.analysis.batch_bench import measure_throughput
+from explorer.core.analysis.batch_jobs import BatchRun, MeasureThroughput
 from explorer.core.api import run_request
-from explorer.core.batch_bench import measure_throughput
-from explorer.core.batch_jobs import BatchRun, MeasureThroughput
 from explorer.core.errors import InputError, PromptTooLongError
 from explorer.core.events import GenerationSettings, RunRequest
 from explorer.core.runner import Session

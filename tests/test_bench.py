@@ -38,7 +38,7 @@ def _positive(x) -> bool:
 def test_shape(results):
     data, saved = results
     assert saved == data  # the copy the Pipeline panel reads
-    assert set(data) == {"meta", "load", "prefill", "decode", "memory", "gui", "stability", "checks"}
+    assert set(data) == {"meta", "load", "prefill", "decode", "memory", "gui", "stability", "live", "checks"}
     meta = data["meta"]
     assert meta["model"] == "tiny-llama" and meta["quick"] is True and _positive(meta["duration_s"])
     assert {"cpu", "cores", "torch", "transformers", "python", "platform"} <= set(meta["machine"])
@@ -89,6 +89,22 @@ def test_gui_part(results):
     assert all(ms >= 0 for ms in views.values()) and stalls["longest_ms"] == views[stalls["worst"]]
 
 
+def test_live_part(results):
+    """The window and the headless API, both on a real engine process, per prompt and engine thread count."""
+    data, _ = results
+    live = data["live"]
+    assert live["threads"] == [1, 2] and set(live["cases"]) == {"short", "long"}
+    for case in live["cases"].values():
+        assert case["prompt_tokens"] > 0 and _positive(case["headless"]["total_s"])
+        assert case["generated"] and max(case["generated"]) <= case["new_tokens"]
+        for t in (1, 2):
+            w = case[f"window_{t}"]
+            assert _positive(w["total_s"]) and w["stall_ms"] >= 0
+            assert w["ratio_total"] == pytest.approx(case["headless"]["total_s"] / w["total_s"])
+    assert set(live["worst"]) == {"short", "long"}
+    assert data["checks"]["window vs headless, short prompt (engine process)"]["value"] == live["worst"]["short"]
+
+
 def test_stall_meter_sees_a_blocked_gui_thread(qtbot):
     import time
 
@@ -117,7 +133,7 @@ def test_checks_and_fit():
                "gui": {"redraw_p95_ms_at_1024": 20.0, "head_select": {"median_ms": 50.0}},
                "stability": {"growth_mb": 10.0}}
     c = bench.checks(results)
-    assert [c[k]["ok"] for k in bench.TARGETS] == [False, True, True, False, True, None, True]
+    assert [c[k]["ok"] for k in bench.TARGETS] == [False, True, True, False, True, None, True, None, None]
     fitted = bench.fit_to_context(bench.config_for("x", quick=False), context=512)
     assert max(fitted.prefill_sizes + fitted.gui_sizes) + fitted.decode_tokens <= 512
     assert fitted.prefill_sizes == (128, 512 - 64 - 8)

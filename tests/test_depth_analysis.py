@@ -96,7 +96,7 @@ def test_lens_table_fills_progressively_and_token_logprob_is_exact(exact_run):
     lp = token_logprob(run, tok, table.lse)  # [L+1, N]
     assert lp[1, 3] == approx(np.log(full.top_probs[1, 3, 0]), 1e-4)
     probs, rank = table.token_prob(tok)
-    assert probs[1, 3] == pytest.approx(full.top_probs[1, 3, 0]) and rank[1, 3] == 0
+    assert probs[1, 3] == approx(full.top_probs[1, 3, 0], 1e-5) and rank[1, 3] == 0  # float32, two paths
 
 
 def test_attribution_sums_to_the_real_logit(exact_run):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.core import batching as bt
-from explorer.core import paged_kv as pk
+from explorer.core.analysis import batching as bt
+from explorer.core.analysis import paged_kv as pk
 from explorer.core.errors import InputError
 
 PREFIX = list(range(100, 132))  # 32 tokens: two full blocks of 16

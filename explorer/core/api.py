@@ -59,6 +59,7 @@ def capture(
     lens_top_k: int = 5,
     tools=None,
     turns=(),
+    engine=None,
 ) -> Run:
     """Run `prompt` through an instrumented model and return the captured Run.
 
@@ -72,6 +73,9 @@ def capture(
     after the prompt ("assistant", "tool", "user"). Tokens the model writes inside <tool_call> tags have kind
     "tool_call", tool messages "tool_result", text inside <think> tags "reasoning";
     `explorer.core.tools.follow_up(run, result)` gives the request that continues after a tool call.
+
+    With `engine` (an `EngineClient`: the engine process the window uses, with its model loaded), the run is
+    made there and `model` is ignored; without it, in this thread with the same Session code.
     """
     from .tools import tools_json
 
@@ -79,7 +83,10 @@ def capture(
                                   top_p=top_p, seed=seed)
     request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings, tools=tools_json(tools),
                          turns=tuple((str(r), c) for r, c in _turn_pairs(turns)))
-    run = run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
+    if engine is not None:
+        run = engine.run(request, previous=previous, on_step=on_step, cancel=cancel)
+    else:
+        run = run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
     if lens is not None:
         from .lens_store import read_lens, resolve_lens
 

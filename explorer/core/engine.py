@@ -89,6 +89,7 @@ class Progress:
     job: int
     fraction: float
     message: str = ""
+    detail: Any = None  # plain data a job reports besides (e.g. the Depth lab trainer's Progress record)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,16 @@ class JobCancelled:
     job: int
 
 
-EngineEvent = Started | Step | Progress | Notice | Done | Failed | JobCancelled
+@dataclass(frozen=True)
+class EngineLost:
+    """The engine process stopped (crash, out of memory, killed) and was started again, without a model:
+    the jobs in flight failed; the caller loads the model again (job 0: no job's event)."""
+    message: str
+    exit_code: int | None = None
+    job: int = 0
+
+
+EngineEvent = Started | Step | Progress | Notice | Done | Failed | JobCancelled | EngineLost
 
 
 # --- the handler registry ---------------------------------------------------------------------------------------
@@ -134,8 +144,8 @@ class JobContext:
             raise InputError("No model is loaded yet.")
         return session
 
-    def progress(self, fraction: float, message: str = "") -> None:
-        self.engine._emit(Progress(self.job, float(fraction), message))
+    def progress(self, fraction: float, message: str = "", detail: Any = None) -> None:
+        self.engine._emit(Progress(self.job, float(fraction), message, detail))
 
     def emit(self, event: EngineEvent) -> None:
         self.engine._emit(event)
@@ -181,11 +191,12 @@ class Engine:
             claim(session.loaded, self.thread)
 
     # --- any thread ------------------------------------------------------------------------------------------
-    def submit(self, request: Any, *, key: str | None = None, priority: int = 0) -> int:
-        """Queue a request; returns its job id. A job with the same `key` queued or running is cancelled."""
+    def submit(self, request: Any, *, key: str | None = None, priority: int = 0, job_id: int | None = None) -> int:
+        """Queue a request; returns its job id (`job_id`: one the caller numbered, e.g. across a process
+        boundary). A job with the same `key` queued or running is cancelled."""
         if type(request) not in HANDLERS:
             raise TypeError(f"the engine has no handler for {type(request).__name__}")
-        job = _Job(next(self._ids), request, key, threading.Event())
+        job = _Job(job_id if job_id is not None else next(self._ids), request, key, threading.Event())
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine is shut down")

@@ -4,6 +4,16 @@
 class ExplorerError(Exception):
     """Base of every error LM Explorer raises on purpose."""
 
+    def __reduce__(self):  # crosses to the GUI process whatever the subclass' __init__ takes
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> ExplorerError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class ModelLoadError(ExplorerError):
     """A model could not be loaded (missing, corrupt, unsupported, refused for safety, offline).

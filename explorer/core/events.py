@@ -7,7 +7,7 @@ A runner yields one `StepEvent` after the prefill and one after every decoded to
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from types import MappingProxyType
 
@@ -116,6 +116,11 @@ class StepEvent:
             raise ValueError(f"a step event holds the arrays {sorted(arrays)}, not those of core/arrays.py")
         object.__setattr__(self, "arrays", MappingProxyType(arrays))
 
+    def __reduce__(self):  # pickled (to the GUI process) with a plain dict of arrays
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["arrays"] = dict(self.arrays)
+        return (_step_event, (state,))
+
     def __getattr__(self, name: str):  # event.queries, event.resid, ...: the captured arrays by name
         arrays = self.__dict__.get("arrays")
         if arrays is not None and name in CAPTURED:
@@ -133,3 +138,7 @@ class StepEvent:
     @property
     def is_prefill(self) -> bool:
         return self.step == 0
+
+
+def _step_event(state: dict) -> StepEvent:
+    return StepEvent(**state)

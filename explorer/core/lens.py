@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import ExplorerError
 
@@ -74,14 +73,12 @@ class Lens:
             raise LensError(f"This {self.label} expects {self.n_layers + 1} depths of width {self.hidden}; "
                             f"got states of shape {resid.shape}.")
         rows = resid.shape[0]
-        flat = torch.from_numpy(np.ascontiguousarray(resid.reshape(rows, -1, self.hidden)))  # [L+1, n, D]
+        flat = np.ascontiguousarray(resid.reshape(rows, -1, self.hidden))  # [L+1, n, D]
         x = flat[:-1]  # [L, n, D]
         if self.normalize_input:
-            x = x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)  # [L, n, D] unit RMS
-        with torch.inference_mode():
-            out = torch.baddbmm(torch.from_numpy(self.bias)[:, None, :], x,
-                                torch.from_numpy(self.matrix).transpose(1, 2))  # [L, n, D]
-        translated = np.concatenate([out.numpy(), flat[-1:].numpy()], axis=0)  # [L+1, n, D]
+            x = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6)  # [L, n, D] unit RMS
+        out = np.matmul(x, self.matrix.transpose(0, 2, 1)) + self.bias[:, None, :]  # [L, n, D]
+        translated = np.concatenate([out.astype(np.float32, copy=False), flat[-1:]], axis=0)  # [L+1, n, D]
         return translated.reshape(resid.shape)
 
     def kl_curves(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -175,8 +172,8 @@ def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarr
     # distribution p is known before any other cell: KL(p || q_cell) = sum p log p - sum_v p_v logit_v + lse_cell
     # costs one elementwise pass per cell and no extra pass over the unembedding
     states = np.concatenate([resid[-1:], resid[:-1]]).reshape(rows * n, d)  # [cells, D] last row first
-    normed = torch.from_numpy(norm.apply(states))  # [cells, D]
-    w = torch.from_numpy(np.asarray(unembed, np.float32))  # [vocab, D]
+    normed = np.asarray(norm.apply(states), np.float32)  # [cells, D]
+    w_t = np.asarray(unembed, np.float32).T  # [D, vocab] (a view)
     targets_flat = np.tile(np.asarray(targets, np.int64), rows)  # [cells]
     top_ids = np.empty((rows * n, k), np.int32)
     top_probs = np.empty((rows * n, k), np.float32)
@@ -186,36 +183,35 @@ def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarr
     cross = np.empty(rows * n, np.float64)  # sum_v p_v logit_v per cell
     cells = np.arange(_LENS_CHUNK)
     final_p = neg_entropy = None
-    with torch.inference_mode():
-        for lo in range(0, rows * n, _LENS_CHUNK):
-            hi = min(rows * n, lo + _LENS_CHUNK)
-            logits = normed[lo:hi] @ w.T  # [chunk, vocab]
-            top = logits.topk(k, dim=-1)
-            top_ids[lo:hi] = top.indices.numpy()
-            peak = top.values[:, :1].numpy()  # [chunk, 1]
-            raw = logits.numpy()  # [chunk, vocab] shares memory; numpy's elementwise ops are single-threaded
-            if final_p is None:  # the first chunk starts with the n cells of the last row (n <= _KL_BLOCK)
-                final_logp = torch.log_softmax(logits[:n], dim=-1)  # [n, vocab]
-                final_p = final_logp.exp().numpy()  # [n, vocab]
-                neg_entropy = np.einsum("nv,nv->n", final_p, final_logp.numpy(), dtype=np.float64)  # [n]
-                del final_logp
-            for a in range(lo, hi):  # segments of consecutive positions (a new row every n cells)
-                if a == lo or a % n == 0:
-                    b = min(hi, (a // n + 1) * n)
-                    cross[a:b] = np.einsum("cv,cv->c", raw[a - lo:b - lo], final_p[a % n:a % n + b - a],
-                                           dtype=np.float64)
-            t = targets_flat[lo:hi]  # [chunk]
-            has = t >= 0
-            if has.any():
-                chosen = raw[cells[: hi - lo], np.maximum(t, 0)][:, None]  # [chunk, 1]
-                t_rank[lo:hi][has] = np.count_nonzero(raw > chosen, axis=-1)[has]
-                t_lp[lo:hi][has] = (chosen[:, 0] - peak[:, 0])[has]  # minus log-sum-exp below
-            np.subtract(raw, peak, out=raw)
-            np.exp(raw, out=raw)  # in place: no second [chunk, vocab] buffer
-            log_sum = np.log(raw.sum(axis=-1))  # [chunk] log-sum-exp minus the peak
-            lse[lo:hi] = peak[:, 0] + log_sum
-            top_probs[lo:hi] = np.exp(top.values.numpy() - lse[lo:hi, None])
-            t_lp[lo:hi][has] -= log_sum[has]
+    for lo in range(0, rows * n, _LENS_CHUNK):  # numpy (BLAS) math: the window's process runs no torch
+        hi = min(rows * n, lo + _LENS_CHUNK)
+        raw = normed[lo:hi] @ w_t  # [chunk, vocab]
+        top_i, top_v = _top_k(raw, k)  # [chunk, k] each, largest first
+        top_ids[lo:hi] = top_i
+        peak = top_v[:, :1]  # [chunk, 1]
+        if final_p is None:  # the first chunk starts with the n cells of the last row (n <= _KL_BLOCK)
+            final_logp = raw[:n] - peak[:n]  # [n, vocab]
+            final_logp -= np.log(np.exp(final_logp).sum(axis=-1, keepdims=True))  # log-softmax
+            final_p = np.exp(final_logp)  # [n, vocab]
+            neg_entropy = np.einsum("nv,nv->n", final_p, final_logp, dtype=np.float64)  # [n]
+            del final_logp
+        for a in range(lo, hi):  # segments of consecutive positions (a new row every n cells)
+            if a == lo or a % n == 0:
+                b = min(hi, (a // n + 1) * n)
+                cross[a:b] = np.einsum("cv,cv->c", raw[a - lo:b - lo], final_p[a % n:a % n + b - a],
+                                       dtype=np.float64)
+        t = targets_flat[lo:hi]  # [chunk]
+        has = t >= 0
+        if has.any():
+            chosen = raw[cells[: hi - lo], np.maximum(t, 0)][:, None]  # [chunk, 1]
+            t_rank[lo:hi][has] = np.count_nonzero(raw > chosen, axis=-1)[has]
+            t_lp[lo:hi][has] = (chosen[:, 0] - peak[:, 0])[has]  # minus log-sum-exp below
+        np.subtract(raw, peak, out=raw)
+        np.exp(raw, out=raw)  # in place: no second [chunk, vocab] buffer
+        log_sum = np.log(raw.sum(axis=-1))  # [chunk] log-sum-exp minus the peak
+        lse[lo:hi] = peak[:, 0] + log_sum
+        top_probs[lo:hi] = np.exp(top_v - lse[lo:hi, None])
+        t_lp[lo:hi][has] -= log_sum[has]
     kl = np.maximum(np.tile(neg_entropy, rows) - cross + lse, 0.0).astype(np.float32)
 
     def back(a: np.ndarray) -> np.ndarray:  # last row first -> rows in order
@@ -224,6 +220,15 @@ def compute_lens(resid: np.ndarray, targets: np.ndarray, norm, unembed: np.ndarr
 
     return LensColumns(start, back(top_ids), back(top_probs), back(lse), targets.copy(), back(t_lp), back(t_rank),
                        back(kl), "logit lens" if readout is None else readout.label)
+
+
+def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[rows, n] -> the k largest per row as (indices, values), largest first (like torch.topk)."""
+    k = min(k, values.shape[-1])
+    part = np.argpartition(values, -k, axis=-1)[:, -k:]  # [rows, k] unordered
+    part_v = np.take_along_axis(values, part, axis=-1)
+    order = np.argsort(-part_v, axis=-1, kind="stable")
+    return np.take_along_axis(part, order, axis=-1), np.take_along_axis(part_v, order, axis=-1)
 
 
 class LensTable:

@@ -81,8 +81,14 @@ class Session:
         return attach_head(run, self.info, self.adapter.norm_params(self.loaded.model), self._unembed())
 
     def _unembed(self) -> np.ndarray | None:
-        head = self.adapter.lm_head(self.loaded.model)
-        return None if head is None else head.weight.detach().numpy()  # [vocab, hidden] shares memory
+        """[vocab, hidden] the lm_head weight (shares its memory); one object per session, so it crosses to
+        the window's process once (core/transport.py) however many runs refer to it."""
+        if self._unembed_view is None:
+            head = self.adapter.lm_head(self.loaded.model)
+            self._unembed_view = None if head is None else head.weight.detach().numpy()  # [vocab, hidden]
+        return self._unembed_view
+
+    _unembed_view: np.ndarray | None = None
 
     def forget_cache(self) -> None:
         self._cache, self._cache_ids = None, []

@@ -1,11 +1,10 @@
 """What the GUI (or a notebook) needs around the trainer, without Qt: the checkpoints trained so far,
-a training job on a background thread (progress, cancel), and a probe that reads a checkpoint's
+a training job in a process of its own (progress, cancel), and a probe that reads a checkpoint's
 learned routing and the ablation-measured importance of each source as numpy arrays."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +67,8 @@ def list_checkpoints(root: Path | None = None) -> list[LabEntry]:
 
 @dataclass
 class TrainJob:
-    """One training run on a daemon thread. Poll `progress` / `done`; `cancel()` stops after the current
-    step and saves a checkpoint."""
+    """One training run in a process of its own (core/side_jobs.py: the window's process never runs torch).
+    Poll `progress` / `done`; `cancel()` stops after the current step and saves a checkpoint."""
 
     config: TrainConfig
     out: Path
@@ -78,38 +77,41 @@ class TrainJob:
     history: list[Progress] = field(default_factory=list)
     result: TrainResult | None = None
     error: str | None = None
-    _cancel: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _side: object | None = None
 
     def start(self) -> TrainJob:
-        self._thread = threading.Thread(target=self._run, name=f"lab-train-{self.config.arch}", daemon=True)
-        self._thread.start()
+        from ..core.side_jobs import SideJob
+        from .engine_jobs import TrainLab
+
+        self._side = SideJob(TrainLab(self.config, str(self.out), self.resume), self._event,
+                             name=f"lab-train-{self.config.arch}")
         return self
 
-    def _run(self) -> None:
-        from .train import train
+    def _event(self, event) -> None:  # on the side process' reader thread
+        from ..core import engine as eng
 
-        def on_progress(p: Progress) -> None:
-            self.progress = p
-            self.history.append(p)
-
-        try:
-            self.result = train(self.config, self.out, resume=self.resume, on_progress=on_progress,
-                                cancel=self._cancel)
-        except Exception as exc:  # reported to the panel, never raised in the thread
-            log.exception("lab training failed")
-            self.error = f"{type(exc).__name__}: {exc}"
+        if isinstance(event, eng.Progress) and isinstance(event.detail, Progress):
+            self.progress = event.detail
+            self.history.append(event.detail)
+        elif isinstance(event, eng.Done):
+            self.result = event.result
+        elif isinstance(event, eng.Failed):
+            log.warning("lab training failed: %s", event.message)
+            self.error = event.message.split("\n\n")[0]
+        elif isinstance(event, eng.JobCancelled):
+            self.error = "cancelled before it started"
 
     def cancel(self) -> None:
-        self._cancel.set()
+        if self._side is not None:
+            self._side.cancel()
 
     @property
     def done(self) -> bool:
-        return self._thread is not None and not self._thread.is_alive()
+        return self._side is not None and self._side.done
 
     def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._side is not None:
+            self._side.wait(timeout)
 
 
 @dataclass
@@ -119,6 +121,14 @@ class Probe:
     routing: dict[str, np.ndarray]
     ablation: dict[str, np.ndarray]
     n_layers: int
+
+
+def probe_in_process(folder: Path) -> Probe:
+    """`probe` in a side process (core/side_jobs.py), so the window's process never runs the lab model."""
+    from ..core.side_jobs import run_side
+    from .engine_jobs import ProbeLab
+
+    return run_side(ProbeLab(str(folder)), timeout=600)
 
 
 def probe(folder: Path, text: str = PROBE_TEXT) -> Probe:

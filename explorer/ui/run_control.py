@@ -25,7 +25,8 @@ class RunController(QObject):
     def __init__(self, window) -> None:
         super().__init__(window)
         self.w = window
-        self.host = EngineHost(self)
+        self.host = EngineHost(self, kind=window.settings.value("engine"),
+                               threads=window.settings.value("engine_threads") or None)
         self.run: Run | None = None  # the run on screen
         self.running = False
         self._incoming: tuple[int, Run] | None = None
@@ -37,6 +38,7 @@ class RunController(QObject):
         h.run_finished.connect(self._run_finished)
         h.run_failed.connect(self._run_failed)
         h.truncated.connect(self._truncated)
+        h.engine_lost.connect(self.w.show_banner)
 
     # --- running ----------------------------------------------------------------------------------
     def run_prompt(self) -> None:

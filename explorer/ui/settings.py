@@ -58,6 +58,14 @@ def _text(limit: int, nul_ok: bool = True) -> Callable[[Any], str]:
     return check
 
 
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return v
+    return check
+
+
 def _number(lo: float, hi: float, integer: bool = False) -> Callable[[Any], float | int]:
     def check(v: Any) -> float | int:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -170,6 +178,8 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {  # every key the app reads (grep set
     "recent_prompts": _text_list(MAX_RECENT_TEXT),
     "theme": _text(64),
     "capture_budget_gib": _number(1e-9, 65536.0),  # GiB (the dialog offers 0.01 .. 1024)
+    "engine": _choice("process", "thread"),  # where the model runs (explorer/ui/worker.py)
+    "engine_threads": _number(0, 256, integer=True),  # torch threads of the engine; 0: auto (engine_process.py)
     "prompt_state": _prompt_state,
     "layout": _layout,
 }

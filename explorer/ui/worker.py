@@ -17,15 +17,15 @@ from typing import Any
 
 from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal
 
-from ..core import batch_jobs as _batch_jobs  # noqa: F401 - registers the batch / throughput engine jobs
 from ..core import engine as eng
-from ..core.analysis import jobs as _analysis_jobs  # noqa: F401 - registers the analyses' engine jobs
 from ..core.budget import DEFAULT_BUDGET
+from ..core.engine_process import import_job_modules
 from ..core.events import RunRequest
 from ..core.run import Run
 
 log = logging.getLogger(__name__)
 RUN_KEY = "run"
+import_job_modules()  # the engine's jobs, registered here too: the thread engine and `submit_job` checks
 
 
 @dataclass
@@ -57,15 +57,26 @@ class EngineHost(QObject):
     run_failed = Signal(int, object, str)  # (run id, exception, message); -1: a truncation found no room
     truncated = Signal(object, int)  # (RunRequest that fits, tokens dropped)
     capture_reduced = Signal(int, str)  # (run id, message): the run stores less to fit the memory budget
+    engine_lost = Signal(str)  # the engine process stopped and was restarted (the message says why)
     _event = Signal(object)  # an engine event, from the engine thread
 
-    def __init__(self, parent: QObject | None = None, *, session=None, threads: int | None = None):
+    def __init__(self, parent: QObject | None = None, *, session=None, threads: int | None = None,
+                 kind: str | None = None):
+        """`kind`: "process" (the engine in its own process: the app's default) or "thread" (in this process:
+        tests, and a given `session`); None: $LM_EXPLORER_ENGINE, else "process"."""
         super().__init__(parent)
         self.capture_budget = DEFAULT_BUDGET  # bytes; set by the window from its settings
         self.active_id = -1  # the run whose events the GUI should apply
         self._kinds: dict[int, Any] = {}  # job id -> its request (load / run / truncate) or _Callbacks
+        self._loaded: eng.LoadModel | None = None  # the last model load that succeeded (reloaded after a crash)
         self._event.connect(self._dispatch, Qt.QueuedConnection)
-        self.engine = eng.Engine(self._event.emit, session=session, threads=threads)
+        self.kind = engine_kind(kind, session)
+        if self.kind == "process":
+            from ..core.engine_process import ProcessEngine
+
+            self.engine = ProcessEngine(self._event.emit, threads=threads)
+        else:
+            self.engine = eng.Engine(self._event.emit, session=session, threads=threads)
         app = QCoreApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
@@ -116,6 +127,9 @@ class EngineHost(QObject):
 
     # --- events, on the GUI thread --------------------------------------------------------------------------------
     def _dispatch(self, event: eng.EngineEvent) -> None:
+        if isinstance(event, eng.EngineLost):
+            self._engine_lost(event)
+            return
         kind = self._kinds.get(event.job)
         final = isinstance(event, (eng.Done, eng.Failed, eng.JobCancelled))
         if final:
@@ -150,6 +164,7 @@ class EngineHost(QObject):
         if isinstance(event, eng.Progress):
             self.load_progress.emit(event.fraction, event.message)
         elif isinstance(event, eng.Done):
+            self._loaded = request
             self.model_loaded.emit(event.result)
         elif isinstance(event, eng.Failed):
             message = event.message.split("\n\n")[0]  # no traceback in the banner (it is in the log)
@@ -177,6 +192,17 @@ class EngineHost(QObject):
         elif isinstance(event, eng.JobCancelled) and callbacks.on_error is not None:
             callbacks.on_error("cancelled")
 
+    def _engine_lost(self, event: eng.EngineLost) -> None:
+        """The engine process died (its jobs already failed): say so and load the model again in the new one."""
+        if self.active_id != -1:
+            self.active_id = -1
+        again = self._loaded
+        tail = f" Restarting it and loading {again.spec} again; what is on screen stays." if again else \
+            " It was restarted; what is on screen stays."
+        self.engine_lost.emit(event.message + tail)
+        if again is not None:
+            self.load(again.spec, again.trust_remote_code, again.allow_pickle)
+
     def shutdown(self, msecs: int = 1000) -> bool:
         """Cancel every job (a model load included) and wait up to `msecs` for the engine thread (the window
         closes). Runs and loads check their cancel flags between layers / files / tensors, so this normally
@@ -191,6 +217,19 @@ class EngineHost(QObject):
 
 
 _ORPHANS: list[eng.Engine] = []
+ENGINE_KINDS = ("process", "thread")
+
+
+def engine_kind(kind: str | None, session=None) -> str:
+    """Where the engine runs: the argument, else "thread" for a given session (it is in this process), else
+    $LM_EXPLORER_ENGINE, else "process"."""
+    import os
+
+    if kind is None:
+        kind = "thread" if session is not None else os.environ.get("LM_EXPLORER_ENGINE", "process")
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"engine must be one of {ENGINE_KINDS}, not {kind!r}")
+    return kind
 
 
 def orphaned() -> bool:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explorer.core import batching as bt
-from explorer.core import paged_kv as pk
-from explorer.core.batch_bench import ThroughputRow, ThroughputTable
-from explorer.core.batch_jobs import BatchRun
+from explorer.core.analysis import batching as bt
+from explorer.core.analysis import paged_kv as pk
+from explorer.core.analysis.batch_bench import ThroughputRow, ThroughputTable
+from explorer.core.analysis.batch_jobs import BatchRun
 from explorer.ui.panels.base import PanelServices
 from explorer.ui.panels.runtime import RuntimePanel
 from explorer.ui.panels.runtime_views import CELL_H, GAP, HEAD_H, LABEL_W, MASK_H

@@ -66,3 +66,17 @@ def _depth_weights(ctx: JobContext, _req: ReadDepthWeights) -> tuple[object, Dep
 @handles(HeadStatsOverPrompts)
 def _head_stats(ctx: JobContext, req: HeadStatsOverPrompts) -> ManyPromptStats:
     return head_stats_over_prompts(ctx.session, list(req.prompts), on_progress=ctx.progress, cancel=ctx.cancel)
+
+
+@dataclass(frozen=True)
+class PromptOfLength:
+    """A plain prompt of close to `n_tokens` tokens of the loaded model (benchmarks): (text, n_tokens)."""
+    n_tokens: int
+
+
+@handles(PromptOfLength)
+def _prompt_of_length(ctx: JobContext, req: PromptOfLength) -> tuple[str, int]:
+    from ..benchmarks import prompt_of
+
+    text, ids = prompt_of(ctx.session.loaded.tokenizer, req.n_tokens)
+    return text, len(ids)

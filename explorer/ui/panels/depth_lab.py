@@ -1,7 +1,7 @@
 """Depth lab panel: train small depth-addressable Transformers here and watch their routing emerge.
 
 Top: what to train (variant, size, minutes, seed) with Train / Cancel; training runs on a background
-thread (explorer.lab.jobs.TrainJob), polled by a timer, so the GUI thread never waits on it.
+process (explorer.lab.jobs.TrainJob), polled by a timer, so the GUI thread never waits on it.
 Left: held-out (solid) and train (dashed) bits per byte of every variant trained so far, at equal
 tokens and at equal training time; several seeds of one variant draw a band (min-max).
 Right: the selected checkpoint's learned routing (explorer/ui/panels/lab_routing.py) over a probe text,
@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from ...lab.config import ARCHS
-from ...lab.jobs import LabEntry, TrainJob, lab_root, list_checkpoints, probe
+from ...lab.jobs import LabEntry, TrainJob, lab_root, list_checkpoints, probe_in_process
 from ...lab.train import LIVE_METRICS, SIZES, TrainConfig
 from .. import plot_style
 from ..empty_state import show_empty
@@ -306,7 +306,7 @@ class DepthLabPanel(Panel):
             self.status.setText(f"{entry.label}: routing over the probe text; base loss "
                                 f"{float(result.ablation['base_bpb']):.3f} bits/byte.")
 
-        self.bg.submit("probe", lambda: probe(entry.folder), done,
+        self.bg.submit("probe", lambda: probe_in_process(entry.folder), done,
                        lambda msg: self.status.setText(f"Could not read {entry.folder.name}: {msg}"))
 
     def _draw_probe(self) -> None:

@@ -13,7 +13,6 @@ lens' metrics.json (dashed).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import numpy as np
@@ -42,12 +41,12 @@ class _FitRelay(QObject):
 
 
 class LensFitter:
-    """One background fit at a time per process (a fit uses the CPU for minutes)."""
+    """One background fit at a time, in a process of its own (a fit uses a CPU core for minutes; the window's
+    process never runs torch): core/side_jobs.py."""
 
     relay: _FitRelay | None = None
-    thread: threading.Thread | None = None
+    job = None  # the SideJob
     kind: str | None = None
-    cancel = threading.Event()
 
     @classmethod
     def get_relay(cls) -> _FitRelay:
@@ -60,38 +59,36 @@ class LensFitter:
 
     @classmethod
     def busy(cls) -> bool:
-        return cls.thread is not None and cls.thread.is_alive()
+        return cls.job is not None and not cls.job.done
 
     @classmethod
     def start(cls, model: str, kind: str, minutes: float = 3.0) -> bool:
+        from ...core import engine as eng
+        from ...core.side_jobs import FitLens, SideJob
+
         if cls.busy():
             return False
         relay = cls.get_relay()
-        cls.cancel = threading.Event()
-        cancel = cls.cancel
 
-        def work() -> None:
-            from ...core.lens_fit import FitConfig, fit_and_save
-            from ...core.models import load_model
-
-            try:
-                loaded = load_model(model)  # its own copy: the fit's hooks never touch the window's model
-                fit_and_save(loaded, FitConfig(kind=kind, minutes=minutes), lens_dir(model, kind),
-                             on_progress=lambda f, m: relay.progress.emit(kind, f, m), cancel=cancel)
-            except Exception as exc:  # reported to the panel, never raised in a thread
-                log.exception("lens fit failed")
-                relay.finished.emit(kind, f"{type(exc).__name__}: {exc}")
-            else:
+        def on_event(event) -> None:  # on the side process' reader thread: the relay's signals are queued
+            if isinstance(event, eng.Progress):
+                relay.progress.emit(kind, event.fraction, event.message)
+            elif isinstance(event, eng.Done):
                 relay.finished.emit(kind, "")
+            elif isinstance(event, eng.Failed):
+                log.warning("lens fit failed: %s", event.message)
+                relay.finished.emit(kind, event.message.split("\n\n")[0])
+            elif isinstance(event, eng.JobCancelled):
+                relay.finished.emit(kind, "cancelled")
 
         cls.kind = kind
-        cls.thread = threading.Thread(target=work, name=f"lens-fit-{kind}", daemon=True)
-        cls.thread.start()
+        cls.job = SideJob(FitLens(model, kind, minutes, str(lens_dir(model, kind))), on_event, name=f"lens-fit-{kind}")
         return True
 
     @classmethod
     def stop(cls) -> None:
-        cls.cancel.set()
+        if cls.job is not None:
+            cls.job.cancel()
 
 
 _ACTIVE: list = []  # the selector whose choice other panels follow (the last one created or changed)

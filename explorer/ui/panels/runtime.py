@@ -5,7 +5,7 @@ latency per batch size measured on this machine, and the batch's KV cache laid o
                                                         \\-> paged_kv.from_batch --> Paged KV tab (block tables)
     Measure --MeasureThroughput job--> ThroughputTable --> Throughput tab (tokens/s and ms per step vs batch size)
 
-The model work is engine jobs (core.batch_jobs, through `services.submit_job`); the panel only draws plain data.
+The model work is engine jobs (core.analysis.batch_jobs, through `services.submit_job`); the panel draws plain data.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ...core import paged_kv as pk
-from ...core.batch_bench import ThroughputTable
-from ...core.batch_jobs import BatchRun, MeasureThroughput
-from ...core.batching import MAX_BATCH, MAX_NEW, BatchResult, check_prompts
+from ...core.analysis import paged_kv as pk
+from ...core.analysis.batch_bench import ThroughputTable
+from ...core.analysis.batch_jobs import BatchRun, MeasureThroughput
+from ...core.analysis.batching import MAX_BATCH, MAX_NEW, BatchResult, check_prompts
 from ...core.errors import InputError
 from ...core.run import Run
 from .. import plot_style

@@ -11,9 +11,9 @@ from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QBrush, QColor, QFontMetrics, QPainter, QPen
 from PySide6.QtWidgets import QToolTip, QWidget
 
-from ...core.batching import BatchResult
+from ...core.analysis.batching import BatchResult
+from ...core.analysis.paged_kv import PagedLayout
 from ...core.events import TokenKind
-from ...core.paged_kv import PagedLayout
 from .. import plot_style
 from .token_colors import KIND_COLORS
 

@@ -8,7 +8,7 @@ Decoder-only models continue from the last column, so padding goes on the left: 
 in the same column. The mask hides the padding from attention and the position ids start at 0 at each row's first
 real token, so each row computes what it would alone (up to floating-point order: `tests/test_batching.py`).
 
-Everything here is plain data (numpy arrays, tuples, numbers), so the engine job (`BatchRun`, `core.batch_jobs`)
+Everything here is plain data (numpy arrays, tuples, numbers), so the engine job (`BatchRun`, `analysis.batch_jobs`)
 can return it across a process boundary. The model is run with transformers' own forward (no capture), greedy only
 (temperature 0): a batch is a runtime view, the single-prompt run is where every internal is captured.
 """
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from .errors import Cancelled, InputError, PromptTooLongError
-from .models import LoadedModel
+from ..errors import Cancelled, InputError, PromptTooLongError
+from ..models import LoadedModel
 
 MAX_BATCH = 16  # prompts per batch (the UI's and the job's limit)
 MAX_NEW = 256  # new tokens per batch run
@@ -67,7 +67,7 @@ class BatchResult:
 def kv_bytes_per_token(info: Any) -> int:
     """Bytes one token's keys and values take in every layer: layers x kv heads x head_dim x 2 x dtype bytes
     (the KV cache panel's one formula, `analysis.kv`)."""
-    from .analysis.kv import config_from_info, dtype_key
+    from .kv import config_from_info, dtype_key
 
     return int(config_from_info(info).bytes_per_token(dtype_key(info.dtype)))
 
@@ -97,7 +97,7 @@ def check_prompts(prompts: Any, max_new_tokens: int) -> tuple[str, ...]:
 def encode_prompts(loaded: LoadedModel, prompts: Any, max_new_tokens: int, *, chat: bool = False,
                    system: str | None = None) -> list[list[int]]:
     """Each prompt's ids (plain or chat template), checked against the model's context (PromptTooLongError)."""
-    from .tokens import encode
+    from ..tokens import encode
 
     if not loaded.info.is_causal:
         raise InputError(f"{loaded.info.name} is an encoder: batched generation needs a decoder model.")
@@ -162,7 +162,7 @@ def capture_batch(prompts: list[str], model: Any = "smollm2-135m-instruct", *, m
         res.attention_mask       # [B, T] 1 = real token, 0 = padding
         paged_kv.from_batch(res, max_length=2048)   # the batch's cache in blocks of 16
     """
-    from .api import session_for
+    from ..api import session_for
 
     loaded = session_for(model).loaded
     rows = encode_prompts(loaded, prompts, max_new_tokens, chat=chat, system=system)
@@ -231,7 +231,7 @@ def run_batch(loaded: LoadedModel, rows: list[list[int]], max_new_tokens: int, *
 
 def _pieces(loaded: LoadedModel, ids: np.ndarray) -> dict[int, str]:
     """Readable text of each id: its bytes as UTF-8, or <0xNN> bytes for a piece of a split character."""
-    from .tokens import TokenBytes
+    from ..tokens import TokenBytes
 
     token_bytes = TokenBytes(loaded.tokenizer)
     out = {}

@@ -18,9 +18,9 @@ from statistics import median
 
 import torch
 
+from ..errors import Cancelled, InputError
+from ..models import LoadedModel
 from .batching import MAX_BATCH, run_batch
-from .errors import Cancelled, InputError
-from .models import LoadedModel
 
 SIZES = (1, 2, 4, 8, 16)
 
@@ -78,7 +78,7 @@ def measure_throughput(loaded: LoadedModel, sizes=SIZES, *, prompt_tokens: int =
                        repeats: int = 3, threads: int = 1, cancel: threading.Event | None = None,
                        progress: Callable[[float, str], None] | None = None) -> ThroughputTable:
     """Best-of-`repeats` prefill and decode-step times per batch size (end-of-text ignored: every row decodes)."""
-    from .benchmarks import prompt_of
+    from ..benchmarks import prompt_of
 
     sizes = check_sizes(sizes, prompt_tokens, new_tokens, repeats)
     if prompt_tokens + new_tokens > loaded.info.context_length:

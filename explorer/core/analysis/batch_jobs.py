@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..engine import JobContext, handles
 from .batch_bench import SIZES, ThroughputTable, measure_throughput
 from .batching import BatchResult, encode_prompts, run_batch
-from .engine import JobContext, handles
 
 
 @dataclass(frozen=True)

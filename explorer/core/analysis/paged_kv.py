@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InputError
+from ..errors import InputError
 
 BLOCK_SIZE = 16  # tokens per block (vLLM's default)
 
