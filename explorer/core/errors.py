@@ -50,3 +50,7 @@ class RunFileError(ExplorerError):
 
 class Cancelled(ExplorerError):  # noqa: N818 - it is a signal, not a failure
     """The run was cancelled by the user."""
+
+
+class RetrievalError(InputError):
+    """A retrieval index is missing, empty, damaged or of another kind, or a folder gives nothing to index."""
