@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from functools import lru_cache
@@ -30,6 +31,10 @@ def run_request(session: Session, request: RunRequest, *, previous: Run | None =
                 on_step: Callable[[StepEvent, Run], None] | None = None,
                 cancel: threading.Event | None = None) -> Run:
     """Run a request to completion, growing a Run from its events."""
+    if request.retrieval is not None:  # search first, so the Run's request holds the inserted chunks
+        from .retrieval.rag import resolve
+
+        request = resolve(request, cancel)
     run = session.new_run(request)
     try:
         for event in session.stream(request, previous=previous, cancel=cancel):
@@ -57,6 +62,8 @@ def capture(
     cancel: threading.Event | None = None,
     lens=None,
     lens_top_k: int = 5,
+    retrieve: str | os.PathLike | None = None,
+    retrieve_k: int = 3,
 ) -> Run:
     """Run `prompt` through an instrumented model and return the captured Run.
 
@@ -64,10 +71,19 @@ def capture(
     `lm-explorer lens fit`, or a core.lens.Lens), `run.lens` holds that lens' readout at every depth and
     position: `.top_ids` / `.top_probs` [layers + 1, N, lens_top_k], `.kl` [layers + 1, N] (KL from the final
     distribution) and `.label`; `explorer.core.lens_store.top_tokens(run, run.lens)` names the tokens.
+
+    With `retrieve` (an index folder from `lm-explorer index build`), the `retrieve_k` chunks closest to the
+    prompt (MiniLM embeddings, cosine) are inserted before it; their tokens have kind "retrieved" and
+    `run.retrieved` lists them (source, text, score).
     """
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p, seed=seed)
-    request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings)
+    retrieval = None
+    if retrieve is not None:
+        from .retrieval import Retrieval
+
+        retrieval = Retrieval(index=os.fspath(retrieve), k=retrieve_k)
+    request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings, retrieval=retrieval)
     run = run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
     if lens is not None:
         from .lens_store import read_lens, resolve_lens

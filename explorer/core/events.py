@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ class TokenKind(str, Enum):
     PROMPT = "prompt"  # plain-mode prompt text
     GENERATED = "generated"  # produced by the model
     CACHED_PREFIX = "cached-prefix"  # reused from the previous run's KV cache, not recomputed
+    RETRIEVED = "retrieved"  # a retrieved chunk inserted into the prompt (core/retrieval/rag.py)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class RunRequest:
     reuse_prefix: bool = True
     interventions: tuple = ()  # tuple[core.interventions.Intervention, ...] applied during the run
     skip_arrays: tuple[str, ...] = ()  # captured arrays not stored (core.arrays.OPTIONAL), to save memory
+    retrieval: Any = None  # core.retrieval.Retrieval: index and k; searched when prepared, chunks then inserted
 
 
 @dataclass(frozen=True)
