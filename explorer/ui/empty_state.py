@@ -27,6 +27,9 @@ EMPTY_TEXT = {
                              "or the heads that best match a behaviour.",
     "Depth lab": "No Depth lab model trained yet: choose a variant and press Train (minutes on a CPU). Loss "
                  "curves of every variant and each model's learned depth routing appear here.",
+    "Retrieval": "After a run with Retrieve ticked (prompt bar): the question and its retrieved chunks in MiniLM's "
+                 "embedding space with their scores, and how much attention each generated token pays to each "
+                 "chunk, layer by layer. Build an index with the buttons above first.",
     "Prompt A/B": "After a run and a second prompt B: the two runs aligned token by token, their logit-lens "
                   "and attention differences.",
 }

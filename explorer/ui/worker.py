@@ -21,6 +21,7 @@ from ..core import engine as eng
 from ..core.analysis import jobs as _analysis_jobs  # noqa: F401 - registers the analyses' engine jobs
 from ..core.budget import DEFAULT_BUDGET
 from ..core.events import RunRequest
+from ..core.retrieval import jobs as _retrieval_jobs  # noqa: F401 - registers retrieval's engine jobs
 from ..core.run import Run
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "head_sweep": "explorer.ui.panels.head_sweep:HeadSweepPanel",
     "compare": "explorer.ui.panels.compare:ComparePanel",
     "depth_lab": "explorer.ui.panels.depth_lab:DepthLabPanel",
+    "retrieval": "explorer.ui.panels.retrieval:RetrievalPanel",
 }
 
 
