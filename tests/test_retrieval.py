@@ -316,3 +316,67 @@ def test_chunk_attention_equals_the_attention_maps(rag_index, tiny_models):
     expected = np.stack([rows[:, idx].sum(1) for idx in result.chunk_tokens], 1) / rows[:, 1:].sum(1, keepdims=True)
     assert_close(result.shares[layer], expected, 1e-4)
     assert np.all(result.shares >= 0) and np.all(result.shares.sum(2) <= 1 + 1e-5)
+
+
+# --- through the engine and the command line ------------------------------------------------------------------------
+def test_engine_stream_searches_on_the_engine_thread_and_the_run_carries_the_chunks(rag_index, tiny_models):
+    from dataclasses import replace
+
+    from explorer.core import engine as eng
+    from explorer.core.events import GenerationSettings, RunRequest
+    from explorer.core.retrieval import Retrieval
+    from explorer.core.retrieval import embed as embed_mod
+    from explorer.core.retrieval.jobs import BuildIndex  # noqa: F401 - registers the retrieval jobs
+
+    events, done = [], threading.Event()
+    searched_on = []
+    real_search = type(open_index(rag_index)).search
+
+    def search(self, query, k=3, emb=None):
+        searched_on.append(threading.current_thread().name)
+        return real_search(self, query, k, emb)
+
+    def on_event(event):
+        events.append(event)
+        if isinstance(event, (eng.Done, eng.Failed, eng.JobCancelled)):
+            done.set()
+
+    engine = eng.Engine(on_event, session=Session(tiny_models["tiny-llama"]), name="test-engine")
+    try:
+        from unittest import mock
+
+        with mock.patch("explorer.core.retrieval.index.Index.search", search):
+            request = RunRequest("Eiffel tower?", settings=GenerationSettings(max_new_tokens=2),
+                                 retrieval=Retrieval(str(rag_index), k=2))
+            engine.submit(eng.StreamRun(request))
+            assert done.wait(120)
+        final = events[-1]
+        assert isinstance(final, eng.Done), getattr(final, "message", final)
+        run = next(e.payload for e in events if isinstance(e, eng.Started))
+        assert len(run.retrieved) == 2 and searched_on == ["test-engine"]
+
+        done.clear()
+        events.clear()  # an empty index fails the job with the sentence; the engine lives on
+        empty = rag_index.parent / "empty-index"
+        (rag_index.parent / "blank").mkdir()
+        (rag_index.parent / "blank" / "b.txt").write_text("\n")
+        build_index(rag_index.parent / "blank", empty, emb=embed_mod.Embedder(tiny_models["tiny-bert"]))
+        engine.submit(eng.StreamRun(replace(request, retrieval=Retrieval(str(empty)))))
+        assert done.wait(120)
+        assert isinstance(events[-1], eng.Failed) and "holds no chunks" in events[-1].message
+    finally:
+        engine.shutdown()
+
+
+def test_index_build_command(tmp_path, docs, capsys):
+    from explorer.cli import main
+
+    (docs / "blob.txt").write_bytes(b"\x00\x01\x02")
+    out = tmp_path / "index"
+    assert main(["index", "build", str(docs), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped blob.txt: binary" in captured.err and "3 new" in captured.out
+    assert main(["index", "search", str(out), "Eiffel tower", "-k", "2"]) == 0
+    assert "paris.md" in capsys.readouterr().out
+    assert main(["index", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "i2")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
