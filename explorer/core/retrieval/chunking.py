@@ -95,7 +95,7 @@ def folder_documents(folder: Path, on_skip: Callable[[str, str], None]) -> Itera
 STDLIB_MODULES = (
     "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent", "contextlib",
     "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions", "functools",
-    "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http", "inspect", "io", "ipaddress", "itertools",
+    "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http", "inspect", "io", "ipaddress",
     "json", "logging", "lzma", "mailbox", "multiprocessing", "operator", "os", "pathlib", "pickle", "pprint",
     "queue", "random", "re", "sched", "secrets", "selectors", "shlex", "shutil", "signal", "socket", "sqlite3",
     "statistics", "string", "struct", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -101,6 +102,8 @@ class RetrievalPanel(Panel):
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "PCA 1")
         self.plot.setLabel("left", "PCA 2")
+        for axis in ("left", "bottom"):
+            self.plot.getAxis(axis).enableAutoSIPrefix(False)
         plot_style.style(self.plot)
         self.neighbours = pg.ScatterPlotItem(size=6, pen=None)
         self.chunks = pg.ScatterPlotItem(size=16, symbol="o")
@@ -230,8 +233,9 @@ class RetrievalPanel(Panel):
         which = self._selected_token()
         shares = self.attn.mean_over_tokens() if which is None else self.attn.shares[:, which, :]  # [L, C]
         layer = min(self.selection.layer, shares.shape[0] - 1)
+        self.table.setHorizontalHeaderItem(3, QTableWidgetItem(f"attention at layer {layer}"))
         for row in range(min(self.table.rowCount(), shares.shape[1])):
-            self.table.setItem(row, 3, QTableWidgetItem(f"{shares[layer, row]:.1%} at layer {layer}"))
+            self.table.setItem(row, 3, QTableWidgetItem(f"{shares[layer, row]:.1%}"))
 
     def _fill_table(self, run: Run) -> None:
         self.table.setRowCount(len(run.retrieved))
@@ -239,9 +243,13 @@ class RetrievalPanel(Panel):
             cells = (str(row + 1), f"{chunk.source}:{chunk.line}", f"{chunk.score:.3f}", "")
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
+                if col == 0:  # the chunk's colour on the map
+                    item.setBackground(QColor(plot_style.series(row)))
+                    item.setForeground(QColor("#000000"))
                 if col == 1:
                     item.setToolTip(f"<p style='white-space:pre-wrap'>{html.escape(chunk.text[:1500])}</p>")
                 self.table.setItem(row, col, item)
+        self.table.resizeColumnsToContents()
 
     def select_chunk(self, row: int) -> None:
         """Select the first token of a retrieved chunk (every panel follows)."""
