@@ -92,3 +92,34 @@ def test_a_run_without_retrieval_leaves_the_panel_empty(qtbot, make_panel, tiny_
     run = capture("one two", Session(tiny_models["tiny-llama"]), max_new_tokens=1)
     panel, _sel = make_panel("retrieval", run)
     assert panel.is_empty() and panel.table.rowCount() == 0
+
+
+def test_window_retrieve_toggle_runs_rag_and_a_bad_index_loses_nothing(qtbot, tiny_window, tiny_models, tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    for name, text in DOCS.items():
+        (root / name).write_text(text, encoding="utf-8")
+    emb = Embedder(tiny_models["tiny-bert"])
+    build_index(root, tmp_path / "index", emb=emb)
+    w = tiny_window(panels=("tokens", "retrieval"))
+    bar = w.prompt_bar
+    assert not bar.retrieve_k.isEnabled()
+    bar.retrieve.setChecked(True)
+    bar.retrieve_k.setValue(2)
+    bar.retrieve_index.set_index(str(tmp_path / "index"))
+    bar.max_new.setValue(2)
+    with qtbot.waitSignal(w.run_done, timeout=60000):
+        w.run_text("Where is the Eiffel tower?")
+    run = w.run
+    assert len(run.retrieved) == 2 and any(t.kind == TokenKind.RETRIEVED for t in run.tokens)
+    assert bar.to_state()["retrieve"] is True and bar.to_state()["retrieve_k"] == 2
+
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "b.txt").write_text("\n")
+    build_index(tmp_path / "blank", tmp_path / "empty", emb=emb)
+    bar.retrieve_index.set_index(str(tmp_path / "empty"))
+    with qtbot.waitSignal(w.run_done, timeout=60000) as done:
+        w.run_text("Where is the Eiffel tower?")
+    assert done.args == ["error"]
+    assert "holds no chunks" in w.banner_label.text()
+    assert w.run is run  # the run on screen is kept

@@ -97,7 +97,8 @@ def read_manifest(path: Path) -> dict:
     """The index's manifest, checked for size and types (RetrievalError)."""
     file = path / MANIFEST
     if not path.is_dir():
-        raise RetrievalError(f"No index at {path}: build one with `lm-explorer index build FOLDER --out {path}`.")
+        raise RetrievalError(f"No index at {path}: build one in the Retrieval panel, or with "
+                             f"`lm-explorer index build FOLDER --out {path}`.")
     if not file.is_file():
         raise RetrievalError(f"{path} holds no LM Explorer index ({MANIFEST} is missing).")
     if file.stat().st_size > MAX_MANIFEST_BYTES:
