@@ -380,3 +380,23 @@ def test_index_build_command(tmp_path, docs, capsys):
     assert "paris.md" in capsys.readouterr().out
     assert main(["index", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "i2")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_issue_interface_on_the_real_models(docs, tmp_path):
+    """`lm-explorer index build FOLDER --out INDEX_DIR`, then `explorer.capture(question, retrieve=INDEX_DIR,
+    retrieve_k=3, chat=True, max_new_tokens=n)` on SmolLM2 with MiniLM embeddings."""
+    import torch
+
+    import explorer
+    from explorer.cli import main
+
+    torch.set_num_threads(1)
+    out = tmp_path / "index"
+    assert main(["index", "build", str(docs), "--out", str(out)]) == 0
+    run = explorer.capture("Where does the Eiffel tower stand?", retrieve=out, retrieve_k=3, chat=True,
+                           max_new_tokens=6)
+    assert [c.source for c in run.retrieved][0] == "paris.md"  # MiniLM ranks the passage that answers first
+    assert len(run.retrieved) == 3 and all(-1.0 <= c.score <= 1.0 for c in run.retrieved)
+    kinds = {t.kind for t in run.tokens}
+    assert {TokenKind.RETRIEVED, TokenKind.USER, TokenKind.SPECIAL, TokenKind.GENERATED} <= kinds
