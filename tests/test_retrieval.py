@@ -400,3 +400,12 @@ def test_the_issue_interface_on_the_real_models(docs, tmp_path):
     assert len(run.retrieved) == 3 and all(-1.0 <= c.score <= 1.0 for c in run.retrieved)
     kinds = {t.kind for t in run.tokens}
     assert {TokenKind.RETRIEVED, TokenKind.USER, TokenKind.SPECIAL, TokenKind.GENERATED} <= kinds
+
+
+def test_overlap_repeats_the_last_lines_of_a_long_paragraph():
+    lines = [f"line{i} a b c" for i in range(30)]  # one paragraph of 30 lines of 4 words
+    text = "\n".join(lines) + "\n\nnext paragraph here."
+    chunks = chunking.chunk_text(text, _words, budget=122, overlap=12)  # 120 + 3 words: two chunks
+    assert len(chunks) == 2
+    second = chunks[1].text.split("\n")
+    assert second[:3] == lines[-3:] and chunks[1].line == 28  # 3 lines of 4 words fit the overlap of 12

@@ -213,11 +213,30 @@ def chunk_text(text: str, count: Callable[[list[str]], list[int]], budget: int =
                         sum(c.tokens for c in carry) + u.tokens + unit.tokens > budget:
                     break
                 carry.insert(0, u)
+            if not carry and overlap > 0:  # the last paragraph is longer than the overlap: its last lines
+                carry = _tail_lines(cur[-1], count, min(overlap, budget - unit.tokens))
             cur = carry
         cur.append(unit)
     if cur:
         chunks.append(_join(cur))
     return chunks
+
+
+def _tail_lines(unit: Unit, count: Callable[[list[str]], list[int]], limit: int) -> list[Unit]:
+    """The last whole lines of a unit that fit `limit` word pieces (none when even the last line is longer)."""
+    lines = unit.text.split("\n")
+    if len(lines) < 2 or limit <= 0:
+        return []
+    sizes = count(lines)
+    taken, total = 0, 0
+    for n in reversed(sizes[1:]):  # never the whole unit
+        if total + n > limit:
+            break
+        total += n
+        taken += 1
+    if not taken:
+        return []
+    return [Unit("\n".join(lines[-taken:]), unit.line + len(lines) - taken, total)]
 
 
 def _join(units_: list[Unit]) -> Chunk:
