@@ -58,6 +58,7 @@ class IndexBox(QComboBox):
         from ..core.retrieval.index import default_index_dir
 
         path = path or str(default_index_dir())
+        self._chosen = path
         self.clear()
         for p in dict.fromkeys([path, *cached_indexes()]):
             self.addItem(Path(p).name or p, p)
@@ -72,10 +73,18 @@ class IndexBox(QComboBox):
     def _picked(self, i: int) -> None:
         if self.itemData(i):
             return
+        from pathlib import Path
+
         from PySide6.QtWidgets import QFileDialog
 
-        folder = QFileDialog.getExistingDirectory(self, "Retrieval index folder")
-        self.set_index(folder or None)
+        from ..core.retrieval.index import default_index_dir
+        from .export import documents_dir
+
+        start = str(default_index_dir().parent) if default_index_dir().parent.is_dir() else documents_dir()
+        folder = QFileDialog.getExistingDirectory(self, "Retrieval index folder", start)
+        if folder and not (Path(folder) / "index.json").is_file():
+            folder = ""  # not an index: keep the one chosen before
+        self.set_index(folder or self._chosen)
 
 
 class PromptBar(QWidget):

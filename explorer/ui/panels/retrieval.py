@@ -324,7 +324,9 @@ class RetrievalPanel(Panel):
 
     # --- building an index -----------------------------------------------------------------------------------
     def _choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder of .txt/.md/.rst/.py files to index")
+        from ..export import documents_dir
+
+        folder = QFileDialog.getExistingDirectory(self, "Folder of .txt/.md/.rst/.py files to index", documents_dir())
         if folder:
             self.build(folder)
 
