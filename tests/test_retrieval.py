@@ -409,3 +409,18 @@ def test_overlap_repeats_the_last_lines_of_a_long_paragraph():
     assert len(chunks) == 2
     second = chunks[1].text.split("\n")
     assert second[:3] == lines[-3:] and chunks[1].line == 28  # 3 lines of 4 words fit the overlap of 12
+
+
+@pytest.mark.parametrize("embedder", ["some-user/some-model", "/tmp/a-model-folder", "smollm2-135m-instruct"])
+def test_an_index_naming_another_embedder_is_refused(docs, tmp_path, emb, embedder, monkeypatch):
+    """The manifest is untrusted: a hub id or a folder it names must never be loaded (or downloaded)."""
+    from explorer.core.retrieval import embed as embed_mod
+
+    out = tmp_path / "index"
+    build_index(docs, out, emb=emb)
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**manifest, "embedder": embedder}))
+    monkeypatch.setattr(embed_mod, "load_model", lambda *a, **k: pytest.fail("an index file loaded a model"))
+    embed_mod.embedder.cache_clear()
+    with pytest.raises(RetrievalError, match="not a built-in encoder"):
+        open_index(out).search("Paris")

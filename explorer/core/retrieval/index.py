@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import catalogue
 from ..errors import Cancelled, RetrievalError
 from ..model_cache import cache_root
 from ..tempname import atomic_write
@@ -114,6 +115,10 @@ def read_manifest(path: Path) -> dict:
                   and type(v.get("chunks")) is int for k, v in data["files"].items()))
     if not ok:
         raise RetrievalError(f"{file} is not an LM Explorer index manifest (or it is damaged).")
+    entry = catalogue.get(data["embedder"])
+    if entry is None or entry.kind != "encoder":  # never a path or hub id an index file names: that would load it
+        raise RetrievalError(f"The index at {path} names the embedder '{data['embedder'][:60]}', which is not a "
+                             "built-in encoder; it was not opened.")
     if data["version"] > VERSION:
         raise RetrievalError(f"The index at {path} was built by a newer LM Explorer; update to use it.")
     return data
