@@ -12,7 +12,7 @@ from . import __version__
 from .core import catalogue
 from .core.errors import ExplorerError
 
-SUBCOMMANDS = ("capture", "inspect", "fetch", "bench", "lens", "lab")
+SUBCOMMANDS = ("capture", "inspect", "fetch", "bench", "lens", "lab", "index")
 
 
 def main(argv: list[str]) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
         command, rest = argv[0], argv[1:]
         try:
             handlers = {"capture": cmd_capture, "inspect": cmd_inspect, "fetch": cmd_fetch, "bench": cmd_bench,
-                        "lens": _lens_main, "lab": cmd_lab}
+                        "lens": _lens_main, "lab": cmd_lab, "index": _index_main}
             return handlers[command](rest)
         except ExplorerError as exc:
             logging.getLogger("explorer.cli").warning("%s failed: %s", command, exc)
@@ -198,6 +198,12 @@ def _lens_main(argv: list[str]) -> int:
     from .lens_cli import main as lens_main
 
     return lens_main(argv)
+
+
+def _index_main(argv: list[str]) -> int:
+    from .index_cli import main as index_main
+
+    return index_main(argv)
 
 
 def cmd_lab(argv: list[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from functools import lru_cache
@@ -30,6 +31,10 @@ def run_request(session: Session, request: RunRequest, *, previous: Run | None =
                 on_step: Callable[[StepEvent, Run], None] | None = None,
                 cancel: threading.Event | None = None) -> Run:
     """Run a request to completion, growing a Run from its events."""
+    if request.retrieval is not None:  # search first, so the Run's request holds the inserted chunks
+        from .retrieval.rag import resolve
+
+        request = resolve(request, cancel)
     run = session.new_run(request)
     try:
         for event in session.stream(request, previous=previous, cancel=cancel):
@@ -60,6 +65,8 @@ def capture(
     tools=None,
     turns=(),
     engine=None,
+    retrieve: str | os.PathLike | None = None,
+    retrieve_k: int = 3,
 ) -> Run:
     """Run `prompt` through an instrumented model and return the captured Run.
 
@@ -76,13 +83,22 @@ def capture(
 
     With `engine` (an `EngineClient`: the engine process the window uses, with its model loaded), the run is
     made there and `model` is ignored; without it, in this thread with the same Session code.
+
+    With `retrieve` (an index folder from `lm-explorer index build`), the `retrieve_k` chunks closest to the
+    prompt (MiniLM embeddings, cosine) are inserted before it; their tokens have kind "retrieved" and
+    `run.retrieved` lists them (source, text, score).
     """
     from .tools import tools_json
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p, seed=seed)
+    retrieval = None
+    if retrieve is not None:
+        from .retrieval import Retrieval
+
+        retrieval = Retrieval(index=os.fspath(retrieve), k=retrieve_k)
     request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings, tools=tools_json(tools),
-                         turns=tuple((str(r), c) for r, c in _turn_pairs(turns)))
+                         turns=tuple((str(r), c) for r, c in _turn_pairs(turns)), retrieval=retrieval)
     if engine is not None:
         run = engine.run(request, previous=previous, on_step=on_step, cancel=cancel)
     else:

@@ -32,7 +32,7 @@ from .transport import Channel, remove_blocks_of
 log = logging.getLogger(__name__)
 
 # imported by the engine process (and the window's, for the thread engine): each registers its jobs' handlers
-JOB_MODULES = ("explorer.core.analysis.jobs", "explorer.core.analysis.batch_jobs")
+JOB_MODULES = ("explorer.core.analysis.jobs", "explorer.core.analysis.batch_jobs", "explorer.core.retrieval.jobs")
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds explorer/
 
 

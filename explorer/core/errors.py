@@ -64,3 +64,7 @@ class Cancelled(ExplorerError):  # noqa: N818 - it is a signal, not a failure
 
 class ToolError(InputError):
     """Tool definitions, a tool call or a tool's input are not usable (core/tools.py)."""
+
+
+class RetrievalError(InputError):
+    """A retrieval index is missing, empty, damaged or of another kind, or a folder gives nothing to index."""

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ class TokenKind(str, Enum):
     TOOL_CALL = "tool_call"  # a tool call the model wrote (<tool_call>...</tool_call>), tags included
     TOOL_RESULT = "tool_result"  # a tool's answer, given back as a tool message (core/tools.py)
     REASONING = "reasoning"  # model text inside reasoning tags (<think>...</think>; core/token_kinds.py)
+    RETRIEVED = "retrieved"  # a retrieved chunk inserted into the prompt (core/retrieval/rag.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class RunRequest:
     skip_arrays: tuple[str, ...] = ()  # captured arrays not stored (core.arrays.OPTIONAL), to save memory
     tools: str | None = None  # chat mode: tool definitions as JSON text (core.tools.tools_json checks them)
     turns: tuple[tuple[str, str], ...] = ()  # chat mode: (role, content) messages after the user's prompt
+    retrieval: Any = None  # core.retrieval.Retrieval: index and k; searched when prepared, chunks then inserted
 
     def __post_init__(self) -> None:  # a run file gives lists: keep the request hashable and comparable
         if not isinstance(self.turns, tuple) or any(not isinstance(t, tuple) for t in self.turns):

@@ -42,7 +42,7 @@ class Prepared:
 def prompt_key(request: RunRequest) -> tuple:
     """Everything tokenization depends on, for one tokenizer."""
     return (request.prompt, request.chat, request.system, request.allow_special_in_text, request.tools,
-            request.turns)
+            request.turns, request.retrieval)
 
 
 def check_request(request: RunRequest) -> None:
@@ -92,10 +92,14 @@ def prepare(tokenizer: Any, info: ModelInfo, request: RunRequest, token_bytes: T
 
     `cancel` (an Event or callable) stops a chat template's rendering."""
     check_request(request)
+    if request.retrieval is not None:  # search the index for the question (MiniLM; the caller's thread)
+        from .retrieval.rag import resolve
+
+        request = resolve(request, cancel)
     t0 = time.perf_counter()
     encoded = encode(tokenizer, request.prompt, chat=request.chat, system=request.system,
                      allow_special_in_text=request.allow_special_in_text, cancel=cancel, tools=request.tools,
-                     turns=request.turns)
+                     turns=request.turns, retrieved=request.retrieval.chunks if request.retrieval is not None else ())
     if not encoded.ids:
         raise InputError("The prompt gives no tokens with this model's tokenizer: type some other text.")
     max_new = new_positions(info, request)

@@ -150,6 +150,11 @@ class Run:
 
     # --- public API -----------------------------------------------------------------------------
     @property
+    def retrieved(self) -> tuple:
+        """The chunks retrieval inserted into the prompt (core.retrieval.RetrievedChunk: source, text, score)."""
+        return self.request.retrieval.chunks if self.request.retrieval is not None else ()
+
+    @property
     def n_tokens(self) -> int:
         return self._n
 

@@ -23,6 +23,7 @@ from .errors import InputError, RunFileError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
 from .interventions import from_json
 from .models import ModelInfo
+from .retrieval.records import retrieval_from_json
 from .run import Run
 from .runfile_check import FORMAT, VERSION, check_header  # noqa: F401 - FORMAT, VERSION: re-exported
 from .runfile_read import check_member, member_infos, memory_limit, read_array, read_header
@@ -126,7 +127,8 @@ def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
     if not isinstance(skip, list) or not set(skip) <= OPTIONAL or any(k in arrays for k in skip):
         raise RunFileError(f"{name}: the list of arrays left out ({str(skip)[:100]}) does not match the file.")
     request = RunRequest(**{**header["request"], "settings": settings, "skip_arrays": tuple(skip),
-                            "interventions": _interventions(header["request"].get("interventions", []), name)})
+                            "interventions": _interventions(header["request"].get("interventions", []), name),
+                            "retrieval": retrieval_from_json(header["request"].get("retrieval"), name)})
     n = int(header["n_tokens"])
     _check(arrays, info, n, name, skip=tuple(skip))
     run_vocab = _vocab(header.get("vocab"), info, name)

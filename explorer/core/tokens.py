@@ -145,26 +145,41 @@ class Encoded:
 
 def encode(tokenizer: Any, prompt: str, *, chat: bool = False, system: str | None = None,
            allow_special_in_text: bool = True, cancel: Any = None, tools: str | None = None,
-           turns: tuple = ()) -> Encoded:
+           turns: tuple = (), retrieved: tuple = ()) -> Encoded:
     """Check the text (InputError for text with no UTF-8 form) and encode it: ids only, no spans (fast).
 
     `cancel`: a threading.Event or callable; Stop interrupts the chat template's rendering.
     `tools` (JSON text of tool definitions) and `turns` ((role, content) after the prompt): chat mode only.
+    `retrieved`: chunks (core.retrieval.RetrievedChunk) inserted before the question (core/retrieval/rag.py);
+    their tokens are of kind "retrieved" and their text never becomes special tokens (it is untrusted).
     """
     _check_text(prompt, "prompt")
     if system:
         _check_text(system, "system message")
     for _role, content in turns:
         _check_text(content, "conversation")
+    content, pieces = prompt, []
+    if retrieved:
+        from .retrieval.rag import compose
+
+        content, pieces = compose(prompt, retrieved)
+        _check_text(content, "retrieved text")
     regions: list[tuple[int, int, TokenKind]] = []
     if chat:
-        text, regions = render_chat(tokenizer, prompt, system, cancel=cancel, tools=tools, turns=turns)
+        text, regions = render_chat(tokenizer, content, system, cancel=cancel, tools=tools, turns=turns)
         content_kind = TokenKind.USER
     else:
-        text = prompt
+        text = content
         regions = [(0, len(text), TokenKind.PROMPT)]
         content_kind = TokenKind.PROMPT
-    ids = _encode(tokenizer, text, chat, regions, allow_special_in_text)
+    if pieces:
+        at = text.rfind(content)  # the user's message (the turns that follow it, if any, keep their regions)
+        end = at + len(content)
+        regions = sorted([r for r in regions if r[1] <= at or r[0] >= end] +
+                         [(at + lo, at + hi, kind or content_kind) for lo, hi, kind in pieces])
+        ids = _encode_regions(tokenizer, text, chat, regions, allow_special_in_text)
+    else:
+        ids = _encode(tokenizer, text, chat, regions, allow_special_in_text)
     return Encoded(text, ids, regions, content_kind)
 
 
@@ -247,6 +262,27 @@ def _encode(tokenizer: Any, text: str, chat: bool, regions, allow_special: bool)
     return ids
 
 
+def _encode_regions(tokenizer: Any, text: str, chat: bool, regions, allow_special: bool) -> list[int]:
+    """Encode region by region (no token crosses a region's edge); retrieved text with specials split."""
+    ids: list[int] = []
+    cursor = 0
+    for start, end, kind in sorted(regions):
+        if start > cursor:
+            ids += tokenizer(text[cursor:start], add_special_tokens=False)["input_ids"]
+        split = kind == TokenKind.RETRIEVED or not allow_special
+        ids += tokenizer(text[start:end], add_special_tokens=False, split_special_tokens=split)["input_ids"]
+        cursor = max(cursor, end)
+    if cursor < len(text):
+        ids += tokenizer(text[cursor:], add_special_tokens=False)["input_ids"]
+    if not chat:  # plain text: the specials the tokenizer adds around a text (BOS, [CLS] ... [SEP])
+        wrapped = list(tokenizer("x", add_special_tokens=True)["input_ids"])
+        inner = list(tokenizer("x", add_special_tokens=False)["input_ids"])
+        at = next((i for i in range(len(wrapped) - len(inner) + 1) if wrapped[i:i + len(inner)] == inner), None)
+        if at is not None:
+            ids = wrapped[:at] + ids + wrapped[at + len(inner):]
+    return ids
+
+
 def spans_for(tokenizer: Any, text: str, ids: list[int], regions, default_kind: TokenKind,
               token_bytes: TokenBytes | None = None) -> list[Token]:
     """Spans for `ids` over `text` from token bytes; falls back to the tokenizer's offsets."""
@@ -276,7 +312,7 @@ def spans_for(tokenizer: Any, text: str, ids: list[int], regions, default_kind: 
     return tokens
 
 
-_TYPED = (TokenKind.USER, TokenKind.SYSTEM, TokenKind.PROMPT, TokenKind.TOOL_RESULT)
+_TYPED = (TokenKind.USER, TokenKind.SYSTEM, TokenKind.PROMPT, TokenKind.TOOL_RESULT, TokenKind.RETRIEVED)
 
 
 def _kind_at(start: int, end: int, regions, default_kind: TokenKind) -> TokenKind:

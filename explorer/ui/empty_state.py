@@ -29,6 +29,9 @@ EMPTY_TEXT = {
                  "curves of every variant and each model's learned depth routing appear here.",
     "Runtime": "Run a batch (one prompt per line) or measure throughput: the padded batch with its attention "
                "mask, tokens/s per batch size and the batch's KV cache in blocks of 16 appear here.",
+    "Retrieval": "After a run with Retrieve ticked (prompt bar): the question and its retrieved chunks in MiniLM's "
+                 "embedding space with their scores, and how much attention each generated token pays to each "
+                 "chunk, layer by layer. Build an index with the buttons above first.",
     "Prompt A/B": "After a run and a second prompt B: the two runs aligned token by token, their logit-lens "
                   "and attention differences.",
 }

@@ -25,6 +25,67 @@ from PySide6.QtWidgets import (
 from ..core.events import GenerationSettings, RunRequest
 
 EXAMPLE_PROMPT = "The capital of France is"
+CHOOSE_INDEX = "Other index folder…"
+
+
+def cached_indexes() -> list[str]:
+    """Index folders in the user cache (built from the Retrieval panel or `lm-explorer index build`)."""
+    from ..core.retrieval.index import MANIFEST, default_index_dir
+
+    root = default_index_dir().parent
+    try:
+        return sorted(str(p) for p in root.iterdir() if (p / MANIFEST).is_file())
+    except OSError:
+        return []
+
+
+class IndexBox(QComboBox):
+    """The retrieval index: the cache's indexes (listed afresh each time it opens) or a chosen folder."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setMinimumContentsLength(6)
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setToolTip("The index to retrieve from (build one in the Retrieval panel)")
+        self.activated.connect(self._picked)
+        self.set_index(None)
+
+    def index_path(self) -> str:
+        return self.currentData() or ""
+
+    def set_index(self, path: str | None) -> None:
+        from pathlib import Path
+
+        from ..core.retrieval.index import default_index_dir
+
+        path = path or str(default_index_dir())
+        self._chosen = path
+        self.clear()
+        for p in dict.fromkeys([path, *cached_indexes()]):
+            self.addItem(Path(p).name or p, p)
+            self.setItemData(self.count() - 1, p, Qt.ToolTipRole)
+        self.addItem(CHOOSE_INDEX, "")
+        self.setCurrentIndex(0)
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt override
+        self.set_index(self.index_path())
+        super().showPopup()
+
+    def _picked(self, i: int) -> None:
+        if self.itemData(i):
+            return
+        from pathlib import Path
+
+        from PySide6.QtWidgets import QFileDialog
+
+        from ..core.retrieval.index import default_index_dir
+        from .export import documents_dir
+
+        start = str(default_index_dir().parent) if default_index_dir().parent.is_dir() else documents_dir()
+        folder = QFileDialog.getExistingDirectory(self, "Retrieval index folder", start)
+        if folder and not (Path(folder) / "index.json").is_file():
+            folder = ""  # not an index: keep the one chosen before
+        self.set_index(folder or self._chosen)
 
 
 class PromptBar(QWidget):
@@ -69,6 +130,16 @@ class PromptBar(QWidget):
         self.tool_reply_button.clicked.connect(self.tool_reply_clicked)
         self.turns_label = QLabel()
         self.turns_label.linkActivated.connect(lambda _link: self.set_turns(()))
+        self.retrieve = QCheckBox("Retrieve")
+        self.retrieve.setToolTip("Search the index for the prompt and insert the k closest chunks before it "
+                                 "(retrieval tokens; see the Retrieval panel)")
+        self.retrieve_k = QSpinBox()
+        self.retrieve_k.setRange(1, 20)
+        self.retrieve_k.setValue(3)
+        self.retrieve_k.setToolTip("k: the number of chunks to insert")
+        self.retrieve_index = IndexBox()
+        self.retrieve.toggled.connect(self._retrieve_toggled)
+        self._retrieve_toggled(False)
         top.addStretch(1)
         top.addWidget(self.recent)
         left.addLayout(top)
@@ -118,6 +189,11 @@ class PromptBar(QWidget):
         form1.addRow("Seed", self.seed)
         form2.addRow("Top-k", self.top_k)
         form2.addRow("Top-p", self.top_p)
+        retrieve_row = QHBoxLayout()
+        retrieve_row.addWidget(self.retrieve)
+        retrieve_row.addWidget(QLabel("k"))
+        retrieve_row.addWidget(self.retrieve_k)
+        retrieve_row.addWidget(self.retrieve_index, 1)
         grid.addLayout(form1, 0, 0)
         grid.addLayout(form2, 0, 1)
         buttons = QHBoxLayout()
@@ -131,13 +207,18 @@ class PromptBar(QWidget):
         self.step_button.setToolTip("Generate exactly one more token")
         for b in (self.run_button, self.stop_button, self.step_button):
             buttons.addWidget(b)
-        grid.addLayout(buttons, 1, 0, 1, 2)
+        grid.addLayout(retrieve_row, 1, 0, 1, 2)
+        grid.addLayout(buttons, 2, 0, 1, 2)
         outer.addLayout(grid, 0)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
         self.run_button.clicked.connect(self.run_clicked)
         self.stop_button.clicked.connect(self.stop_clicked)
         self.step_button.clicked.connect(self.step_clicked)
         self.prompt.setTabChangesFocus(True)
+
+    def _retrieve_toggled(self, on: bool) -> None:
+        self.retrieve_k.setEnabled(on)
+        self.retrieve_index.setEnabled(on)
 
     # --- values ---------------------------------------------------------------------------------
     def settings(self, max_new_tokens: int | None = None) -> GenerationSettings:
@@ -155,7 +236,16 @@ class PromptBar(QWidget):
         return RunRequest(prompt=self.prompt.toPlainText(), chat=chat,
                           system=system if chat else None, settings=self.settings(),
                           allow_special_in_text=not self.special_as_text.isChecked(),
-                          tools=self.tools if chat else None, turns=self.turns if chat else ())
+                          tools=self.tools if chat else None, turns=self.turns if chat else (),
+                          retrieval=self.retrieval())
+
+    def retrieval(self):
+        """The Retrieve box's request (core.retrieval.Retrieval), or None when it is not ticked."""
+        if not self.retrieve.isChecked():
+            return None
+        from ..core.retrieval import Retrieval
+
+        return Retrieval(index=self.retrieve_index.index_path(), k=self.retrieve_k.value())
 
     # --- tools (chat mode) ----------------------------------------------------------------------
     def edit_tools(self) -> None:
@@ -196,6 +286,10 @@ class PromptBar(QWidget):
         self.system.setPlainText(request.system or "")
         self.set_tools(request.tools)
         self.set_turns(request.turns)
+        self.retrieve.setChecked(request.retrieval is not None)
+        if request.retrieval is not None:
+            self.retrieve_k.setValue(request.retrieval.k)
+            self.retrieve_index.set_index(request.retrieval.index)
         s = request.settings
         self.max_new.setValue(s.max_new_tokens)
         self.temperature.setValue(s.temperature)
@@ -219,7 +313,8 @@ class PromptBar(QWidget):
                 "special_as_text": self.special_as_text.isChecked(),
                 "system": self.system.toPlainText(), "max_new": self.max_new.value(),
                 "temperature": self.temperature.value(), "top_k": self.top_k.value(),
-                "top_p": self.top_p.value(), "seed": self.seed.value()}
+                "top_p": self.top_p.value(), "seed": self.seed.value(), "retrieve": self.retrieve.isChecked(),
+                "retrieve_k": self.retrieve_k.value(), "retrieve_index": self.retrieve_index.index_path()}
 
     def from_state(self, state: dict) -> None:
         """Restore the editor from stored values; a value of the wrong type, not finite or beyond a widget's
@@ -245,8 +340,10 @@ class PromptBar(QWidget):
         self.special_as_text.setChecked(flag("special_as_text"))
         self.system.setPlainText(text("system", ""))
         for widget, key in ((self.max_new, "max_new"), (self.temperature, "temperature"), (self.top_k, "top_k"),
-                            (self.top_p, "top_p"), (self.seed, "seed")):
+                            (self.top_p, "top_p"), (self.seed, "seed"), (self.retrieve_k, "retrieve_k")):
             number(widget, key)
+        self.retrieve.setChecked(flag("retrieve"))
+        self.retrieve_index.set_index(text("retrieve_index", "") or None)
 
 
 __all__ = ["EXAMPLE_PROMPT", "PromptBar", "Qt"]

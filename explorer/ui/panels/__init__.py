@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "depth_lab": "explorer.ui.panels.depth_lab:DepthLabPanel",
     "runtime": "explorer.ui.panels.runtime:RuntimePanel",
     "economics": "explorer.ui.panels.economics:EconomicsPanel",
+    "retrieval": "explorer.ui.panels.retrieval:RetrievalPanel",
 }
 
 

@@ -27,6 +27,7 @@ KIND_COLOURS = {
     TokenKind.PROMPT: OKABE_ITO["green"], TokenKind.GENERATED: OKABE_ITO["vermillion"],
     TokenKind.CACHED_PREFIX: OKABE_ITO["sky"], TokenKind.TOOL_CALL: OKABE_ITO["orange"],
     TokenKind.TOOL_RESULT: OKABE_ITO["yellow"], TokenKind.REASONING: OKABE_ITO["vermillion"],
+    TokenKind.RETRIEVED: "#117733",  # (Okabe-Ito has 8 colours; this is Paul Tol's colour-blind-safe dark green)
 }
 SELECTED = (220, 30, 30)
 METHODS = ("PCA, one basis for all layers", "PCA of this layer", "t-SNE", "UMAP")

@@ -22,11 +22,12 @@ KIND_COLORS = {
     TokenKind.TOOL_CALL: "#f9c89b",
     TokenKind.TOOL_RESULT: "#f3e79b",
     TokenKind.REASONING: "#f4c6dc",
+    TokenKind.RETRIEVED: "#c9e4c5",
 }
 KIND_NAMES = {TokenKind.SPECIAL: "special / template", TokenKind.SYSTEM: "system", TokenKind.USER: "user",
               TokenKind.PROMPT: "prompt", TokenKind.GENERATED: "generated", TokenKind.CACHED_PREFIX: "cached prefix",
               TokenKind.TOOL_CALL: "tool call", TokenKind.TOOL_RESULT: "tool result",
-              TokenKind.REASONING: "reasoning"}
+              TokenKind.REASONING: "reasoning", TokenKind.RETRIEVED: "retrieved"}
 INJECTED_FILL, INJECTED_OUTLINE = QColor("#ffb0b0"), QColor("#d00000")
 MISSING = QColor("#e8e8e8")
 MODES = ("kind", "logprob", "entropy", "id")
