@@ -86,7 +86,8 @@ class MainWindow(QMainWindow):
         self.state = WindowState(self)
         self._build_prompt_dock()
         self.panel_services = PanelServices(run_prompt=self.run_text, rerun=self.submit, open_panel=self.open_panel,
-                                            submit_job=self.host.submit_job)
+                                            submit_job=self.host.submit_job,
+                                            submit_side_job=self.host.submit_side_job)
         self.docks: dict[str, PanelDock] = {}
         for name in (panels if panels is not None else list(REGISTRY)):
             self.docks[name] = PanelDock(name, self.selection, self, services=self.panel_services)

@@ -45,6 +45,18 @@ class JobHandle:
         self.host.engine.cancel(self.id)
 
 
+class SideHandle(JobHandle):
+    """A job in a side process of its own (core/side_jobs.py); its id is negative (never an engine job's)."""
+
+    def __init__(self, host: EngineHost, job_id: int):
+        super().__init__(host, job_id)
+        self.side = None
+
+    def cancel(self) -> None:
+        if self.side is not None:
+            self.side.cancel()
+
+
 class EngineHost(QObject):
     """Owns the Engine; re-emits its events on the GUI thread."""
 
@@ -124,6 +136,24 @@ class EngineHost(QObject):
         handle = JobHandle(self, job)
         self._kinds[job] = (_Callbacks(on_done, on_error, on_progress), handle)
         return handle
+
+    def submit_side_job(self, request: Any, on_done: Callable[[Any], None] | None = None,
+                        on_error: Callable[[str], None] | None = None,
+                        on_progress: Callable[[float, str], None] | None = None) -> JobHandle:
+        """A long job (e.g. building a retrieval index) in a process of its own, so it neither waits in nor
+        blocks the engine's queue; the callbacks run on the GUI thread, as for `submit_job`."""
+        from dataclasses import replace
+
+        from ..core.side_jobs import SideJob
+
+        self._side_ids -= 1
+        handle = SideHandle(self, self._side_ids)
+        self._kinds[handle.id] = (_Callbacks(on_done, on_error, on_progress), handle)
+        handle.side = SideJob(request, lambda event: self._event.emit(replace(event, job=handle.id)),
+                              name=type(request).__name__)
+        return handle
+
+    _side_ids = 0
 
     # --- events, on the GUI thread --------------------------------------------------------------------------------
     def _dispatch(self, event: eng.EngineEvent) -> None:

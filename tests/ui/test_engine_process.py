@@ -83,3 +83,30 @@ def test_settings_choose_the_engine_and_its_threads(tmp_path):
     with pytest.raises(ValueError):
         engine_kind("sideways")
     assert default_threads(2) == 1 and default_threads(1) == 1 and default_threads(8) == 7
+
+
+def test_a_side_job_runs_in_its_own_process_beside_the_engine(qtbot, tmp_path, tiny_session):
+    """An index build (minutes of MiniLM work on a real folder) must not wait in or block the engine's queue."""
+    from explorer.core.engine import CompleteRun
+    from explorer.core.events import GenerationSettings, RunRequest
+    from explorer.core.retrieval.jobs import BuildIndex
+    from explorer.ui.worker import EngineHost
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("The Eiffel tower is in Paris.\n\nIt was finished in 1889.", encoding="utf-8")
+    (docs / "b.txt").write_text("Bananas are yellow when ripe.", encoding="utf-8")
+    host = EngineHost(session=tiny_session)
+    built, ran, progress = [], [], []
+    side = host.submit_side_job(BuildIndex(str(docs), str(tmp_path / "index")), built.append,
+                                lambda m: built.append(m), lambda f, _m: progress.append(f))
+    assert side.id < 0 and side.side.engine.pid != os.getpid()
+    host.submit_job(CompleteRun(RunRequest("Hello", settings=GenerationSettings(max_new_tokens=1))), ran.append)
+    qtbot.waitUntil(lambda: bool(ran), timeout=60_000)
+    assert not built  # the engine answered while the side job still worked (its process takes seconds to start)
+    qtbot.waitUntil(lambda: bool(built), timeout=240_000)
+    report = built[0]
+    assert not isinstance(report, str), report
+    assert report.added == 2 and report.total_chunks >= 2 and progress and side.done
+    assert (tmp_path / "index" / "index.json").is_file()
+    host.shutdown()

@@ -54,11 +54,15 @@ class PanelServices:
     submit_job(request, on_done, on_error, on_progress, key=None) -> JobHandle | None
                               queue an engine job (core.engine / core.analysis.jobs request); callbacks run on
                               the GUI thread; on_progress(fraction, message); the handle has cancel()
+    submit_side_job(request, on_done, on_error, on_progress) -> JobHandle | None
+                              the same for a long job that must not block the engine's queue (index builds):
+                              it runs in a process of its own (core/side_jobs.py)
     """
     run_prompt: Callable[[str], None] = _nothing
     rerun: Callable[[Any], None] = _nothing
     open_panel: Callable[[str], None] = _nothing
     submit_job: Callable[..., Any] = _no_engine
+    submit_side_job: Callable[..., Any] = _no_engine
 
 
 class Panel(QWidget):

@@ -339,8 +339,9 @@ class RetrievalPanel(Panel):
         self.progress.setValue(0)
         self.status.setText(f"Indexing {name}…")
         self._skipped = 0
-        self.build_job = self.services.submit_job(BuildIndex(folder, out), self._built, self._build_failed,
-                                                  self._build_progress, key=f"retrieval-build-{id(self)}")
+        # minutes of MiniLM work: a process of its own, so runs never wait behind it
+        self.build_job = self.services.submit_side_job(BuildIndex(folder, out), self._built, self._build_failed,
+                                                       self._build_progress)
 
     def _build_progress(self, fraction: float, message: str = "") -> None:
         self.progress.setValue(int(round(fraction * 1000)))
