@@ -1,7 +1,8 @@
 """Run files: one `.npz` (never pickle) holding a JSON header and the captured arrays.
 
-Writing is in core/runfile_write.py (below the Run, which saves through it); reading a file
-back into a Run is here.
+Writing is in core/runfile_write.py (below the Run, which saves through it; its design note says
+what is stored and how); reading a file back into a Run is here. Format 1 files (every array as
+captured) and format 2 files (activations encoded, core/runfile_codec.py) both open.
 
 Loading validates everything (header version, required keys, dtypes, shapes against the
 model info and the token count) and raises RunFileError with a sentence when anything is off.
@@ -18,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from .adapters import NormParams
-from .arrays import ARRAY_FIELDS, CAPTURED, OPTIONAL, concrete_shape, model_dims
+from .arrays import ACTIVATIONS, ARRAY_FIELDS, CAPTURED, OPTIONAL, concrete_shape, model_dims
 from .errors import InputError, RunFileError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
 from .interventions import from_json
 from .models import ModelInfo
 from .run import Run
 from .runfile_check import FORMAT, VERSION, check_header  # noqa: F401 - FORMAT, VERSION: re-exported
+from .runfile_codec import MAX_STEP_ERROR, PARTS, decode_q8, member
 from .runfile_read import check_member, member_infos, memory_limit, read_array, read_header
 from .runfile_write import _step_dict, save_run  # noqa: F401 - save_run: written by runfile_write.py
 
@@ -36,6 +38,9 @@ _EXTRA: dict[str, tuple[str, tuple[str, ...]]] = {
 # every member's dtype kind: the captured arrays' from core/arrays.py's table
 _DTYPES = {**{name: np.dtype(spec.dtype).kind for name, spec in CAPTURED.items()},
            **{name: kinds for name, (kinds, _shape) in _EXTRA.items()}}
+# an encoded activation's parts (core/runfile_codec.py): part -> dtype kinds
+_PART_KINDS = {"codes": "i", "scale": "f", "oidx": "iu", "oval": "f"}
+_MEMBERS = {"header", *_DTYPES, *(member(name, part) for name in ACTIVATIONS for part in PARTS)}
 
 
 def attach_head(run: Run, info: ModelInfo, norm: NormParams | None, unembed: np.ndarray | None) -> bool:
@@ -87,29 +92,58 @@ def load_run(path: str | os.PathLike) -> Run:
 
 def _read(zf: zipfile.ZipFile, name: str) -> tuple[dict, dict[str, np.ndarray]]:
     """The header, then the arrays, each checked against the shapes the header implies before reading."""
-    members = member_infos(zf, {"header", *_DTYPES}, name)
+    members = member_infos(zf, _MEMBERS, name)
     if "header" not in members:
         raise RunFileError(f"{name} is not an LM Explorer run (no header).")
     header = read_header(zf, members["header"], name)
     info, n = check_header(header, name)
-    expected = _expected_shapes(info, n, len(header["steps"]))
-    top_k_cap = 1024
+    encodings = header.get("encodings", {})
+    plan = _member_plan(_expected_shapes(info, n, len(header["steps"])), encodings)
+    for key in members:
+        if key != "header" and key not in plan:
+            raise RunFileError(f"{name} holds '{key}', which its header does not describe; the file is damaged.")
     planned: dict[str, tuple] = {}
     total = 0
     for key, zinfo in members.items():
         if key == "header":
             continue
-        shape = expected[key]
-        limit = int(np.prod([s if s is not None else top_k_cap for s in shape], dtype=object))
-        got, dtype = check_member(zf, zinfo, name, key, _DTYPES[key], shape, limit)
-        planned[key] = shape
+        kinds, shape, limit = plan[key]
+        got, dtype = check_member(zf, zinfo, name, key, kinds, shape, limit)
+        planned[key] = (kinds, shape)
         total += int(np.prod(got, dtype=object)) * dtype.itemsize
+    for key, spec in encodings.items():  # the decoded arrays, besides their parts
+        lacking = [part for part in PARTS if member(key, part) not in members]
+        if lacking:
+            raise RunFileError(f"{name}: the encoded array '{key}' lacks its {', '.join(lacking)}.")
+        total += int(np.prod(plan[member(key, "codes")][1], dtype=object)) * np.dtype(spec["dtype"]).itemsize
     if total > memory_limit():
         raise RunFileError(f"{name} needs {total / 2**30:,.1f} GiB of memory, more than this machine has "
                            f"({memory_limit() / 2**30:,.1f} GiB); it was not loaded.")
-    arrays = {key: read_array(zf, members[key], name, key, _DTYPES[key], shape, 2**62)
-              for key, shape in planned.items()}
+    arrays = {key: read_array(zf, members[key], name, key, kinds, shape, 2**62)
+              for key, (kinds, shape) in planned.items()}
+    for key, spec in encodings.items():
+        parts = [arrays.pop(member(key, part)) for part in PARTS]
+        try:
+            arrays[key] = decode_q8(*parts, spec["dtype"])
+        except RunFileError as exc:
+            raise RunFileError(f"{name}: '{key}': {exc}; the file is damaged.") from None
     return header, arrays
+
+
+def _member_plan(expected: dict[str, tuple], encodings: dict) -> dict[str, tuple[str, tuple, int]]:
+    """member -> (dtype kinds, shape (None: any length), most elements) for every member the header allows."""
+    top_k_cap = 1024
+    plan = {}
+    for key, shape in expected.items():
+        if key in encodings:
+            count = int(np.prod(shape, dtype=object))  # an activation's shape is fully known
+            for part, part_shape in zip(PARTS, (shape, shape[:-1], (None,), (None,)), strict=True):
+                limit = count if part_shape == (None,) else int(np.prod(part_shape, dtype=object))
+                plan[member(key, part)] = (_PART_KINDS[part], part_shape, limit)
+        else:
+            limit = int(np.prod([s if s is not None else top_k_cap for s in shape], dtype=object))
+            plan[key] = (_DTYPES[key], shape, limit)
+    return plan
 
 
 def _expected_shapes(info: ModelInfo, n: int, n_steps: int) -> dict[str, tuple]:
@@ -228,12 +262,34 @@ def _step(meta: dict, arrays: dict[str, np.ndarray], tokens: list[Token], lo: in
     )
 
 
-def runs_equal(a: Run, b: Run) -> bool:
-    """Same tokens, text, steps metadata and arrays (for tests and the fuzzer)."""
+def runs_equal(a: Run, b: Run, rtol: float = 0.0) -> bool:
+    """Same tokens, text, steps metadata and arrays (for tests and the fuzzer).
+
+    `rtol` > 0: an activation array may differ by up to `rtol` times the largest magnitude in its row (the last
+    axis), as a file saved with encoded activations does (`ENCODED_RTOL`); everything else stays exact."""
     if a.info != b.info or a.text != b.text or a.tokens != b.tokens or a.n_prompt != b.n_prompt:
         return False
     if [_step_dict(s) for s in a.steps] != [_step_dict(s) for s in b.steps]:
         return False
     if any(a.has_array(k) != b.has_array(k) for k in ARRAY_FIELDS):
         return False
-    return all(np.array_equal(a.array(k), b.array(k), equal_nan=True) for k in ARRAY_FIELDS if a.has_array(k))
+    return all(_close(a.array(k), b.array(k), rtol if k in ACTIVATIONS else 0.0)
+               for k in ARRAY_FIELDS if a.has_array(k))
+
+
+# the encoding's bound (core/runfile_codec.py) as a fraction of a row's largest magnitude: half a step, plus the
+# float16 rounding of the decoded value
+ENCODED_RTOL = MAX_STEP_ERROR + 2.0**-11
+
+
+def _close(x: np.ndarray, y: np.ndarray, rtol: float) -> bool:
+    if not rtol:
+        return np.array_equal(x, y, equal_nan=True)
+    if x.shape != y.shape or x.dtype != y.dtype:
+        return False
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    if not np.array_equal(np.isfinite(x32), np.isfinite(y32)):
+        return False
+    finite = np.where(np.isfinite(x32), x32, 0.0)
+    bound = rtol * np.abs(finite).max(axis=-1, keepdims=True)  # [..., 1]
+    return bool((np.abs(finite - np.where(np.isfinite(y32), y32, 0.0)) <= bound).all())

@@ -2,6 +2,33 @@
 
 Below the Run in the layers: it reads a Run's public attributes only, so `Run.save` can call it
 (core/runfile.py reads files back into a Run).
+
+Design note: what a run file stores (issue 18, item 6; figures from benchmarks/bench_runfile.py)
+------------------------------------------------------------------------------------------------
+A 45-token run of SmolLM2-135M-Instruct (30 layers, 9/3 heads of 64, hidden 576) held 6.6 MB of
+float16 activations (queries 1.6 MB, resid 1.6, attn_out 1.6, mlp_out 1.6, keys 0.5, values 0.5)
+that deflate by only ~6% (float16 mantissas are noise), plus a 0.22 MB header (the readable text of
+all 49,152 vocabulary ids) and 0.1 MB of float32 final residual: 6.8 MiB in all. Options weighed:
+
+- Derive arrays on open. Attention maps already are (from q and k). The only identity among the
+  rest, resid[d+1] = resid[d] + attn_out[d] + mlp_out[d], holds for pre-norm blocks but not for all
+  architectures (Gemma-2's post-norms, parallel blocks), and derived through 30 float16 sums its
+  error reached 0.96% of a row's largest ordinary entry (1.3% once the terms are int8 too): worse
+  than storing resid in int8 (0.39%), for 20% of the file. Not done.
+- Recompute on open (store ids + request, rerun teacher-forced with the loaded model): the
+  smallest file, but without the model nothing but tokens and statistics could be shown, runs of
+  lab models, interventions and sampling would all have to replay exactly, and the job would cross
+  into the engine being moved to its own process this round. Not done.
+- Lossy but bounded: chosen. Every activation array is stored per-row scaled int8 with exact
+  outliers (core/runfile_codec.py states the bound: <= 1/254 of the row's largest ordinary entry,
+  outliers bit-exact); int8 codes also deflate (~15%) where float16 did not. The prediction
+  statistics, token ids, final residual (float32, for exact logits) and small members stay exact.
+  `exact=True` (Run.save) keeps the float16 arrays bit for bit (a notebook's choice).
+
+The header names each encoded array (`encodings`: name -> codec and dtype). `version` is the
+format this writer produced, `requires` the oldest reader format that can open it: a later writer
+that only adds optional header fields (issue 20: retrieved chunks, drafts, token kinds) keeps
+`requires` and older readers open its files, ignoring fields they do not know.
 """
 
 from __future__ import annotations
@@ -13,23 +40,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import ARRAY_FIELDS
+from .arrays import ACTIVATIONS, ARRAY_FIELDS
 from .events import StepEvent, Token
 from .interventions import to_json
-from .runfile_check import FORMAT, VERSION
+from .runfile_check import FORMAT, REQUIRES, VERSION
+from .runfile_codec import CODEC, encode_q8, member
 from .tempname import atomic_write
 
 
-def save_run(run, path: str | os.PathLike, include_head: bool = True) -> None:
+def save_run(run, path: str | os.PathLike, include_head: bool = True, exact: bool = False) -> None:
     """Write a core.run.Run (read through its public attributes) atomically (a temporary file in the same
     folder, then a rename), every member deflated.
 
     The header keeps the readable text of every vocabulary id (the names of top-k alternatives). The
     unembedding ([vocab, hidden], 57 MB for SmolLM2) is left out with `include_head=False`: then the
-    opened run has no full next-token distribution until `runfile.attach_head` gives it the model's own."""
+    opened run has no full next-token distribution until `runfile.attach_head` gives it the model's own.
+
+    Activations are stored as bounded int8 (see the design note above) unless `exact`."""
     path = Path(path)
     header = {
-        "format": FORMAT, "version": VERSION, "info": run.info.to_dict(),
+        "format": FORMAT, "version": VERSION, "requires": REQUIRES, "info": run.info.to_dict(),
         "request": {**asdict(run.request), "settings": asdict(run.request.settings),
                     "interventions": [to_json(iv) for iv in run.request.interventions]},
         "text": run.text, "n_tokens": run.n_tokens, "n_prompt": run.n_prompt, "finish_reason": run.finish_reason,
@@ -40,6 +70,12 @@ def save_run(run, path: str | os.PathLike, include_head: bool = True) -> None:
     if run.vocab is not None and len(run.vocab) == run.info.vocab_size:
         header["vocab"] = list(run.vocab)
     arrays = {name: np.ascontiguousarray(run.array(name)) for name in ARRAY_FIELDS if run.has_array(name)}
+    header["encodings"] = {}
+    for name in ACTIVATIONS if not exact else ():
+        if name in arrays:
+            raw = arrays.pop(name)
+            header["encodings"][name] = {"codec": CODEC, "dtype": raw.dtype.name}
+            arrays.update({member(name, part): value for part, value in encode_q8(raw).items()})
     arrays["kv_bytes"] = np.stack([np.asarray(s.kv_bytes_per_layer) for s in run.steps])  # [steps, layers]
     if run.scaling is not None:
         arrays["scaling"] = np.asarray(run.scaling, np.float32)
