@@ -17,7 +17,7 @@ from explorer.core import runfile
 from explorer.core.api import capture
 from explorer.core.errors import RunFileError
 from explorer.core.runfile import ENCODED_RTOL, load_run, runs_equal
-from explorer.core.runfile_codec import decode_q8
+from explorer.core.runfile_codec import PARTS, decode_q8
 from explorer.core.runner import Session
 
 
@@ -73,8 +73,11 @@ def test_save_and_load_are_equal(name, tiny_models, tmp_path):
         assert_close(loaded.next_token_logprobs(2), run.next_token_logprobs(2), 2e-3)
     assert zipfile.ZipFile(path).namelist()  # a plain npz, readable without LM Explorer
     with np.load(path, allow_pickle=False) as npz:  # a notebook decodes an encoded array with one call
-        parts = [npz[f"queries.{part}"] for part in ("codes", "scale", "oidx", "oval")]
+        parts = [npz[f"queries.{part}"] for part in PARTS]
         np.testing.assert_array_equal(decode_q8(*parts, "float16"), loaded.array("queries"))
+        codecs = {k: v["codec"] for k, v in json.loads(npz["header"].tobytes())["encodings"].items()}
+    # a pre-norm model's residual stream is rebuilt as the sum of its blocks; BERT's (post-norm) is stored
+    assert codecs["resid"] == ("q8" if name == "tiny-bert" else "q8sum")
     with np.load(exact_path, allow_pickle=False) as npz:
         np.testing.assert_array_equal(npz["queries"], run.array("queries"))
 

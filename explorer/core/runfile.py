@@ -26,7 +26,7 @@ from .interventions import from_json
 from .models import ModelInfo
 from .run import Run
 from .runfile_check import FORMAT, VERSION, check_header  # noqa: F401 - FORMAT, VERSION: re-exported
-from .runfile_codec import MAX_STEP_ERROR, PARTS, decode_q8, member
+from .runfile_codec import PARTS, ROW_L2_BOUND, SUM_CODEC, decode_q8, decode_sum, member
 from .runfile_read import check_member, member_infos, memory_limit, read_array, read_header
 from .runfile_write import _step_dict, save_run  # noqa: F401 - save_run: written by runfile_write.py
 
@@ -39,7 +39,7 @@ _EXTRA: dict[str, tuple[str, tuple[str, ...]]] = {
 _DTYPES = {**{name: np.dtype(spec.dtype).kind for name, spec in CAPTURED.items()},
            **{name: kinds for name, (kinds, _shape) in _EXTRA.items()}}
 # an encoded activation's parts (core/runfile_codec.py): part -> dtype kinds
-_PART_KINDS = {"codes": "i", "scale": "f", "oidx": "iu", "oval": "f"}
+_PART_KINDS = {"codes": "i", "scale": "f", "oidx": "iu", "oval": "f", "xrow": "iu", "xval": "f"}
 _MEMBERS = {"header", *_DTYPES, *(member(name, part) for name in ACTIVATIONS for part in PARTS)}
 
 
@@ -98,7 +98,8 @@ def _read(zf: zipfile.ZipFile, name: str) -> tuple[dict, dict[str, np.ndarray]]:
     header = read_header(zf, members["header"], name)
     info, n = check_header(header, name)
     encodings = header.get("encodings", {})
-    plan = _member_plan(_expected_shapes(info, n, len(header["steps"])), encodings)
+    expected = _expected_shapes(info, n, len(header["steps"]))
+    plan = _member_plan(expected, encodings)
     for key in members:
         if key != "header" and key not in plan:
             raise RunFileError(f"{name} holds '{key}', which its header does not describe; the file is damaged.")
@@ -115,16 +116,21 @@ def _read(zf: zipfile.ZipFile, name: str) -> tuple[dict, dict[str, np.ndarray]]:
         lacking = [part for part in PARTS if member(key, part) not in members]
         if lacking:
             raise RunFileError(f"{name}: the encoded array '{key}' lacks its {', '.join(lacking)}.")
-        total += int(np.prod(plan[member(key, "codes")][1], dtype=object)) * np.dtype(spec["dtype"]).itemsize
+        total += int(np.prod(expected[key], dtype=object)) * np.dtype(spec["dtype"]).itemsize
     if total > memory_limit():
         raise RunFileError(f"{name} needs {total / 2**30:,.1f} GiB of memory, more than this machine has "
                            f"({memory_limit() / 2**30:,.1f} GiB); it was not loaded.")
     arrays = {key: read_array(zf, members[key], name, key, kinds, shape, 2**62)
               for key, (kinds, shape) in planned.items()}
-    for key, spec in encodings.items():
+    # the q8 arrays first: a running sum (q8sum) adds up decoded blocks
+    for key, spec in sorted(encodings.items(), key=lambda item: item[1]["codec"] == SUM_CODEC):
         parts = [arrays.pop(member(key, part)) for part in PARTS]
         try:
             arrays[key] = decode_q8(*parts, spec["dtype"])
+            if spec["codec"] == SUM_CODEC:
+                if "attn_out" not in arrays or "mlp_out" not in arrays:
+                    raise RunFileError("the residual stream is stored as a sum of blocks the file lacks")
+                arrays[key] = decode_sum(arrays[key], arrays["attn_out"], arrays["mlp_out"], spec["dtype"])
         except RunFileError as exc:
             raise RunFileError(f"{name}: '{key}': {exc}; the file is damaged.") from None
     return header, arrays
@@ -136,9 +142,13 @@ def _member_plan(expected: dict[str, tuple], encodings: dict) -> dict[str, tuple
     plan = {}
     for key, shape in expected.items():
         if key in encodings:
+            if encodings[key]["codec"] == SUM_CODEC:  # only the first row (depth 0) is stored
+                shape = (1, *shape[1:])
             count = int(np.prod(shape, dtype=object))  # an activation's shape is fully known
-            for part, part_shape in zip(PARTS, (shape, shape[:-1], (None,), (None,)), strict=True):
-                limit = count if part_shape == (None,) else int(np.prod(part_shape, dtype=object))
+            rows = count // max(1, shape[-1])
+            shapes = (shape, shape[:-1], (None,), (None,), (None,), (None, shape[-1]))
+            limits = (count, rows, count, count, rows, count)
+            for part, part_shape, limit in zip(PARTS, shapes, limits, strict=True):
                 plan[member(key, part)] = (_PART_KINDS[part], part_shape, limit)
         else:
             limit = int(np.prod([s if s is not None else top_k_cap for s in shape], dtype=object))
@@ -265,8 +275,8 @@ def _step(meta: dict, arrays: dict[str, np.ndarray], tokens: list[Token], lo: in
 def runs_equal(a: Run, b: Run, rtol: float = 0.0) -> bool:
     """Same tokens, text, steps metadata and arrays (for tests and the fuzzer).
 
-    `rtol` > 0: an activation array may differ by up to `rtol` times the largest magnitude in its row (the last
-    axis), as a file saved with encoded activations does (`ENCODED_RTOL`); everything else stays exact."""
+    `rtol` > 0: each row (last axis) of an activation array may differ by up to `rtol` times the row's norm (L2),
+    as a file saved with encoded activations does (`ENCODED_RTOL`); everything else stays exact."""
     if a.info != b.info or a.text != b.text or a.tokens != b.tokens or a.n_prompt != b.n_prompt:
         return False
     if [_step_dict(s) for s in a.steps] != [_step_dict(s) for s in b.steps]:
@@ -277,9 +287,8 @@ def runs_equal(a: Run, b: Run, rtol: float = 0.0) -> bool:
                for k in ARRAY_FIELDS if a.has_array(k))
 
 
-# the encoding's bound (core/runfile_codec.py) as a fraction of a row's largest magnitude: half a step, plus the
-# float16 rounding of the decoded value
-ENCODED_RTOL = MAX_STEP_ERROR + 2.0**-11
+# what the encoding keeps (core/runfile_codec.py): every activation row within this fraction of its norm
+ENCODED_RTOL = ROW_L2_BOUND
 
 
 def _close(x: np.ndarray, y: np.ndarray, rtol: float) -> bool:
@@ -287,9 +296,19 @@ def _close(x: np.ndarray, y: np.ndarray, rtol: float) -> bool:
         return np.array_equal(x, y, equal_nan=True)
     if x.shape != y.shape or x.dtype != y.dtype:
         return False
-    x32, y32 = x.astype(np.float32), y.astype(np.float32)
-    if not np.array_equal(np.isfinite(x32), np.isfinite(y32)):
+    if not np.array_equal(np.isfinite(x), np.isfinite(y)) or not np.array_equal(x[~np.isfinite(x)],
+                                                                                   y[~np.isfinite(y)], equal_nan=True):
         return False
-    finite = np.where(np.isfinite(x32), x32, 0.0)
-    bound = rtol * np.abs(finite).max(axis=-1, keepdims=True)  # [..., 1]
-    return bool((np.abs(finite - np.where(np.isfinite(y32), y32, 0.0)) <= bound).all())
+    return bool((row_errors(x, y) <= rtol).all())
+
+
+def row_errors(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[...] |x - y| / |x| over the last axis (finite entries; 0 where both rows are 0), one block at a time."""
+    out = np.empty(x.shape[:-1], np.float64)
+    flat_x, flat_y, flat_out = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]), out.reshape(-1)
+    for lo in range(0, flat_x.shape[0], 8192):
+        a = np.nan_to_num(flat_x[lo: lo + 8192].astype(np.float64), posinf=0.0, neginf=0.0)
+        b = np.nan_to_num(flat_y[lo: lo + 8192].astype(np.float64), posinf=0.0, neginf=0.0)
+        gap, norm = np.linalg.norm(a - b, axis=-1), np.linalg.norm(a, axis=-1)
+        flat_out[lo: lo + 8192] = np.where(norm > 0, gap / np.where(norm > 0, norm, 1.0), np.where(gap > 0, np.inf, 0))
+    return out

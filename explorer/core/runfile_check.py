@@ -19,7 +19,7 @@ FORMAT = "lm-explorer-run"
 VERSION = 2  # the format this code writes and the newest it reads (1: every array as captured; 2: encodings)
 REQUIRES = 2  # the oldest reader format that can open what this code writes (written as "requires")
 # the codecs this reader decodes (core/runfile_codec.py) and the dtypes an encoded array may decode to
-CODECS = ("q8",)
+CODECS = {"q8": ACTIVATIONS, "q8sum": ("resid",)}  # codec -> the arrays it may encode
 ENCODED_DTYPES = ("float16", "float32")
 
 # ModelInfo integers: (lowest, highest) a real model has (the largest published ones are far inside)
@@ -138,6 +138,8 @@ def check_encodings(encodings: Any) -> dict[str, dict]:
         if spec.get("codec") not in CODECS:
             raise RunFileError(f"'{key}' is stored with the encoding '{str(spec.get('codec'))[:20]}', which this "
                                "version cannot read (update LM Explorer)")
+        if key not in CODECS[spec["codec"]]:
+            raise RunFileError(f"'{key}' cannot be stored with the encoding '{spec['codec']}'")
         if spec.get("dtype") not in ENCODED_DTYPES:
             raise RunFileError(f"'{key}' decodes to '{str(spec.get('dtype'))[:20]}', not float16 or float32")
     return encodings

@@ -44,7 +44,7 @@ from .arrays import ACTIVATIONS, ARRAY_FIELDS
 from .events import StepEvent, Token
 from .interventions import to_json
 from .runfile_check import FORMAT, REQUIRES, VERSION
-from .runfile_codec import CODEC, encode_q8, member
+from .runfile_codec import CODEC, SUM_CODEC, encode_q8, encode_sum, member
 from .tempname import atomic_write
 
 
@@ -70,12 +70,7 @@ def save_run(run, path: str | os.PathLike, include_head: bool = True, exact: boo
     if run.vocab is not None and len(run.vocab) == run.info.vocab_size:
         header["vocab"] = list(run.vocab)
     arrays = {name: np.ascontiguousarray(run.array(name)) for name in ARRAY_FIELDS if run.has_array(name)}
-    header["encodings"] = {}
-    for name in ACTIVATIONS if not exact else ():
-        if name in arrays:
-            raw = arrays.pop(name)
-            header["encodings"][name] = {"codec": CODEC, "dtype": raw.dtype.name}
-            arrays.update({member(name, part): value for part, value in encode_q8(raw).items()})
+    header["encodings"] = {} if exact else _encode(arrays)
     arrays["kv_bytes"] = np.stack([np.asarray(s.kv_bytes_per_layer) for s in run.steps])  # [steps, layers]
     if run.scaling is not None:
         arrays["scaling"] = np.asarray(run.scaling, np.float32)
@@ -91,6 +86,30 @@ def save_run(run, path: str | os.PathLike, include_head: bool = True, exact: boo
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with atomic_write(path) as fh:
         np.savez_compressed(fh, header=blob, **arrays)
+
+
+def _encode(arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Replace the activation arrays in `arrays` by their encoded parts; the header's `encodings`."""
+    encodings, parts = {}, {}
+    chain = None
+    if all(k in arrays for k in _CHAIN):
+        chain = encode_sum(*(arrays[k] for k in _CHAIN), final=arrays.get("final_resid"))
+    if chain is not None:  # resid stored as the running sum of the blocks (a pre-norm model)
+        encodings["resid"] = {"codec": SUM_CODEC, "dtype": arrays["resid"].dtype.name}
+        for name in _CHAIN[1:]:
+            encodings[name] = {"codec": CODEC, "dtype": arrays[name].dtype.name}
+        parts.update(chain)
+    for name in ACTIVATIONS:
+        if name in arrays and name not in encodings:
+            encodings[name] = {"codec": CODEC, "dtype": arrays[name].dtype.name}
+            parts[name] = encode_q8(arrays[name])
+    for name, members in parts.items():
+        del arrays[name]
+        arrays.update({member(name, part): value for part, value in members.items()})
+    return encodings
+
+
+_CHAIN = ("resid", "attn_out", "mlp_out")  # resid[d + 1] = resid[d] + attn_out[d] + mlp_out[d] (pre-norm)
 
 
 def _token_dict(t: Token) -> dict:
