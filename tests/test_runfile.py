@@ -290,3 +290,42 @@ def test_fuzzed_bytes_load_equal_or_raise_runfileerror(data, saved_bytes, tiny_r
     except RunFileError:
         return
     assert runs_equal(loaded, tiny_run, rtol=ENCODED_RTOL)
+
+
+SUBSET_EDITS = {
+    "not_a_dict": lambda v: ["a"],
+    "lengths": lambda v: {**v, "texts": v["texts"][:-1]},
+    "id_beyond_vocab": lambda v: {**v, "ids": [*v["ids"][:-1], 10**6]},
+    "ids_unsorted": lambda v: {**v, "ids": v["ids"][::-1]},
+    "text_not_str": lambda v: {**v, "texts": [1] * len(v["texts"])},
+    "id_bool": lambda v: {**v, "ids": [True, *v["ids"][1:]]},
+}
+
+
+def test_a_run_saved_without_its_head_keeps_the_texts_it_names(tiny_run, tiny_models, tmp_path):
+    from explorer.core.labels import token_text
+
+    path = tmp_path / "nohead.npz"
+    tiny_run.save(path, include_head=False)
+    with np.load(path) as npz:
+        header = json.loads(npz["header"].tobytes())
+    assert "vocab" not in header and len(header["vocab_subset"]["ids"]) < tiny_run.info.vocab_size
+    loaded = load_run(path)
+    assert loaded.vocab.partial and len(loaded.vocab) == tiny_run.info.vocab_size
+    for i in {*tiny_run.array("pred_top_ids").ravel().tolist(), *(t.id for t in tiny_run.tokens)}:
+        assert token_text(loaded, i) == tiny_run.vocab[i]  # every alternative by name, no model needed
+    assert Session(tiny_models["tiny-llama"]).attach_head(loaded)
+    assert loaded.vocab == tiny_run.vocab and not getattr(loaded.vocab, "partial", False)  # the model's own texts
+    full = tmp_path / "head.npz"
+    tiny_run.save(full)  # with the head, the lens can name any id: every text is kept
+    assert load_run(full).vocab == tiny_run.vocab
+
+
+@pytest.mark.parametrize("edit", sorted(SUBSET_EDITS))
+def test_garbled_vocabulary_texts_are_refused(edit, tiny_run, tmp_path):
+    path = tmp_path / "nohead.npz"
+    tiny_run.save(path, include_head=False)
+    path.write_bytes(_edit_header(path.read_bytes(), lambda h: h.update(vocab_subset=SUBSET_EDITS[edit](
+        h["vocab_subset"]))))
+    with pytest.raises(RunFileError, match="vocabulary"):
+        load_run(path)

@@ -174,6 +174,8 @@ def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
     n = int(header["n_tokens"])
     _check(arrays, info, n, name, skip=tuple(skip))
     run_vocab = _vocab(header.get("vocab"), info, name)
+    if run_vocab is None and header.get("vocab_subset") is not None:
+        run_vocab = _vocab_subset(header["vocab_subset"], info, name)
     norm = None
     if header.get("norm") and "norm_weight" in arrays:
         bias = arrays.get("norm_bias")
@@ -215,6 +217,26 @@ def _vocab(items, info: ModelInfo, name: str) -> list[str] | None:
     if not isinstance(items, list) or len(items) != info.vocab_size or not all(isinstance(t, str) for t in items):
         raise RunFileError(f"{name}: the saved vocabulary is not {info.vocab_size:,} texts.")
     return items
+
+
+class PartialVocab(list):
+    """The readable texts of the ids a file names ('#id' for the others): a run opened from a file saved without
+    its head. `Session.attach_head` replaces it with the model's full vocabulary."""
+
+    partial = True
+
+
+def _vocab_subset(subset, info: ModelInfo, name: str) -> PartialVocab:
+    ids, texts = (subset.get("ids"), subset.get("texts")) if isinstance(subset, dict) else (None, None)
+    if (not isinstance(ids, list) or not isinstance(texts, list) or len(ids) != len(texts)
+            or len(ids) > info.vocab_size or not all(isinstance(t, str) for t in texts)
+            or not all(type(i) is int and 0 <= i < info.vocab_size for i in ids)
+            or any(b <= a for a, b in zip(ids, ids[1:], strict=False))):
+        raise RunFileError(f"{name}: the saved vocabulary texts are garbled.")
+    vocab = PartialVocab(f"#{i}" for i in range(info.vocab_size))
+    for i, text in zip(ids, texts, strict=True):
+        vocab[i] = text
+    return vocab
 
 
 def _interventions(items, name: str) -> tuple:

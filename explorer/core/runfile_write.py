@@ -10,6 +10,9 @@ float16 activations (queries 1.6 MB, resid 1.6, attn_out 1.6, mlp_out 1.6, keys 
 that deflate by only ~6% (float16 mantissas are noise), plus a 0.22 MB header (the readable text of
 all 49,152 vocabulary ids) and 0.1 MB of float32 final residual: 6.8 MiB in all. Options weighed:
 
+- Keep only the vocabulary texts the run names (its tokens and their top-k alternatives) when the
+  head is not saved: the model that gives the head back gives every text (0.22 MB -> ~10 kB).
+
 - Derive arrays on open. Attention maps already are (from q and k). The only identity among the
   rest, resid[d+1] = resid[d] + attn_out[d] + mlp_out[d], holds for pre-norm blocks but not for all
   architectures (Gemma-2's post-norms, parallel blocks), and derived through 30 float16 sums its
@@ -48,15 +51,18 @@ from .runfile_codec import CODEC, SUM_CODEC, encode_q8, encode_sum, member
 from .tempname import atomic_write
 
 
-def save_run(run, path: str | os.PathLike, include_head: bool = True, exact: bool = False) -> None:
+def save_run(run, path: str | os.PathLike, include_head: bool = True, exact: bool = False,
+             all_texts: bool = False) -> None:
     """Write a core.run.Run (read through its public attributes) atomically (a temporary file in the same
     folder, then a rename), every member deflated.
 
-    The header keeps the readable text of every vocabulary id (the names of top-k alternatives). The
-    unembedding ([vocab, hidden], 57 MB for SmolLM2) is left out with `include_head=False`: then the
-    opened run has no full next-token distribution until `runfile.attach_head` gives it the model's own.
+    The unembedding ([vocab, hidden], 57 MB for SmolLM2) is left out with `include_head=False`: then the
+    opened run has no full next-token distribution until `runfile.attach_head` gives it the model's own,
+    and the header keeps the readable text of only the ids the run names (its tokens, their top-k
+    alternatives); with the head, the text of every vocabulary id.
 
-    Activations are stored as bounded int8 (see the design note above) unless `exact`."""
+    Activations are stored as bounded int8 (see the design note above) unless `exact`; `all_texts` keeps
+    every vocabulary text even without the head (as files did before)."""
     path = Path(path)
     header = {
         "format": FORMAT, "version": VERSION, "requires": REQUIRES, "info": run.info.to_dict(),
@@ -67,14 +73,19 @@ def save_run(run, path: str | os.PathLike, include_head: bool = True, exact: boo
         "steps": [_step_dict(s) for s in run.steps],
         "norm": None if run.norm is None else {"kind": run.norm.kind, "eps": run.norm.eps},
     }
+    head_saved = include_head and run.unembed is not None and run.norm is not None
     if run.vocab is not None and len(run.vocab) == run.info.vocab_size:
-        header["vocab"] = list(run.vocab)
+        if head_saved or all_texts:  # the logit lens can name any id without a model
+            header["vocab"] = list(run.vocab)
+        else:  # the texts of the ids the run names; the model that gives the head back gives all its texts
+            ids = _named_ids(run)
+            header["vocab_subset"] = {"ids": ids, "texts": [run.vocab[i] for i in ids]}
     arrays = {name: np.ascontiguousarray(run.array(name)) for name in ARRAY_FIELDS if run.has_array(name)}
     header["encodings"] = {} if exact else _encode(arrays)
     arrays["kv_bytes"] = np.stack([np.asarray(s.kv_bytes_per_layer) for s in run.steps])  # [steps, layers]
     if run.scaling is not None:
         arrays["scaling"] = np.asarray(run.scaling, np.float32)
-    if include_head and run.unembed is not None and run.norm is not None:
+    if head_saved:
         with np.errstate(over="ignore"):
             half = run.unembed.astype(np.float16)
         # a weight beyond float16's range stays float32 (never saved as inf)
@@ -110,6 +121,17 @@ def _encode(arrays: dict[str, np.ndarray]) -> dict[str, dict]:
 
 
 _CHAIN = ("resid", "attn_out", "mlp_out")  # resid[d + 1] = resid[d] + attn_out[d] + mlp_out[d] (pre-norm)
+
+
+def _named_ids(run) -> list[int]:
+    """Every token id the run shows by name: its tokens, each position's top-k alternatives, each step's choice."""
+    ids = {t.id for t in run.tokens}
+    if run.has_array("pred_top_ids"):
+        ids.update(np.unique(run.array("pred_top_ids")).tolist())
+    for s in run.steps:
+        if s.choice is not None:
+            ids.update((s.choice.token_id, *s.choice.top_ids))
+    return sorted(int(i) for i in ids if 0 <= i < run.info.vocab_size)
 
 
 def _token_dict(t: Token) -> dict:
