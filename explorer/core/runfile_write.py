@@ -5,33 +5,38 @@ Below the Run in the layers: it reads a Run's public attributes only, so `Run.sa
 
 Design note: what a run file stores (issue 18, item 6; figures from benchmarks/bench_runfile.py)
 ------------------------------------------------------------------------------------------------
-A 45-token run of SmolLM2-135M-Instruct (30 layers, 9/3 heads of 64, hidden 576) held 6.6 MB of
-float16 activations (queries 1.6 MB, resid 1.6, attn_out 1.6, mlp_out 1.6, keys 0.5, values 0.5)
-that deflate by only ~6% (float16 mantissas are noise), plus a 0.22 MB header (the readable text of
-all 49,152 vocabulary ids) and 0.1 MB of float32 final residual: 6.8 MiB in all. Options weighed:
+A 45-token run of SmolLM2-135M-Instruct (30 layers, 9/3 heads of 64, hidden 576), saved as the
+window saves it (no vocabulary matrix), was 6.8 MiB: 6.8 MB of float16 activations (resid 1.6 MB,
+queries 1.6, attn_out 1.6, mlp_out 1.6, keys 0.5, values 0.5) that deflate by only ~6% (float16
+mantissas are noise), a 0.23 MB header (mostly the readable text of all 49,152 vocabulary ids) and
+0.1 MB of float32 final residual. It is now 2.67 MiB (2.5x smaller). Options weighed:
 
-- Keep only the vocabulary texts the run names (its tokens and their top-k alternatives) when the
-  head is not saved: the model that gives the head back gives every text (0.22 MB -> ~10 kB).
-
-- Derive arrays on open. Attention maps already are (from q and k). The only identity among the
-  rest, resid[d+1] = resid[d] + attn_out[d] + mlp_out[d], holds for pre-norm blocks but not for all
-  architectures (Gemma-2's post-norms, parallel blocks), and derived through 30 float16 sums its
-  error reached 0.96% of a row's largest ordinary entry (1.3% once the terms are int8 too): worse
-  than storing resid in int8 (0.39%), for 20% of the file. Not done.
 - Recompute on open (store ids + request, rerun teacher-forced with the loaded model): the
-  smallest file, but without the model nothing but tokens and statistics could be shown, runs of
+  smallest file (~0.1 MB), but without the model only tokens and statistics could be shown, runs of
   lab models, interventions and sampling would all have to replay exactly, and the job would cross
-  into the engine being moved to its own process this round. Not done.
+  into the engine being moved to its own process this round. Not done; the 2 MB aim would need it
+  (or codes coarser than int8: each bit less halves the precision for ~1/8 of the size).
 - Lossy but bounded: chosen. Every activation array is stored per-row scaled int8 with exact
-  outliers (core/runfile_codec.py states the bound: <= 1/254 of the row's largest ordinary entry,
-  outliers bit-exact); int8 codes also deflate (~15%) where float16 did not. The prediction
-  statistics, token ids, final residual (float32, for exact logits) and small members stay exact.
-  `exact=True` (Run.save) keeps the float16 arrays bit for bit (a notebook's choice).
+  outliers (core/runfile_codec.py: each entry within 1/254 of its row's largest ordinary entry,
+  each row within 2.5% of its norm, "massive activations" bit-exact); int8 codes deflate ~15% where
+  float16 did not. queries 1.45 -> 0.70 MB, keys and values 0.48 -> 0.25 MB each.
+- Derive on open: attention maps already are (from q and k). resid is too, where the model is
+  pre-norm (checked on the data when saving: resid[d+1] = resid[d] + attn_out[d] + mlp_out[d] within
+  1%): only its depth-0 row is stored and the reader rebuilds the rest as the running sum of the
+  decoded blocks (1.49 -> 0.02 MB). That also keeps the opened run additive for the depth panel:
+  resid, attn_out and mlp_out rounded independently put the sum off by up to 7% (the panel's check
+  is 2%); the last block carries the sum's error and positions where the blocks cancel (attention
+  sinks) are stored exactly. BERT-like (post-norm) runs store resid encoded like the rest.
+- The prediction statistics, token ids and the final residual (float32, for exact logits) stay
+  exact. Without the head the header keeps only the texts of the ids the run names (its tokens and
+  their top-k alternatives: 0.23 -> 0.02 MB); the model that gives the head back gives all its texts.
+  `exact=True` keeps every array bit for bit (a notebook's choice); `all_texts=True` every text.
 
 The header names each encoded array (`encodings`: name -> codec and dtype). `version` is the
 format this writer produced, `requires` the oldest reader format that can open it: a later writer
 that only adds optional header fields (issue 20: retrieved chunks, drafts, token kinds) keeps
-`requires` and older readers open its files, ignoring fields they do not know.
+`requires` and older readers open its files, ignoring fields they do not know. Format 1 files
+(before the encoding) still open.
 """
 
 from __future__ import annotations
