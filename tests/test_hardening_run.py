@@ -105,6 +105,24 @@ def test_a_member_that_inflates_1000x_is_refused_before_inflating(member, member
     assert "inflate" in str(holder["error"])
 
 
+def test_one_member_may_compress_far_better_than_the_file(members, small_run, tmp_path, monkeypatch):
+    """Int8 codes of a repeated prompt's embeddings deflate ~1000x in a real run (3,500 tokens of SmolLM2 were
+    refused as a bomb when the limit was per member): the limit holds for the archive as a whole."""
+    header = _header(members)
+    zeros = {**members, "resid.codes.npy": _npy(np.zeros_like(np.load(io.BytesIO(members["resid.codes.npy"])))),
+             "resid.oidx.npy": _npy(np.zeros(0, np.int64)), "resid.oval.npy": _npy(np.zeros(0, np.float16))}
+    assert header["encodings"]["resid"]["codec"] == "q8sum"
+    data = _zip(zeros, {k: zipfile.ZIP_DEFLATED for k in zeros})
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        codes = zf.getinfo("resid.codes.npy")
+        member_ratio = codes.file_size / codes.compress_size
+        file_ratio = sum(i.file_size for i in zf.infolist()) / sum(i.compress_size for i in zf.infolist())
+    assert member_ratio > 2 * file_ratio
+    monkeypatch.setattr(runfile_read, "RATIO_FREE_BYTES", 0)  # the small test file stands for a big one
+    monkeypatch.setattr(runfile_read, "MAX_RATIO", (member_ratio + file_ratio) / 2)
+    assert _load_bytes(data, tmp_path).n_tokens == small_run.n_tokens
+
+
 @pytest.mark.parametrize("member", ["values.codes.npy", "values.scale.npy", "values.oidx.npy", "resid.xval.npy",
                                     "final_resid.npy"])
 def test_a_npy_header_that_lies_about_its_shape_is_refused_without_allocating(member, members, tmp_path):
