@@ -1,7 +1,7 @@
 """The run file's compact encoding of activation arrays ("q8"): per-row scaled int8 plus exact outliers.
 
 An activation array `x` ([..., R], float16 or float32; a "row" is its last axis: one head's query at
-one position, one position's residual vector...) is stored as four members:
+one position, one position's residual vector...) is stored as six members:
 
 - `<name>.codes` int8 [..., R]: round(x / scale) for the row's inliers (0 where an outlier sits);
 - `<name>.scale` float32 [...]: the row's step, max |inlier| / 127 (0 for an all-zero row);
@@ -19,7 +19,8 @@ when the array is float16; every row decodes within ROW_L2_BOUND (2.5%) of its n
 step to 1/127 of a value thousands of times the rest) are kept bit-exact.
 
 Decoding allocates the decoded array plus one float32 row block at a time (never the whole array
-in float32). A notebook decodes a member set with `decode_q8(codes, scale, oidx, oval, dtype)`.
+in float32). A notebook decodes a member set with `decode_q8(*(npz[f"queries.{p}"] for p in PARTS), "float16")`
+(and a residual stream stored as a sum with `decode_sum`).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def check_parts(codes: np.ndarray, scale: np.ndarray, oidx: np.ndarray, oval: np
 # In a pre-norm model (Llama, GPT-2, SmolLM2) resid[d + 1] = resid[d] + attn_out[d] + mlp_out[d]. Then resid is
 # not stored: only its depth-0 row (the embeddings), and the reader rebuilds the rest as the running sum of the
 # decoded blocks, so the depth panel's additivity holds on the opened run (independently rounded resid, attn_out
-# and mlp_out put it off by up to 6%, past the panel's 2% check). The last block carries what the sum lost on
+# and mlp_out put it off by up to 7%, past the panel's 2% check). The last block carries what the sum lost on
 # the way (error feedback), so the rebuilt last state meets the saved one. At a position where the blocks are
 # large and cancel (an attention sink: their rounding adds up to more than SUM_L2_TOL of the state, or the sum
 # misses the final state by more than SUM_GAP_TOL), every row of that position is stored exactly instead.
