@@ -16,7 +16,8 @@ import explorer
 from explorer.core import runfile
 from explorer.core.api import capture
 from explorer.core.errors import RunFileError
-from explorer.core.runfile import load_run, runs_equal
+from explorer.core.runfile import ENCODED_RTOL, load_run, runs_equal
+from explorer.core.runfile_codec import PARTS, decode_q8
 from explorer.core.runner import Session
 
 
@@ -56,25 +57,36 @@ def test_save_and_load_are_equal(name, tiny_models, tmp_path):
     path = tmp_path / "r.npz"
     run.save(path)
     loaded = explorer.load_run(path)
-    assert runs_equal(run, loaded)
+    assert runs_equal(run, loaded, rtol=ENCODED_RTOL) and not runs_equal(run, loaded)  # the int8 encoding
+    exact_path = tmp_path / "exact.npz"
+    run.save(exact_path, exact=True)
+    exact = explorer.load_run(exact_path)
+    assert runs_equal(run, exact)
     assert loaded.finish_reason == run.finish_reason and loaded.request == run.request
     for layer in range(run.info.n_layers):
-        np.testing.assert_array_equal(loaded.attention(layer, 1), run.attention(layer, 1))
+        np.testing.assert_array_equal(exact.attention(layer, 1), run.attention(layer, 1))
+        np.testing.assert_allclose(loaded.attention(layer, 1), run.attention(layer, 1), rtol=0, atol=0.02)
     for step in range(len(run.steps)):
         np.testing.assert_array_equal(loaded.kv_bytes_per_layer(step), run.kv_bytes_per_layer(step))
         assert loaded.steps[step].choice == run.steps[step].choice
     if run.info.is_causal:
         assert_close(loaded.next_token_logprobs(2), run.next_token_logprobs(2), 2e-3)
     assert zipfile.ZipFile(path).namelist()  # a plain npz, readable without LM Explorer
-    with np.load(path, allow_pickle=False) as npz:
-        assert "queries" in npz.files
+    with np.load(path, allow_pickle=False) as npz:  # a notebook decodes an encoded array with one call
+        parts = [npz[f"queries.{part}"] for part in PARTS]
+        np.testing.assert_array_equal(decode_q8(*parts, "float16"), loaded.array("queries"))
+        codecs = {k: v["codec"] for k, v in json.loads(npz["header"].tobytes())["encodings"].items()}
+    # a pre-norm model's residual stream is rebuilt as the sum of its blocks; BERT's (post-norm) is stored
+    assert codecs["resid"] == ("q8" if name == "tiny-bert" else "q8sum")
+    with np.load(exact_path, allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["queries"], run.array("queries"))
 
 
 def test_runs_equal_sees_differences(tiny_run, tmp_path):
     path = tmp_path / "r.npz"
     tiny_run.save(path, include_head=False)
     loaded = load_run(path)
-    assert runs_equal(tiny_run, loaded)
+    assert runs_equal(tiny_run, loaded, rtol=ENCODED_RTOL)
     other = capture("The capital of France is 東京 👩‍👩‍👧", Session(tiny_run_model(tiny_run)), max_new_tokens=4,
                     temperature=2.0, seed=1)
     assert not runs_equal(tiny_run, other)
@@ -151,12 +163,53 @@ def test_object_arrays_are_refused(saved_bytes, tmp_path):
 
 def test_future_version(saved_bytes, tmp_path):
     path = tmp_path / "future.npz"
-    path.write_bytes(_edit_header(saved_bytes, lambda h: h.update(version=runfile.VERSION + 1)))
+    path.write_bytes(_edit_header(saved_bytes, lambda h: h.update(version=runfile.VERSION + 1,
+                                                                   requires=runfile.VERSION + 1)))
+    with pytest.raises(RunFileError, match="newer"):
+        load_run(path)
+    # a file from before "requires" existed: its version is what it requires
+    path.write_bytes(_edit_header(saved_bytes, lambda h: (h.pop("requires"), h.update(version=runfile.VERSION + 1))))
     with pytest.raises(RunFileError, match="newer"):
         load_run(path)
 
 
+def test_a_newer_file_with_only_optional_additions_opens(saved_bytes, tiny_run, tmp_path):
+    """Issue 20 adds run fields: a later writer keeps `requires`, and this reader ignores what it does not know."""
+    def later(h):
+        h.update(version=runfile.VERSION + 1, retrieved_chunks=[{"text": "a chunk", "score": 0.5}])
+        h["steps"][0]["draft"] = {"ids": [1, 2]}
+        h["tokens"][0]["source"] = "retrieved"
+    path = tmp_path / "later.npz"
+    path.write_bytes(_edit_header(saved_bytes, later))
+    assert runs_equal(load_run(path), tiny_run, rtol=ENCODED_RTOL)
+
+
+def test_format_1_files_still_open(tiny_run, tmp_path):
+    """Before the encoding: version 1, no `requires`, every array as captured (what save(exact=True) stores)."""
+    path = tmp_path / "v2.npz"
+    tiny_run.save(path, exact=True)
+
+    def as_v1(h):
+        h.pop("requires")
+        h.pop("encodings")
+        h["version"] = 1
+    old = tmp_path / "v1.npz"
+    old.write_bytes(_edit_header(path.read_bytes(), as_v1))
+    with zipfile.ZipFile(old) as zf:
+        assert "queries.npy" in zf.namelist() and not any(".codes" in n for n in zf.namelist())
+    assert runs_equal(load_run(old), tiny_run)
+
+
 HAND_EDITS = {
+    "encoding_unknown_codec": lambda h: h["encodings"]["queries"].update(codec="q4"),
+    "encoding_dtype": lambda h: h["encodings"]["queries"].update(dtype="int64"),
+    "encoding_undeclared": lambda h: h["encodings"].pop("keys"),
+    "encoding_not_an_activation": lambda h: h["encodings"].update(pred_entropy={"codec": "q8", "dtype": "float16"}),
+    "encoding_of_an_absent_array": lambda h: h["encodings"].update(values={"codec": "q8", "dtype": "float16"}) or
+    h["encodings"].pop("keys"),
+    "encodings_not_a_dict": lambda h: h.update(encodings=[]),
+    "requires_garbled": lambda h: h.update(requires="2"),
+    "version_zero": lambda h: h.update(version=0, requires=0),
     "n_tokens": lambda h: h.update(n_tokens=h["n_tokens"] + 1),
     "text": lambda h: h.update(text=h["text"] + "!"),
     "token_span": lambda h: h["tokens"][2].update(end=h["tokens"][2]["end"] + 1),
@@ -184,9 +237,24 @@ def test_hand_edited_inconsistent_header(edit, saved_bytes, tmp_path):
 
 
 ARRAY_EDITS = {
-    "drop_queries": lambda a: a.pop("queries"),
-    "short_keys": lambda a: a.update(keys=a["keys"][:, :, :-1]),
-    "resid_dtype": lambda a: a.update(resid=a["resid"].astype(np.int16)),
+    "drop_queries": lambda a: a.pop("queries.codes"),
+    "short_keys": lambda a: a.update({"keys.codes": a["keys.codes"][:, :, :-1]}),
+    "resid_dtype": lambda a: a.update({"resid.codes": a["resid.codes"].astype(np.int16)}),
+    "codes_as_floats": lambda a: a.update({"resid.codes": a["resid.codes"].astype(np.float16)}),
+    "scale_shape": lambda a: a.update({"values.scale": a["values.scale"][..., :-1]}),
+    "scale_negative": lambda a: a.update({"values.scale": -a["values.scale"]}),
+    "scale_nan": lambda a: a.update({"values.scale": np.full_like(a["values.scale"], np.nan)}),
+    "outlier_index_range": lambda a: a.update({"mlp_out.oidx": np.append(a["mlp_out.oidx"], 10**9),
+                                               "mlp_out.oval": np.append(a["mlp_out.oval"], 1.0)}),
+    "outlier_index_negative": lambda a: a.update({"mlp_out.oidx": np.append(-1, a["mlp_out.oidx"]),
+                                                  "mlp_out.oval": np.append(1.0, a["mlp_out.oval"])}),
+    "outlier_index_repeated": lambda a: a.update({"mlp_out.oidx": np.append(a["mlp_out.oidx"], [5, 5]),
+                                                  "mlp_out.oval": np.append(a["mlp_out.oval"], [1.0, 1.0])}),
+    "outlier_values_long": lambda a: a.update({"mlp_out.oval": np.append(a["mlp_out.oval"], 1.0)}),
+    "outliers_beyond_the_array": lambda a: a.update({"keys.oidx": np.arange(a["keys.codes"].size + 1),
+                                                     "keys.oval": np.zeros(a["keys.codes"].size + 1, np.float16)}),
+    "part_dropped": lambda a: a.pop("attn_out.oval"),
+    "raw_and_encoded": lambda a: a.update(queries=np.zeros(a["queries.codes"].shape, np.float16)),
     "top_ids_range": lambda a: a.update(pred_top_ids=a["pred_top_ids"] + 10_000),
     "kv_steps": lambda a: a.update(kv_bytes=a["kv_bytes"][:-1]),
     "unembed_shape": lambda a: a.update(unembed=a["unembed"][:-1]),
@@ -221,4 +289,43 @@ def test_fuzzed_bytes_load_equal_or_raise_runfileerror(data, saved_bytes, tiny_r
         loaded = load_run(path)
     except RunFileError:
         return
-    assert runs_equal(loaded, tiny_run)
+    assert runs_equal(loaded, tiny_run, rtol=ENCODED_RTOL)
+
+
+SUBSET_EDITS = {
+    "not_a_dict": lambda v: ["a"],
+    "lengths": lambda v: {**v, "texts": v["texts"][:-1]},
+    "id_beyond_vocab": lambda v: {**v, "ids": [*v["ids"][:-1], 10**6]},
+    "ids_unsorted": lambda v: {**v, "ids": v["ids"][::-1]},
+    "text_not_str": lambda v: {**v, "texts": [1] * len(v["texts"])},
+    "id_bool": lambda v: {**v, "ids": [True, *v["ids"][1:]]},
+}
+
+
+def test_a_run_saved_without_its_head_keeps_the_texts_it_names(tiny_run, tiny_models, tmp_path):
+    from explorer.core.labels import token_text
+
+    path = tmp_path / "nohead.npz"
+    tiny_run.save(path, include_head=False)
+    with np.load(path) as npz:
+        header = json.loads(npz["header"].tobytes())
+    assert "vocab" not in header and len(header["vocab_subset"]["ids"]) < tiny_run.info.vocab_size
+    loaded = load_run(path)
+    assert loaded.vocab.partial and len(loaded.vocab) == tiny_run.info.vocab_size
+    for i in {*tiny_run.array("pred_top_ids").ravel().tolist(), *(t.id for t in tiny_run.tokens)}:
+        assert token_text(loaded, i) == tiny_run.vocab[i]  # every alternative by name, no model needed
+    assert Session(tiny_models["tiny-llama"]).attach_head(loaded)
+    assert loaded.vocab == tiny_run.vocab and not getattr(loaded.vocab, "partial", False)  # the model's own texts
+    full = tmp_path / "head.npz"
+    tiny_run.save(full)  # with the head, the lens can name any id: every text is kept
+    assert load_run(full).vocab == tiny_run.vocab
+
+
+@pytest.mark.parametrize("edit", sorted(SUBSET_EDITS))
+def test_garbled_vocabulary_texts_are_refused(edit, tiny_run, tmp_path):
+    path = tmp_path / "nohead.npz"
+    tiny_run.save(path, include_head=False)
+    path.write_bytes(_edit_header(path.read_bytes(), lambda h: h.update(vocab_subset=SUBSET_EDITS[edit](
+        h["vocab_subset"]))))
+    with pytest.raises(RunFileError, match="vocabulary"):
+        load_run(path)

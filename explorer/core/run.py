@@ -221,10 +221,11 @@ class Run:
         return replace(self, tokens=list(tokens), steps=list(steps), text=text, finish_reason=None,
                        _buffers=dict(self._buffers), _n=n, _cache={})
 
-    def save(self, path, include_head: bool = True) -> None:
+    def save(self, path, include_head: bool = True, exact: bool = False) -> None:
         """Save as one compressed .npz with a JSON header (no pickle); `include_head=False` leaves out the
-        unembedding, most of the file (see core/runfile_write.py; core/runfile.py loads)."""
-        save_run(self, path, include_head=include_head)
+        unembedding, most of the file; activations are stored as bounded int8 unless `exact` (see
+        core/runfile_write.py; core/runfile.py loads)."""
+        save_run(self, path, include_head=include_head, exact=exact)
 
     def capture_bytes(self) -> int:
         """Memory held by the captured arrays (the buffers, including spare capacity)."""

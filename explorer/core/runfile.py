@@ -1,7 +1,8 @@
 """Run files: one `.npz` (never pickle) holding a JSON header and the captured arrays.
 
-Writing is in core/runfile_write.py (below the Run, which saves through it); reading a file
-back into a Run is here.
+Writing is in core/runfile_write.py (below the Run, which saves through it; its design note says
+what is stored and how); reading a file back into a Run is here. Format 1 files (every array as
+captured) and format 2 files (activations encoded, core/runfile_codec.py) both open.
 
 Loading validates everything (header version, required keys, dtypes, shapes against the
 model info and the token count) and raises RunFileError with a sentence when anything is off.
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .adapters import NormParams
-from .arrays import ARRAY_FIELDS, CAPTURED, OPTIONAL, concrete_shape, model_dims
+from .arrays import ACTIVATIONS, ARRAY_FIELDS, CAPTURED, OPTIONAL, concrete_shape, model_dims
 from .errors import InputError, RunFileError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
 from .interventions import from_json
@@ -26,6 +27,7 @@ from .models import ModelInfo
 from .retrieval.records import retrieval_from_json
 from .run import Run
 from .runfile_check import FORMAT, VERSION, check_header  # noqa: F401 - FORMAT, VERSION: re-exported
+from .runfile_codec import PARTS, ROW_L2_BOUND, SUM_CODEC, decode_q8, decode_sum, member
 from .runfile_read import check_member, member_infos, memory_limit, read_array, read_header
 from .runfile_write import _step_dict, save_run  # noqa: F401 - save_run: written by runfile_write.py
 
@@ -37,6 +39,9 @@ _EXTRA: dict[str, tuple[str, tuple[str, ...]]] = {
 # every member's dtype kind: the captured arrays' from core/arrays.py's table
 _DTYPES = {**{name: np.dtype(spec.dtype).kind for name, spec in CAPTURED.items()},
            **{name: kinds for name, (kinds, _shape) in _EXTRA.items()}}
+# an encoded activation's parts (core/runfile_codec.py): part -> dtype kinds
+_PART_KINDS = {"codes": "i", "scale": "f", "oidx": "iu", "oval": "f", "xrow": "iu", "xval": "f"}
+_MEMBERS = {"header", *_DTYPES, *(member(name, part) for name in ACTIVATIONS for part in PARTS)}
 
 
 def attach_head(run: Run, info: ModelInfo, norm: NormParams | None, unembed: np.ndarray | None) -> bool:
@@ -88,29 +93,68 @@ def load_run(path: str | os.PathLike) -> Run:
 
 def _read(zf: zipfile.ZipFile, name: str) -> tuple[dict, dict[str, np.ndarray]]:
     """The header, then the arrays, each checked against the shapes the header implies before reading."""
-    members = member_infos(zf, {"header", *_DTYPES}, name)
+    members = member_infos(zf, _MEMBERS, name)
     if "header" not in members:
         raise RunFileError(f"{name} is not an LM Explorer run (no header).")
     header = read_header(zf, members["header"], name)
     info, n = check_header(header, name)
+    encodings = header.get("encodings", {})
     expected = _expected_shapes(info, n, len(header["steps"]))
-    top_k_cap = 1024
+    plan = _member_plan(expected, encodings)
+    for key in members:
+        if key != "header" and key not in plan:
+            raise RunFileError(f"{name} holds '{key}', which its header does not describe; the file is damaged.")
     planned: dict[str, tuple] = {}
     total = 0
     for key, zinfo in members.items():
         if key == "header":
             continue
-        shape = expected[key]
-        limit = int(np.prod([s if s is not None else top_k_cap for s in shape], dtype=object))
-        got, dtype = check_member(zf, zinfo, name, key, _DTYPES[key], shape, limit)
-        planned[key] = shape
+        kinds, shape, limit = plan[key]
+        got, dtype = check_member(zf, zinfo, name, key, kinds, shape, limit)
+        planned[key] = (kinds, shape)
         total += int(np.prod(got, dtype=object)) * dtype.itemsize
+    for key, spec in encodings.items():  # the decoded arrays, besides their parts
+        lacking = [part for part in PARTS if member(key, part) not in members]
+        if lacking:
+            raise RunFileError(f"{name}: the encoded array '{key}' lacks its {', '.join(lacking)}.")
+        total += int(np.prod(expected[key], dtype=object)) * np.dtype(spec["dtype"]).itemsize
     if total > memory_limit():
         raise RunFileError(f"{name} needs {total / 2**30:,.1f} GiB of memory, more than this machine has "
                            f"({memory_limit() / 2**30:,.1f} GiB); it was not loaded.")
-    arrays = {key: read_array(zf, members[key], name, key, _DTYPES[key], shape, 2**62)
-              for key, shape in planned.items()}
+    arrays = {key: read_array(zf, members[key], name, key, kinds, shape, 2**62)
+              for key, (kinds, shape) in planned.items()}
+    # the q8 arrays first: a running sum (q8sum) adds up decoded blocks
+    for key, spec in sorted(encodings.items(), key=lambda item: item[1]["codec"] == SUM_CODEC):
+        parts = [arrays.pop(member(key, part)) for part in PARTS]
+        try:
+            arrays[key] = decode_q8(*parts, spec["dtype"])
+            if spec["codec"] == SUM_CODEC:
+                if "attn_out" not in arrays or "mlp_out" not in arrays:
+                    raise RunFileError("the residual stream is stored as a sum of blocks the file lacks")
+                arrays[key] = decode_sum(arrays[key], arrays["attn_out"], arrays["mlp_out"], spec["dtype"])
+        except RunFileError as exc:
+            raise RunFileError(f"{name}: '{key}': {exc}; the file is damaged.") from None
     return header, arrays
+
+
+def _member_plan(expected: dict[str, tuple], encodings: dict) -> dict[str, tuple[str, tuple, int]]:
+    """member -> (dtype kinds, shape (None: any length), most elements) for every member the header allows."""
+    top_k_cap = 1024
+    plan = {}
+    for key, shape in expected.items():
+        if key in encodings:
+            if encodings[key]["codec"] == SUM_CODEC:  # only the first row (depth 0) is stored
+                shape = (1, *shape[1:])
+            count = int(np.prod(shape, dtype=object))  # an activation's shape is fully known
+            rows = count // max(1, shape[-1])
+            shapes = (shape, shape[:-1], (None,), (None,), (None,), (None, shape[-1]))
+            limits = (count, rows, count, count, rows, count)
+            for part, part_shape, limit in zip(PARTS, shapes, limits, strict=True):
+                plan[member(key, part)] = (_PART_KINDS[part], part_shape, limit)
+        else:
+            limit = int(np.prod([s if s is not None else top_k_cap for s in shape], dtype=object))
+            plan[key] = (_DTYPES[key], shape, limit)
+    return plan
 
 
 def _expected_shapes(info: ModelInfo, n: int, n_steps: int) -> dict[str, tuple]:
@@ -132,6 +176,8 @@ def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
     n = int(header["n_tokens"])
     _check(arrays, info, n, name, skip=tuple(skip))
     run_vocab = _vocab(header.get("vocab"), info, name)
+    if run_vocab is None and header.get("vocab_subset") is not None:
+        run_vocab = _vocab_subset(header["vocab_subset"], info, name)
     norm = None
     if header.get("norm") and "norm_weight" in arrays:
         bias = arrays.get("norm_bias")
@@ -173,6 +219,26 @@ def _vocab(items, info: ModelInfo, name: str) -> list[str] | None:
     if not isinstance(items, list) or len(items) != info.vocab_size or not all(isinstance(t, str) for t in items):
         raise RunFileError(f"{name}: the saved vocabulary is not {info.vocab_size:,} texts.")
     return items
+
+
+class PartialVocab(list):
+    """The readable texts of the ids a file names ('#id' for the others): a run opened from a file saved without
+    its head. `Session.attach_head` replaces it with the model's full vocabulary."""
+
+    partial = True
+
+
+def _vocab_subset(subset, info: ModelInfo, name: str) -> PartialVocab:
+    ids, texts = (subset.get("ids"), subset.get("texts")) if isinstance(subset, dict) else (None, None)
+    if (not isinstance(ids, list) or not isinstance(texts, list) or len(ids) != len(texts)
+            or len(ids) > info.vocab_size or not all(isinstance(t, str) for t in texts)
+            or not all(type(i) is int and 0 <= i < info.vocab_size for i in ids)
+            or any(b <= a for a, b in zip(ids, ids[1:], strict=False))):
+        raise RunFileError(f"{name}: the saved vocabulary texts are garbled.")
+    vocab = PartialVocab(f"#{i}" for i in range(info.vocab_size))
+    for i, text in zip(ids, texts, strict=True):
+        vocab[i] = text
+    return vocab
 
 
 def _interventions(items, name: str) -> tuple:
@@ -230,12 +296,43 @@ def _step(meta: dict, arrays: dict[str, np.ndarray], tokens: list[Token], lo: in
     )
 
 
-def runs_equal(a: Run, b: Run) -> bool:
-    """Same tokens, text, steps metadata and arrays (for tests and the fuzzer)."""
+def runs_equal(a: Run, b: Run, rtol: float = 0.0) -> bool:
+    """Same tokens, text, steps metadata and arrays (for tests and the fuzzer).
+
+    `rtol` > 0: each row (last axis) of an activation array may differ by up to `rtol` times the row's norm (L2),
+    as a file saved with encoded activations does (`ENCODED_RTOL`); everything else stays exact."""
     if a.info != b.info or a.text != b.text or a.tokens != b.tokens or a.n_prompt != b.n_prompt:
         return False
     if [_step_dict(s) for s in a.steps] != [_step_dict(s) for s in b.steps]:
         return False
     if any(a.has_array(k) != b.has_array(k) for k in ARRAY_FIELDS):
         return False
-    return all(np.array_equal(a.array(k), b.array(k), equal_nan=True) for k in ARRAY_FIELDS if a.has_array(k))
+    return all(_close(a.array(k), b.array(k), rtol if k in ACTIVATIONS else 0.0)
+               for k in ARRAY_FIELDS if a.has_array(k))
+
+
+# what the encoding keeps (core/runfile_codec.py): every activation row within this fraction of its norm
+ENCODED_RTOL = ROW_L2_BOUND
+
+
+def _close(x: np.ndarray, y: np.ndarray, rtol: float) -> bool:
+    if not rtol:
+        return np.array_equal(x, y, equal_nan=True)
+    if x.shape != y.shape or x.dtype != y.dtype:
+        return False
+    if not np.array_equal(np.isfinite(x), np.isfinite(y)) or not np.array_equal(x[~np.isfinite(x)],
+                                                                                   y[~np.isfinite(y)], equal_nan=True):
+        return False
+    return bool((row_errors(x, y) <= rtol).all())
+
+
+def row_errors(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[...] |x - y| / |x| over the last axis (finite entries; 0 where both rows are 0), one block at a time."""
+    out = np.empty(x.shape[:-1], np.float64)
+    flat_x, flat_y, flat_out = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]), out.reshape(-1)
+    for lo in range(0, flat_x.shape[0], 8192):
+        a = np.nan_to_num(flat_x[lo: lo + 8192].astype(np.float64), posinf=0.0, neginf=0.0)
+        b = np.nan_to_num(flat_y[lo: lo + 8192].astype(np.float64), posinf=0.0, neginf=0.0)
+        gap, norm = np.linalg.norm(a - b, axis=-1), np.linalg.norm(a, axis=-1)
+        flat_out[lo: lo + 8192] = np.where(norm > 0, gap / np.where(norm > 0, norm, 1.0), np.where(gap > 0, np.inf, 0))
+    return out

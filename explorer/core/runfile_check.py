@@ -10,12 +10,17 @@ from __future__ import annotations
 from dataclasses import MISSING, fields
 from typing import Any
 
+from .arrays import ACTIVATIONS
 from .errors import RunFileError
 from .events import GenerationSettings
 from .models import ModelInfo
 
 FORMAT = "lm-explorer-run"
-VERSION = 1
+VERSION = 2  # the format this code writes and the newest it reads (1: every array as captured; 2: encodings)
+REQUIRES = 2  # the oldest reader format that can open what this code writes (written as "requires")
+# the codecs this reader decodes (core/runfile_codec.py) and the dtypes an encoded array may decode to
+CODECS = {"q8": ACTIVATIONS, "q8sum": ("resid",)}  # codec -> the arrays it may encode
+ENCODED_DTYPES = ("float16", "float32")
 
 # ModelInfo integers: (lowest, highest) a real model has (the largest published ones are far inside)
 INFO_LIMITS = {
@@ -48,9 +53,14 @@ def check_header(header: Any, name: str) -> tuple[ModelInfo, int]:
     """The model description and token count, after checking the header's shape, types and ranges."""
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise RunFileError(f"{name} is not an LM Explorer run.")
+    # "requires": the oldest reader that can open the file (a newer writer that only adds optional fields keeps
+    # it, so this reader opens its files and ignores what it does not know); files before it: the version
     version = header.get("version")
-    if type(version) is not int or version > VERSION:
-        raise RunFileError(f"{name} was saved by a newer LM Explorer (format {str(version)[:20]}); update to open it.")
+    requires = header.get("requires", version)
+    if type(version) is not int or type(requires) is not int or version < 1 or requires < 1:
+        raise RunFileError(f"{name}: the run's format version ({str(version)[:20]}) is garbled; it was not loaded.")
+    if requires > VERSION:
+        raise RunFileError(f"{name} was saved by a newer LM Explorer (format {str(requires)[:20]}); update to open it.")
     try:
         return _check(header)
     except RunFileError as exc:
@@ -117,7 +127,25 @@ def _check(header: dict) -> tuple[ModelInfo, int]:
         norm = _type(header["norm"], (dict,), "the final norm")
         _type(norm["kind"], (str,), "the final norm's kind")
         _num(norm["eps"], "the final norm's eps", 0.0)
+    check_encodings(header.get("encodings", {}))
     return info, n
+
+
+def check_encodings(encodings: Any) -> dict[str, dict]:
+    """name -> {"codec", "dtype"} for each activation array stored encoded (core/runfile_codec.py)."""
+    _type(encodings, (dict,), "the list of encoded arrays")
+    for key, spec in encodings.items():
+        if key not in ACTIVATIONS:
+            raise RunFileError(f"'{str(key)[:40]}' is not an array that may be stored encoded")
+        _type(spec, (dict,), f"the encoding of '{key}'")
+        if spec.get("codec") not in CODECS:
+            raise RunFileError(f"'{key}' is stored with the encoding '{str(spec.get('codec'))[:20]}', which this "
+                               "version cannot read (update LM Explorer)")
+        if key not in CODECS[spec["codec"]]:
+            raise RunFileError(f"'{key}' cannot be stored with the encoding '{spec['codec']}'")
+        if spec.get("dtype") not in ENCODED_DTYPES:
+            raise RunFileError(f"'{key}' decodes to '{str(spec.get('dtype'))[:20]}', not float16 or float32")
+    return encodings
 
 
 def _check_choice(c: dict, info: ModelInfo, i: int) -> None:

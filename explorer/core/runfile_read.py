@@ -1,8 +1,9 @@
 """Reading a run file without trusting it: sizes are checked before anything is inflated or allocated.
 
 A run file is a zip (`.npz`) of `.npy` members. Before reading a byte of array data:
-- the member list is read from the central directory: only known names, no duplicates, and a
-  compressed member may not inflate more than `MAX_RATIO` times;
+- the member list is read from the central directory: only known names, no duplicates, and the
+  members together may not inflate more than `MAX_RATIO` times the archive's compressed bytes (one
+  member alone may: int8 codes of a repeated prompt's embeddings deflate ~1000x);
 - the JSON header member is capped at `HEADER_MAX_BYTES`, parsed with a nesting limit, and every
   number in it must be finite and short (no `NaN`, `Infinity`, `1e999` or a 5,000-digit integer);
 - each member's `.npy` header (dtype, shape) is read on its own and must match the shape the run's
@@ -27,8 +28,8 @@ HEADER_MAX_BYTES = 64 * 2**20  # a 100k-token run's header is about 20 MB
 JSON_MAX_DEPTH = 12  # the header nests 5 deep; an intervention's patch source adds 2
 MAX_NUMBER_CHARS = 40  # longer numbers in the header are refused (no int("9" * 10**6))
 MAX_MEMBERS = 64
-MAX_RATIO = 100  # a deflated member may inflate at most this much (np.savez does not compress at all)
-RATIO_FREE_BYTES = 2**20  # tiny members (a constant array) may compress better than that
+MAX_RATIO = 100  # the members together may inflate at most this much (a real run's file: 1.3-3x)
+RATIO_FREE_BYTES = 2**20  # small archives may compress better than that
 NPY_HEADER_MAX = 4096
 CHUNK = 16 * 2**20
 
@@ -45,11 +46,13 @@ def member_infos(zf: zipfile.ZipFile, allowed: set[str], name: str) -> dict[str,
             raise RunFileError(f"{name} holds an unexpected file '{info.filename[:80]}'; it is not an LM Explorer run.")
         if key in out:
             raise RunFileError(f"{name} holds '{info.filename}' twice.")
-        if info.file_size > RATIO_FREE_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            ratio = info.file_size / max(info.compress_size, 1)
-            raise RunFileError(f"{name}: '{info.filename}' would inflate {ratio:,.0f} times (a zip bomb?); "
-                               "refused before inflating.")
         out[key] = info
+    inflated, stored = sum(i.file_size for i in infos), sum(i.compress_size for i in infos)
+    if inflated > RATIO_FREE_BYTES and inflated > MAX_RATIO * max(stored, 1):
+        worst = max(infos, key=lambda i: i.file_size / max(i.compress_size, 1))
+        raise RunFileError(f"{name} would inflate {inflated / max(stored, 1):,.0f} times ('{worst.filename[:80]}' "
+                           f"{worst.file_size / max(worst.compress_size, 1):,.0f} times; a zip bomb?); refused before "
+                           "inflating.")
     return out
 
 

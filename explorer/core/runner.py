@@ -71,12 +71,13 @@ class Session:
 
     def attach_head(self, run: Run) -> bool:
         """Give a run opened from a file saved without its unembedding this model's own, when it is the
-        same model (name and shapes); also its vocabulary texts when the file has none."""
+        same model (name and shapes); also its vocabulary texts when the file has none, or only those of the ids
+        the run names (runfile.PartialVocab)."""
         from .runfile import attach_head
 
         if run.info.name != self.info.name:
             return False
-        if run.vocab is None and run.info.vocab_size == self.info.vocab_size:
+        if (run.vocab is None or getattr(run.vocab, "partial", False)) and run.info.vocab_size == self.info.vocab_size:
             run.vocab = self.vocab
         return attach_head(run, self.info, self.adapter.norm_params(self.loaded.model), self._unembed())
 
