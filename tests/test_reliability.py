@@ -170,6 +170,9 @@ def test_tokenizer_that_fails_to_load(tiny_llama, tmp_path):
 
 # imports pickle only to swap pickle.loads for a refusing function while PySide caches it (never to load)
 _PICKLE_DISARM = {"explorer/ui/settings.py"}
+# the window <-> engine process channel: pickle between this app's own two processes over an inherited socket
+# pair (never a file, never a listening socket: see test_the_engine_channel_has_no_listening_socket)
+_OWN_PROCESSES = {"explorer/core/transport.py", "explorer/core/engine_process.py"}
 
 
 def test_no_unsafe_deserialisation_in_the_code():
@@ -181,14 +184,14 @@ def test_no_unsafe_deserialisation_in_the_code():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
                 if any(n and n.split(".")[0] in ("pickle", "dill", "cloudpickle", "joblib") for n in names):
-                    if path.relative_to(ROOT).as_posix() in _PICKLE_DISARM:
+                    if path.relative_to(ROOT).as_posix() in _PICKLE_DISARM | _OWN_PROCESSES:
                         continue
                     offenders.append(f"{path.name}: imports pickle")
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 owner = getattr(node.func.value, "id", "")
                 kwargs = {k.arg: k.value for k in node.keywords}
-                if owner == "pickle":  # even where pickle is imported (to disarm it), it is never called
-                    offenders.append(f"{path.name}:{node.lineno} pickle.{node.func.attr}()")
+                if owner == "pickle" and path.relative_to(ROOT).as_posix() not in _OWN_PROCESSES:
+                    offenders.append(f"{path.name}:{node.lineno} pickle.{node.func.attr}()")  # (disarm: no calls)
                 if owner == "torch" and node.func.attr == "load":
                     offenders.append(f"{path.name}:{node.lineno} torch.load")
                 if owner == "np" and node.func.attr == "load":
@@ -200,6 +203,25 @@ def test_no_unsafe_deserialisation_in_the_code():
                     if isinstance(flag, ast.Constant) and flag.value is True:
                         offenders.append(f"{path.name}:{node.lineno} trust_remote_code=True")
     assert not offenders, offenders
+
+
+def test_the_engine_channel_has_no_listening_socket():
+    """The pickled channel is only ever a socket pair the window hands to its own child: nothing in the app binds,
+    listens or connects a socket another process could reach (a remote engine needs authentication first:
+    docs/design.md)."""
+    offenders = []
+    for path in sorted((ROOT / "explorer").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("bind", "listen", "connect", "create_server", "Listener", "Client") and \
+                    getattr(node.func.value, "id", "") in ("socket", "sock", "s", "server", "connection"):
+                offenders.append(f"{path.name}:{node.lineno} {node.func.attr}")
+            if isinstance(node, ast.ImportFrom) and node.module == "multiprocessing.connection" and \
+                    any(a.name in ("Listener", "Client") for a in node.names):
+                offenders.append(f"{path.name}: imports a network Listener/Client")
+    assert not offenders, offenders
+    text = (ROOT / "explorer/core/engine_process.py").read_text(encoding="utf-8")
+    assert "socket.socketpair()" in text and "pass_fds=" in text
 
 
 # --- 3. run files with less stored -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import logging
 import threading
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QEventLoop, QObject, Signal
 from PySide6.QtGui import QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QInputDialog
 
@@ -103,16 +103,44 @@ class FileActions(QObject):
         self.w.run_opened.emit(True)
 
     def save_run(self, path: str | Path) -> bool:
-        if self.w.run is None:
+        """Save the run on screen (True when saved). The encoding and compression (seconds for a long run) run on
+        a worker thread while the event loop keeps turning, so the window never freezes; scripts still get
+        the result when this returns."""
+        run = self.w.run
+        if run is None:
             self.w.show_banner("There is no run to save yet.")
             return False
-        try:
-            self.w.run.save(path, include_head=False)  # the vocabulary matrix comes from the model when opened
-        except Exception as exc:  # noqa: BLE001 - disk full, permissions...
-            self.w.show_banner(f"Could not save the run: {exc}")
+        if self.w.running:
+            self.w.show_banner("A run is still streaming: stop it (Esc) or let it finish, then save.")
+            return False
+        if self._saving:
+            self.w.statusBar().showMessage("a save is already in progress", 3000)
+            return False
+        self._saving = True
+        outcome: dict = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                run.save(path, include_head=False)  # the vocabulary matrix comes from the model when opened
+            except Exception as exc:  # noqa: BLE001 - disk full, permissions... (reported below)
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        self.w.statusBar().showMessage(f"saving {Path(path).name}...")
+        threading.Thread(target=work, name="save-run", daemon=True).start()
+        loop = QEventLoop()
+        while not done.wait(0.005):
+            loop.processEvents(QEventLoop.AllEvents, 20)
+        self._saving = False
+        if "error" in outcome:
+            self.w.show_banner(f"Could not save the run: {outcome['error']}")
             return False
         self.w.statusBar().showMessage(f"saved {path}", 5000)
         return True
+
+    _saving = False
 
     def export_panel(self, name: str, path: str | Path, scale: float = 1.0, dpi: float | None = None) -> bool:
         dock = self.w.docks[name]

@@ -68,3 +68,38 @@ def test_window_save_and_open_restores_the_prompt_bar(qtbot, tmp_path, tiny_llam
     assert w.run.unembed is not None  # the loaded model's head, same model
     np.testing.assert_array_equal(w.docks["next_token"].panel.logprobs, w.run.next_token_logprobs(w.selection.position))
     w.close()
+
+
+def test_saving_runs_off_the_gui_thread_and_waits_for_a_streaming_run(qtbot, tiny_window, monkeypatch):
+    """Encoding and compressing a long run takes seconds: the GUI thread keeps turning meanwhile."""
+    import threading
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    from explorer.core.run import Run
+
+    w = tiny_window()
+    with qtbot.waitSignal(w.run_done, timeout=30000):
+        w.run_text("A run to save")
+    seen, ticks = [], []
+    real_save = Run.save
+
+    def slow_save(run, path, **kw):
+        seen.append(threading.current_thread())
+        time.sleep(0.4)  # as a 1,000-token run's encoding would
+        real_save(run, path, **kw)
+
+    monkeypatch.setattr(Run, "save", slow_save)
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(10)
+    path = w.settings.path.parent / "saved.npz"
+    assert w.save_run(path) and path.is_file()
+    timer.stop()
+    assert seen and seen[0] is not threading.main_thread()
+    assert len(ticks) >= 5  # the event loop ran while the save worked
+    w.runs.running = True  # a streaming run is not saved half-way
+    assert not w.save_run(path.with_name("half.npz")) and "streaming" in w.banner_label.text()
+    assert not path.with_name("half.npz").exists()
+    w.runs.running = False
