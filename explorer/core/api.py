@@ -57,6 +57,7 @@ def capture(
     cancel: threading.Event | None = None,
     lens=None,
     lens_top_k: int = 5,
+    speculative: str | None = None,
 ) -> Run:
     """Run `prompt` through an instrumented model and return the captured Run.
 
@@ -64,10 +65,14 @@ def capture(
     `lm-explorer lens fit`, or a core.lens.Lens), `run.lens` holds that lens' readout at every depth and
     position: `.top_ids` / `.top_probs` [layers + 1, N, lens_top_k], `.kl` [layers + 1, N] (KL from the final
     distribution) and `.label`; `explorer.core.lens_store.top_tokens(run, run.lens)` names the tokens.
+
+    With `speculative` ("prompt-lookup" or "layers", options as in core/speculative.py) the model verifies
+    drafts in one pass each; at temperature 0 the tokens equal plain decoding's, and `run.drafts` lists
+    each pass' proposed ids and how many were accepted.
     """
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p, seed=seed)
-    request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings)
+    request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings, speculative=speculative or "")
     run = run_request(session_for(model), request, previous=previous, on_step=on_step, cancel=cancel)
     if lens is not None:
         from .lens_store import read_lens, resolve_lens

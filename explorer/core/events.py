@@ -14,6 +14,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .arrays import CAPTURED
+from .speculative import DraftStep
 
 
 class TokenKind(str, Enum):
@@ -25,6 +26,7 @@ class TokenKind(str, Enum):
     PROMPT = "prompt"  # plain-mode prompt text
     GENERATED = "generated"  # produced by the model
     CACHED_PREFIX = "cached-prefix"  # reused from the previous run's KV cache, not recomputed
+    SPECULATIVE = "speculative"  # generated: a draft token the model verified and accepted (core/speculative.py)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class RunRequest:
     reuse_prefix: bool = True
     interventions: tuple = ()  # tuple[core.interventions.Intervention, ...] applied during the run
     skip_arrays: tuple[str, ...] = ()  # captured arrays not stored (core.arrays.OPTIONAL), to save memory
+    speculative: str = ""  # "" off; "prompt-lookup" or "layers", with options (core/speculative.py)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class StepEvent:
     cached_prefix: int = 0  # positions reused from the previous run's cache (prefill only)
     finish_reason: str | None = None  # None while running; "eos", "max_tokens", "cancelled", "prompt_only"
     routing: dict | None = None  # last event only, for models with learned depth routing (explorer.lab.routing)
+    draft: DraftStep | None = None  # speculative runs: on the last event of each verification pass
 
     def __post_init__(self) -> None:
         arrays = dict(self.arrays)

@@ -22,6 +22,7 @@ from . import sampling
 from .adapters import adapter_for
 from .arrays import ACTIVATIONS, ARRAY_FIELDS, TOP_K
 from .capture import CaptureContext, StepRecord
+from .drafting import make_drafter, speculative_steps
 from .errors import Cancelled, PromptTooLongError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
 from .interventions import InterventionContext, first_affected
@@ -104,6 +105,7 @@ class Session:
         Raises InputError for unusable prompts or settings and Cancelled when `cancel` is set.
         """
         prompt = self._prepared_prompt(request, cancel)
+        drafter = make_drafter(request, self)  # None: plain decoding
         reuse = self._keep_cache_for(prompt.ids, previous, request)
         gen = _Generation(request.settings, new_positions(self.info, request), self._eos_ids())
         edits = InterventionContext(self.loaded.model, self.adapter, request.interventions, self.info.n_heads,
@@ -120,7 +122,11 @@ class Session:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("Run cancelled.")
                 token = self._generated_token(event.choice, spans, text_len)
-                event = self._decode_step(capture, token, event.choice, gen)
+                if drafter is None:
+                    event = self._decode_step(capture, token, event.choice, gen)
+                else:  # one verification pass: the events of every position it kept
+                    *kept, event = speculative_steps(self, capture, token, event.choice, gen, drafter, spans, text_len)
+                    yield from kept
                 if event.finish_reason:  # a lab model's learned routing rides on the last event
                     event = replace(event, routing=self._routing(self._cache_ids, capture))
                 yield event
