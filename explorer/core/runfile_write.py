@@ -17,6 +17,7 @@ from .arrays import ARRAY_FIELDS
 from .events import StepEvent, Token
 from .interventions import to_json
 from .runfile_check import FORMAT, VERSION
+from .speculative import drafts_to_json
 from .tempname import atomic_write
 
 
@@ -36,6 +37,7 @@ def save_run(run, path: str | os.PathLike, include_head: bool = True) -> None:
         "tokens": [_token_dict(t) for t in run.tokens],
         "steps": [_step_dict(s) for s in run.steps],
         "norm": None if run.norm is None else {"kind": run.norm.kind, "eps": run.norm.eps},
+        "drafts": drafts_to_json(run.drafts),  # speculative runs (core/speculative.py)
     }
     if run.vocab is not None and len(run.vocab) == run.info.vocab_size:
         header["vocab"] = list(run.vocab)
