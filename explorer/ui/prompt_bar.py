@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from ..core.events import GenerationSettings, RunRequest
 
 EXAMPLE_PROMPT = "The capital of France is"
+SPECULATIVE_CHOICES = (("off", ""), ("prompt lookup", "prompt-lookup"), ("first-layers draft", "layers"))
 
 
 class PromptBar(QWidget):
@@ -97,6 +98,14 @@ class PromptBar(QWidget):
         form1.addRow("Seed", self.seed)
         form2.addRow("Top-k", self.top_k)
         form2.addRow("Top-p", self.top_p)
+        self.speculative = QComboBox()
+        for label, spec in SPECULATIVE_CHOICES:
+            self.speculative.addItem(label, spec)
+        self.speculative.setToolTip(
+            "Speculative decoding: a cheap draft proposes the next tokens and the model checks them all in one "
+            "pass (same tokens at temperature 0). Prompt lookup copies what followed the last words earlier in "
+            "the text; the layers draft is the model's own first blocks. The Tokens panel shows each draft.")
+        form2.addRow("Speculate", self.speculative)
         grid.addLayout(form1, 0, 0)
         grid.addLayout(form2, 0, 1)
         buttons = QHBoxLayout()
@@ -132,7 +141,8 @@ class PromptBar(QWidget):
         system = self.system.toPlainText().strip() or None
         return RunRequest(prompt=self.prompt.toPlainText(), chat=self.chat.isChecked(),
                           system=system if self.chat.isChecked() else None, settings=self.settings(),
-                          allow_special_in_text=not self.special_as_text.isChecked())
+                          allow_special_in_text=not self.special_as_text.isChecked(),
+                          speculative=self.speculative.currentData() or "")
 
     def set_context_limit(self, context_length: int | None) -> None:
         """Max new tokens cannot reach the model's context window (None: no generation limit known)."""
@@ -152,6 +162,9 @@ class PromptBar(QWidget):
         self.top_k.setValue(s.top_k or 0)
         self.top_p.setValue(1.0 if s.top_p is None else s.top_p)
         self.seed.setValue(s.seed)
+        if self.speculative.findData(request.speculative) < 0:
+            self.speculative.addItem(request.speculative, request.speculative)
+        self.speculative.setCurrentIndex(self.speculative.findData(request.speculative))
 
     def set_recent(self, prompts: list[str]) -> None:
         self.recent.clear()

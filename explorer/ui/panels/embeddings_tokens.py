@@ -25,7 +25,7 @@ PLAY_MS = 160  # one layer per tick while playing
 KIND_COLOURS = {
     TokenKind.SPECIAL: OKABE_ITO["grey"], TokenKind.SYSTEM: OKABE_ITO["purple"], TokenKind.USER: OKABE_ITO["blue"],
     TokenKind.PROMPT: OKABE_ITO["green"], TokenKind.GENERATED: OKABE_ITO["vermillion"],
-    TokenKind.CACHED_PREFIX: OKABE_ITO["sky"],
+    TokenKind.CACHED_PREFIX: OKABE_ITO["sky"], TokenKind.SPECULATIVE: OKABE_ITO["orange"],
 }
 SELECTED = (220, 30, 30)
 METHODS = ("PCA, one basis for all layers", "PCA of this layer", "t-SNE", "UMAP")

@@ -19,9 +19,11 @@ KIND_COLORS = {
     TokenKind.PROMPT: "#cde8c1",
     TokenKind.GENERATED: "#e4ccf4",
     TokenKind.CACHED_PREFIX: "#bfe9e4",
+    TokenKind.SPECULATIVE: "#c9a3ee",  # a deeper "generated": the model accepted it from a draft
 }
 KIND_NAMES = {TokenKind.SPECIAL: "special / template", TokenKind.SYSTEM: "system", TokenKind.USER: "user",
-              TokenKind.PROMPT: "prompt", TokenKind.GENERATED: "generated", TokenKind.CACHED_PREFIX: "cached prefix"}
+              TokenKind.PROMPT: "prompt", TokenKind.GENERATED: "generated", TokenKind.CACHED_PREFIX: "cached prefix",
+              TokenKind.SPECULATIVE: "accepted draft"}
 INJECTED_FILL, INJECTED_OUTLINE = QColor("#ffb0b0"), QColor("#d00000")
 MISSING = QColor("#e8e8e8")
 MODES = ("kind", "logprob", "entropy", "id")
