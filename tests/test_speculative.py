@@ -16,7 +16,14 @@ from explorer.core.errors import InputError, RunFileError
 from explorer.core.events import TokenKind
 from explorer.core.runfile import load_run
 from explorer.core.runner import Session
-from explorer.core.speculative import accept_greedy, accept_sampled, parse_speculative, prompt_lookup, summarize
+from explorer.core.speculative import (
+    DraftStep,
+    accept_greedy,
+    accept_sampled,
+    parse_speculative,
+    prompt_lookup,
+    summarize,
+)
 from tests.numeric import assert_close
 
 PROMPT = "def add(a, b):\n\treturn a + b\n\nprint(add(2, 3))"
@@ -28,10 +35,9 @@ def oracle_drafter(plain_ids: list[int], vocab: int, wrong_every: int = 3):
     """A drafter class that proposes the plain run's own continuation, with every `wrong_every`-th position
     (by absolute position) changed, so passes accept some drafts and reject others."""
 
-    class Oracle:
+    class Oracle(drafting.Drafter):
         def __init__(self, config, session):
             self.config = config
-            self.calls = []
 
         def propose(self, session, capture_ctx, ids, k, gen):
             n = len(ids)
@@ -56,6 +62,18 @@ def test_prompt_lookup_proposes_what_followed_the_latest_match():
     assert prompt_lookup(np.array([4, 1, 2, 3, 4]), 2, 3) == [1, 2]  # falls back to the 1-gram [4]
     assert prompt_lookup(np.array([1, 2, 3]), 4, 3) == []
     assert prompt_lookup(np.array([7, 7]), 5, 3) == [7]  # never past the end
+
+
+def test_draft_length_follows_the_heuristic_schedule():
+    drafter = drafting.LookupDrafter(parse_speculative("prompt-lookup:k=5"), None)
+    step = DraftStep(position=1, proposed=(1, 2, 3, 4, 5), accepted=2, target_token=9)
+    drafter.update(step)
+    drafter.update(step)
+    assert drafter.k_now == 3  # two misses: 5 -> 4 -> 3
+    drafter.update(DraftStep(position=1, proposed=(1, 2, 3), accepted=3, target_token=9))
+    assert drafter.k_now == 5  # a full hit: +2, capped at k
+    drafter.update(DraftStep(position=1, proposed=(), accepted=0, target_token=9))
+    assert drafter.k_now == 5  # a pass with no draft changes nothing
 
 
 def test_accept_greedy_stops_at_the_first_disagreement():

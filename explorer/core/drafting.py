@@ -30,7 +30,24 @@ if TYPE_CHECKING:
     from .tokens import IncrementalSpans
 
 
-class LookupDrafter:
+class Drafter:
+    """Draft length by transformers' "heuristic" schedule: +2 after a pass that accepts every draft, -1 after
+    one that rejects some (from `config.k`, between 1 and `config.k`), so a drafter that keeps missing costs
+    little and one that keeps hitting drafts long."""
+
+    config: DraftConfig
+
+    @property
+    def k_now(self) -> int:
+        return getattr(self, "_k", self.config.k)
+
+    def update(self, step: DraftStep) -> None:
+        if step.proposed:
+            grow = step.accepted == len(step.proposed)
+            self._k = min(self.config.k, self.k_now + 2) if grow else max(1, self.k_now - 1)
+
+
+class LookupDrafter(Drafter):
     """Prompt lookup: the tokens that followed the text's last n-gram earlier on (no model)."""
 
     def __init__(self, config: DraftConfig, session: Session):
@@ -41,7 +58,7 @@ class LookupDrafter:
         return prompt_lookup(np.asarray(ids, np.int64), k, self.config.ngram), None
 
 
-class LayerDrafter:
+class LayerDrafter(Drafter):
     """The model's first `n` blocks with its final norm and head, on the model's own KV cache.
 
     Those blocks compute exactly what the full model computes for them, so the draft extends their cache
@@ -114,7 +131,7 @@ def speculative_steps(session: Session, capture: CaptureContext, token: Token, p
     drafts, q_rows = [], None
     if budget > 0 and not ends_here:
         drafts, q_rows = session._guarded(drafter.propose, session, capture, [*session._cache_ids, token.id],
-                                          min(budget, drafter.config.k), gen)
+                                          min(budget, drafter.k_now), gen)
     draft_ms = (time.perf_counter() - t0) * 1e3
     if not drafts:
         event = session._decode_step(capture, token, predicted, gen)
@@ -123,8 +140,10 @@ def speculative_steps(session: Session, capture: CaptureContext, token: Token, p
                          target_token=None if event.choice is None else event.choice.token_id,
                          draft_ms=draft_ms, verify_ms=verify_ms)
         return [replace(event, timings_ms=(*event.timings_ms, ("draft", draft_ms)), draft=step)]
-    return session._guarded(_verify, session, capture, token, predicted, gen, drafts, q_rows, spans, text_len,
-                            start, draft_ms)
+    events = session._guarded(_verify, session, capture, token, predicted, gen, drafts, q_rows, spans, text_len,
+                              start, draft_ms)
+    drafter.update(events[-1].draft)
+    return events
 
 
 def _verify(session: Session, capture: CaptureContext, token: Token, predicted: TokenChoice, gen: _Generation,

@@ -19,7 +19,7 @@ KIND_COLORS = {
     TokenKind.PROMPT: "#cde8c1",
     TokenKind.GENERATED: "#e4ccf4",
     TokenKind.CACHED_PREFIX: "#bfe9e4",
-    TokenKind.SPECULATIVE: "#c9a3ee",  # a deeper "generated": the model accepted it from a draft
+    TokenKind.SPECULATIVE: "#b990ec",  # a deeper "generated": the model accepted it from a draft
 }
 KIND_NAMES = {TokenKind.SPECIAL: "special / template", TokenKind.SYSTEM: "system", TokenKind.USER: "user",
               TokenKind.PROMPT: "prompt", TokenKind.GENERATED: "generated", TokenKind.CACHED_PREFIX: "cached prefix",
