@@ -30,7 +30,7 @@ from explorer.core.speculative import summarize  # noqa: E402
 
 PROMPTS = {
     "code rewrite": ("def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + "
-                     "fibonacci(n - 2)\n\nRewrite the function above with type hints and a docstring."),
+                     "fibonacci(n - 2)\n\nRewrite the function above with a loop instead of recursion:\n"),
     "quoted passage": ("Fix the spelling in this passage and write it out again: \"The quick brown fox jumpd over "
                        "the lazy dog. The dog did not notise, because it was sleeping in the warm afternoon sun.\""),
     "free-form": "Write a short story about a robot who learns to paint.",

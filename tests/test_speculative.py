@@ -62,6 +62,7 @@ def test_prompt_lookup_proposes_what_followed_the_latest_match():
     assert prompt_lookup(np.array([4, 1, 2, 3, 4]), 2, 3) == [1, 2]  # falls back to the 1-gram [4]
     assert prompt_lookup(np.array([1, 2, 3]), 4, 3) == []
     assert prompt_lookup(np.array([7, 7]), 5, 3) == [7]  # never past the end
+    assert prompt_lookup(np.array([4, 1, 2, 3, 4]), 2, 3, min_ngram=2) == []  # a lone repeated token is not enough
 
 
 def test_draft_length_follows_the_heuristic_schedule():
@@ -99,7 +100,7 @@ def test_speculative_sampling_keeps_the_models_distribution(with_q):
 
 
 @pytest.mark.parametrize("spec", ["nope", "prompt-lookup:k=0", "prompt-lookup:k=x", "prompt-lookup:depth=3",
-                                  "layers:n=-1", "prompt-lookup:k"])
+                                  "layers:n=-1", "prompt-lookup:k", "prompt-lookup:ngram=2,min=3"])
 def test_bad_options_are_refused_with_the_valid_forms(spec, tiny_session):
     with pytest.raises(InputError, match="speculative|option"):
         capture(PROMPT, tiny_session, max_new_tokens=3, speculative=spec)

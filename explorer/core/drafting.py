@@ -55,7 +55,7 @@ class LookupDrafter(Drafter):
 
     def propose(self, session: Session, capture: CaptureContext, ids: list[int], k: int,
                 gen: _Generation) -> tuple[list[int], np.ndarray | None]:
-        return prompt_lookup(np.asarray(ids, np.int64), k, self.config.ngram), None
+        return prompt_lookup(np.asarray(ids, np.int64), k, self.config.ngram, self.config.min), None
 
 
 class LayerDrafter(Drafter):

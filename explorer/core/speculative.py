@@ -35,7 +35,8 @@ class DraftConfig:
 
     method: str  # a key of DRAFTERS
     k: int  # tokens proposed per verification step (at most)
-    ngram: int = 3  # prompt-lookup: the longest n-gram matched (then shorter ones, down to 1)
+    ngram: int = 3  # prompt-lookup: the longest n-gram matched (then shorter ones, down to `min`)
+    min: int = 2  # prompt-lookup: the shortest n-gram matched (1 drafts after any repeated token: mostly wrong)
     n: int = 0  # layers: blocks the draft runs (0: three quarters of the model's)
 
 
@@ -57,10 +58,12 @@ class DraftStep:
 
 # method -> (default options, option -> (lowest, highest) allowed)
 DRAFTERS: dict[str, tuple[dict[str, int], dict[str, tuple[int, int]]]] = {
-    "prompt-lookup": ({"k": 8, "ngram": 3}, {"k": (1, MAX_DRAFT), "ngram": (1, MAX_NGRAM)}),
+    "prompt-lookup": ({"k": 8, "ngram": 3, "min": 2},
+                      {"k": (1, MAX_DRAFT), "ngram": (1, MAX_NGRAM), "min": (1, MAX_NGRAM)}),
     "layers": ({"k": 4, "n": 0}, {"k": (1, MAX_DRAFT), "n": (0, 4096)}),
 }
-HELP = ('Speculative decoding takes "prompt-lookup" (options k=tokens per draft, ngram=longest match), or '
+HELP = ('Speculative decoding takes "prompt-lookup" (options k=tokens per draft, ngram=longest match, min=shortest '
+        'match), or '
         '"layers" (the model\'s first n blocks as the draft; options n, k), e.g. "prompt-lookup:k=6,ngram=2" '
         'or "layers:n=12,k=4".')
 
@@ -89,17 +92,20 @@ def parse_speculative(spec: str | None) -> DraftConfig | None:
         if not lo <= number <= hi:
             raise InputError(f"The option {key} of {method} must be from {lo} to {hi}, not {number}.")
         options[key] = number
+    if options.get("min", 0) > options.get("ngram", MAX_NGRAM):
+        raise InputError(f"The shortest n-gram (min={options['min']}) is longer than the longest (ngram="
+                         f"{options['ngram']}). {HELP}")
     return DraftConfig(method=method, **options)
 
 
-def prompt_lookup(ids: np.ndarray, k: int, max_ngram: int) -> list[int]:
+def prompt_lookup(ids: np.ndarray, k: int, max_ngram: int, min_ngram: int = 1) -> list[int]:
     """Up to `k` tokens that followed the latest earlier occurrence of the text's last n-gram (n = max_ngram,
-    then shorter down to 1); [] when nothing matches. `ids` [n] int64: the whole text so far.
+    then shorter down to min_ngram); [] when nothing matches. `ids` [n] int64: the whole text so far.
 
     As transformers' PromptLookupCandidateGenerator, except that the most recent match wins (it follows the
     text the generation is copying right now)."""
     size = ids.shape[0]
-    for n in range(min(max_ngram, size - 1), 0, -1):
+    for n in range(min(max_ngram, size - 1), max(1, min_ngram) - 1, -1):
         pattern = ids[size - n:]  # [n]
         windows = np.lib.stride_tricks.sliding_window_view(ids[:size - 1], n)  # [size - n, n] starts 0..size-n-1
         hits = np.flatnonzero((windows == pattern).all(axis=1))
