@@ -7,6 +7,8 @@
 The kept positions' arrays and prediction statistics come from the verification pass, so a
 speculative Run holds the same arrays per token as a plain one (to float tolerance). Step timings
 are the pass's (and the draft's) time shared equally among the positions it produced.
+
+A companion of core/runner.py: it drives the Session's cache and step helpers the way `_decode_step` does.
 """
 
 from __future__ import annotations
@@ -179,7 +181,8 @@ def _verify(session: Session, capture: CaptureContext, token: Token, predicted: 
             tokens.append(replace(session._generated_token(choices[-1], spans, text_len), kind=TokenKind.SPECULATIVE))
     kept = len(tokens) if reason is None else len(choices) + 1
     tokens = tokens[:kept]
-    session._cache.crop(-(len(ids) - kept)) if len(ids) > kept else None  # drop the rejected drafts' keys/values
+    if len(ids) > kept:
+        session._cache.crop(-(len(ids) - kept))  # drop the rejected drafts' keys/values (a negative count)
     session._cache_ids.extend(ids[:kept])
     t_end = time.perf_counter()
     verify_ms = (t_end - t_forward) * 1e3
