@@ -241,8 +241,14 @@ def test_garbled_drafts_in_a_file_are_refused(garble, tiny_llama, monkeypatch, t
         load_run(path)
 
 
-def test_sampled_speculation_runs_and_keeps_its_invariants(tiny_llama):
-    run = capture(PROMPT, Session(tiny_llama), max_new_tokens=10, temperature=0.8, seed=3, speculative="layers:n=1")
+@pytest.mark.parametrize("spec", ["layers:n=1", "prompt-lookup"])
+def test_sampled_speculation_runs_and_keeps_its_invariants(spec, tiny_llama, monkeypatch):
+    if spec == "prompt-lookup":  # a deterministic drafter (q one-hot): the oracle proposes a plain sample's tokens
+        plain = capture(PROMPT, Session(tiny_llama), max_new_tokens=10, temperature=0.8, seed=3)
+        monkeypatch.setitem(drafting.DRAFTER_CLASSES, "prompt-lookup",
+                            oracle_drafter(plain.token_ids.tolist(), tiny_llama.info.vocab_size))
+    run = capture(PROMPT, Session(tiny_llama), max_new_tokens=10, temperature=0.8, seed=3, speculative=spec)
+    assert any(d.proposed for d in run.drafts)
     assert run.n_generated == 10
     assert 1 + summarize(run.drafts).generated == run.n_generated
     assert all(np.isfinite(run.array("token_logprob")[run.n_prompt:]))
