@@ -8,14 +8,16 @@ The kept positions' arrays and prediction statistics come from the verification 
 speculative Run holds the same arrays per token as a plain one (to float tolerance). Step timings
 are the pass's (and the draft's) time shared equally among the positions it produced.
 
-A companion of core/runner.py: it drives the Session's cache and step helpers the way `_decode_step` does.
+A companion of core/runner.py: it drives the Session's cache and step helpers the way `_decode_step` does
+(`session` is a core.runner.Session and `gen` its _Generation, typed Any: this module must not import the runner,
+which imports it).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,10 +27,13 @@ from .arrays import ARRAY_FIELDS
 from .errors import InputError
 from .events import RunRequest, StepEvent, Token, TokenChoice, TokenKind
 from .speculative import DraftConfig, DraftStep, accept_greedy, accept_sampled, parse_speculative, prompt_lookup
+from .step_parts import frozen as _frozen
+from .step_parts import row_stats as _row_stats
+from .step_parts import stack_record as _stack
+from .step_parts import step_timings as _timings
 
 if TYPE_CHECKING:
     from .capture import CaptureContext
-    from .runner import Session, _Generation
     from .tokens import IncrementalSpans
 
 
@@ -52,11 +57,11 @@ class Drafter:
 class LookupDrafter(Drafter):
     """Prompt lookup: the tokens that followed the text's last n-gram earlier on (no model)."""
 
-    def __init__(self, config: DraftConfig, session: Session):
+    def __init__(self, config: DraftConfig, session: Any):
         self.config = config
 
-    def propose(self, session: Session, capture: CaptureContext, ids: list[int], k: int,
-                gen: _Generation) -> tuple[list[int], np.ndarray | None]:
+    def propose(self, session: Any, capture: CaptureContext, ids: list[int], k: int,
+                gen: Any) -> tuple[list[int], np.ndarray | None]:
         return prompt_lookup(np.asarray(ids, np.int64), k, self.config.ngram, self.config.min), None
 
 
@@ -66,7 +71,7 @@ class LayerDrafter(Drafter):
     Those blocks compute exactly what the full model computes for them, so the draft extends their cache
     layers and crops them back afterwards; no weights are copied."""
 
-    def __init__(self, config: DraftConfig, session: Session):
+    def __init__(self, config: DraftConfig, session: Any):
         from .adapters import LlamaAdapter
 
         base = getattr(session.loaded.model, "model", None)
@@ -81,8 +86,8 @@ class LayerDrafter(Drafter):
                              f"not {n}.")
         self.config, self.n, self.base = config, n, base
 
-    def propose(self, session: Session, capture: CaptureContext, ids: list[int], k: int,
-                gen: _Generation) -> tuple[list[int], np.ndarray | None]:
+    def propose(self, session: Any, capture: CaptureContext, ids: list[int], k: int,
+                gen: Any) -> tuple[list[int], np.ndarray | None]:
         capture.record = None  # the hooks ignore the draft's passes
         model, cache, config = session.loaded.model, session._cache, self.base.config
         settings, full = gen.settings, config.num_hidden_layers
@@ -112,7 +117,7 @@ class LayerDrafter(Drafter):
 DRAFTER_CLASSES = {"prompt-lookup": LookupDrafter, "layers": LayerDrafter}
 
 
-def make_drafter(request: RunRequest, session: Session):
+def make_drafter(request: RunRequest, session: Any):
     """The drafter a request asks for (None: plain decoding); InputError when this model cannot do it."""
     config = parse_speculative(request.speculative)
     if config is None:
@@ -122,8 +127,8 @@ def make_drafter(request: RunRequest, session: Session):
     return DRAFTER_CLASSES[config.method](config, session)
 
 
-def speculative_steps(session: Session, capture: CaptureContext, token: Token, predicted: TokenChoice,
-                      gen: _Generation, drafter, spans: IncrementalSpans, text_len: int) -> list[StepEvent]:
+def speculative_steps(session: Any, capture: CaptureContext, token: Token, predicted: TokenChoice,
+                      gen: Any, drafter, spans: IncrementalSpans, text_len: int) -> list[StepEvent]:
     """Feed the pending `token` and whatever the drafter proposes after it: the events of every kept position
     (the last carries the DraftStep)."""
     start = len(session._cache_ids)
@@ -148,11 +153,9 @@ def speculative_steps(session: Session, capture: CaptureContext, token: Token, p
     return events
 
 
-def _verify(session: Session, capture: CaptureContext, token: Token, predicted: TokenChoice, gen: _Generation,
+def _verify(session: Any, capture: CaptureContext, token: Token, predicted: TokenChoice, gen: Any,
             drafts: list[int], q_rows: np.ndarray | None, spans: IncrementalSpans, text_len: int, start: int,
             draft_ms: float) -> list[StepEvent]:
-    from .runner import _frozen, _row_stats, _stack, _timings
-
     ids = [token.id, *drafts]
     rec = capture.begin_step(len(ids))
     t_forward = time.perf_counter()
