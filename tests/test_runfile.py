@@ -64,8 +64,9 @@ def test_save_and_load_are_equal(name, tiny_models, tmp_path):
     assert runs_equal(run, exact)
     assert loaded.finish_reason == run.finish_reason and loaded.request == run.request
     for layer in range(run.info.n_layers):
+        # int8 queries and keys (~1% per row): probabilities within 0.05
         np.testing.assert_array_equal(exact.attention(layer, 1), run.attention(layer, 1))
-        np.testing.assert_allclose(loaded.attention(layer, 1), run.attention(layer, 1), rtol=0, atol=0.02)
+        np.testing.assert_allclose(loaded.attention(layer, 1), run.attention(layer, 1), rtol=0, atol=0.05)
     for step in range(len(run.steps)):
         np.testing.assert_array_equal(loaded.kv_bytes_per_layer(step), run.kv_bytes_per_layer(step))
         assert loaded.steps[step].choice == run.steps[step].choice

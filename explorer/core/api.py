@@ -67,6 +67,7 @@ def capture(
     engine=None,
     retrieve: str | os.PathLike | None = None,
     retrieve_k: int = 3,
+    speculative: str | None = None,
 ) -> Run:
     """Run `prompt` through an instrumented model and return the captured Run.
 
@@ -87,6 +88,10 @@ def capture(
     With `retrieve` (an index folder from `lm-explorer index build`), the `retrieve_k` chunks closest to the
     prompt (MiniLM embeddings, cosine) are inserted before it; their tokens have kind "retrieved" and
     `run.retrieved` lists them (source, text, score).
+
+    With `speculative` ("prompt-lookup" or "layers", options as in core/speculative.py) the model verifies
+    drafts in one pass each; at temperature 0 the tokens equal plain decoding's, and `run.drafts` lists
+    each pass' proposed ids and how many were accepted.
     """
     from .tools import tools_json
 
@@ -98,7 +103,8 @@ def capture(
 
         retrieval = Retrieval(index=os.fspath(retrieve), k=retrieve_k)
     request = RunRequest(prompt=prompt, chat=chat, system=system, settings=settings, tools=tools_json(tools),
-                         turns=tuple((str(r), c) for r, c in _turn_pairs(turns)), retrieval=retrieval)
+                         turns=tuple((str(r), c) for r, c in _turn_pairs(turns)), retrieval=retrieval,
+                         speculative=speculative or "")
     if engine is not None:
         run = engine.run(request, previous=previous, on_step=on_step, cancel=cancel)
     else:

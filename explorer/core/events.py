@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import CAPTURED
+from .speculative import DraftStep
 
 
 class TokenKind(str, Enum):
@@ -30,6 +31,7 @@ class TokenKind(str, Enum):
     TOOL_RESULT = "tool_result"  # a tool's answer, given back as a tool message (core/tools.py)
     REASONING = "reasoning"  # model text inside reasoning tags (<think>...</think>; core/token_kinds.py)
     RETRIEVED = "retrieved"  # a retrieved chunk inserted into the prompt (core/retrieval/rag.py)
+    SPECULATIVE = "speculative"  # generated: a draft token the model verified and accepted (core/speculative.py)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class RunRequest:
     skip_arrays: tuple[str, ...] = ()  # captured arrays not stored (core.arrays.OPTIONAL), to save memory
     tools: str | None = None  # chat mode: tool definitions as JSON text (core.tools.tools_json checks them)
     turns: tuple[tuple[str, str], ...] = ()  # chat mode: (role, content) messages after the user's prompt
+    speculative: str = ""  # "" off; "prompt-lookup" or "layers", with options (core/speculative.py)
     retrieval: Any = None  # core.retrieval.Retrieval: index and k; searched when prepared, chunks then inserted
 
     def __post_init__(self) -> None:  # a run file gives lists: keep the request hashable and comparable
@@ -112,6 +115,7 @@ class StepEvent:
     cached_prefix: int = 0  # positions reused from the previous run's cache (prefill only)
     finish_reason: str | None = None  # None while running; "eos", "max_tokens", "cancelled", "prompt_only"
     routing: dict | None = None  # last event only, for models with learned depth routing (explorer.lab.routing)
+    draft: DraftStep | None = None  # speculative runs: on the last event of each verification pass
 
     def __post_init__(self) -> None:
         arrays = dict(self.arrays)

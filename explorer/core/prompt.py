@@ -20,6 +20,7 @@ from .budget import CapturePlan, plan_capture
 from .errors import InputError, PromptTooLongError
 from .events import RunRequest
 from .models import ModelInfo
+from .speculative import parse_speculative
 from .tokens import TokenBytes, Tokenized, encode, with_spans
 
 
@@ -49,6 +50,7 @@ def check_request(request: RunRequest) -> None:
     """Settings a user can get wrong (InputError), checked before any tokenization."""
     settings = request.settings
     sampling.validate(settings.temperature, settings.top_k, settings.top_p)
+    parse_speculative(request.speculative)
     if not request.prompt:  # whitespace alone ("\n\n", "\t", a no-break space) is real tokens: valid
         raise InputError("The prompt is empty: type some text to run.")
     if settings.max_new_tokens < 0:

@@ -18,6 +18,7 @@ from .models import ModelInfo
 from .numeric import attention_rows
 from .runfile_write import save_run
 from .sampling import log_softmax
+from .speculative import DraftStep
 from .token_kinds import DEFAULT_TAGS, mark
 
 __all__ = ["ARRAY_FIELDS", "NotCaptured", "Run"]  # ARRAY_FIELDS: name -> position axis (core/arrays.py)
@@ -51,6 +52,7 @@ class Run:
     lens: Any = None  # analysis.depth.LensColumns over every depth and position, from capture(..., lens=...)
     routing: dict | None = None  # learned depth routing of a Depth lab model (explorer.lab.routing.record)
     kind_tags: tuple = DEFAULT_TAGS  # tag pairs that mark tool calls and reasoning in model text (core/token_kinds)
+    drafts: list[DraftStep] = field(default_factory=list)  # speculative runs: one per verification pass
     _buffers: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _n: int = 0
     _planned: int | None = field(default=None, repr=False)  # positions after the first step (None: max_new_tokens)
@@ -84,6 +86,8 @@ class Run:
         self.steps.append(event)
         if event.routing is not None:
             self.routing = event.routing
+        if event.draft is not None:
+            self.drafts.append(event.draft)
         if event.finish_reason:
             self.finish_reason = event.finish_reason
         self._cache.clear()
@@ -219,6 +223,7 @@ class Run:
         tokens = self.tokens[:n]
         text = "".join(t.text for t in tokens if t.end > t.start)  # as `apply` builds it
         return replace(self, tokens=list(tokens), steps=list(steps), text=text, finish_reason=None,
+                       drafts=[d for d in self.drafts if d.position + d.accepted <= n],
                        _buffers=dict(self._buffers), _n=n, _cache={})
 
     def save(self, path, include_head: bool = True, exact: bool = False) -> None:

@@ -30,6 +30,7 @@ from .runfile_check import FORMAT, VERSION, check_header  # noqa: F401 - FORMAT,
 from .runfile_codec import PARTS, ROW_L2_BOUND, SUM_CODEC, decode_q8, decode_sum, member
 from .runfile_read import check_member, member_infos, memory_limit, read_array, read_header
 from .runfile_write import _step_dict, save_run  # noqa: F401 - save_run: written by runfile_write.py
+from .speculative import drafts_from_json
 
 # arrays a file holds besides the captured ones: name -> (dtype kinds, symbolic shape) ("S": steps, "V": vocabulary)
 _EXTRA: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -209,6 +210,7 @@ def _build(header: dict, arrays: dict[str, np.ndarray], name: str) -> Run:
         raise RunFileError(f"{name}: the token spans do not rebuild the saved text.")
     run.finish_reason = header.get("finish_reason")
     run.vocab = run_vocab
+    run.drafts = drafts_from_json(header, info.vocab_size, n, name)
     return run
 
 

@@ -53,6 +53,7 @@ from .events import StepEvent, Token
 from .interventions import to_json
 from .runfile_check import FORMAT, REQUIRES, VERSION
 from .runfile_codec import CODEC, SUM_CODEC, encode_q8, encode_sum, member
+from .speculative import drafts_to_json
 from .tempname import atomic_write
 
 
@@ -77,6 +78,7 @@ def save_run(run, path: str | os.PathLike, include_head: bool = True, exact: boo
         "tokens": [_token_dict(t) for t in run.tokens],
         "steps": [_step_dict(s) for s in run.steps],
         "norm": None if run.norm is None else {"kind": run.norm.kind, "eps": run.norm.eps},
+        "drafts": drafts_to_json(run.drafts),  # speculative runs (core/speculative.py)
     }
     head_saved = include_head and run.unembed is not None and run.norm is not None
     if run.vocab is not None and len(run.vocab) == run.info.vocab_size:

@@ -20,14 +20,19 @@ from transformers import DynamicCache
 
 from . import sampling
 from .adapters import adapter_for
-from .arrays import ACTIVATIONS, ARRAY_FIELDS, TOP_K
-from .capture import CaptureContext, StepRecord
+from .arrays import ARRAY_FIELDS, TOP_K
+from .capture import CaptureContext
+from .drafting import make_drafter, speculative_steps
 from .errors import Cancelled, PromptTooLongError
 from .events import GenerationSettings, RunRequest, StepEvent, Token, TokenChoice, TokenKind
 from .interventions import InterventionContext, first_affected
 from .models import LoadedModel
 from .prompt import Prepared, check_request, new_positions, prepare
 from .run import Run
+from .step_parts import frozen as _frozen
+from .step_parts import row_stats as _row_stats
+from .step_parts import stack_record as _stack
+from .step_parts import step_timings as _timings
 from .token_kinds import tags_for
 from .tokens import IncrementalSpans, TokenBytes, readable_piece
 from .vocab import readable_vocab
@@ -114,6 +119,7 @@ class Session:
         Raises InputError for unusable prompts or settings and Cancelled when `cancel` is set.
         """
         prompt = self._prepared_prompt(request, cancel)
+        drafter = make_drafter(request, self)  # None: plain decoding
         reuse = self._keep_cache_for(prompt.ids, previous, request)
         gen = _Generation(request.settings, new_positions(self.info, request), self._eos_ids())
         edits = InterventionContext(self.loaded.model, self.adapter, request.interventions, self.info.n_heads,
@@ -130,7 +136,11 @@ class Session:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("Run cancelled.")
                 token = self._generated_token(event.choice, spans, text_len)
-                event = self._decode_step(capture, token, event.choice, gen)
+                if drafter is None:
+                    event = self._decode_step(capture, token, event.choice, gen)
+                else:  # one verification pass: the events of every position it kept
+                    *kept, event = speculative_steps(self, capture, token, event.choice, gen, drafter, spans, text_len)
+                    yield from kept
                 if event.finish_reason:  # a lab model's learned routing rides on the last event
                     event = replace(event, routing=self._routing(self._cache_ids, capture))
                 yield event
@@ -388,46 +398,8 @@ class _Generation:
         return "max_tokens" if self.generated >= self.max_new else None
 
 
-def _row_stats(logits: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """log-sum-exp, entropy (nats) and the top-K ids (best first) of one row of logits [vocab]."""
-    m = float(logits.max())
-    e = np.exp(logits - m)  # [vocab]
-    total = float(e.sum())
-    lse = m + float(np.log(total))
-    entropy = lse - float(e @ logits) / total
-    top = np.argpartition(-logits, TOP_K)[:TOP_K]
-    return lse, entropy, top[np.argsort(-logits[top], kind="stable")].astype(np.int32)
-
 
 def _as_list(x) -> list[int]:
     if x is None:
         return []
     return [int(i) for i in x] if isinstance(x, (list, tuple)) else [int(x)]
-
-
-def _stack(rec: StepRecord) -> dict[str, np.ndarray]:
-    """The step's recorded activations as numpy (views, no copy), by core/arrays.py's names."""
-    rec.finish()
-    return {name: getattr(rec, name).numpy() for name in (*ACTIVATIONS, "final_resid") if name not in rec.skip}
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.flags.writeable = False
-    return a
-
-
-def _timings(rec: StepRecord, forward_end: float, tokenize_ms: float, stats_ms: float,
-             sample_ms: float) -> tuple[tuple[str, float], ...]:
-    marks = rec.marks
-    out: list[tuple[str, float]] = []
-    if tokenize_ms:
-        out.append(("tokenize", tokenize_ms))
-    if "embed_start" in marks and "embed_end" in marks:
-        out.append(("embed", (marks["embed_end"] - marks["embed_start"]) * 1e3))
-    out += [(f"layer.{i}", ms) for i, ms in enumerate(rec.layer_ms)]
-    if "final_resid" in marks:
-        out.append(("lm_head", (forward_end - marks["final_resid"]) * 1e3))
-    out.append(("capture", stats_ms))
-    out.append(("sample", sample_ms))
-    return tuple(out)

@@ -88,6 +88,9 @@ class IndexBox(QComboBox):
         self.set_index(folder or self._chosen)
 
 
+SPECULATIVE_CHOICES = (("off", ""), ("prompt lookup", "prompt-lookup"), ("first-layers draft", "layers"))
+
+
 class PromptBar(QWidget):
     """Prompt, chat/system, settings and the Run / Stop / Step buttons."""
 
@@ -189,6 +192,14 @@ class PromptBar(QWidget):
         form1.addRow("Seed", self.seed)
         form2.addRow("Top-k", self.top_k)
         form2.addRow("Top-p", self.top_p)
+        self.speculative = QComboBox()
+        for label, spec in SPECULATIVE_CHOICES:
+            self.speculative.addItem(label, spec)
+        self.speculative.setToolTip(
+            "Speculative decoding: a cheap draft proposes the next tokens and the model checks them all in one "
+            "pass (same tokens at temperature 0). Prompt lookup copies what followed the last words earlier in "
+            "the text; the layers draft is the model's own first blocks. The Tokens panel shows each draft.")
+        form2.addRow("Speculate", self.speculative)
         retrieve_row = QHBoxLayout()
         retrieve_row.addWidget(self.retrieve)
         retrieve_row.addWidget(QLabel("k"))
@@ -237,7 +248,7 @@ class PromptBar(QWidget):
                           system=system if chat else None, settings=self.settings(),
                           allow_special_in_text=not self.special_as_text.isChecked(),
                           tools=self.tools if chat else None, turns=self.turns if chat else (),
-                          retrieval=self.retrieval())
+                          retrieval=self.retrieval(), speculative=self.speculative.currentData() or "")
 
     def retrieval(self):
         """The Retrieve box's request (core.retrieval.Retrieval), or None when it is not ticked."""
@@ -296,6 +307,9 @@ class PromptBar(QWidget):
         self.top_k.setValue(s.top_k or 0)
         self.top_p.setValue(1.0 if s.top_p is None else s.top_p)
         self.seed.setValue(s.seed)
+        if self.speculative.findData(request.speculative) < 0:
+            self.speculative.addItem(request.speculative, request.speculative)
+        self.speculative.setCurrentIndex(self.speculative.findData(request.speculative))
 
     def set_recent(self, prompts: list[str]) -> None:
         self.recent.clear()

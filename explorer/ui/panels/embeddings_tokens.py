@@ -28,6 +28,7 @@ KIND_COLOURS = {
     TokenKind.CACHED_PREFIX: OKABE_ITO["sky"], TokenKind.TOOL_CALL: OKABE_ITO["orange"],
     TokenKind.TOOL_RESULT: OKABE_ITO["yellow"], TokenKind.REASONING: OKABE_ITO["vermillion"],
     TokenKind.RETRIEVED: "#117733",  # (Okabe-Ito has 8 colours; this is Paul Tol's colour-blind-safe dark green)
+    TokenKind.SPECULATIVE: "#882255",  # Paul Tol's wine: a deeper "generated" (an accepted draft)
 }
 SELECTED = (220, 30, 30)
 METHODS = ("PCA, one basis for all layers", "PCA of this layer", "t-SNE", "UMAP")

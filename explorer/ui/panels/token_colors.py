@@ -23,11 +23,13 @@ KIND_COLORS = {
     TokenKind.TOOL_RESULT: "#f3e79b",
     TokenKind.REASONING: "#f4c6dc",
     TokenKind.RETRIEVED: "#c9e4c5",
+    TokenKind.SPECULATIVE: "#b990ec",  # a deeper "generated": the model accepted it from a draft
 }
 KIND_NAMES = {TokenKind.SPECIAL: "special / template", TokenKind.SYSTEM: "system", TokenKind.USER: "user",
               TokenKind.PROMPT: "prompt", TokenKind.GENERATED: "generated", TokenKind.CACHED_PREFIX: "cached prefix",
               TokenKind.TOOL_CALL: "tool call", TokenKind.TOOL_RESULT: "tool result",
-              TokenKind.REASONING: "reasoning", TokenKind.RETRIEVED: "retrieved"}
+              TokenKind.REASONING: "reasoning", TokenKind.RETRIEVED: "retrieved",
+              TokenKind.SPECULATIVE: "accepted draft"}
 INJECTED_FILL, INJECTED_OUTLINE = QColor("#ffb0b0"), QColor("#d00000")
 MISSING = QColor("#e8e8e8")
 MODES = ("kind", "logprob", "entropy", "id")

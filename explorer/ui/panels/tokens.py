@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ...core import catalogue
 from ...core.analysis.tokenizer_compare import Comparison, boundaries, compare, load_tokenizer, tokenize_text
@@ -15,6 +25,7 @@ from ..export import documents_dir
 from ..widgets.background import Background
 from ..widgets.token_view import TokenView, scrolling
 from . import token_colors as tc
+from . import token_drafts
 from .base import Panel
 
 AGREE, DISAGREE = QColor("#cfe8c1"), QColor("#f9d6a5")
@@ -29,7 +40,9 @@ class TokensPanel(Panel):
         "is a line break. Colour by kind shows which tokens came from the chat template, your message or the "
         "model; a red outline means text you typed was turned into a control token. Other colourings show how "
         "surprised the model was (logprob), how unsure (entropy) or how rare the token is (id). Pick a second "
-        "tokenizer to see how differently another model would cut the same text."
+        "tokenizer to see how differently another model would cut the same text. With speculative decoding "
+        "(prompt bar), each model pass checks a cheap draft of the next tokens: accepted drafts are shaded "
+        "darker, rejected ones are listed struck through, with the acceptance rate and the speed-up."
     )
 
     def __init__(self, selection, parent=None):
@@ -67,6 +80,21 @@ class TokensPanel(Panel):
         self.legend.setTextFormat(Qt.TextFormat.RichText)
         self.body.addWidget(self.counts)
         self.body.addWidget(self.legend)
+        self._plain_ms: dict[tuple, float] = {}  # decode ms/token of the plain runs seen, by prompt and settings
+        self.drafts_summary = QLabel()
+        self.drafts_summary.setWordWrap(True)
+        self.drafts_summary.setTextFormat(Qt.TextFormat.RichText)
+        self.drafts_list = QLabel()
+        self.drafts_list.setTextFormat(Qt.TextFormat.RichText)
+        self.drafts_list.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.drafts_area = QScrollArea()
+        self.drafts_area.setWidget(self.drafts_list)
+        self.drafts_area.setWidgetResizable(True)
+        self.drafts_area.setMaximumHeight(150)
+        self.body.addWidget(self.drafts_summary)
+        self.body.addWidget(self.drafts_area)
+        self.drafts_summary.hide()
+        self.drafts_area.hide()
 
         self.view = TokenView()
         self.view.tooltip_for = self.tooltip_text
@@ -98,11 +126,13 @@ class TokensPanel(Panel):
             self.view.set_tokens([], [], [], [])
             self.counts.setText("")
             self.legend.setText("")
+            self._draw_drafts(None)
             return
         fill, outline = tc.token_colors(run, self.mode)
         self.view.set_tokens(run.tokens, fill, outline, [tc.label_for(run, t) for t in run.tokens])
         self.view.set_selected(self.selection.position)
         self._draw_labels(run)
+        self._draw_drafts(run)
         self._refresh_comparison()
 
     def draw_step(self, run: Run, event: StepEvent) -> None:
@@ -114,6 +144,8 @@ class TokensPanel(Panel):
         new = run.tokens[start:]
         self.view.append_tokens(new, fill, outline, [tc.label_for(run, t) for t in new])
         self._draw_labels(run)
+        if event.draft is not None or event.finish_reason:
+            self._draw_drafts(run)
         if event.finish_reason:
             self._refresh_comparison()
 
@@ -141,6 +173,19 @@ class TokensPanel(Panel):
     def _draw_labels(self, run: Run) -> None:
         self.counts.setText(tc.counts_text(run))
         self.legend.setText(tc.legend_html(run, self.mode))
+
+    def _draw_drafts(self, run: Run | None) -> None:
+        """The speculative-decoding summary and draft list (hidden for plain runs, whose speed is remembered)."""
+        if run is not None and not run.request.speculative and run.finish_reason:
+            ms = token_drafts.decode_ms_per_token(run)
+            if ms:
+                self._plain_ms[token_drafts.plain_key(run)] = ms
+        shown = run is not None and bool(run.drafts)
+        self.drafts_summary.setVisible(shown)
+        self.drafts_area.setVisible(shown)
+        if shown:
+            self.drafts_summary.setText(token_drafts.summary_html(run, self._plain_ms.get(token_drafts.plain_key(run))))
+            self.drafts_list.setText(token_drafts.drafts_html(run))
 
     def tooltip_text(self, i: int) -> str:
         return tc.tooltip_text(self.run, i) if self.run is not None and i < self.run.n_tokens else ""
