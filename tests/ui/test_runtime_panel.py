@@ -154,3 +154,25 @@ def test_stop_cancels_the_measurement(panel):
     assert not panel.measure_button.isEnabled() and panel.measure_stop.isEnabled()
     panel.measure_stop.click()
     assert job.cancelled and "stopped" in panel.throughput_text.text() and panel.measure_button.isEnabled()
+
+
+def test_before_a_batch_the_paged_view_pages_the_real_runs_on_screen(panel, tiny_session):
+    """The run on screen's own cache in blocks; with the run before it, their common prefix is stored once."""
+    from explorer.core.api import run_request
+    from explorer.core.events import GenerationSettings, RunRequest
+
+    text = "The capital of France is a city of many bridges, museums and cafes along the river"
+    first = run_request(tiny_session, RunRequest(text, settings=GenerationSettings(max_new_tokens=4)))
+    panel.set_run(first)
+    assert not panel.is_empty() and panel.layout_ is not None
+    assert len(panel.layout_.tables) == 1 and panel.layout_.seq_lengths == (first.n_tokens,)
+    assert "run on screen" in panel.paged_text.text()
+    second = run_request(tiny_session, RunRequest(text + " Seine", settings=GenerationSettings(max_new_tokens=4)),
+                         previous=first)
+    panel.set_run(second)
+    lay = panel.layout_
+    assert lay.seq_lengths == (first.n_tokens, second.n_tokens)
+    common = next(i for i, (a, b) in enumerate(zip(first.token_ids, second.token_ids, strict=False)) if a != b)
+    assert lay.shared_blocks == common // lay.block_size >= 1  # the whole blocks of the common prefix, once
+    assert lay.tables[0][: lay.shared_blocks] == lay.tables[1][: lay.shared_blocks]
+    assert "stored once" in panel.paged_text.text()

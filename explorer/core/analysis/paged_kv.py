@@ -173,6 +173,22 @@ def from_batch(result, max_length: int, block_size: int = BLOCK_SIZE) -> PagedLa
                     max_length=max_length, block_size=block_size)
 
 
+def from_runs(runs: list, max_length: int, block_size: int = BLOCK_SIZE) -> PagedLayout:
+    """The paged layout of real runs' caches, e.g. the run on screen and the one before it: the prefix they
+    share (what the KV cache reuses between runs) is stored once."""
+    from .batching import kv_bytes_per_token
+
+    return simulate([[int(t) for t in r.token_ids] for r in runs], [max(1, r.n_prompt) for r in runs],
+                    bytes_per_token=kv_bytes_per_token(runs[-1].info), max_length=max_length, block_size=block_size)
+
+
+def own_bytes(runs: list) -> int:
+    """What the runs' own (contiguous, exactly sized) caches hold together."""
+    from .batching import kv_bytes_per_token
+
+    return sum(r.n_tokens for r in runs) * kv_bytes_per_token(runs[-1].info)
+
+
 def padded_bytes(result) -> int:
     """What the batch's own cache held: one [B, T] block of slots per layer, padding included."""
     return int(result.attention_mask.size) * result.kv_bytes_per_token

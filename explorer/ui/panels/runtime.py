@@ -36,7 +36,7 @@ from ...core.run import Run
 from .. import plot_style
 from ..empty_state import show_empty
 from .base import Panel
-from .runtime_views import BatchGrid, BlockTable, layout_summary, memory_rows
+from .runtime_views import BATCH_CACHE, RUNS_CACHE, BatchGrid, BlockTable, layout_summary, memory_rows
 
 DEFAULT_PROMPTS = ("What is the capital of France?\nWhat is the capital of Italy?\n"
                    "Name three primary colours.\nWhy is the sky blue? Answer in one sentence.")
@@ -217,13 +217,29 @@ class RuntimePanel(Panel):
 
     # --- the app ------------------------------------------------------------------------------------------
     def is_empty(self) -> bool:
-        return self.batch is None and self.table is None
+        return self.batch is None and self.table is None and self.layout_ is None
 
     def draw_run(self, run: Run | None) -> None:
         if run is not None and run.info.is_causal and self.batch is None:
             self.max_length = run.info.context_length
             self.max_len.setValue(min(self.max_len.maximum(), self.max_length))
             self.chat.setChecked(run.info.has_chat_template)
+        self._page_runs(run)
+
+    def _page_runs(self, run: Run | None) -> None:
+        """Before any batch, the Paged KV tab shows the run on screen's real cache in pages, beside the run before
+        it when the two share a prefix (the prefix the KV cache reused is stored once)."""
+        previous = self._runs[-1] if self._runs else None
+        if run is None or not run.info.is_causal or run.n_tokens == 0:
+            self._runs = []
+        elif run is not previous:
+            shares = previous is not None and previous.info.name == run.info.name and \
+                previous.n_tokens > 0 and int(previous.token_ids[0]) == int(run.token_ids[0])
+            self._runs = [previous, run] if shares else [run]
+        if self.batch is None:
+            self._relayout()
+
+    _runs: list = []
 
     def prompt_list(self) -> list[str]:
         return [line for line in self.prompts.toPlainText().splitlines() if line.strip()]
@@ -283,26 +299,35 @@ class RuntimePanel(Panel):
         show_empty(self, self.title, self.is_empty())
 
     def _relayout(self) -> None:
-        if self.batch is None:
+        runs = [r for r in self._runs if r.n_tokens > 0]
+        if self.batch is None and not runs:
             return
         try:
-            lay = pk.from_batch(self.batch, max_length=max(self.max_len.value(), self.batch.input_ids.shape[1]),
-                                block_size=self.block_size.value())
+            if self.batch is not None:
+                lay = pk.from_batch(self.batch, max_length=max(self.max_len.value(), self.batch.input_ids.shape[1]),
+                                    block_size=self.block_size.value())
+                padded, label, what = pk.padded_bytes(self.batch), BATCH_CACHE, "The batch's cache"
+            else:
+                lay = pk.from_runs(runs, max_length=max(self.max_len.value(), *(r.n_tokens for r in runs)),
+                                   block_size=self.block_size.value())
+                padded, label = pk.own_bytes(runs), RUNS_CACHE
+                what = ("The run on screen (row 2) and the run before it (row 1): their common prefix is stored "
+                        "once" if len(runs) == 2 else "The run on screen's cache") + " (run a batch to page it)"
         except InputError as exc:
             self.paged_text.setText(str(exc))
             return
         self.layout_ = lay
-        padded = pk.padded_bytes(self.batch)
         self.blocks.set_layout(lay)
         self.blocks_area.setMinimumHeight(min(self.blocks.sizeHint().height() + 24, 420))  # every row when it can
-        self.paged_text.setText(layout_summary(lay, padded) + "<br><i>Paging after Kwon et al. 2023, "
-                                "Efficient Memory Management for LLM Serving with PagedAttention (vLLM).</i>")
-        self._draw_memory(lay, padded)
+        self.paged_text.setText(f"<i>{what}.</i><br>" + layout_summary(lay, padded, label) +
+                                "<br><i>Paging after Kwon et al. 2023, Efficient Memory Management for LLM Serving "
+                                "with PagedAttention (vLLM).</i>")
+        self._draw_memory(lay, padded, label)
 
-    def _draw_memory(self, lay: pk.PagedLayout, padded: int) -> None:
+    def _draw_memory(self, lay: pk.PagedLayout, padded: int, label: str = BATCH_CACHE) -> None:
         self.mem_plot.clear()
         self.mem_plot.show()
-        rows = memory_rows(lay, padded)
+        rows = memory_rows(lay, padded, label)
         mib = np.array([max(n, 1) / 2**20 for _, n in rows])
         y = np.arange(len(rows))[::-1]
         for i, (value, yy) in enumerate(zip(mib, y, strict=True)):

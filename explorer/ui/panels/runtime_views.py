@@ -223,15 +223,19 @@ class BlockTable(QWidget):
                 p.drawText(box, Qt.AlignCenter, label)
 
 
-def memory_rows(layout: PagedLayout, padded: int) -> list[tuple[str, int]]:
+BATCH_CACHE = "this batch's padded cache ([B, T] per layer)"
+RUNS_CACHE = "the runs' own caches (each exactly its length)"
+
+
+def memory_rows(layout: PagedLayout, padded: int, label: str = BATCH_CACHE) -> list[tuple[str, int]]:
     """(what, bytes) for the memory comparison, largest first."""
     return [(f"contiguous, {layout.max_length:,} tokens reserved per sequence", layout.contiguous_bytes),
-            ("this batch's padded cache ([B, T] per layer)", padded),
+            (label, padded),
             ("paged, without prefix sharing", layout.unshared_bytes),
             ("paged, shared prefix blocks", layout.paged_bytes)]
 
 
-def layout_summary(layout: PagedLayout, padded: int) -> str:
+def layout_summary(layout: PagedLayout, padded: int, label: str = BATCH_CACHE) -> str:
     """The paged layout's numbers as HTML (bytes from the model's shapes)."""
     def mib(n: int) -> str:
         return f"{n / 2**20:,.2f} MiB"
@@ -244,10 +248,11 @@ def layout_summary(layout: PagedLayout, padded: int) -> str:
              f"<b>{layout.shared_blocks} shared</b>, {layout.cow_copies} copied on write",
              f"internal fragmentation: {frag} empty slots in last blocks = {mib(layout.bytes_of(frag))} "
              f"({frag / max(1, layout.n_blocks * layout.block_size):.1%} of the paged cache)"]
-    for what, n in memory_rows(layout, padded):
+    for what, n in memory_rows(layout, padded, label):
         lines.append(f"{what}: <b>{mib(n)}</b>")
     lines.append(f"paged saves <b>{mib(layout.saved_bytes)}</b> "
                  f"({layout.saved_bytes / max(1, layout.contiguous_bytes):.1%}) versus contiguous allocation at "
-                 f"max length, and {mib(max(0, padded - layout.paged_bytes))} versus this padded batch")
+                 f"max length, and {mib(max(0, padded - layout.paged_bytes))} versus "
+                 + ("this padded batch" if label == BATCH_CACHE else "the runs' own caches"))
     return "<br>".join(lines)
 
