@@ -176,3 +176,17 @@ def test_before_a_batch_the_paged_view_pages_the_real_runs_on_screen(panel, tiny
     assert lay.shared_blocks == common // lay.block_size >= 1  # the whole blocks of the common prefix, once
     assert lay.tables[0][: lay.shared_blocks] == lay.tables[1][: lay.shared_blocks]
     assert "stored once" in panel.paged_text.text()
+
+
+def test_the_tokens_panel_shows_the_batch_with_padding_and_mask(panel, batch, make_panel):
+    from explorer.ui.batch_hub import hub
+    from explorer.ui.panels.tokens import TokensPanel
+
+    hub().latest = None  # (an earlier test's batch)
+    tokens, _sel = make_panel(TokensPanel, size=(1000, 700))
+    assert tokens.batch_box.isHidden()
+    panel.show_batch(batch)  # a batch finished in the Runtime panel
+    assert not tokens.batch_box.isHidden() and tokens.batch_grid.result is batch
+    assert f"{batch.padded_slots} of {batch.attention_mask.size}" in tokens.batch_label.text()
+    later, _sel2 = make_panel(TokensPanel, size=(1000, 700))  # a Tokens panel opened afterwards shows it too
+    assert later.batch_grid.result is batch

@@ -285,8 +285,11 @@ class RuntimePanel(Panel):
         self.status.setText("The batch was stopped." if message == "cancelled" else f"The batch did not run: {message}")
 
     def show_batch(self, result: BatchResult) -> None:
+        from ..batch_hub import hub
+
         self._idle()
         self.batch = result
+        hub().publish(result)  # the Tokens panel shows its rows too
         self.grid.available = self.grid_area.viewport().width()
         self.grid.set_result(result)
         steps = np.asarray(result.step_ms)

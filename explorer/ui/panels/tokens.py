@@ -115,7 +115,40 @@ class TokensPanel(Panel):
         self.split.setStretchFactor(1, 2)
         other_box.hide()
         self.other_box = other_box
+        self._build_batch_box()
         self.body.addWidget(self.split, 1)
+
+    def _build_batch_box(self) -> None:
+        """The latest batch (Runtime panel): one row per prompt, padding hatched, the attention mask under it."""
+        from ..batch_hub import hub
+        from .runtime_views import BatchGrid
+
+        box = QWidget()
+        lay = QVBoxLayout(box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.batch_label = QLabel()
+        self.batch_label.setWordWrap(True)
+        self.batch_grid = BatchGrid()
+        area = QScrollArea()
+        area.setWidget(self.batch_grid)
+        lay.addWidget(self.batch_label)
+        lay.addWidget(area, 1)
+        self.batch_area = area
+        self.split.addWidget(box)
+        box.hide()
+        self.batch_box = box
+        hub().changed.connect(self.show_batch)
+        if hub().latest is not None:
+            self.show_batch(hub().latest)
+
+    def show_batch(self, result) -> None:
+        self.batch_grid.available = self.batch_area.viewport().width()
+        self.batch_grid.set_result(result)
+        self.batch_label.setText(
+            f"<b>Batch</b> (Runtime panel): {result.batch_size} prompts padded on the left to {result.n_prompt} "
+            f"tokens; hatched cells are padding ({result.padded_slots} of {result.attention_mask.size} slots), the "
+            "strip under each row is its attention mask (filled = attended).")
+        self.batch_box.show()
 
     # --- Panel contract -----------------------------------------------------------------------
     def apply_theme(self) -> None:
