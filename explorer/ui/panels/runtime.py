@@ -237,7 +237,10 @@ class RuntimePanel(Panel):
                 previous.n_tokens > 0 and int(previous.token_ids[0]) == int(run.token_ids[0])
             self._runs = [previous, run] if shares else [run]
         if self.batch is None:
+            if not self._runs:
+                self.layout_ = None  # nothing to page: the empty cover says what will appear
             self._relayout()
+            show_empty(self, self.title, self.is_empty())
 
     _runs: list = []
 
