@@ -258,7 +258,7 @@ def render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_pro
         raise ChatTemplateError(f"The model's chat template is {len(str(source)):,} characters long (at most "
                                 f"{MAX_TEMPLATE_CHARS:,} are accepted): it is refused. Use plain mode.")
     budget = max_chars if max_chars is not None else MIN_OUTPUT_CHARS + 4 * sum(
-        len(m.get("content") or "") for m in messages) + 4 * len(json.dumps(tools or []))
+        len(m.get("content") or "") for m in messages) + (4 * len(json.dumps(tools)) if tools else 0)
     limits = _Limits(budget, TIME_LIMIT_S if time_limit is None else time_limit, cancel)
     try:
         compiled = _compile(source)
