@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QSize, Qt
 from PySide6.QtWidgets import (
     QDockWidget,
     QFrame,
@@ -59,6 +59,44 @@ class _TitleBar(QWidget):
         self.dock.setFloating(not self.dock.isFloating())
 
 
+class _Fit(QWidget):
+    """Holds a panel in its dock's scroll area so the area scrolls only when the panel's *minimum* height at this
+    width does not fit. (Qt's scroll area asks a height-for-width widget, a panel with a wrapping row or label,
+    for its preferred height instead, and shows scroll bars where the panel would fit.)"""
+
+    def __init__(self, panel: QWidget):
+        super().__init__()
+        self.panel = panel
+        panel.setParent(self)
+        panel.installEventFilter(self)
+        self._min_height = -1
+
+    def _needed(self, width: int) -> QSize:
+        hint = self.panel.minimumSizeHint().expandedTo(self.panel.minimumSize())
+        layout = self.panel.layout()
+        if width > 0 and layout is not None and layout.hasHeightForWidth():
+            hint.setHeight(max(hint.height(), layout.minimumHeightForWidth(max(width, hint.width()))))
+        return hint
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return self._needed(self.width())
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return self.panel.sizeHint()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.panel.setGeometry(self.rect())
+        needed = self._needed(self.width()).height()
+        if needed != self._min_height:  # a new width wraps differently: the scroll area asks again
+            self._min_height = needed
+            self.updateGeometry()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        if obj is self.panel and event.type() == QEvent.LayoutRequest:
+            self.updateGeometry()
+        return False
+
+
 class PanelDock(QDockWidget):
     """Holds one panel (or the error that stopped it) plus its help text."""
 
@@ -100,7 +138,7 @@ class PanelDock(QDockWidget):
             self.scroll = QScrollArea()
             self.scroll.setWidgetResizable(True)
             self.scroll.setFrameShape(QFrame.NoFrame)
-            self.scroll.setWidget(panel)
+            self.scroll.setWidget(_Fit(panel))
             layout.addWidget(self.scroll, 1)
             self.visibilityChanged.connect(lambda visible: visible and panel.catch_up())
         else:

@@ -172,6 +172,8 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {  # every key the app reads (grep set
     "capture_budget_gib": _number(1e-9, 65536.0),  # GiB (the dialog offers 0.01 .. 1024)
     "prompt_state": _prompt_state,
     "layout": _layout,
+    "layout_plan": _text(16),  # the screen plan the saved layout was arranged under (screen_fit.PLANS)
+    "zoom": _number(0.1, 10.0),  # View > Zoom (theme.ZOOM_RANGE clamps it)
 }
 
 
