@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from .panels import Panel, panel_class
 from .panels.base import PanelServices
 from .selection import Selection
+from .widgets.flow import FlowLayout
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,21 @@ class _Fit(QWidget):
         self._min_height = -1
 
     def _needed(self, width: int) -> QSize:
+        """The panel's minimum size, plus the lines its top-level wrapping rows and labels need at `width` (Qt's
+        own minimumHeightForWidth would count every tab page and splitter at its preferred height)."""
         hint = self.panel.minimumSizeHint().expandedTo(self.panel.minimumSize())
         layout = self.panel.layout()
-        if width > 0 and layout is not None and layout.hasHeightForWidth():
-            hint.setHeight(max(hint.height(), layout.minimumHeightForWidth(max(width, hint.width()))))
+        if width <= 0 or layout is None:
+            return hint
+        m = layout.contentsMargins()
+        inner = max(width, hint.width()) - m.left() - m.right()
+        extra = 0
+        for i in range(layout.count()):
+            item = layout.itemAt(i)
+            leaf = item.layout() if isinstance(item.layout(), FlowLayout) else item.widget()
+            if isinstance(leaf, FlowLayout) or (isinstance(leaf, QLabel) and leaf.wordWrap() and not leaf.isHidden()):
+                extra += max(0, leaf.heightForWidth(inner) - item.minimumSize().height())
+        hint.setHeight(hint.height() + extra)
         return hint
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override

@@ -175,9 +175,10 @@ class MainWindow(QMainWindow):
         status.addPermanentWidget(self.progress)
 
     def apply_default_layout(self) -> None:
-        """The default docks for the screen's plan (View > Reset layout; see screen_fit): wide puts Tokens and
-        Next token on the left and Attention over the rest (tabbed) on the right; compact makes those two tab
-        groups side by side, each the full height; single tabs every panel in one group."""
+        """The default docks for the screen's plan (View > Reset layout; see screen_fit). Tokens and Next token
+        go left, the other panels right: wide stacks the left pair and puts Attention over the rest (tabbed);
+        columns stacks the left pair beside one full-height tab group; compact makes two full-height tab groups;
+        single tabs every panel in one group. A tab group shows Attention, else Layer depth, first."""
         plan = self.fit.plan or "wide"
         left, right_top, rest = [], [], []
         for name, dock in self.docks.items():
@@ -188,48 +189,42 @@ class MainWindow(QMainWindow):
                 right_top.append(dock)
             else:
                 rest.append(dock)
+        if rest:
+            shown = next((d for d in rest if any(h in d.name for h in _RAISE_HINTS)), rest[0])
+            rest.remove(shown)
+            rest.insert(0, shown)  # the first dock of a tab group stays the visible tab
         if not right_top and rest:
             right_top.append(rest.pop(0))
         for dock in self.docks.values():
             dock.setFloating(False)
             self.removeDockWidget(dock)
-        if rest:
-            shown = next((d for d in rest if any(h in d.name for h in _RAISE_HINTS)), rest[0])
-            rest.remove(shown)
-            rest.insert(0, shown)  # the first dock of a tab group stays the visible tab
-        if plan != "wide":
-            groups = [left, right_top + rest] if plan == "compact" else [left + right_top + rest]
-            groups = [g for g in groups if g]
-            for i, group in enumerate(groups):
-                area = Qt.LeftDockWidgetArea if i == 0 and len(groups) > 1 else Qt.RightDockWidgetArea
-                self.addDockWidget(area, group[0], Qt.Horizontal)
+        if plan == "single":
+            left, right_top, rest = [], [], left + right_top + rest
+        elif plan in ("compact", "columns"):
+            right_top, rest = [], right_top + rest
+        # columns of the left and right areas, top to bottom; each entry a tab group (first dock shown)
+        stacked_left = plan in ("wide", "columns")
+        columns = [[[d] for d in left] if stacked_left else [left], [[d] for d in right_top] + [rest]]
+        columns = [[g for g in col if g] for col in columns]
+        groups = []
+        for area, column in zip((Qt.LeftDockWidgetArea, Qt.RightDockWidgetArea), columns, strict=True):
+            for group in column:
+                self.addDockWidget(area, group[0], Qt.Vertical)
                 for dock in group[1:]:
                     self.tabifyDockWidget(group[0], dock)
-            for dock in self.docks.values():
-                dock.show()
-            for group in groups:
-                group[0].raise_()
-            if len(groups) == 2:  # the left group a third of the width: Tokens and Next token need less
-                width = max(self.width(), 600)
-                self.resizeDocks([groups[0][0], groups[1][0]], [width * 36 // 100, width * 64 // 100], Qt.Horizontal)
-            self.fit.fix_tab_bars()
-            return
-        for dock in left:
-            self.addDockWidget(Qt.LeftDockWidgetArea, dock, Qt.Vertical)
-        for dock in right_top:
-            self.addDockWidget(Qt.RightDockWidgetArea, dock, Qt.Vertical)
-        if rest:
-            self.addDockWidget(Qt.RightDockWidgetArea, rest[0], Qt.Vertical)
-            for dock in rest[1:]:
-                self.tabifyDockWidget(rest[0], dock)
-            rest[0].raise_()
+                groups.append(group)
         for dock in self.docks.values():
             dock.show()
+        for group in groups:
+            group[0].raise_()
         width, height = max(self.width(), 800), max(self.height(), 500)
-        if left and (right_top or rest):  # the left column a little over a third of the width
-            self.resizeDocks([left[0], (right_top or rest)[0]], [width * 37 // 100, width * 63 // 100], Qt.Horizontal)
-        if right_top and rest:  # the tabbed group (layer depth first) gets a little more than attention
-            self.resizeDocks([right_top[0], rest[0]], [height * 43 // 100, height * 57 // 100], Qt.Vertical)
+        if all(columns):  # the left column a little over a third of the width
+            self.resizeDocks([columns[0][0][0], columns[1][0][0]], [width * 37 // 100, width * 63 // 100],
+                             Qt.Horizontal)
+        for column, top in ((columns[0], 40), (columns[1], 43)):  # Next token's bars and the tabbed group
+            if len(column) == 2:  # (layer depth first) get a little more than Tokens and Attention
+                self.resizeDocks([column[0][0], column[1][0]], [height * top // 100, height * (100 - top) // 100],
+                                 Qt.Vertical)
         self.fit.fix_tab_bars()
 
     def open_panel(self, name: str) -> bool:
