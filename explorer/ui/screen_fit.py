@@ -110,9 +110,7 @@ class ScreenFit(QObject):
         self._busy = True
         try:
             self.watch_screen()
-            screen = self.w.screen()
-            height = self.area_override.height() if self.area_override is not None else (
-                screen.geometry().height() if screen is not None else 1080)
+            height = self.area().height()
             if theme.state().screen_height != height:
                 theme.apply(screen_height=height)  # presenter text sized for this screen
             self.set_plan(self.wanted_plan())
@@ -164,12 +162,10 @@ _SQUEEZABLE = (QAbstractButton, QComboBox, QAbstractSpinBox, QLabel)
 def _label(widget: QWidget) -> str:
     text = ""
     for getter in ("text", "currentText", "windowTitle"):
-        fn = getattr(widget, getter, None)
-        if callable(fn):
-            try:
-                text = str(fn())
-            except TypeError:
-                continue
+        try:
+            text = str(getattr(widget, getter)())
+        except (AttributeError, TypeError):  # no such method, or a child object that happens to use the name
+            continue
             if text:
                 break
     return f"{type(widget).__name__}({text[:30]!r})"
@@ -198,7 +194,7 @@ def fit_problems(window) -> list[str]:
         scroll = dock.scroll
         for bar, what in ((scroll.horizontalScrollBar(), "horizontal"), (scroll.verticalScrollBar(), "vertical")):
             if bar.isVisible() and bar.maximum() > 0:
-                problems.append(f"dock {name} scrolls ({what}: panel {dock.panel.size().toTuple()} in "
+                problems.append(f"dock {name} scrolls ({what}: panel {scroll.widget().size().toTuple()} in "
                                 f"{scroll.viewport().size().toTuple()})")
         problems += [f"dock {name}: {p}" for p in widget_problems(dock.panel)]
     return problems

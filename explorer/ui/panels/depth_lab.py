@@ -128,7 +128,7 @@ class DepthLabPanel(Panel):
         self.snapshot_view.mean.hide()
         self.snapshot_view.ablation_note = False
         self.snapshot_view.setMaximumHeight(260)
-        right_layout.addWidget(self.snapshot_view)
+        left_layout.addWidget(self.snapshot_view)  # under the loss curves: the right column fits 720 lines
 
         split = QSplitter(Qt.Horizontal)
         split.addWidget(left)
