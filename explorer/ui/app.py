@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_new_tokens is not None:
         bar.max_new.setValue(args.max_new_tokens)
     if args.screenshot:
+        from PySide6.QtCore import QRect
+
+        window.fit.area_override = QRect(0, 0, *args.size)  # the layout chosen for a screen the picture's size
         window.resize(*args.size)
+        window.fit.refit()
         window.apply_default_layout()
     window.show()
     if args.presenter:

@@ -60,7 +60,12 @@ def choose_plan(available: QSize, line: int | None = None) -> str:
     return next(plan for plan in PLANS if cols >= NEEDS[plan][0] and rows >= NEEDS[plan][1])
 
 
+NOMINAL_SCREEN = QRect(0, 0, 1920, 1080)  # offscreen (tests, scripts) has no real screen: windows take any size
+
+
 def _screen_area(window: QWidget) -> QRect:
+    if QApplication.platformName() in ("offscreen", "minimal"):
+        return NOMINAL_SCREEN
     screen = window.screen() or QApplication.primaryScreen()
     return screen.availableGeometry() if screen is not None else QRect(0, 0, 1600, 1000)
 
