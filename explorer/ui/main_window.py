@@ -45,17 +45,13 @@ from .panels.base import PanelServices
 from .prompt_bar import PromptBar
 from .run_control import RunController
 from .safeguards import SafetyPrompts
-from .screen_fit import LEFT_PANELS, ScreenFit
+from .screen_fit import ScreenFit, default_layout
 from .selection import Selection
 from .settings import Settings, disarm_qt_unpickling, open_settings
 from .timeline import Timeline
 from .widgets.background import Background
 
 log = logging.getLogger(__name__)
-# default dock placement by panel name (a panel class may also set `dock_area = "left" | "right" | "bottom"`)
-_LEFT_HINTS = LEFT_PANELS
-_RIGHT_TOP_HINTS = ("attention",)
-_RAISE_HINTS = ("depth",)  # the tab shown first in the tabbed group
 
 
 class MainWindow(QMainWindow):
@@ -175,57 +171,8 @@ class MainWindow(QMainWindow):
         status.addPermanentWidget(self.progress)
 
     def apply_default_layout(self) -> None:
-        """The default docks for the screen's plan (View > Reset layout; see screen_fit). Tokens and Next token
-        go left, the other panels right: wide stacks the left pair and puts Attention over the rest (tabbed);
-        columns stacks the left pair beside one full-height tab group; compact makes two full-height tab groups;
-        single tabs every panel in one group. A tab group shows Attention, else Layer depth, first."""
-        plan = self.fit.plan or "wide"
-        left, right_top, rest = [], [], []
-        for name, dock in self.docks.items():
-            area = getattr(dock.panel, "dock_area", None)
-            if area == "left" or (area is None and any(h in name for h in _LEFT_HINTS)):
-                left.append(dock)
-            elif area == "right" or (area is None and any(h in name for h in _RIGHT_TOP_HINTS)):
-                right_top.append(dock)
-            else:
-                rest.append(dock)
-        if rest:
-            shown = next((d for d in rest if any(h in d.name for h in _RAISE_HINTS)), rest[0])
-            rest.remove(shown)
-            rest.insert(0, shown)  # the first dock of a tab group stays the visible tab
-        if not right_top and rest:
-            right_top.append(rest.pop(0))
-        for dock in self.docks.values():
-            dock.setFloating(False)
-            self.removeDockWidget(dock)
-        if plan == "single":
-            left, right_top, rest = [], [], left + right_top + rest
-        elif plan in ("compact", "columns"):
-            right_top, rest = [], right_top + rest
-        # columns of the left and right areas, top to bottom; each entry a tab group (first dock shown)
-        stacked_left = plan in ("wide", "columns")
-        columns = [[[d] for d in left] if stacked_left else [left], [[d] for d in right_top] + [rest]]
-        columns = [[g for g in col if g] for col in columns]
-        groups = []
-        for area, column in zip((Qt.LeftDockWidgetArea, Qt.RightDockWidgetArea), columns, strict=True):
-            for group in column:
-                self.addDockWidget(area, group[0], Qt.Vertical)
-                for dock in group[1:]:
-                    self.tabifyDockWidget(group[0], dock)
-                groups.append(group)
-        for dock in self.docks.values():
-            dock.show()
-        for group in groups:
-            group[0].raise_()
-        width, height = max(self.width(), 800), max(self.height(), 500)
-        if all(columns):  # the left column a little over a third of the width
-            self.resizeDocks([columns[0][0][0], columns[1][0][0]], [width * 37 // 100, width * 63 // 100],
-                             Qt.Horizontal)
-        for column, top in ((columns[0], 40), (columns[1], 43)):  # Next token's bars and the tabbed group
-            if len(column) == 2:  # (layer depth first) get a little more than Tokens and Attention
-                self.resizeDocks([column[0][0], column[1][0]], [height * top // 100, height * (100 - top) // 100],
-                                 Qt.Vertical)
-        self.fit.fix_tab_bars()
+        """The default docks for the screen's plan (View > Reset layout; see screen_fit.default_layout)."""
+        default_layout(self, self.fit.plan or "wide")
 
     def open_panel(self, name: str) -> bool:
         """Show the panel registered as `name` and bring it to the front (a panel's link asks for this)."""

@@ -44,7 +44,10 @@ log = logging.getLogger(__name__)
 PLANS = ("wide", "columns", "compact", "single")
 # (columns, rows) in text lines of the available screen area that each plan needs, first that fits wins
 NEEDS = {"wide": (78, 60), "columns": (78, 46), "compact": (50, 26), "single": (0, 0)}
-LEFT_PANELS = ("tokens", "next_token")  # the left column (wide) / left tab group (compact)
+# default dock placement by panel name (a panel class may also set `dock_area = "left" | "right" | "bottom"`)
+_LEFT_HINTS = ("token",)  # Tokens and Next token: the left column (wide, columns) / left tab group (compact)
+_RIGHT_TOP_HINTS = ("attention",)
+_RAISE_HINTS = ("depth",)  # the tab shown first in the tabbed group
 
 
 def line_height() -> int:
@@ -70,6 +73,58 @@ def _screen_area(window: QWidget) -> QRect:
     return screen.availableGeometry() if screen is not None else QRect(0, 0, 1600, 1000)
 
 
+def default_layout(w, plan: str) -> None:
+    """The default docks of `w` (a MainWindow) for a plan (View > Reset layout). Tokens and Next token
+    go left, the other panels right: wide stacks the left pair and puts Attention over the rest (tabbed);
+    columns stacks the left pair beside one full-height tab group; compact makes two full-height tab groups;
+    single tabs every panel in one group. A tab group shows Attention, else Layer depth, first."""
+    left, right_top, rest = [], [], []
+    for name, dock in w.docks.items():
+        area = getattr(dock.panel, "dock_area", None)
+        if area == "left" or (area is None and any(h in name for h in _LEFT_HINTS)):
+            left.append(dock)
+        elif area == "right" or (area is None and any(h in name for h in _RIGHT_TOP_HINTS)):
+            right_top.append(dock)
+        else:
+            rest.append(dock)
+    if rest:
+        shown = next((d for d in rest if any(h in d.name for h in _RAISE_HINTS)), rest[0])
+        rest.remove(shown)
+        rest.insert(0, shown)  # the first dock of a tab group stays the visible tab
+    if not right_top and rest:
+        right_top.append(rest.pop(0))
+    for dock in w.docks.values():
+        dock.setFloating(False)
+        w.removeDockWidget(dock)
+    if plan == "single":
+        left, right_top, rest = [], [], left + right_top + rest
+    elif plan in ("compact", "columns"):
+        right_top, rest = [], right_top + rest
+    # columns of the left and right areas, top to bottom; each entry a tab group (first dock shown)
+    stacked_left = plan in ("wide", "columns")
+    columns = [[[d] for d in left] if stacked_left else [left], [[d] for d in right_top] + [rest]]
+    columns = [[g for g in col if g] for col in columns]
+    groups = []
+    for area, column in zip((Qt.LeftDockWidgetArea, Qt.RightDockWidgetArea), columns, strict=True):
+        for group in column:
+            w.addDockWidget(area, group[0], Qt.Vertical)
+            for dock in group[1:]:
+                w.tabifyDockWidget(group[0], dock)
+            groups.append(group)
+    for dock in w.docks.values():
+        dock.show()
+    for group in groups:
+        group[0].raise_()
+    width, height = max(w.width(), 800), max(w.height(), 500)
+    if all(columns):  # the left column a little over a third of the width
+        w.resizeDocks([columns[0][0][0], columns[1][0][0]], [width * 37 // 100, width * 63 // 100], Qt.Horizontal)
+    for column, top in ((columns[0], 40), (columns[1], 43)):  # Next token's bars and the tabbed group
+        if len(column) == 2:  # (layer depth first) get a little more than Tokens and Attention
+            w.resizeDocks([column[0][0], column[1][0]], [height * top // 100, height * (100 - top) // 100],
+                          Qt.Vertical)
+    w.fit.fix_tab_bars()
+
+
 class ScreenFit(QObject):
     """Keeps the window's dock layout, size and tab bars right for its screen and text size."""
 
@@ -80,6 +135,7 @@ class ScreenFit(QObject):
         self.area_override: QRect | None = None  # tests and screenshots: pretend the screen is this big
         self._saved: dict[str, dict] = {}  # plan -> the docks as the user left them under it
         self._screen = None
+        self._watching = False  # the window handle's screenChanged is connected
         self._busy = False
         self._tabs_timer = QTimer(self, singleShot=True, interval=0)
         self._tabs_timer.timeout.connect(self.fix_tab_bars)
@@ -94,7 +150,7 @@ class ScreenFit(QObject):
     def watch_screen(self) -> None:
         """Follow the window to another screen (and that screen's size changes); call once it has a handle."""
         handle = self.w.windowHandle()
-        if handle is not None and not getattr(self, "_watching", False):
+        if handle is not None and not self._watching:
             self._watching = True
             handle.screenChanged.connect(lambda _s: self.refit())
         screen = self.w.screen()
