@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         window.fit.refit()
         window.apply_default_layout()
     window.show()
-    if args.presenter:
-        window.set_presenter(True)
+    if args.presenter:  # a screenshot keeps its --size (full screen would take the screen's)
+        window.set_presenter(True, full_screen=not args.screenshot)
     result = {"code": 0}
 
     def fail(message: str) -> None:

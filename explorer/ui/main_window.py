@@ -321,9 +321,14 @@ class MainWindow(QMainWindow):
         sel.move(field, delta)
 
     # --- presenter & theme ------------------------------------------------------------------------
-    def set_presenter(self, on: bool) -> None:
+    def set_presenter(self, on: bool, full_screen: bool = True) -> None:
+        """Presenter mode: big text sized for the screen, high contrast, colour-blind-safe maps, full screen."""
+        self.presenter_action.blockSignals(True)  # its toggled signal calls this method
         self.presenter_action.setChecked(on)
+        self.presenter_action.blockSignals(False)
         theme.apply(presenter=on)
+        if not full_screen:
+            return
         if on:
             self.showFullScreen()
         else:
