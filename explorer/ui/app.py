@@ -100,11 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_new_tokens is not None:
         bar.max_new.setValue(args.max_new_tokens)
     if args.screenshot:
+        from PySide6.QtCore import QRect
+
+        window.fit.area_override = QRect(0, 0, *args.size)  # the layout chosen for a screen the picture's size
         window.resize(*args.size)
+        window.fit.refit()
         window.apply_default_layout()
     window.show()
-    if args.presenter:
-        window.set_presenter(True)
+    if args.presenter:  # a screenshot keeps its --size (full screen would take the screen's)
+        window.set_presenter(True, full_screen=not args.screenshot)
     result = {"code": 0}
 
     def fail(message: str) -> None:

@@ -9,14 +9,20 @@ from __future__ import annotations
 import logging
 import traceback
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer
 from PySide6.QtWidgets import (
+    QAbstractScrollArea,
+    QBoxLayout,
     QDockWidget,
     QFrame,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QScrollArea,
+    QSplitter,
+    QStackedWidget,
     QStyle,
+    QTabWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -25,6 +31,7 @@ from PySide6.QtWidgets import (
 from .panels import Panel, panel_class
 from .panels.base import PanelServices
 from .selection import Selection
+from .widgets.flow import FlowLayout
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,7 @@ class _TitleBar(QWidget):
         super().__init__(dock)
         self.dock = dock
         row = QHBoxLayout(self)
-        row.setContentsMargins(6, 2, 2, 2)
+        row.setContentsMargins(6, 0, 2, 0)  # every pixel of height counts on a 720-line presenter screen
         row.setSpacing(2)
         self.label = QLabel(f"<b>{dock.windowTitle()}</b>")
         row.addWidget(self.label)
@@ -57,6 +64,91 @@ class _TitleBar(QWidget):
 
     def _float(self) -> None:
         self.dock.setFloating(not self.dock.isFloating())
+
+
+class _Fit(QWidget):
+    """Holds a panel in its dock's scroll area so the area scrolls only when the panel's *minimum* height at this
+    width does not fit. (Qt's scroll area asks a height-for-width widget, a panel with a wrapping row or label,
+    for its preferred height instead, and shows scroll bars where the panel would fit.)"""
+
+    def __init__(self, panel: QWidget):
+        super().__init__()
+        self.panel = panel
+        panel.setParent(self)
+        panel.installEventFilter(self)
+        self._min_height = -1
+        self._recheck = QTimer(self, singleShot=True, interval=0)
+        self._recheck.timeout.connect(self._check)
+
+    def _needed(self, width: int) -> QSize:
+        """The panel's minimum size plus the extra lines its wrapping rows and labels need at their current widths
+        (Qt's own minimumHeightForWidth counts every tab page and splitter at its preferred height instead)."""
+        hint = self.panel.minimumSizeHint().expandedTo(self.panel.minimumSize())
+        if width > 0 and self.panel.layout() is not None:
+            try:
+                hint.setHeight(hint.height() + _extra(self.panel.layout(), max(width, hint.width())))
+            except Exception:  # noqa: BLE001 - an error inside a Qt size hint must never reach Qt
+                log.exception("sizing %s failed", type(self.panel).__name__)
+        return hint
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return self._needed(self.width())
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return self.panel.sizeHint()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.panel.setGeometry(self.rect())
+        self._recheck.start()  # once the panel's rows have their new widths
+
+    def _check(self) -> None:
+        needed = self._needed(self.width()).height()
+        if needed != self._min_height:  # a new width wraps differently: the scroll area asks again
+            self._min_height = needed
+            self.updateGeometry()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        if obj is self.panel and event.type() == QEvent.LayoutRequest:
+            self.updateGeometry()
+            self._recheck.start()
+        return False
+
+
+def _extra(item, width: int) -> int:
+    """Pixels that wrapping rows (FlowLayout) and word-wrapped labels under a layout item need beyond their
+    minimum height, at their current width (`width` for one not laid out yet): summed down vertical layouts,
+    the largest across horizontal ones and over a tab widget's pages."""
+    if isinstance(item, QLayout):
+        widget, layout = None, item
+    elif isinstance(item, QWidget):
+        widget, layout = item, None
+    else:  # a QLayoutItem: a widget's, a layout's or a spacer
+        widget, layout = item.widget(), item.layout()
+    if widget is not None:
+        if widget.isHidden():
+            return 0
+        w = widget.width() if widget.testAttribute(Qt.WA_Resized) or widget.isVisible() else width
+        if isinstance(widget, QLabel):
+            return max(0, widget.heightForWidth(w) - widget.minimumSizeHint().height()) if widget.wordWrap() else 0
+        if isinstance(widget, QTabWidget | QStackedWidget):
+            pages = [widget.widget(i) for i in range(widget.count())]
+            return max((_extra(page, w) for page in pages if page is not None), default=0)
+        if isinstance(widget, QSplitter):
+            parts = [_extra(widget.widget(i), w) for i in range(widget.count())]
+            return (sum(parts) if widget.orientation() == Qt.Vertical else max(parts)) if parts else 0
+        if isinstance(widget, QAbstractScrollArea):
+            return 0  # it scrolls by design
+        layout = widget.layout()
+        width = w
+    if layout is None:
+        return 0
+    if isinstance(layout, FlowLayout):
+        w = layout.geometry().width() or width
+        return max(0, layout.heightForWidth(w) - layout.minimumSize().height())
+    parts = [_extra(layout.itemAt(i), width) for i in range(layout.count())]
+    vertical = isinstance(layout, QBoxLayout) and layout.direction() in (QBoxLayout.TopToBottom,
+                                                                        QBoxLayout.BottomToTop)
+    return (sum(parts) if vertical else max(parts, default=0))
 
 
 class PanelDock(QDockWidget):
@@ -100,7 +192,7 @@ class PanelDock(QDockWidget):
             self.scroll = QScrollArea()
             self.scroll.setWidgetResizable(True)
             self.scroll.setFrameShape(QFrame.NoFrame)
-            self.scroll.setWidget(panel)
+            self.scroll.setWidget(_Fit(panel))
             layout.addWidget(self.scroll, 1)
             self.visibilityChanged.connect(lambda visible: visible and panel.catch_up())
         else:

@@ -27,6 +27,7 @@ from .settings import recent
 
 log = logging.getLogger(__name__)
 MAX_STORED_PROMPT = 1_000_000  # characters; a longer prompt is not kept in the settings
+DEFAULT_SIZE = (1600, 1000)  # the first window's size, within the screen's available area
 AREAS = {"left": Qt.LeftDockWidgetArea, "right": Qt.RightDockWidgetArea, "top": Qt.TopDockWidgetArea,
          "bottom": Qt.BottomDockWidgetArea}
 _AREA_NAMES = {int(v.value) if hasattr(v, "value") else int(v): k for k, v in AREAS.items()}
@@ -131,11 +132,13 @@ def _on_screen(rect: QRect) -> bool:
 
 
 def apply_window(window, data: dict[str, Any]) -> None:
-    """Size (and place, when that spot is on a screen) the window; called once it is shown."""
+    """Size (and place, when that spot is on a screen) the window, never bigger than its screen's available area;
+    called once it is shown."""
     rect = data.get("window")
     if rect:
         x, y, w, h = rect
-        window.resize(w, h)
+        room = window.fit.area().size() if hasattr(window, "fit") else None
+        window.resize(min(w, room.width()) if room else w, min(h, room.height()) if room else h)
         if _on_screen(QRect(x, y, w, h)):
             window.move(x, y)
     if data.get("maximized"):
@@ -158,14 +161,21 @@ class WindowState(QObject):
         if isinstance(state, dict):
             self.w.prompt_bar.from_state(state)
         name = s.value("theme", "light")
-        theme.apply(name=name if name in theme.THEMES else "light", presenter=False)
+        zoom = s.value("zoom", 1.0)
+        theme.apply(name=name if name in theme.THEMES else "light", presenter=False,
+                    zoom=zoom if isinstance(zoom, (int, float)) and not isinstance(zoom, bool) else 1.0)
         layout = s.value("layout")
         self._pending_layout = layout if isinstance(layout, dict) else None
+        room = self.w.fit.area().size()
         if self._pending_layout is not None and self._pending_layout.get("window"):
-            self.w.resize(*self._pending_layout["window"][2:])
+            w, h = self._pending_layout["window"][2:]
         else:
-            self.w.resize(1600, 1000)
-        if self._pending_layout is not None and self._pending_layout.get("docks"):
+            w, h = DEFAULT_SIZE
+        self.w.resize(min(w, room.width()), min(h, room.height()))  # a 720p screen gets a window that fits it
+        self.w.fit.refit()
+        # docks arranged under another plan (a bigger screen, other text size) would not fit this one
+        if self._pending_layout is not None and self._pending_layout.get("docks") \
+                and s.value("layout_plan", "wide") == self.w.fit.plan:
             apply_docks(self.w, self._pending_layout)
 
     def store_setting(self, key: str, value) -> bool:
@@ -187,6 +197,7 @@ class WindowState(QObject):
         if self.w.isFullScreen() and isinstance(previous, dict) and previous.get("window"):
             layout["window"], layout["maximized"] = previous["window"], previous.get("maximized", False)
         self.store_setting("layout", layout)
+        self.store_setting("layout_plan", self.w.fit.plan or "wide")
         s.sync()
 
     def reset_layout(self) -> None:

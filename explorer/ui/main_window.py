@@ -45,16 +45,13 @@ from .panels.base import PanelServices
 from .prompt_bar import PromptBar
 from .run_control import RunController
 from .safeguards import SafetyPrompts
+from .screen_fit import ScreenFit, default_layout
 from .selection import Selection
 from .settings import Settings, disarm_qt_unpickling, open_settings
 from .timeline import Timeline
 from .widgets.background import Background
 
 log = logging.getLogger(__name__)
-# default dock placement by panel name (a panel class may also set `dock_area = "left" | "right" | "bottom"`)
-_LEFT_HINTS = ("token",)
-_RIGHT_TOP_HINTS = ("attention",)
-_RAISE_HINTS = ("depth",)  # the tab shown first in the tabbed group
 
 
 class MainWindow(QMainWindow):
@@ -84,6 +81,7 @@ class MainWindow(QMainWindow):
         self.files = FileActions(self)
         self.safety = SafetyPrompts(self)
         self.state = WindowState(self)
+        self.fit = ScreenFit(self)  # the dock layout chosen for the screen and text size
         self._build_prompt_dock()
         self.panel_services = PanelServices(run_prompt=self.run_text, rerun=self.submit, open_panel=self.open_panel,
                                             submit_job=self.host.submit_job,
@@ -92,7 +90,7 @@ class MainWindow(QMainWindow):
         for name in (panels if panels is not None else list(REGISTRY)):
             self.docks[name] = PanelDock(name, self.selection, self, services=self.panel_services)
         self.setDockNestingEnabled(True)
-        self.apply_default_layout()
+        self.fit.set_plan(self.fit.wanted_plan())
         self._build_toolbar()
         self._build_status()
         build_menus(self)
@@ -147,15 +145,16 @@ class MainWindow(QMainWindow):
         self.prompt_bar.tool_reply_clicked.connect(self.reply_with_tool_result)
 
     def _build_toolbar(self) -> None:
-        bar = QToolBar("Model", self)
-        bar.setObjectName("toolbar-model")
-        bar.setMovable(False)
-        self.insertToolBar(self.prompt_dock, bar)
-        self.insertToolBarBreak(self.prompt_dock)
-        bar.addWidget(QLabel(" Model "))
+        """The model box sits in the menu bar's corner: a row of its own would cost the docks a line of height."""
+        self.model_corner = corner = QWidget()  # held: setCornerWidget does not give the menu bar ownership
+        corner.setObjectName("model-corner")
+        row = QHBoxLayout(corner)
+        row.setContentsMargins(8, 0, 4, 0)
+        row.addWidget(QLabel("Model"))
         self.model_combo = self.models.combo
         self.models._fill_model_combo()
-        bar.addWidget(self.model_combo)
+        row.addWidget(self.model_combo)
+        self.menuBar().setCornerWidget(corner, Qt.TopRightCorner)
 
     def _build_status(self) -> None:
         status = self.statusBar()
@@ -174,39 +173,8 @@ class MainWindow(QMainWindow):
         status.addPermanentWidget(self.progress)
 
     def apply_default_layout(self) -> None:
-        """Tokens on the left, attention on the right, the rest tabbed below it (View > Reset layout)."""
-        left, right_top, rest = [], [], []
-        for name, dock in self.docks.items():
-            area = getattr(dock.panel, "dock_area", None)
-            if area == "left" or (area is None and any(h in name for h in _LEFT_HINTS)):
-                left.append(dock)
-            elif area == "right" or (area is None and any(h in name for h in _RIGHT_TOP_HINTS)):
-                right_top.append(dock)
-            else:
-                rest.append(dock)
-        if not right_top and rest:
-            right_top.append(rest.pop(0))
-        for dock in self.docks.values():
-            dock.setFloating(False)
-            self.removeDockWidget(dock)
-        for dock in left:
-            self.addDockWidget(Qt.LeftDockWidgetArea, dock, Qt.Vertical)
-        for dock in right_top:
-            self.addDockWidget(Qt.RightDockWidgetArea, dock, Qt.Vertical)
-        if rest:
-            shown = next((d for d in rest if any(h in d.name for h in _RAISE_HINTS)), rest[0])
-            rest.remove(shown)
-            rest.insert(0, shown)  # the first dock of a tab group stays the visible tab
-            self.addDockWidget(Qt.RightDockWidgetArea, rest[0], Qt.Vertical)
-            for dock in rest[1:]:
-                self.tabifyDockWidget(rest[0], dock)
-            shown.raise_()
-        for dock in self.docks.values():
-            dock.show()
-        if left and (right_top or rest):
-            self.resizeDocks([left[0], (right_top or rest)[0]], [600, 1000], Qt.Horizontal)
-        if right_top and rest:  # the tabbed group (layer depth first) gets a little more than attention
-            self.resizeDocks([right_top[0], rest[0]], [330, 430], Qt.Vertical)
+        """The default docks for the screen's plan (View > Reset layout; see screen_fit.default_layout)."""
+        default_layout(self, self.fit.plan or "wide")
 
     def open_panel(self, name: str) -> bool:
         """Show the panel registered as `name` and bring it to the front (a panel's link asks for this)."""
@@ -306,6 +274,7 @@ class MainWindow(QMainWindow):
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
         self.state.shown()
+        self.fit.refit()  # now on its screen: the plan, presenter text size and size for that screen
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
         if self.files.dropped_path(event) is not None:
@@ -367,9 +336,14 @@ class MainWindow(QMainWindow):
         sel.move(field, delta)
 
     # --- presenter & theme ------------------------------------------------------------------------
-    def set_presenter(self, on: bool) -> None:
+    def set_presenter(self, on: bool, full_screen: bool = True) -> None:
+        """Presenter mode: big text sized for the screen, high contrast, colour-blind-safe maps, full screen."""
+        self.presenter_action.blockSignals(True)  # its toggled signal calls this method
         self.presenter_action.setChecked(on)
+        self.presenter_action.blockSignals(False)
         theme.apply(presenter=on)
+        if not full_screen:
+            return
         if on:
             self.showFullScreen()
         else:
@@ -378,6 +352,12 @@ class MainWindow(QMainWindow):
     def set_theme(self, name: str) -> None:
         theme.apply(name=name)
         self.store_setting("theme", name)
+
+    def zoom(self, factor: float | None) -> None:
+        """Text size: times `factor` (View > Zoom in / out), or back to 1 with None; plots and layout follow."""
+        zoom = 1.0 if factor is None else theme.state().zoom * factor
+        theme.apply(zoom=zoom)
+        self.store_setting("zoom", theme.state().zoom)
 
     # --- shortcuts & shutdown -------------------------------------------------------------------
     def shortcut(self, text: str, keys: str | QKeySequence, slot, menu=None, checkable: bool = False) -> QAction:

@@ -58,6 +58,10 @@ def build_menus(w: MainWindow) -> None:
         action.setChecked(name == current)
         action.triggered.connect(lambda _=False, n=name: w.set_theme(n))
         group.addAction(action)
+    w.shortcut("Zoom in", QKeySequence.ZoomIn, lambda: w.zoom(1.15), view)
+    w.shortcut("Zoom in", "Ctrl+=", lambda: w.zoom(1.15))  # Ctrl++ without Shift on most keyboards
+    w.shortcut("Zoom out", QKeySequence.ZoomOut, lambda: w.zoom(1 / 1.15), view)
+    w.shortcut("Actual size", "Ctrl+0", lambda: w.zoom(None), view)
     view.addSeparator()
     panels = view.addMenu("Panels")
     for dock in w.docks.values():

@@ -182,6 +182,8 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {  # every key the app reads (grep set
     "engine_threads": _number(0, 256, integer=True),  # torch threads of the engine; 0: auto (engine_process.py)
     "prompt_state": _prompt_state,
     "layout": _layout,
+    "layout_plan": _text(16),  # the screen plan the saved layout was arranged under (screen_fit.PLANS)
+    "zoom": _number(0.1, 10.0),  # View > Zoom (theme.ZOOM_RANGE clamps it)
 }
 
 

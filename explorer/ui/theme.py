@@ -36,11 +36,16 @@ COLORMAPS = {
 _ROLE_OF = {names[0]: role for role, names in COLORMAPS.items()} | {"cividis": "sequential"}
 
 
+ZOOM_RANGE = (0.6, 2.5)  # View > Zoom in / out multiplies every font by this factor (plots included)
+
+
 @dataclass(frozen=True)
 class ThemeState:
     name: str = "light"  # "light" | "dark"
     presenter: bool = False
     colormap: str = "viridis"
+    zoom: float = 1.0  # the user's text size factor (View > Zoom)
+    screen_height: int = 1080  # pixels of the window's screen: presenter text is sized for it
 
 
 class ThemeEvents(QObject):
@@ -100,9 +105,18 @@ def plot_colours() -> PlotColours:
     return _PLOT_COLOURS["presenter" if _state.presenter else _state.name]
 
 
+def presenter_scale(screen_height: int) -> float:
+    """Presenter text size for a screen: 1.5x on 1080-line screens and up, 1.2x on 720-line ones, linear in
+    between. Projected, the picture is the same size whatever its lines: 1.2x of 9 pt is 14 px, 2.0% of 720 lines,
+    more than 1.5x (18 px, 1.7%) is of 1080; and at 1.2x every panel fits a 720-line screen without scrolling."""
+    lo, hi = (760, 1.2), (1000, 1.5)
+    t = min(1.0, max(0.0, (screen_height - lo[0]) / (hi[0] - lo[0])))
+    return round(lo[1] + t * (hi[1] - lo[1]), 3)
+
+
 def font_scale() -> float:
-    """How much bigger than normal text is in the current theme (1.5 in presenter mode)."""
-    return 1.5 if _state.presenter else 1.0
+    """How much bigger than normal text is now: the zoom, times presenter_scale() in presenter mode."""
+    return (presenter_scale(_state.screen_height) if _state.presenter else 1.0) * _state.zoom
 
 
 def state() -> ThemeState:
@@ -144,6 +158,11 @@ class _Style(QProxyStyle):
     _BIGGER = (QStyle.PM_IndicatorWidth, QStyle.PM_IndicatorHeight, QStyle.PM_ExclusiveIndicatorWidth,
                QStyle.PM_ExclusiveIndicatorHeight)
 
+    def styleHint(self, hint, option=None, widget=None, return_data=None) -> int:  # noqa: N802 - Qt override
+        if hint == QStyle.SH_TabBar_ElideMode:
+            return int(Qt.ElideNone.value)  # tab names stay whole: a tab bar too narrow scrolls instead
+        return super().styleHint(hint, option, widget, return_data)
+
     def pixelMetric(self, metric, option=None, widget=None) -> int:  # noqa: N802 - Qt override
         value = super().pixelMetric(metric, option, widget)
         return round(value * 1.5) if _state.presenter and metric in self._BIGGER else value
@@ -167,15 +186,19 @@ class _Style(QProxyStyle):
 _style: _Style | None = None
 
 
-def apply(name: str | None = None, presenter: bool | None = None, colormap_name: str | None = None) -> ThemeState:
-    """Apply a theme to the QApplication and announce colour-map changes."""
+def apply(name: str | None = None, presenter: bool | None = None, colormap_name: str | None = None, *,
+          zoom: float | None = None, screen_height: int | None = None) -> ThemeState:
+    """Apply a theme (and text zoom, and the screen presenter text is sized for) to the QApplication and
+    announce what changed; arguments left out keep their current values."""
     global _state, _base_point_size
     app = QApplication.instance()
     name = name or _state.name
     presenter = _state.presenter if presenter is None else presenter
     cmap = colormap_name or ("cividis" if presenter else "viridis")
+    zoom = _state.zoom if zoom is None else min(ZOOM_RANGE[1], max(ZOOM_RANGE[0], float(zoom)))
+    screen_height = _state.screen_height if screen_height is None else max(200, int(screen_height))
     old = _state
-    _state = ThemeState(name=name, presenter=presenter, colormap=cmap)
+    _state = ThemeState(name=name, presenter=presenter, colormap=cmap, zoom=zoom, screen_height=screen_height)
     if app is not None:
         global _style
         if _style is None or app.style() is not _style:

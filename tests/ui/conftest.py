@@ -49,7 +49,8 @@ def _restore_theme(qapp):
     before = theme.state()
     yield
     if theme.state() != before:
-        theme.apply(name=before.name, presenter=before.presenter, colormap_name=before.colormap)
+        theme.apply(name=before.name, presenter=before.presenter, colormap_name=before.colormap, zoom=before.zoom,
+                    screen_height=before.screen_height)
 
 
 @pytest.fixture

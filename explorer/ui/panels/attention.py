@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSpinBox, QSplitter, QTabWidget, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QSpinBox, QSplitter, QTabWidget, QWidget
 
 from ...core.analysis import attention as att
 from ..widgets.background import Background
+from ..widgets.flow import FlowLayout, labelled
 from ..widgets.heatmap import Heatmap
 from . import intervention_menu as im
 from .attention_overview import HeadStatsTable, OverviewGrid
@@ -60,7 +61,7 @@ class AttentionPanel(Panel):
 
     # --- widgets --------------------------------------------------------------------------------
     def _build(self) -> None:
-        bar = QHBoxLayout()
+        bar = FlowLayout()  # wraps in a narrow dock instead of clipping
         self.layer_box, self.head_box = QSpinBox(), QSpinBox()
         self.mode_box = QComboBox()
         for key, text in MODES:
@@ -73,8 +74,7 @@ class AttentionPanel(Panel):
         self.contrast_box = QCheckBox("Auto contrast")
         self.contrast_box.setChecked(True)
         for label, w in (("Layer", self.layer_box), ("Head", self.head_box)):
-            bar.addWidget(QLabel(label))
-            bar.addWidget(w)
+            bar.addWidget(labelled(label, w))
         for w in (self.mode_box, self.sink_box, self.value_box, self.special_box, self.contrast_box):
             bar.addWidget(w)
         bar.addStretch(1)

@@ -8,7 +8,6 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -25,6 +24,7 @@ from .. import plot_style
 from ..table_fill import fill_table
 from ..theme import OKABE_ITO
 from ..widgets.background import Background
+from ..widgets.flow import FlowLayout
 from ..widgets.heatmap import Heatmap
 from .base import Panel
 from .depth_lens import active_readout
@@ -48,7 +48,7 @@ class ComparePanel(Panel):
         self.run_b: Run | None = None
         self.alignment: Alignment | None = None
         self.background = Background(self)
-        row = QHBoxLayout()
+        row = FlowLayout()  # wraps in a narrow dock instead of clipping
         self.prompt_b = QLineEdit()
         self.prompt_b.setPlaceholderText("prompt B (same model and settings as A)")
         self.run_button = QPushButton("Run B")

@@ -18,7 +18,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont, QFontMetricsF
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSplitter, QTabWidget
+from PySide6.QtWidgets import QComboBox, QLabel, QSplitter, QTabWidget
 
 from ...core.analysis.depth import LENS_TOP_K, LensTable, compute_lens, lens_inputs
 from ...core.analysis.depth_attention import DepthWeights
@@ -26,6 +26,7 @@ from ...core.analysis.jobs import ReadDepthWeights
 from ...core.naming import depth_label
 from ...core.run import Run
 from ..widgets.background import Background
+from ..widgets.flow import FlowLayout, labelled
 from ..widgets.heatmap import Heatmap, readable_label
 from . import intervention_menu as im
 from .base import Panel
@@ -73,9 +74,8 @@ class DepthPanel(Panel):
         self.mode = QComboBox()
         self.mode.addItems(MODES)
         self.status = QLabel(" ")
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Lens colour:"))
-        row.addWidget(self.mode)
+        row = FlowLayout()  # wraps in a narrow dock instead of clipping
+        row.addWidget(labelled("Lens colour:", self.mode))
         row.addWidget(self.status, 1)
         self.body.addLayout(row)
 

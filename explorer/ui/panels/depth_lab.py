@@ -38,6 +38,7 @@ from ...lab.train import LIVE_METRICS, SIZES, TrainConfig
 from .. import plot_style
 from ..empty_state import show_empty
 from ..widgets.background import Background
+from ..widgets.flow import FlowLayout, labelled
 from .base import Panel
 from .lab_routing import LearnedRoutingView
 
@@ -87,11 +88,10 @@ class DepthLabPanel(Panel):
         self.cancel_button.setEnabled(False)
         self.status = QLabel(" ")
         self.status.setWordWrap(True)  # progress lines are long: they wrap under the controls (presenter fits)
-        controls = QHBoxLayout()
+        controls = FlowLayout()  # wraps in a narrow dock instead of clipping
         for label, widget in (("Variant", self.arch), ("Size", self.size), ("Tokens", self.tokenizer),
                               ("Time", self.minutes), ("Seed", self.seed)):
-            controls.addWidget(QLabel(label))
-            controls.addWidget(widget)
+            controls.addWidget(labelled(label, widget))
         controls.addWidget(self.train_button)
         controls.addWidget(self.cancel_button)
         controls.addStretch(1)
@@ -128,7 +128,7 @@ class DepthLabPanel(Panel):
         self.snapshot_view.mean.hide()
         self.snapshot_view.ablation_note = False
         self.snapshot_view.setMaximumHeight(260)
-        right_layout.addWidget(self.snapshot_view)
+        left_layout.addWidget(self.snapshot_view)  # under the loss curves: the right column fits 720 lines
 
         split = QSplitter(Qt.Horizontal)
         split.addWidget(left)

@@ -26,6 +26,7 @@ from ...core.naming import depth_label
 from ...core.run import Run
 from .. import plot_style
 from ..theme import OKABE_ITO
+from ..widgets.flow import FlowLayout
 from ..widgets.heatmap import Heatmap, tick_step
 
 POS_COLOUR = OKABE_ITO["vermillion"]  # as the red / blue of the diverging maps (colour-blind safe)
@@ -179,7 +180,7 @@ class SimilarityView(QWidget):
                        for name, c in (("attention", POS_COLOUR), ("MLP", NEG_COLOUR), ("whole layer", BLOCK_COLOUR))}
         plot_style.style(self.plot)  # again: the legend is new
         self.caption = _label()
-        row = QHBoxLayout()
+        row = FlowLayout()  # wraps in a narrow dock instead of clipping
         row.addWidget(self.skip_first)
         row.addWidget(self.skip_massive)
         row.addStretch(1)

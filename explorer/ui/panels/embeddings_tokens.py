@@ -17,6 +17,7 @@ from ...core.labels import readable_label, token_label, vocab_label  # noqa: F40
 from ...core.naming import depth_label
 from .. import plot_style
 from ..theme import OKABE_ITO
+from ..widgets.flow import FlowLayout, labelled
 
 MAX_LABELS = 40  # label points with their token text up to this many points
 PLAY_MS = 160  # one layer per tick while playing
@@ -79,13 +80,12 @@ class TokensAtLayerView(QWidget):
                            f"UMAP: {P.INSTALL_HINT}")
         self.hint.setStyleSheet("color: palette(placeholder-text);")
         self.hint.setWordWrap(True)
-        top = QHBoxLayout()  # two short rows, not one: presenter fonts must fit a 1280-pixel screen
-        for w in (QLabel("Projection"), self.method, self.normalise, self.follow):
+        top = FlowLayout()  # wraps in a narrow dock instead of clipping
+        for w in (labelled("Projection", self.method), self.normalise, self.follow):
             top.addWidget(w)
         top.addStretch(1)
         second = QHBoxLayout()
-        for w in (QLabel("Colour by"), self.colour):
-            second.addWidget(w)
+        second.addWidget(labelled("Colour by", self.colour))
         second.addWidget(self.hint, 1)
 
         self.play = QPushButton("\u25b6 Play")

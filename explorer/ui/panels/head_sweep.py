@@ -6,7 +6,6 @@ import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -25,6 +24,7 @@ from ...core.analysis.jobs import HeadSweep
 from ...core.analysis.sweep import SweepResult, default_target
 from ..table_fill import fill_table
 from ..widgets.background import Background
+from ..widgets.flow import FlowLayout, labelled
 from ..widgets.heatmap import Heatmap
 from .base import Panel
 from .intervention_menu import attach_head_menu, plot_locator
@@ -60,7 +60,7 @@ class HeadSweepPanel(Panel):
     def _build_sweep(self) -> None:
         page = QWidget()
         v = QVBoxLayout(page)
-        row = QHBoxLayout()
+        row = FlowLayout()  # wraps in a narrow dock instead of clipping
         self.mode = QComboBox()
         for key, text in SWEEP_MODES:
             self.mode.addItem(text, key)
@@ -166,7 +166,7 @@ class HeadSweepPanel(Panel):
     def _build_search(self) -> None:
         page = QWidget()
         v = QVBoxLayout(page)
-        row = QHBoxLayout()
+        row = FlowLayout()  # wraps in a narrow dock instead of clipping
         self.behaviour = QComboBox()
         self.behaviour.addItems(head_search.BEHAVIOURS)
         self.token = QLineEdit()
@@ -176,7 +176,7 @@ class HeadSweepPanel(Panel):
             box.setMaximum(1_000_000)
         self.span_hi.setValue(1)
         self.find = QPushButton("Find heads")
-        for w in (QLabel("Behaviour"), self.behaviour, self.token, QLabel("span"), self.span_lo, self.span_hi,
+        for w in (labelled("Behaviour", self.behaviour), self.token, labelled("span", self.span_lo), self.span_hi,
                   self.find):
             row.addWidget(w)
         row.addStretch(1)

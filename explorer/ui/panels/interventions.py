@@ -10,7 +10,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
-    QHBoxLayout,
     QInputDialog,
     QLabel,
     QListWidget,
@@ -30,6 +29,7 @@ from ...core.interventions import Intervention
 from ...core.run import Run
 from ..table_fill import fill_table
 from ..widgets.background import Background
+from ..widgets.flow import FlowLayout, labelled
 from ..widgets.heatmap import Heatmap
 from .base import Panel
 from .depth_lens import active_readout
@@ -63,7 +63,7 @@ class InterventionsPanel(Panel):
         self.baseline: Run | None = None
         self.run_b: Run | None = None
         self.background = Background(self)
-        top = QHBoxLayout()
+        top = FlowLayout()  # wraps in a narrow dock instead of clipping
         self.scope = QComboBox()
         for key, text in SCOPES:
             self.scope.addItem(text, key)
@@ -71,8 +71,8 @@ class InterventionsPanel(Panel):
         self.apply_button = QPushButton("Re-run with these")
         self.remove = QPushButton("Remove")
         self.clear = QPushButton("Clear all")
-        top.addWidget(QLabel("New interventions act"))
-        for w in (self.scope, self.pin, self.apply_button, self.remove, self.clear):
+        top.addWidget(labelled("New interventions act", self.scope))
+        for w in (self.pin, self.apply_button, self.remove, self.clear):
             top.addWidget(w)
         top.addStretch(1)
         self.body.addLayout(top)

@@ -13,7 +13,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import QCheckBox, QComboBox, QGridLayout, QHBoxLayout, QLabel, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QGridLayout, QLabel, QTabWidget, QVBoxLayout, QWidget
 
 from ...core.analysis import kv
 from ...core.events import StepEvent
@@ -21,6 +21,7 @@ from ...core.run import Run
 from .. import plot_style
 from ..selection import Selection
 from ..theme import OKABE_ITO
+from ..widgets.flow import FlowLayout, labelled
 from .base import Panel
 from .kv_eviction import EvictionView
 from .kv_whatif import WhatIfCalculator
@@ -91,12 +92,11 @@ class KVCachePanel(Panel):
             self.figures[name] = value
         layout.addLayout(figures)
 
-        controls = QHBoxLayout()
-        controls.addWidget(QLabel("Show:"))
+        controls = FlowLayout()  # wraps in a narrow dock instead of clipping
         self.mode = QComboBox()
         self.mode.addItems(["Total", "Stacked by layer"])
         self.mode.currentIndexChanged.connect(lambda _i: self._refresh())
-        controls.addWidget(self.mode)
+        controls.addWidget(labelled("Show:", self.mode))
         self.to_limit = QCheckBox("Zoom out to the context limit")
         self.to_limit.toggled.connect(lambda _on: self._set_range())
         controls.addWidget(self.to_limit)

@@ -16,7 +16,6 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import (
     QGridLayout,
-    QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -31,6 +30,7 @@ from ...core.run import Run
 from .. import plot_style
 from ..theme import OKABE_ITO
 from ..widgets.background import Background
+from ..widgets.flow import FlowLayout, labelled
 from ..widgets.heatmap import Heatmap
 
 COLOURS = {"streaming": OKABE_ITO["blue"], "h2o": OKABE_ITO["vermillion"], "snapkv": OKABE_ITO["green"]}
@@ -49,7 +49,7 @@ class EvictionView(QWidget):
         self.background = Background(self)
         layout = QVBoxLayout(self)
 
-        controls = QHBoxLayout()
+        controls = FlowLayout()  # wraps in a narrow dock instead of clipping
         self.spins: dict[str, QSpinBox] = {}
         for key, label, lo, hi, value, tip in (
             ("budget", "Budget", 2, 100_000, 16, "cache entries kept per layer and KV head"),
@@ -63,8 +63,7 @@ class EvictionView(QWidget):
             spin.setValue(value)
             spin.setToolTip(tip)
             spin.valueChanged.connect(lambda _v: self._recompute_masks())
-            controls.addWidget(QLabel(label))
-            controls.addWidget(spin)
+            controls.addWidget(labelled(label, spin))
             self.spins[key] = spin
         self.measure = QPushButton("Measure the effect (re-run the model)")
         self.measure.clicked.connect(self.start_measure)

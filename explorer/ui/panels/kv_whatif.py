@@ -11,7 +11,6 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QGridLayout,
     QHBoxLayout,
     QLabel,
     QSpinBox,
@@ -23,6 +22,7 @@ from ...core.analysis import kv
 from ...core.models import ModelInfo
 from .. import plot_style
 from ..theme import OKABE_ITO, SERIES
+from ..widgets.flow import FlowLayout
 
 GIB = float(1 << 30)
 PALETTE = SERIES[:1] + SERIES[2:]  # Okabe-Ito without purple: purple is the selected model
@@ -43,8 +43,8 @@ class WhatIfCalculator(QWidget):
         self.spins: dict[str, QSpinBox] = {}
         for key, label, lo, hi in (("layers", "Layers", 1, 1000), ("query_heads", "Query heads", 1, 1024),
                                    ("kv_heads", "KV heads", 1, 1024), ("head_dim", "Head dim", 1, 4096),
-                                   ("context", "Context length (tokens)", 1, 10_000_000),
-                                   ("batch", "Batch size (sequences)", 1, 4096)):
+                                   ("context", "Context (tokens)", 1, 10_000_000),
+                                   ("batch", "Batch (sequences)", 1, 4096)):
             spin = QSpinBox()
             spin.setRange(lo, hi)
             spin.setGroupSeparatorShown(True)
@@ -69,18 +69,19 @@ class WhatIfCalculator(QWidget):
         self.detail.setWordWrap(True)
         self.detail.setTextInteractionFlags(Qt.TextSelectableByMouse)
         left.addWidget(self.detail)
-        left.addWidget(QLabel("Compare over context length:"))
-        grid = QGridLayout()
+        compare = QVBoxLayout()  # under the plot, not under the form: the page must fit a 720-line presenter screen
+        compare.addWidget(QLabel("Compare over context length:"))
+        grid = FlowLayout()  # wraps beside the plot
         self.compare: dict[str, QCheckBox] = {}
-        for i, cfg in enumerate(self.entries):
+        for cfg in self.entries:
             box = QCheckBox(cfg.label or cfg.name)
             box.setToolTip(f"{cfg.layers} layers \u00d7 {cfg.kv_heads} KV heads \u00d7 {cfg.head_dim}; "
                            f"{cfg.query_heads} query heads; context {cfg.context:,}\nsource: {cfg.source}")
             box.setChecked(cfg.name in ("llama-3-8b", "gpt2-small"))
             box.toggled.connect(lambda _on: self._update())
-            grid.addWidget(box, i // 2, i % 2)
+            grid.addWidget(box)
             self.compare[cfg.name] = box
-        left.addLayout(grid)
+        compare.addLayout(grid)
         left.addStretch(1)
         layout.addLayout(left, 2)
 
@@ -102,7 +103,10 @@ class WhatIfCalculator(QWidget):
                               for i, cfg in enumerate(self.entries)}
         plot_style.style(self.plot)
         plot_style.follow(self, self._restyle)
-        layout.addWidget(self.plot, 3)
+        right = QVBoxLayout()
+        right.addWidget(self.plot, 1)
+        right.addLayout(compare)
+        layout.addLayout(right, 3)
         self._fill_models()
 
     def _restyle(self) -> None:

@@ -5,17 +5,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QScrollArea,
-    QSplitter,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QScrollArea, QSplitter, QVBoxLayout, QWidget
 
 from ...core import catalogue
 from ...core.analysis.tokenizer_compare import Comparison, boundaries, compare, load_tokenizer, tokenize_text
@@ -23,6 +13,7 @@ from ...core.events import StepEvent
 from ...core.run import Run
 from ..export import documents_dir
 from ..widgets.background import Background
+from ..widgets.flow import FlowLayout
 from ..widgets.token_view import TokenView, scrolling
 from . import token_colors as tc
 from . import token_drafts
@@ -52,7 +43,7 @@ class TokensPanel(Panel):
         self._tokenizers: dict[str, object] = {}
         self.comparison: Comparison | None = None
 
-        bar = QHBoxLayout()
+        bar = FlowLayout()  # wraps in a narrow dock instead of clipping
         self.mode_box = QComboBox()
         for m in tc.MODES:
             self.mode_box.addItem(f"colour: {tc.MODE_TITLES[m]}", m)
@@ -75,6 +66,7 @@ class TokensPanel(Panel):
         self.body.addLayout(bar)
 
         self.counts = QLabel()
+        self.counts.setWordWrap(True)  # a long line wraps in a narrow dock instead of widening the panel
         self.legend = QLabel()
         self.legend.setWordWrap(True)
         self.legend.setTextFormat(Qt.TextFormat.RichText)
