@@ -141,12 +141,15 @@ class PromptBar(QWidget):
         self.retrieve_k.setValue(3)
         self.retrieve_k.setToolTip("k: the number of chunks to insert")
         self.retrieve_index = IndexBox()
+        self.retrieve_k_label = QLabel("k")
         self.retrieve.toggled.connect(self._retrieve_toggled)
         self._retrieve_toggled(False)
         top.addStretch(1)
         top.addWidget(self.recent)
         left.addLayout(top)
         tool_row = QHBoxLayout()  # a row of its own: the top row stays narrow enough for presenter mode
+        for w in (self.retrieve, self.retrieve_k_label, self.retrieve_k, self.retrieve_index):
+            tool_row.addWidget(w)  # retrieval first (always there), then the chat mode's tool controls
         for w in (self.tools_button, self.tool_reply_button, self.turns_label):
             w.setVisible(False)
             tool_row.addWidget(w)
@@ -160,7 +163,7 @@ class PromptBar(QWidget):
         self.prompt.setPlaceholderText("Type a prompt and press Ctrl+Enter")
         self.prompt.setPlainText(EXAMPLE_PROMPT)
         self.prompt.setMinimumHeight(48)
-        self.prompt.setMaximumHeight(72)
+        self.prompt.setMaximumHeight(56)  # (the retrieval row above it: the bar fits 720-line screens)
         left.addWidget(self.system)
         left.addWidget(self.prompt, 1)
         self.chat.toggled.connect(self.system.setVisible)
@@ -200,11 +203,6 @@ class PromptBar(QWidget):
             "pass (same tokens at temperature 0). Prompt lookup copies what followed the last words earlier in "
             "the text; the layers draft is the model's own first blocks. The Tokens panel shows each draft.")
         form2.addRow("Speculate", self.speculative)
-        retrieve_row = QHBoxLayout()
-        retrieve_row.addWidget(self.retrieve)
-        retrieve_row.addWidget(QLabel("k"))
-        retrieve_row.addWidget(self.retrieve_k)
-        retrieve_row.addWidget(self.retrieve_index, 1)
         grid.addLayout(form1, 0, 0)
         grid.addLayout(form2, 0, 1)
         buttons = QHBoxLayout()
@@ -218,8 +216,7 @@ class PromptBar(QWidget):
         self.step_button.setToolTip("Generate exactly one more token")
         for b in (self.run_button, self.stop_button, self.step_button):
             buttons.addWidget(b)
-        grid.addLayout(retrieve_row, 1, 0, 1, 2)
-        grid.addLayout(buttons, 2, 0, 1, 2)
+        grid.addLayout(buttons, 1, 0, 1, 2)
         outer.addLayout(grid, 0)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
         self.run_button.clicked.connect(self.run_clicked)
