@@ -326,14 +326,22 @@ class DepthPanel(Panel):
 
     # --- lower views ---------------------------------------------------------------------------
     def attribution_target(self) -> int | None:
-        """The token scored by the attribution: the clicked one (in that mode), else the actual next one."""
-        run, t = self.run, self.table
-        pos = self.selection.position
+        """The token scored by the attribution: the clicked one (in that mode), else the actual next one, else (the
+        newest position) the model's top prediction."""
+        known = self._known_target()
+        if known is not None or self.run is None:
+            return known
+        return int(np.argmax(self.run.next_token_logprobs(self.selection.position)))
+
+    def _known_target(self) -> int | None:
+        """The clicked token (in that mode) or the actual next one; None where only the prediction can say
+        (an lm_head product: computed off the GUI thread)."""
+        t, pos = self.table, self.selection.position
         if self.mode.currentIndex() == 2 and self.target_token is not None:
             return self.target_token
         if t is not None and pos < t.n and t.target_ids[pos] >= 0:
             return int(t.target_ids[pos])
-        return int(np.argmax(run.next_token_logprobs(pos))) if run is not None else None
+        return None
 
     def weights(self) -> DepthWeights | None:
         """The run's model's weights, or None while they are being read (the view redraws when they arrive)."""
@@ -375,9 +383,13 @@ class DepthPanel(Panel):
             if not has_head:
                 self.attribution.clear("Logit attribution needs a language-model head; this model is an encoder.")
                 return
-            target, weights, by_head = self.attribution_target(), self.weights(), self.attribution.by_head.isChecked()
-            self.offthread("view", lambda: AttributionView.compute(frozen, pos, target, weights, by_head),
-                           lambda result: self.attribution.show(frozen, pos, target, result))
+            known, weights, by_head = self._known_target(), self.weights(), self.attribution.by_head.isChecked()
+
+            def attribution():
+                target = known if known is not None else int(np.argmax(frozen.next_token_logprobs(pos)))
+                return target, AttributionView.compute(frozen, pos, target, weights, by_head)
+
+            self.offthread("view", attribution, lambda result: self.attribution.show(frozen, pos, *result))
         elif view is self.share:
             split = self.share.split.isChecked()
             self.offthread("view", lambda: ShareView.compute(frozen, pos, split),
