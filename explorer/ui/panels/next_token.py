@@ -127,7 +127,10 @@ class NextTokenPanel(Panel):
         else:
             self.redraw()
 
+    _live_run: Run | None = None  # the run this panel saw streaming (its redraws stay off the GUI thread)
+
     def draw_step(self, run: Run, event: StepEvent) -> None:
+        self._live_run = run
         if event.is_prefill:
             self.draw_run(run)
         elif self.selection.position >= event.start - 1:  # the actual next token just arrived
@@ -142,9 +145,9 @@ class NextTokenPanel(Panel):
         self.redraw()  # the cut bars take the theme's faint colour
 
     def redraw(self) -> None:
-        """Draw the prediction at the selected position. While a run streams, the numbers (an lm_head product
-        and sorts over the vocabulary) are computed off the GUI thread and drawn at the next frame; a finished
-        run (or one opened from a file) is drawn at once."""
+        """Draw the prediction at the selected position. For a run that streamed into this panel the numbers (an
+        lm_head product and sorts over the vocabulary) are computed off the GUI thread and drawn at the next
+        frame; a run drawn whole (opened from a file, captured by a script) is drawn at once."""
         self._update_labels()
         run = self.run
         if run is None or run.n_tokens == 0:
@@ -155,8 +158,8 @@ class NextTokenPanel(Panel):
             return
         pos = min(self.selection.position, run.n_tokens - 1)
         settings, n_show = self.settings(), self.show_k.value()
-        streaming = self.full_run is not None and not self.full_run.finish_reason
-        if not streaming:
+        live = self.full_run is not None and self.full_run is self._live_run  # streaming, or streamed just now
+        if not live:
             self._show(run, pos, self.compute(run, pos, settings, n_show))
             return
         frozen = run.snapshot()
