@@ -171,3 +171,34 @@ def test_steps_faster_than_a_frame_are_shown_once_in_order_and_stale_ones_droppe
     runs.flush_steps()
     assert w.run.n_tokens == other[0].n_new and len(w.run.steps) == 1
     assert panel.error is None
+
+
+def test_next_token_of_a_streaming_run_is_computed_off_the_gui_thread(qtbot, tiny_llama, make_panel, monkeypatch):
+    from explorer.core.run import Run
+    from explorer.ui.panels.next_token import NextTokenPanel
+
+    session = Session(tiny_llama)
+    request = RunRequest("one two three", settings=GenerationSettings(max_new_tokens=3, stop_at_eos=False))
+    events = list(session.stream(request))
+    run = session.new_run(request)
+    run.apply(events[0])
+    panel, sel = make_panel(NextTokenPanel, run, draw=False)
+    on_gui = []
+    original = Run.next_token_logprobs
+
+    def spy(self, position):
+        on_gui.append(threading.current_thread() is threading.main_thread())
+        return original(self, position)
+
+    monkeypatch.setattr(Run, "next_token_logprobs", spy)
+    panel.on_step(run, events[0])  # streamed: the prefill, then each token
+    for event in events[1:]:
+        run.apply(event)
+        sel.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
+        panel.on_step(run, event)
+        sel.set("position", run.n_tokens - 1)
+    _drawn(panel)
+    assert on_gui and not any(on_gui)  # every prediction was computed in the background
+    monkeypatch.setattr(Run, "next_token_logprobs", original)
+    np.testing.assert_array_equal(panel.logprobs, run.next_token_logprobs(run.n_tokens - 1))
+    assert panel.error is None
