@@ -185,11 +185,15 @@ def table(results: dict) -> str:
     if head:
         rows.append((f"select a head at {head['tokens']} tokens, ms (median / max)", f"{head['median_ms']:.0f}",
                      f"{head['max_ms']:.0f}", ""))
-    stalls = gui.get("stalls")
-    if stalls:
-        for view, ms in stalls["per_view_ms"].items():
-            rows.append((f"longest GUI stall with {view} showing ({stalls['tokens']} + {stalls['steps']} tokens), ms",
-                         "", f"{ms:.0f}", ""))
+    streaming = gui.get("redraw_streaming")
+    if streaming:
+        rows.append((f"GUI redraw per frame at {streaming['tokens']} tokens, engine streaming, ms (median / p95)",
+                     f"{streaming['median_ms']:.1f}", f"{streaming['p95_ms']:.1f}", ""))
+    stalls, replay = gui.get("stalls") or {}, (gui.get("stalls_replay") or {}).get("per_view_ms", {})
+    for view in dict.fromkeys([*replay, *stalls.get("per_view_ms", {})]):  # panels alone | engine streaming
+        alone, live = replay.get(view), stalls.get("per_view_ms", {}).get(view)
+        rows.append((f"longest GUI stall with {view} showing, ms (panels alone / engine streaming)",
+                     "-" if alone is None else f"{alone:.0f}", "-" if live is None else f"{live:.0f}", ""))
     s = results["stability"]
     rows.append((f"RSS over {s['runs']} runs, MB (start / end)", f"{s['rss_start_mb']:.0f}",
                  f"{s['rss_end_mb']:.0f}", f"{s['growth_mb']:+.1f} MB"))

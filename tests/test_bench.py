@@ -83,10 +83,14 @@ def test_gui_part(results):
         assert "pipeline" in v["per_panel_median_ms"] and "broken" not in v["per_panel_median_ms"]
     head = gui["head_select"]
     assert {"tokens", "median_ms", "max_ms"} <= set(head) and head["max_ms"] >= head["median_ms"] >= 0
-    stalls = gui["stalls"]
-    views = stalls["per_view_ms"]
-    assert "attention > Head statistics" in views and "tokens" in views and "broken" not in views
-    assert all(ms >= 0 for ms in views.values()) and stalls["longest_ms"] == views[stalls["worst"]]
+    for key in ("stalls", "stalls_replay"):  # with the window's engine streaming, and the panels alone
+        stalls = gui[key]
+        views = stalls["per_view_ms"]
+        assert "attention > Head statistics" in views and "tokens" in views and "broken" not in views
+        assert all(ms >= 0 for ms in views.values()) and stalls["longest_ms"] == views[stalls["worst"]]
+    live = gui["redraw_streaming"]  # the redraw figure is taken while the engine streams, not in a replay
+    assert live["frames"] >= 1 and live["p95_ms"] >= live["median_ms"] > 0
+    assert gui["redraw_p95_ms_at_1024"] == live["p95_ms"] and gui["redraw_reference_tokens"] == live["tokens"]
 
 
 def test_live_part(results):

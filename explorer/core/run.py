@@ -226,6 +226,12 @@ class Run:
                        drafts=[d for d in self.drafts if d.position + d.accepted <= n],
                        _buffers=dict(self._buffers), _n=n, _cache={})
 
+    def snapshot(self) -> Run:
+        """The run as it is now, frozen: a view sharing the captured buffers (no copy) that later steps do not
+        change, for analyses off the GUI thread while the run streams. Must not be `apply`-ed."""
+        return replace(self, tokens=list(self.tokens), steps=list(self.steps), _buffers=dict(self._buffers),
+                       drafts=list(self.drafts), _cache={})
+
     def save(self, path, include_head: bool = True, exact: bool = False) -> None:
         """Save as one compressed .npz with a JSON header (no pickle); `include_head=False` leaves out the
         unembedding, most of the file; activations are stored as bounded int8 unless `exact` (see

@@ -65,7 +65,11 @@ def _wait(signal, start: Callable[[], None], timeout_s: float) -> list:
 def _window_run(w, text: str, max_new: int) -> dict:
     app = _app()
     stamps: list[float] = []
-    w.host.step.connect(lambda *_: stamps.append(time.perf_counter()))  # after the RunController's own slot
+
+    def shown(n: int, _ms: float) -> None:  # steps applied and handed to the panels (once a frame)
+        stamps.extend([time.perf_counter()] * n)
+
+    w.runs.steps_shown.connect(shown)
     meter = StallMeter()
     w.prompt_bar.max_new.setValue(max_new)
     meter.start()
@@ -74,8 +78,7 @@ def _window_run(w, text: str, max_new: int) -> dict:
     app.processEvents()  # the last step painted
     t1 = time.perf_counter()
     stall = meter.stop()
-    w.host.step.disconnect()
-    w.host.step.connect(w.runs._step)
+    w.runs.steps_shown.disconnect(shown)
     return {"total_s": t1 - t0, "decode_tps": _rate(stamps), "stall_ms": stall, "reason": reason,
             "n_new": w.run.n_generated if w.run is not None else 0}
 

@@ -1,11 +1,19 @@
-"""GUI-thread stalls per panel and tab while a run streams (part of `lm-explorer bench`).
+"""GUI-thread stalls per panel and tab, and the redraw per step, while a run streams (part of `lm-explorer bench`).
 
 A QTimer ticks every 5 ms on the GUI thread and records the gaps between its ticks: any work that
 blocks the GUI thread (a panel's per-step drawing, a background result landing, a table filling
-after the run) shows up as a long gap. For each panel (its dock raised, so it draws) and each tab
-of a panel's `tabs` widget (Attention > Head statistics among them), the run's events are fed as the
-window receives them while streaming, with the event loop running between steps, and then the
-event loop runs until background analyses are done, so freezes after a run are counted too.
+after the run, the engine holding the interpreter) shows up as a long gap. For each panel (its dock
+raised, so it draws) and each tab of a panel's `tabs` widget (Attention > Head statistics among them)
+two figures are taken:
+
+    streaming  the real window runs the prompt: the engine streams the steps and the window shows them
+               as it does for a user (RunController, steps coalesced to the frame rate); the meter runs
+               from Run until the background analyses the run started are done and shown
+    replay     the panels alone: a recorded run's events are fed to the panels with the event loop
+               running between steps and no engine working, so what remains is the panels' own cost
+
+The redraw per step at 1,024 tokens is measured while streaming too: for every frame that shows
+steps, the panels' updates (RunController.steps_shown) plus the paint that follows.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 from PySide6.QtCore import QElapsedTimer, QTimer
 from PySide6.QtWidgets import QApplication, QTabWidget
 
@@ -80,9 +89,82 @@ def _views(window, panels: dict) -> list[tuple[str, object, QTabWidget | None, i
     return out
 
 
+def raise_view(panel, tabs: QTabWidget | None, index: int) -> None:
+    """Put a panel (and one of its tabs) on screen, as a user clicking its dock tab would."""
+    dock = panel.parentWidget()
+    while dock is not None and not hasattr(dock, "setFloating"):
+        dock = dock.parentWidget()
+    if dock is not None:
+        dock.show()
+        dock.raise_()
+    if tabs is not None:
+        tabs.setCurrentIndex(index)
+
+
+class RedrawMeter:
+    """Per frame that shows streamed steps: the panels' updates plus the paint that follows, in ms."""
+
+    def __init__(self, window):
+        self.times: list[float] = []
+        self._app = QApplication.instance()
+        window.runs.steps_shown.connect(self._shown)
+
+    def _shown(self, _n: int, update_ms: float) -> None:
+        t0 = time.perf_counter()
+        self._app.sendPostedEvents()  # the paint the updates asked for (update requests are posted events)
+        self.times.append(update_ms + (time.perf_counter() - t0) * 1e3)
+
+
+def stream_once(app: QApplication, window, request: RunRequest, limit_s: float = 600.0) -> str:
+    """Run `request` in the window and process events until it has finished and background work is shown."""
+    done: list[str] = []
+    window.run_done.connect(done.append)
+    try:
+        window.submit(request)
+        end = time.perf_counter() + limit_s
+        while not done and time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.001)
+        drain(app)
+    finally:
+        window.run_done.disconnect(done.append)
+    return done[0] if done else "timed out"
+
+
+def measure_streaming(window, panels: dict, request: RunRequest, log: Callable[[str], None] = print) -> dict:
+    """{"per_view_ms": {label: longest stall}, "longest_ms", "worst"}: the window streams `request` once per view."""
+    app = QApplication.instance()
+    meter = StallMeter()
+    per_view: dict[str, float] = {}
+    stream_once(app, window, request)  # warm-up: first-use costs (fonts, caches) are not a stall of a panel
+    for label, panel, tabs, index in _views(window, panels):
+        raise_view(panel, tabs, index)
+        drain(app)
+        meter.start()
+        reason = stream_once(app, window, request)
+        per_view[label] = meter.stop()
+        log(f"    longest GUI stall with {label} showing, engine streaming: {per_view[label]:.0f} ms ({reason})")
+    worst = max(per_view, key=per_view.get) if per_view else None
+    return {"per_view_ms": per_view, "longest_ms": per_view[worst] if worst else None, "worst": worst,
+            "tick_ms": TICK_MS}
+
+
+def measure_redraw_streaming(window, request: RunRequest, repeats: int = 2) -> dict:
+    """Redraw per frame that shows streamed steps (panel updates + paint), over `repeats` runs, default layout."""
+    app = QApplication.instance()
+    window.reset_layout()
+    meter = RedrawMeter(window)
+    for _ in range(repeats):
+        stream_once(app, window, request)
+    t = meter.times or [float("nan")]
+    return {"frames": len(meter.times), "median_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
+            "max_ms": float(max(t))}
+
+
 def measure_stalls(session, window, panels: dict, n_tokens: int, steps: int, prompt_of: Callable,
                    step_ms: float = 20.0, log: Callable[[str], None] = print) -> dict:
-    """{"per_view_ms": {label: longest stall}, "longest_ms", "worst"} for a run of `n_tokens` + `steps`."""
+    """Replay (the panels' own cost, no engine working): {"per_view_ms": {label: longest stall}, "longest_ms",
+    "worst"} for a recorded run of `n_tokens` + `steps`."""
     app = QApplication.instance()
     prompt, _ = prompt_of(session.loaded.tokenizer, n_tokens)
     request = RunRequest(prompt=prompt, settings=GenerationSettings(max_new_tokens=steps, stop_at_eos=False),
@@ -93,14 +175,7 @@ def measure_stalls(session, window, panels: dict, n_tokens: int, steps: int, pro
     meter = StallMeter()
     per_view: dict[str, float] = {}
     for label, panel, tabs, index in _views(window, panels):
-        dock = panel.parentWidget()
-        while dock is not None and not hasattr(dock, "setFloating"):
-            dock = dock.parentWidget()
-        if dock is not None:
-            dock.show()
-            dock.raise_()
-        if tabs is not None:
-            tabs.setCurrentIndex(index)
+        raise_view(panel, tabs, index)
         run = session.new_run(request)
         run.apply(events[0])
         selection.set_limits(steps=len(run.steps), positions=run.n_tokens, layers=info.n_layers, heads=info.n_heads)
@@ -118,7 +193,7 @@ def measure_stalls(session, window, panels: dict, n_tokens: int, steps: int, pro
             pump(app, step_ms)
         drain(app)
         per_view[label] = meter.stop()
-        log(f"    longest GUI stall with {label} showing: {per_view[label]:.0f} ms")
+        log(f"    longest GUI stall with {label} showing, replay: {per_view[label]:.0f} ms")
     worst = max(per_view, key=per_view.get) if per_view else None
     return {"tokens": n_tokens, "steps": steps, "tick_ms": TICK_MS, "per_view_ms": per_view,
             "longest_ms": per_view[worst] if worst else None, "worst": worst}

@@ -7,9 +7,10 @@ is running and what is on screen (`run`, `running`), and the window delegates to
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QElapsedTimer, QObject, QTimer, Signal
 
 from ..core.errors import PromptTooLongError
 from ..core.events import RunRequest
@@ -19,14 +20,21 @@ from .settings import push_recent
 from .worker import EngineHost
 
 MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
+FRAME_MS = 16  # streamed steps reach the panels at most once per frame (60 Hz)
 
 
 class RunController(QObject):
+    steps_shown = Signal(int, float)  # (step events shown in this frame, milliseconds their panel updates took)
+
     def __init__(self, window) -> None:
         super().__init__(window)
         self.w = window
         self.host = EngineHost(self, kind=window.settings.value("engine"),
                                threads=window.settings.value("engine_threads") or None)
+        self._queued: list[tuple[int, object]] = []  # (run id, StepEvent) waiting for the next frame
+        self._frame = QTimer(self, singleShot=True)
+        self._frame.timeout.connect(self.flush_steps)
+        self._since_flush = QElapsedTimer()
         self.run: Run | None = None  # the run on screen
         self.running = False
         self._incoming: tuple[int, Run] | None = None
@@ -85,6 +93,7 @@ class RunController(QObject):
         if not self.running:
             return
         self.host.detach()
+        self._queued.clear()
         self.running = False
         self.w.prompt_bar.set_running(False)
         self._incoming = None
@@ -121,26 +130,46 @@ class RunController(QObject):
         if self._incoming is not None and self._incoming[0] == run_id:
             run = self._incoming[1]
             self._incoming = None
+            self._queued.clear()
             run.apply(event)
             self._stream_run = run  # the identity of the run this stream grows
             self.show_run(run, follow=True)
             return
-        run = self.run
-        if run is None or run is not self._stream_run:  # another run is on screen: stale step
+        if self.run is None or self.run is not self._stream_run:  # another run is on screen: stale step
             return
+        self._queued.append((run_id, event))  # shown at the next frame: steps arriving faster than the frame
+        if not self._frame.isActive():  # rate cost one selection change, status update and paint per frame
+            wait = FRAME_MS - self._since_flush.elapsed() if self._since_flush.isValid() else 0
+            self._frame.start(max(0, int(wait)))
+
+    def flush_steps(self) -> None:
+        """Show the queued step events (in order) now: each panel's on_step per event, then one selection
+        move, status update and paint for all of them (the frame timer calls this at most once a frame)."""
+        self._frame.stop()
+        queued, self._queued = self._queued, []
+        run = self.run
+        queued = [e for rid, e in queued if rid == self.host.active_id]  # (a detached stream's steps are stale)
+        if not queued or run is None or run is not self._stream_run or self.w._closed:
+            return
+        t0 = time.perf_counter()
+        self._since_flush.start()
         following = self.w.selection.step >= len(run.steps) - 1
-        run.apply(event)
+        panels = [dock.panel for dock in self.w.docks.values() if dock.panel is not None]
+        for event in queued:
+            run.apply(event)
+            for panel in panels:
+                panel.on_step(run, event)
         self._set_limits(run)
-        for dock in self.w.docks.values():
-            if dock.panel is not None:
-                dock.panel.on_step(run, event)
         if following:
             self.w.selection.set("step", len(run.steps) - 1)
             self.w.selection.set("position", run.n_tokens - 1)
         self._update_status()
+        self.steps_shown.emit(len(queued), (time.perf_counter() - t0) * 1e3)
 
     def show_run(self, run: Run | None, follow: bool = False) -> None:
         """Put a run on screen (a new one, or one opened from a file)."""
+        if run is not self._stream_run or run is not self.run:
+            self._queued.clear()  # steps of the run that was on screen are stale now
         self.run = run
         for dock in self.w.docks.values():  # a full redraw follows: no selection callback may see the old run
             if dock.panel is not None:
@@ -164,6 +193,7 @@ class RunController(QObject):
     def _run_finished(self, run_id: int, reason: str) -> None:
         if run_id != self.host.active_id:
             return
+        self.flush_steps()  # the last steps are on screen before anything reacts to the end of the run
         self.running = False
         self.w.prompt_bar.set_running(False)
         self._incoming = None
@@ -174,6 +204,7 @@ class RunController(QObject):
     def _run_failed(self, run_id: int, exc: Exception, message: str) -> None:
         if run_id not in (self.host.active_id, -1):
             return
+        self.flush_steps()  # the steps it streamed before failing stay on screen
         self.running = False
         self.w.prompt_bar.set_running(False)
         self._incoming = None

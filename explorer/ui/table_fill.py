@@ -46,3 +46,30 @@ def fill_table(table: QTableWidget, rows: Sequence[Sequence[Cell]], *, columns: 
     if resize:
         table.resizeColumnsToContents()  # with sorting on, Qt leaves room for the sort arrow
     table.viewport().update()
+
+
+def append_rows(table: QTableWidget, rows: Sequence[Sequence[Cell]], *, resize: bool = False,
+                sort: bool = True) -> None:
+    """Add `rows` at the end with updates, signals and sorting off (a chunk of a progressive fill: a long table
+    filled a few rows per event-loop turn never blocks the GUI thread); `resize` sizes the columns to what is
+    in the table now, `sort` turns the table's sorting back on (when it was on) after this chunk."""
+    sorting = table.isSortingEnabled() or bool(table.property("sort_after_fill"))
+    updates = table.updatesEnabled()
+    table.setSortingEnabled(False)
+    table.setProperty("sort_after_fill", sorting and not sort)  # sort once, after the last chunk
+    table.setUpdatesEnabled(False)
+    blocked = table.blockSignals(True)
+    try:
+        first = table.rowCount()
+        table.setRowCount(first + len(rows))
+        for r, row in enumerate(rows, first):
+            for c, cell in enumerate(row):
+                table.setItem(r, c, cell if isinstance(cell, QTableWidgetItem) else QTableWidgetItem(cell))
+    finally:
+        table.blockSignals(blocked)
+        table.setUpdatesEnabled(updates)
+    if sort and sorting:
+        table.setSortingEnabled(True)
+    if resize:
+        table.resizeColumnsToContents()
+    table.viewport().update()

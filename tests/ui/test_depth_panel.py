@@ -61,6 +61,14 @@ def _settle(qtbot):
     qtbot.wait(20)
 
 
+def _drawn(qtbot, panel):
+    """The views compute off the GUI thread and draw at the next frame: let that happen."""
+    for _ in range(3):
+        Background.wait_idle()
+        qtbot.wait(1)
+        panel.frames.flush()
+
+
 def test_streams_and_fills_the_lens_progressively(qtbot, tiny_llama, monkeypatch):
     monkeypatch.setattr(depth_module, "WINDOW", 4)  # several background blocks on a tiny prompt
     session = Session(tiny_llama, store_dtype=torch.float32)
@@ -90,21 +98,26 @@ def test_views_follow_the_selection(qtbot, tiny_llama):
     _settle(qtbot)
     qtbot.waitUntil(lambda: panel._weights is not None, timeout=10000)  # read by an engine job
     sel.set("position", 5)
+    _drawn(qtbot, panel)
     att = panel.attribution.last
     assert att.position == 5 and att.token_id == run.token_ids[6]
     assert att.contributions.sum() + att.offset == approx(att.logit, 1e-3)
     heights = panel.attribution.bars.opts["height"]
     np.testing.assert_allclose(heights, att.contributions)
     panel.attribution.by_head.setChecked(True)
+    _drawn(qtbot, panel)
     assert panel.attribution.heads.isVisible() and panel.attribution.heads.data.shape == (run.info.n_heads,
                                                                                          run.info.n_layers)
     panel.tabs.setCurrentWidget(panel.share)
+    _drawn(qtbot, panel)
     assert_close(np.nansum(panel.share.map.data, axis=1), 1.0, 1e-4)
     panel.tabs.setCurrentWidget(panel.similarity)
+    _drawn(qtbot, panel)
     assert_close(np.diag(panel.similarity.map.data), 1.0, 1e-5)
     panel.tabs.setCurrentWidget(panel.depth_attention)
     sel.set("layer", 2)
     sel.set("head", 3)
+    _drawn(qtbot, panel)
     da = panel.depth_attention.last
     assert (da.layer, da.head, da.position) == (2, 3, 5) and da.depth_scores.size == 3
     assert "Counterfactual" in panel.depth_attention.banner.text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PySide6.QtWidgets import QApplication
 
 from explorer.core.api import capture, run_request
 from explorer.core.events import RunRequest
@@ -15,6 +16,14 @@ from explorer.ui.panels.intervention_menu import head_menu
 from explorer.ui.panels.interventions import InterventionsPanel
 from explorer.ui.selection import Selection
 from explorer.ui.widgets.background import Background
+
+
+def _drawn(panel):
+    """Off-thread results delivered and drawn (they land at the next frame)."""
+    for _ in range(3):
+        Background.wait_idle()
+        QApplication.processEvents()
+        panel.frames.flush()
 
 
 def _limits(sel, run):
@@ -28,19 +37,22 @@ def test_depth_panel_clears_attribution_and_shows_similarity_for_an_encoder(qtbo
     panel, sel = make_panel(DepthPanel, causal, position="last")
     panel.tabs.setCurrentWidget(panel.attribution)
     panel._refresh_view()
+    _drawn(panel)  # computed off the GUI thread, drawn at the next frame
     assert len(panel.attribution.bars.opts["height"]) == 2 * causal.info.n_layers + 1
     assert "Target" in panel.attribution.caption.text()
     _limits(sel, encoder)
     panel.set_run(encoder)
-    Background.wait_idle()
+    _drawn(panel)  # (a result for the previous run still in flight must not land)
     assert len(panel.attribution.bars.opts["height"]) == 0  # the previous run's bars are gone
     assert "Target" not in panel.attribution.caption.text() and "encoder" in panel.attribution.caption.text()
     assert panel.attribution.last is None
     panel.tabs.setCurrentWidget(panel.similarity)
+    _drawn(panel)
     x, y = panel.similarity.curves["whole layer"].getData()
     assert x is not None and len(y) == encoder.info.n_layers and np.isfinite(y).all()
     assert panel.similarity.map.data.shape == (encoder.info.n_layers + 1,) * 2
     panel.tabs.setCurrentWidget(panel.share)
+    _drawn(panel)
     assert "post-norm" in panel.share.caption.text()  # BERT: rows do not sum to 1, and it says so
     assert panel.error is None
 
@@ -57,6 +69,7 @@ def test_residual_share_caption_follows_additivity(qtbot, tiny_models, make_pane
     assert np.abs(bert_rows[1:] - 1).max() > 0.1 and additivity_error(bert, 3).max() > 0.1
     panel, _sel = make_panel(DepthPanel, llama, position="last")
     panel.tabs.setCurrentWidget(panel.share)
+    _drawn(panel)
     text = panel.share.caption.text()
     assert "Rows sum to 1" in text and "geometric share" in text and "Logit attribution" in text
 

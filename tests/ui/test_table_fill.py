@@ -50,10 +50,11 @@ def test_refilling_head_statistics_measures_rows_once(qtbot, tmp_path):
     app.setStyle(style)
     try:
         summaries = _summaries(30, 9)
-        table.set_summaries(summaries, 3)  # the first run
-        app.processEvents()
+        table.set_summaries(summaries, 3)  # the first run (filled a chunk of rows per event-loop turn)
+        qtbot.waitUntil(lambda: table.table.rowCount() == 30 * 9 and table.table.isSortingEnabled(), timeout=10000)
         style.calls = 0
         table.set_summaries(summaries, 3)  # the next run: the old code re-measured every row after each cell
+        qtbot.waitUntil(lambda: table.table.rowCount() == 30 * 9 and table.table.isSortingEnabled(), timeout=10000)
         app.processEvents()
         cells = 30 * 9 * (4 + len(STAT_NAMES))
         assert table.table.rowCount() == 30 * 9

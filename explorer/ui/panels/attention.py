@@ -401,7 +401,8 @@ class AttentionPanel(Panel):
             if summary is None or gen != self._gen:
                 return
             self._summaries[summary.layer] = summary
-            self.overview.set_layer(summary.layer, summary.thumbs)
+            self.overview.set_layer(summary.layer, summary.thumbs, show=False)  # paint the pixels now,
+            self.frames.post("overview", self.run_serial, self.overview.show_image)  # show once a frame
             left = info.n_layers - len(self._summaries)
             self.overview.status.setText(f"computing {len(self._summaries)}/{info.n_layers} layers…" if left else
                                          f"{info.n_layers} layers x {info.n_heads} heads; each thumbnail scaled "

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+import shiboken6
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFontMetricsF, QPen
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -25,11 +26,12 @@ from PySide6.QtWidgets import (
 
 from ...core.analysis.attention import STAT_NAMES, LayerSummary, Thresholds, label_head
 from .. import plot_style
-from ..table_fill import fill_table, interactive_columns
+from ..table_fill import append_rows, fill_table, interactive_columns
 from ..widgets.heatmap import tick_step
 
 BACKGROUND = (30, 30, 34)
 FRAME = (120, 120, 128)
+FILL_CHUNK = 24  # head-statistics rows added per event-loop turn (a few ms each)
 MAX_STRETCH = 2.0  # a thumbnail is at most this many times wider than tall on screen (or taller than wide)
 
 
@@ -163,8 +165,9 @@ class OverviewGrid(QWidget):
         self.plot.getAxis("top").setLabel(top_title)
         self.plot.getAxis("left").setLabel(left_title)
 
-    def set_layer(self, layer: int, thumbs: np.ndarray) -> None:
-        """Paint one layer's thumbnails [heads, size, size] (values 0..1)."""
+    def set_layer(self, layer: int, thumbs: np.ndarray, show: bool = True) -> None:
+        """Paint one layer's thumbnails [heads, size, size] (values 0..1) into the image; `show=False` leaves
+        putting it on screen to `show_image` (results of many layers arriving in one frame: one upload)."""
         if self.rgb is None:
             return
         colours = self.cmap.map(np.clip(thumbs, 0, 1).reshape(-1), mode="byte")[:, :3]  # [heads*size*size, 3]
@@ -173,7 +176,12 @@ class OverviewGrid(QWidget):
         for h in range(min(self.n_heads, thumbs.shape[0])):
             x = self.head_x(h)
             self.rgb[y: y + self.size, x: x + self.size] = colours[h]
-        self._show_image()
+        if show:
+            self._show_image()
+
+    def show_image(self) -> None:
+        if self.rgb is not None:
+            self._show_image()
 
     def select(self, layer: int, head: int) -> None:
         self._selected = (layer, head)
@@ -222,6 +230,7 @@ class HeadStatsTable(QWidget):
     def __init__(self, thresholds: Thresholds, parent: QWidget | None = None):
         super().__init__(parent)
         self.thresholds = thresholds
+        self._fill_id = 0
         self.note = QLabel("Labels: " + thresholds.describe())
         self.note.setWordWrap(True)
         self.button = QPushButton("Run induction test")
@@ -246,13 +255,28 @@ class HeadStatsTable(QWidget):
         layout.addWidget(self.table, 1)
 
     def set_summaries(self, summaries: list[LayerSummary], group: int) -> None:
-        rows = []
-        for s in summaries:
-            for head, scores in enumerate(s.scores):
-                kv = head // group
-                rows.append([_Num(s.layer, str(s.layer)), _Num(head, str(head)), _Num(kv, str(kv)),
-                             label_head(scores, self.thresholds), *(_Num(v, f"{v:.3f}") for v in scores)])
-        fill_table(self.table, rows)  # one pass: no re-measuring of every row after each cell
+        """Fill the table a few rows per event-loop turn (270 rows x 14 items at once blocked the GUI thread for
+        60 ms); the row count reaches its final value with the last chunk. A newer call replaces a fill in progress."""
+        heads = [(s.layer, head, scores) for s in summaries for head, scores in enumerate(s.scores)]
+        self._fill_id += 1
+        fill_id = self._fill_id
+        fill_table(self.table, [], resize=False)
+
+        def row(layer: int, head: int, scores: np.ndarray) -> list:
+            kv = head // group
+            return [_Num(layer, str(layer)), _Num(head, str(head)), _Num(kv, str(kv)),
+                    label_head(scores, self.thresholds), *(_Num(v, f"{v:.3f}") for v in scores)]
+
+        def chunk(start: int) -> None:
+            if fill_id != self._fill_id or not shiboken6.isValid(self.table):
+                return  # a newer fill started (or the table is gone)
+            stop = min(len(heads), start + FILL_CHUNK)
+            append_rows(self.table, [row(*h) for h in heads[start:stop]], resize=start == 0,
+                        sort=stop == len(heads))
+            if stop < len(heads):
+                QTimer.singleShot(0, lambda: chunk(stop))
+
+        chunk(0)
 
     def labels(self) -> dict[tuple[int, int], str]:
         out = {}

@@ -29,6 +29,8 @@ from ...core.run import NotCaptured, Run
 from .. import plot_style
 from ..empty_state import show_empty
 from ..selection import Selection
+from ..widgets.background import Background
+from ..widgets.coalesce import FrameCoalescer
 
 log = logging.getLogger(__name__)
 NO_MODEL = "This needs the app's model (the panel is not connected to a window)."
@@ -76,6 +78,9 @@ class Panel(QWidget):
 
     def __init__(self, selection: Selection, parent: QWidget | None = None):
         super().__init__(parent)
+        self.run_serial = 0  # bumps with every set_run: off-thread results for an older run are stale
+        self._frames: FrameCoalescer | None = None
+        self._offthread_bg: Background | None = None
         self.services = PanelServices()
         self.request_prompt.connect(lambda text: self.services.run_prompt(text))
         self.rerun.connect(lambda request: self.services.rerun(request))
@@ -125,7 +130,34 @@ class Panel(QWidget):
         """Nothing to show yet (its plots are covered by a sentence): before a run, for most panels."""
         return self.full_run is None
 
+    # --- work off the GUI thread, results coalesced to the frame rate -------------------------------
+    @property
+    def frames(self) -> FrameCoalescer:
+        """This panel's frame coalescer: `post(key, token, fn)` runs the newest fn per key once per frame
+        (guarded like every drawing method), unless its token (default: `run_serial`) is stale by then."""
+        if self._frames is None:
+            self._frames = FrameCoalescer(self, is_current=lambda token: token == self.run_serial)
+        return self._frames
+
+    def offthread(self, key: str, compute: Callable[[], Any], apply: Callable[[Any], None],
+                  priority: int = 0) -> None:
+        """Run `compute` (numpy only, no Qt, no model) in the background pool; `apply(result)` then runs on the
+        GUI thread at the next frame, newest result per `key` only, and never for a run that was replaced."""
+        if self._offthread_bg is None:
+            self._offthread_bg = Background(self)
+        token = self.run_serial
+
+        def done(result) -> None:
+            self.frames.post(key, token, lambda: self._guard(apply, result))
+
+        def failed(message: str) -> None:
+            if token == self.run_serial:
+                self._show_error(getattr(apply, "__name__", key), f"This panel's analysis failed: {message}")
+
+        self._offthread_bg.submit(key, compute, done, failed, priority=priority)
+
     def set_run(self, run: Run | None) -> None:
+        self.run_serial += 1
         self.full_run = self.run = run
         show_empty(self, self.title, self.is_empty())  # before a run: what will appear, no made-up axes
         if not self._deferred():

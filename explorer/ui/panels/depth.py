@@ -326,14 +326,22 @@ class DepthPanel(Panel):
 
     # --- lower views ---------------------------------------------------------------------------
     def attribution_target(self) -> int | None:
-        """The token scored by the attribution: the clicked one (in that mode), else the actual next one."""
-        run, t = self.run, self.table
-        pos = self.selection.position
+        """The token scored by the attribution: the clicked one (in that mode), else the actual next one, else (the
+        newest position) the model's top prediction."""
+        known = self._known_target()
+        if known is not None or self.run is None:
+            return known
+        return int(np.argmax(self.run.next_token_logprobs(self.selection.position)))
+
+    def _known_target(self) -> int | None:
+        """The clicked token (in that mode) or the actual next one; None where only the prediction can say
+        (an lm_head product: computed off the GUI thread)."""
+        t, pos = self.table, self.selection.position
         if self.mode.currentIndex() == 2 and self.target_token is not None:
             return self.target_token
         if t is not None and pos < t.n and t.target_ids[pos] >= 0:
             return int(t.target_ids[pos])
-        return int(np.argmax(run.next_token_logprobs(pos))) if run is not None else None
+        return None
 
     def weights(self) -> DepthWeights | None:
         """The run's model's weights, or None while they are being read (the view redraws when they arrive)."""
@@ -368,22 +376,48 @@ class DepthPanel(Panel):
                    self.depth_attention: {"position", "layer", "head"}, self.learned: {"position"}}.get(view, set())
         if changed is not None and not (changed & depends):
             return
+        # the numbers are computed off the GUI thread on a frozen snapshot of the run (the run grows meanwhile);
+        # the newest result is drawn at the next frame (older ones, and any for a replaced run, are dropped)
+        frozen = run.snapshot()
         if view is self.attribution:
             if not has_head:
                 self.attribution.clear("Logit attribution needs a language-model head; this model is an encoder.")
                 return
-            self.attribution.draw(run, pos, self.attribution_target(), self.weights())
+            known, weights, by_head = self._known_target(), self.weights(), self.attribution.by_head.isChecked()
+
+            def attribution():
+                target = known if known is not None else int(np.argmax(frozen.next_token_logprobs(pos)))
+                return target, AttributionView.compute(frozen, pos, target, weights, by_head)
+
+            self.offthread("view", attribution, lambda result: self.attribution.show(frozen, pos, *result))
         elif view is self.share:
-            self.share.draw(run, pos)
+            split = self.share.split.isChecked()
+            self.offthread("view", lambda: ShareView.compute(frozen, pos, split),
+                           lambda result: self.share.show(frozen, pos, result))
         elif view is self.similarity:
-            self.similarity.draw(run)
+            skip_first, skip_massive = self.similarity.skip_first.isChecked(), self.similarity.skip_massive.isChecked()
+            self.offthread("view", lambda: SimilarityView.compute(frozen, skip_first, skip_massive),
+                           lambda result: self.similarity.show(frozen, result))
         elif view is self.depth_attention:
             head = min(self.selection.head, run.info.n_heads - 1)
-            try:
-                weights = self.weights()
-                self.depth_attention.draw(run, weights, layer, head, pos)
-            except (ValueError, KeyError, AttributeError, NotImplementedError) as exc:  # e.g. no such projections
-                self.depth_attention.clear(f"Depth attention is not available for this model: {exc}")
+            weights = self.weights()
+            if weights is None:
+                self.depth_attention.draw(frozen, None, layer, head, pos)  # says what it waits for
+                return
+
+            def depth_attention():
+                try:
+                    return DepthAttentionView.compute(frozen, weights, layer, head, pos)
+                except (ValueError, KeyError, AttributeError, NotImplementedError) as exc:  # e.g. no projections
+                    return f"Depth attention is not available for this model: {exc}"
+
+            def show(result) -> None:
+                if isinstance(result, str):
+                    self.depth_attention.clear(result)
+                else:
+                    self.depth_attention.show(frozen, layer, head, pos, result)
+
+            self.offthread("view", depth_attention, show)
         elif view is self.learned:
             self.learned.draw(run, pos)
 

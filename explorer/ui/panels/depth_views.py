@@ -92,7 +92,18 @@ class AttributionView(QWidget):
         self.caption.setText(message)
 
     def draw(self, run: Run, position: int, token_id: int, weights: DepthWeights | None) -> None:
+        self.show(run, position, token_id, self.compute(run, position, token_id, weights, self.by_head.isChecked()))
+
+    @staticmethod
+    def compute(run: Run, position: int, token_id: int, weights: DepthWeights | None, by_head: bool) -> tuple:
+        """The numbers (numpy only: safe off the GUI thread on a `Run.snapshot()`)."""
         att = direct_logit_attribution(run, position, token_id)
+        per_head = head_attribution(run, weights, position, token_id, att.scale) if by_head and weights is not None \
+            else None  # [L, H+1]
+        return att, per_head
+
+    def show(self, run: Run, position: int, token_id: int, result: tuple) -> None:
+        att, per_head = result
         self.last = att
         values = att.contributions
         x = np.arange(values.size)
@@ -109,8 +120,7 @@ class AttributionView(QWidget):
             f"(final norm scale frozen at {att.scale:.4f}; error {att.error:+.1e}). Red bars push the token up, "
             "blue bars push it down; each layer has two bars: attention, then MLP. A linearisation: a bar is a "
             "block's direct push with the norm frozen, not what removing the block would change.")
-        if self.by_head.isChecked() and weights is not None:
-            per_head = head_attribution(run, weights, position, token_id, att.scale)  # [L, H+1]
+        if self.by_head.isChecked() and per_head is not None:
             data = per_head[:, :-1].T  # [H, L]
             self.heads.set_data(data, levels=_sym_levels(data), row_labels=[f"h{h}" for h in range(data.shape[0])],
                                 col_labels=[str(i) for i in range(data.shape[1])])
@@ -140,17 +150,24 @@ class ShareView(QWidget):
         layout.addWidget(self.split)
 
     def draw(self, run: Run, position: int) -> None:
-        share = residual_share(run, position, split=self.split.isChecked())
+        self.show(run, position, self.compute(run, position, self.split.isChecked()))
+
+    @staticmethod
+    def compute(run: Run, position: int, split: bool) -> tuple[np.ndarray, bool, bool]:
+        return residual_share(run, position, split=split), split, is_additive(run, position)
+
+    def show(self, run: Run, position: int, result: tuple[np.ndarray, bool, bool]) -> None:
+        share, split, additive = result
         n_layers = run.info.n_layers
         rows = [depth_label(d, short=True) for d in range(n_layers + 1)]
-        cols = ["embed"] + ([f"{k}{i}" for i in range(n_layers) for k in ("a", "m")] if self.split.isChecked()
+        cols = ["embed"] + ([f"{k}{i}" for i in range(n_layers) for k in ("a", "m")] if split
                             else [str(i) for i in range(n_layers)])
         self.map.set_data(share, levels=_sym_levels(share), row_labels=rows, col_labels=cols)
         text = (f"Position {position}: row = the residual state after a layer; column = an earlier output. "
                 "Cell = component · state / |state|²: the share of the state's length along that output (a "
                 "geometric share; negative = points against the state). It is not which layers the prediction "
                 "is built from: see Logit attribution for that. ")
-        if is_additive(run, position):
+        if additive:
             text += ("Rows sum to 1: each state is the plain sum of its components (a standard model sums with "
                      "weight 1; Attention Residuals would learn these weights).")
         else:
@@ -194,12 +211,18 @@ class SimilarityView(QWidget):
         layout.addLayout(row)
 
     def draw(self, run: Run) -> None:
-        mask = position_mask(run, self.skip_first.isChecked(), self.skip_massive.isChecked())
-        sim = layer_similarity(run, mask)
+        self.show(run, self.compute(run, self.skip_first.isChecked(), self.skip_massive.isChecked()))
+
+    @staticmethod
+    def compute(run: Run, skip_first: bool, skip_massive: bool) -> tuple:
+        mask = position_mask(run, skip_first, skip_massive)
+        return mask, layer_similarity(run, mask), update_ratios(run, mask)
+
+    def show(self, run: Run, result: tuple) -> None:
+        mask, sim, ratios = result
         labels = ["emb"] + [str(i) for i in range(run.info.n_layers)]
         lo = float(min(0.0, np.nanmin(sim)))
         self.map.set_data(sim, levels=(lo, 1.0), row_labels=labels, col_labels=labels)
-        ratios = update_ratios(run, mask)
         x = np.arange(run.info.n_layers)
         for name, values in (("attention", ratios.attn), ("MLP", ratios.mlp), ("whole layer", ratios.block)):
             self.curves[name].setData(x, values)
@@ -250,7 +273,13 @@ class DepthAttentionView(QWidget):
         if weights is None:
             self.clear("Depth attention needs this model's key projections: no model is attached to the panel.")
             return
-        att = depth_attention(run, weights, layer, head, position)
+        self.show(run, layer, head, position, self.compute(run, weights, layer, head, position))
+
+    @staticmethod
+    def compute(run: Run, weights: DepthWeights, layer: int, head: int, position: int):
+        return depth_attention(run, weights, layer, head, position)
+
+    def show(self, run: Run, layer: int, head: int, position: int, att) -> None:
         self.last = att
         n_seq = att.seq_scores.size
         n_depth = att.depth_scores.size

@@ -127,7 +127,10 @@ class NextTokenPanel(Panel):
         else:
             self.redraw()
 
+    _live_run: Run | None = None  # the run this panel saw streaming (its redraws stay off the GUI thread)
+
     def draw_step(self, run: Run, event: StepEvent) -> None:
+        self._live_run = run
         if event.is_prefill:
             self.draw_run(run)
         elif self.selection.position >= event.start - 1:  # the actual next token just arrived
@@ -142,6 +145,9 @@ class NextTokenPanel(Panel):
         self.redraw()  # the cut bars take the theme's faint colour
 
     def redraw(self) -> None:
+        """Draw the prediction at the selected position. For a run that streamed into this panel the numbers (an
+        lm_head product and sorts over the vocabulary) are computed off the GUI thread and drawn at the next
+        frame; a run drawn whole (opened from a file, captured by a script) is drawn at once."""
         self._update_labels()
         run = self.run
         if run is None or run.n_tokens == 0:
@@ -151,16 +157,36 @@ class NextTokenPanel(Panel):
             self._clear("This model is an encoder: it makes no next-token prediction.")
             return
         pos = min(self.selection.position, run.n_tokens - 1)
-        self.logprobs = logprobs = run.next_token_logprobs(pos)  # [vocab]
-        t, k, p = self.settings()
-        try:
-            self.filtered = sampling.filter_logits(logprobs, t, k, p)
-        except InputError as exc:
-            self._clear(str(exc))
+        settings, n_show = self.settings(), self.show_k.value()
+        live = self.full_run is not None and self.full_run is self._live_run  # streaming, or streamed just now
+        if not live:
+            self._show(run, pos, self.compute(run, pos, settings, n_show))
             return
+        frozen = run.snapshot()
+        self.offthread("prediction", lambda: self.compute(frozen, pos, settings, n_show),
+                       lambda result: self._show(frozen, pos, result) if self.run is not None else None)
+
+    @staticmethod
+    def compute(run: Run, pos: int, settings: tuple, n_show: int):
+        """(logprobs, filtered, probs, order, entropy, filtered entropy), or the message of a refused setting."""
+        logprobs = run.next_token_logprobs(pos)  # [vocab]
+        try:
+            filtered = sampling.filter_logits(logprobs, *settings)
+        except InputError as exc:
+            return str(exc)
         probs = np.exp(logprobs.astype(np.float64))  # [vocab]
-        n_show = self.show_k.value()
         order = np.argsort(-probs)[:n_show]
+        entropy = float(sampling.entropy(logprobs.astype(np.float64)))
+        fp = filtered.probs[filtered.kept]
+        filtered_entropy = float(-(fp * np.log(fp, where=fp > 0, out=np.zeros_like(fp))).sum())
+        return logprobs, filtered, probs, order, entropy, filtered_entropy
+
+    def _show(self, run: Run, pos: int, result) -> None:
+        if isinstance(result, str):
+            self._clear(result)
+            return
+        logprobs, filtered, probs, order, entropy, filtered_entropy = result
+        self.logprobs, self.filtered = logprobs, filtered
         actual = run.tokens[pos + 1].id if pos + 1 < run.n_tokens else None
         rows = np.arange(len(order), dtype=np.float64)
         kept = self.filtered.kept[order]
@@ -178,9 +204,6 @@ class NextTokenPanel(Panel):
         self.plot.getAxis("left").setTicks([ticks, []])
         self.plot.setYRange(-0.6, len(order) - 0.4, padding=0)
         self.plot.setXRange(0, max(1e-3, float(max(width.max(), 1e-3))) * 1.05, padding=0)
-        entropy = float(sampling.entropy(logprobs.astype(np.float64)))
-        fp = self.filtered.probs[self.filtered.kept]
-        filtered_entropy = float(-(fp * np.log(fp, where=fp > 0, out=np.zeros_like(fp))).sum())
         actual_text = ""
         if actual is not None:
             rank = int((probs > probs[actual]).sum())

@@ -10,8 +10,11 @@ Only for analyses of arrays (a Run, numpy): work that uses the model is an engin
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,12 +28,27 @@ class _Relay(QObject):
     failed = Signal(object, str)  # (job id, message)
 
 
+BACKGROUND_NICE = 10  # pool threads yield the CPU to the GUI thread (and the engine) when cores are busy
+_thread_state = threading.local()
+
+
+def _lower_priority() -> None:
+    """Once per pool thread: a higher nice value for this thread only (Linux: setpriority on a thread id)."""
+    if getattr(_thread_state, "niced", False):
+        return
+    _thread_state.niced = True
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       max(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), BACKGROUND_NICE))
+
+
 class _Job(QRunnable):
     def __init__(self, job_id: int, fn: Callable[[], Any], relay: _Relay):
         super().__init__()
         self.job_id, self.fn, self.relay = job_id, fn, relay
 
     def run(self) -> None:
+        _lower_priority()
         try:
             result = self.fn()
         except Exception as exc:  # reported to the GUI, never raised in a pool thread
