@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QToolTip, QWidget
 from ...core.analysis.batching import BatchResult
 from ...core.analysis.paged_kv import PagedLayout
 from ...core.events import TokenKind
+from ...core.labels import readable_label
 from .. import plot_style
 from .token_colors import KIND_COLORS
 
@@ -128,7 +129,7 @@ class BatchGrid(QWidget):
                 else:
                     p.fillRect(cell, prompt_c if t < res.n_prompt else gen_c)
                     p.setPen(QColor("#202020"))
-                    text = res.pieces.get(int(res.input_ids[b, t]), "").replace("\n", "\u21b5")
+                    text = readable_label(res.pieces.get(int(res.input_ids[b, t]), ""), width=None, spaces=False)
                     if fm.horizontalAdvance(text) <= cell.width() - 4:
                         p.drawText(cell, Qt.AlignCenter, text)
                     else:  # narrow cells: the piece's start, clipped (an ellipsis would hide it all)
