@@ -147,7 +147,7 @@ def window_shots(args) -> int:
             window.fit.area_override = QRect(0, 0, width, height)  # the screen this picture is for
             window.setGeometry(0, 0, width, height)
             window.show()
-            theme.apply(name=name, presenter=presenter)
+            theme.apply(name=name, presenter=presenter, screen_height=height)  # (not the previous picture's)
             window.fit.refit()
             window.apply_default_layout()
             window.prompt_bar.prompt.setPlainText(PROMPT)
@@ -177,9 +177,9 @@ def window_shots(args) -> int:
             for p in problems:
                 print(f"    does not fit: {p}")
             trouble += len(problems)
+            theme.apply(name="light", presenter=False)
             window.close()
             window.deleteLater()
-            theme.apply(name="light", presenter=False)
             _settle(app, 0.2)
     print(f"total {total / 2**20:,.2f} MiB in {out}; {trouble} fit problem(s)")
     return 1 if trouble else 0

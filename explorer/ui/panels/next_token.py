@@ -213,7 +213,7 @@ class NextTokenPanel(Panel):
         self.info.setText(
             f"Prediction at position <b>{pos}</b> (after {html.escape(_label(run, run.tokens[pos].id))}): entropy "
             f"<b>{entropy:.2f}</b> nats; the sampler keeps <b>{int(self.filtered.kept.sum())}</b> of "
-            f"{len(probs)} tokens (entropy {filtered_entropy:.2f} nats).{actual_text} "
+            f"{len(probs)} tokens (entropy {max(0.0, filtered_entropy):.2f} nats).{actual_text} "
             "<span style='color:gray'>grey: model · blue: sampler · ✂ cut</span>")
 
     def _clear(self, message: str) -> None:
