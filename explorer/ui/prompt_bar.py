@@ -202,7 +202,7 @@ class PromptBar(QWidget):
             "Speculative decoding: a cheap draft proposes the next tokens and the model checks them all in one "
             "pass (same tokens at temperature 0). Prompt lookup copies what followed the last words earlier in "
             "the text; the layers draft is the model's own first blocks. The Tokens panel shows each draft.")
-        form2.addRow("Speculate", self.speculative)
+        form2.addRow("Drafts", self.speculative)  # speculative decoding (short: the label fits 1280 px)
         grid.addLayout(form1, 0, 0)
         grid.addLayout(form2, 0, 1)
         buttons = QHBoxLayout()
