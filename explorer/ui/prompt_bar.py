@@ -44,7 +44,7 @@ class IndexBox(QComboBox):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.setMinimumContentsLength(6)
+        self.setMinimumContentsLength(4)  # (its tooltip and popup show the whole path)
         self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.setToolTip("The index to retrieve from (build one in the Retrieval panel)")
         self.activated.connect(self._picked)
@@ -141,14 +141,14 @@ class PromptBar(QWidget):
         self.retrieve_k.setValue(3)
         self.retrieve_k.setToolTip("k: the number of chunks to insert")
         self.retrieve_index = IndexBox()
-        self.retrieve_k_label = QLabel("k")
+        self.retrieve_k.setPrefix("k ")
         self.retrieve.toggled.connect(self._retrieve_toggled)
         self._retrieve_toggled(False)
         top.addStretch(1)
         top.addWidget(self.recent)
         left.addLayout(top)
         tool_row = QHBoxLayout()  # a row of its own: the top row stays narrow enough for presenter mode
-        for w in (self.retrieve, self.retrieve_k_label, self.retrieve_k, self.retrieve_index):
+        for w in (self.retrieve, self.retrieve_k, self.retrieve_index):
             tool_row.addWidget(w)  # retrieval first (always there), then the chat mode's tool controls
         for w in (self.tools_button, self.tool_reply_button, self.turns_label):
             w.setVisible(False)

@@ -66,6 +66,8 @@ class RunController(QObject):
             self.w.show_banner(" ".join(warnings + more), error=False)
 
     def submit(self, request: RunRequest) -> None:
+        if self.w._closed:  # a closed window's panels may still hear a global signal: nothing runs
+            return
         if self.w.info is None and self.w._loading_spec is None:
             self.w.show_banner("No model is loaded: pick one in the Model box.")
             return

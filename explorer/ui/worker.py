@@ -107,7 +107,9 @@ class EngineHost(QObject):
         return job
 
     def submit(self, request: RunRequest, previous: Run | None) -> int:
-        """Start a run (cancelling the one in progress); returns its id."""
+        """Start a run (cancelling the one in progress); returns its id (-1: the engine is shut down)."""
+        if self._shut:
+            return -1
         job = self.engine.submit(eng.StreamRun(request, previous, self.capture_budget), key=RUN_KEY)
         self._kinds[job] = RUN_KEY
         self.active_id = job
@@ -131,7 +133,10 @@ class EngineHost(QObject):
     def submit_job(self, request: Any, on_done: Callable[[Any], None] | None = None,
                    on_error: Callable[[str], None] | None = None,
                    on_progress: Callable[[float, str], None] | None = None, *, key: str | None = None) -> JobHandle:
-        """Queue a model job (a request type registered with the engine); the callbacks run on the GUI thread."""
+        """Queue a model job (a request type registered with the engine); the callbacks run on the GUI thread.
+        None once the engine is shut down (the window closed)."""
+        if self._shut:
+            return None
         job = self.engine.submit(request, key=key)
         handle = JobHandle(self, job)
         self._kinds[job] = (_Callbacks(on_done, on_error, on_progress), handle)
@@ -154,6 +159,7 @@ class EngineHost(QObject):
         return handle
 
     _side_ids = 0
+    _shut = False  # after shutdown: requests are ignored (a closed window's panels may still ask)
 
     # --- events, on the GUI thread --------------------------------------------------------------------------------
     def _dispatch(self, event: eng.EngineEvent) -> None:
@@ -239,6 +245,7 @@ class EngineHost(QObject):
         returns at once; a thread stuck inside one long library call is left to finish on its own (it is a
         daemon thread, and `orphaned()` says so)."""
         self.active_id = -1
+        self._shut = True
         ok = self.engine.shutdown(msecs / 1000)
         if not ok and self.engine not in _ORPHANS:
             log.warning("the engine is still busy inside a library call; the window closes without waiting")

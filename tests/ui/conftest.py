@@ -76,3 +76,13 @@ def tiny_window(qtbot, tmp_path, tiny_llama):
     yield make
     for w in made:
         w.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_batch_from_another_test():
+    """The latest batch is shared by the panels of a process (ui/batch_hub.py): each test starts without one."""
+    from explorer.ui import batch_hub
+
+    if batch_hub._HUB is not None:
+        batch_hub._HUB.latest = None
+    yield

@@ -35,8 +35,26 @@ DEPTH_COLOUR = OKABE_ITO["purple"]
 BLOCK_COLOUR = OKABE_ITO["green"]
 
 
+class _Caption(QLabel):
+    """A wrapped caption that keeps the height its text needs at its width (a caption set later, e.g. when an
+    off-thread result lands, would otherwise keep one line's height and be cut)."""
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt override
+        super().setText(text)
+        self._fit()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        need = self.heightForWidth(max(1, self.width()))
+        if need > 0 and need != self.minimumHeight():
+            self.setMinimumHeight(need)
+
+
 def _label(text: str = " ") -> QLabel:
-    label = QLabel(text)
+    label = _Caption(text)
     label.setWordWrap(True)
     return label
 

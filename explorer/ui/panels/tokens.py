@@ -118,11 +118,12 @@ class TokensPanel(Panel):
         box = QWidget()
         lay = QVBoxLayout(box)
         lay.setContentsMargins(0, 0, 0, 0)
-        self.batch_label = QLabel()
-        self.batch_label.setWordWrap(True)
+        self.batch_label = QLabel()  # one line (its full text in the tooltip): the panel stays as small as before
         self.batch_grid = BatchGrid()
         area = QScrollArea()
         area.setWidget(self.batch_grid)
+        area.setMinimumHeight(24)
+        box.setMinimumHeight(0)
         lay.addWidget(self.batch_label)
         lay.addWidget(area, 1)
         self.batch_area = area
@@ -136,10 +137,12 @@ class TokensPanel(Panel):
     def show_batch(self, result) -> None:
         self.batch_grid.available = self.batch_area.viewport().width()
         self.batch_grid.set_result(result)
-        self.batch_label.setText(
-            f"<b>Batch</b> (Runtime panel): {result.batch_size} prompts padded on the left to {result.n_prompt} "
-            f"tokens; hatched cells are padding ({result.padded_slots} of {result.attention_mask.size} slots), the "
-            "strip under each row is its attention mask (filled = attended).")
+        self.batch_label.setText(f"<b>Batch</b>: {result.batch_size} prompts, {result.padded_slots} of "
+                                 f"{result.attention_mask.size} slots padding (hatched)")
+        self.batch_label.setToolTip(
+            f"The last batch run in the Runtime panel: {result.batch_size} prompts padded on the left to "
+            f"{result.n_prompt} tokens; hatched cells are padding, the strip under each row is its attention mask "
+            "(filled = attended).")
         self.batch_box.show()
 
     # --- Panel contract -----------------------------------------------------------------------
