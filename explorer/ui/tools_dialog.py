@@ -43,6 +43,22 @@ def split(text: str | None) -> tuple[bool, str]:
     return calculator, json.dumps(rest, indent=1) if rest else ""
 
 
+def _message_and_buttons(dialog: QDialog, layout: QVBoxLayout, ok_text: str | None = None) -> QLabel:
+    """A dialog's error line (hidden until a mistake is shown; nothing typed is lost) and its OK / Cancel."""
+    message = QLabel()
+    message.setWordWrap(True)
+    message.setStyleSheet("color: #b00020;")
+    message.hide()
+    layout.addWidget(message)
+    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+    if ok_text:
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText(ok_text)
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    layout.addWidget(buttons)
+    return message
+
+
 class ToolsDialog(QDialog):
     """Which tools the model is told about. OK checks the JSON; a mistake is shown and nothing is lost."""
 
@@ -61,15 +77,7 @@ class ToolsDialog(QDialog):
         self.definitions.setPlaceholderText(EXAMPLE)
         self.definitions.setMinimumSize(520, 160)
         layout.addWidget(self.definitions, 1)
-        self.message = QLabel()
-        self.message.setWordWrap(True)
-        self.message.setStyleSheet("color: #b00020;")
-        self.message.hide()
-        layout.addWidget(self.message)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout.addWidget(buttons)
+        self.message = _message_and_buttons(self, layout)
 
     def accept(self) -> None:
         try:
@@ -108,16 +116,7 @@ class ToolResultDialog(QDialog):
         self.text = QPlainTextEdit(result)
         self.text.setMinimumSize(420, 80)
         layout.addWidget(self.text, 1)
-        self.message = QLabel()
-        self.message.setWordWrap(True)
-        self.message.setStyleSheet("color: #b00020;")
-        self.message.hide()
-        layout.addWidget(self.message)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Send as tool message and continue")
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout.addWidget(buttons)
+        self.message = _message_and_buttons(self, layout, ok_text="Send as tool message and continue")
 
     def accept(self) -> None:
         try:
