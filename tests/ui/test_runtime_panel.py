@@ -178,6 +178,22 @@ def test_before_a_batch_the_paged_view_pages_the_real_runs_on_screen(panel, tiny
     assert "stored once" in panel.paged_text.text()
 
 
+def test_the_paged_view_follows_a_streaming_run(panel, tiny_session):
+    from explorer.core.events import GenerationSettings, RunRequest
+
+    request = RunRequest("Pages grow as the model writes", settings=GenerationSettings(max_new_tokens=20,
+                                                                                       stop_at_eos=False))
+    run = tiny_session.new_run(request)
+    for i, event in enumerate(tiny_session.stream(request)):
+        run.apply(event)
+        if i == 0:
+            panel.set_run(run)
+        else:
+            panel.on_step(run, event)
+    assert panel.layout_.seq_lengths[-1] == run.n_tokens  # the finished run, not its prompt
+    assert sum(len(t) for t in panel.layout_.tables[-1:]) == -(-run.n_tokens // panel.layout_.block_size)
+
+
 def test_the_tokens_panel_shows_the_batch_with_padding_and_mask(panel, batch, make_panel):
     from explorer.ui.batch_hub import hub
     from explorer.ui.panels.tokens import TokensPanel

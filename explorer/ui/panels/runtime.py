@@ -226,6 +226,12 @@ class RuntimePanel(Panel):
             self.chat.setChecked(run.info.has_chat_template)
         self._page_runs(run)
 
+    def draw_step(self, run: Run, event) -> None:
+        """While the run on screen streams: its pages again when a new block opens, and at the end."""
+        if self.batch is None and self._runs and self._runs[-1] is run and \
+                (run.n_tokens % self.block_size.value() == 1 or event.finish_reason):
+            self._relayout()
+
     def _page_runs(self, run: Run | None) -> None:
         """Before any batch, the Paged KV tab shows the run on screen's real cache in pages, beside the run before
         it when the two share a prefix (the prefix the KV cache reused is stored once)."""
