@@ -147,3 +147,22 @@ def test_the_engine_process_dying_fails_its_jobs_and_starts_a_new_one():
     finally:
         engine.shutdown(2.0)
     assert not engine.alive
+
+
+def test_a_request_that_cannot_cross_is_refused_and_leaves_nothing_pending():
+    from dataclasses import dataclass
+
+    events: queue.Queue = queue.Queue()
+    engine = ProcessEngine(events.put, threads=1)
+    try:
+        @dataclass(frozen=True)
+        class Live:  # a request holding a live object (a lambda): not plain data
+            fn: object
+
+        eng.HANDLERS[Live] = lambda ctx, req: None
+        with pytest.raises(Exception, match="pickle|Can't|local"):
+            engine.submit(Live(lambda: 1))
+        assert not engine.is_busy()
+    finally:
+        eng.HANDLERS.pop(Live, None)
+        engine.shutdown(2.0)

@@ -100,7 +100,12 @@ class ProcessEngine:
                 raise RuntimeError("the engine is shut down")
             job = next(self._ids)
             self._pending[job] = (request, key, priority)
-        self._send(("submit", job, request, key, priority))
+        try:
+            self._send(("submit", job, request, key, priority))
+        except Exception:  # the request cannot cross (not plain data): it was never queued
+            with self._lock:
+                self._pending.pop(job, None)
+            raise
         return job
 
     def cancel(self, job_id: int | None = None, *, key: str | None = None) -> None:

@@ -95,12 +95,14 @@ class EngineHost(QObject):
 
     @property
     def session(self):
-        """The engine's Session (None before a model is loaded). Read it for information only: jobs that use
-        the model go through `submit_job`."""
+        """The engine's Session (None before a model is loaded, and always with the engine in its own process).
+        Read it for information only: jobs that use the model go through `submit_job`."""
         return self.engine.session
 
     # --- the window's requests ----------------------------------------------------------------------------
     def load(self, spec: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> int:
+        if self._shut:
+            return -1
         request = eng.LoadModel(spec, trust_remote_code, allow_pickle)
         job = self.engine.submit(request, key="load", priority=1)
         self._kinds[job] = request
@@ -116,6 +118,8 @@ class EngineHost(QObject):
         return job
 
     def truncate(self, request: RunRequest) -> int:
+        if self._shut:
+            return -1
         job = self.engine.submit(eng.TruncateToFit(request))
         self._kinds[job] = "truncate"
         return job
