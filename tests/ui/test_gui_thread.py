@@ -202,3 +202,22 @@ def test_next_token_of_a_streaming_run_is_computed_off_the_gui_thread(qtbot, tin
     monkeypatch.setattr(Run, "next_token_logprobs", original)
     np.testing.assert_array_equal(panel.logprobs, run.next_token_logprobs(run.n_tokens - 1))
     assert panel.error is None
+
+
+def test_a_background_job_that_outlives_its_panel_ends_quietly(qtbot):
+    """A pool job finishing after its panel (and the panel's relay) was deleted must not raise in the pool."""
+    import threading
+
+    from shiboken6 import delete, isValid
+
+    from explorer.ui.widgets.background import Background, _Job, _Relay
+
+    relay = _Relay()
+    release = threading.Event()
+    job = _Job(1, lambda: release.wait(5) and "late", relay)
+    job.setAutoDelete(False)
+    Background.pool().start(job)
+    delete(relay)  # the panel closes (its relay with it) while the job still works
+    assert not isValid(relay)
+    release.set()
+    assert Background.pool().waitForDone(5000)  # no "Signal source has been deleted" from the pool thread

@@ -53,9 +53,15 @@ class _Job(QRunnable):
             result = self.fn()
         except Exception as exc:  # reported to the GUI, never raised in a pool thread
             log.exception("background job failed")
-            self.relay.failed.emit(self.job_id, f"{type(exc).__name__}: {exc}")
+            self._tell(self.relay.failed, f"{type(exc).__name__}: {exc}")
         else:
-            self.relay.done.emit(self.job_id, result)
+            self._tell(self.relay.done, result)
+
+    def _tell(self, signal, value) -> None:
+        try:
+            signal.emit(self.job_id, value)
+        except RuntimeError:  # the panel that asked was closed and deleted meanwhile: nobody to tell
+            log.debug("background job %s finished after its panel was deleted", self.job_id)
 
 
 class Background(QObject):
