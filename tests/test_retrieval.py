@@ -4,6 +4,7 @@ brute-force cosine ranking, RAG runs with retrieved tokens that round-trip throu
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -166,14 +167,14 @@ def test_binary_and_unreadable_files_get_one_message_each(docs, tmp_path, emb, m
     (docs / "latin1.md").write_bytes("café".encode("latin-1"))
     (docs / "locked.txt").write_text("secret", encoding="utf-8")
     (docs / "image.png").write_bytes(b"\x89PNG\x00")
-    real = Path.read_bytes
+    real = Path.open
 
-    def read_bytes(self):
+    def open_(self, *args, **kwargs):  # (the tests run as root: a real permission error cannot be made)
         if self.name == "locked.txt":
             raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(Path, "open", open_)
     messages = []
     report = build_index(docs, tmp_path / "index", emb=emb, on_skip=lambda s, r: messages.append((s, r)))
     reasons = dict(messages)
@@ -424,3 +425,16 @@ def test_an_index_naming_another_embedder_is_refused(docs, tmp_path, emb, embedd
     embed_mod.embedder.cache_clear()
     with pytest.raises(RetrievalError, match="not a built-in encoder"):
         open_index(out).search("Paris")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_or_device_named_like_text_is_skipped_not_read(tmp_path):
+    """A FIFO called notes.txt would block the index build forever if it were read."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "good.md").write_text("A good paragraph about rivers.", encoding="utf-8")
+    os.mkfifo(folder / "notes.txt")
+    skipped = []
+    docs = list(chunking.folder_documents(folder, lambda source, why: skipped.append((source, why))))
+    assert [d.source for d in docs] == ["good.md"]
+    assert skipped == [("notes.txt", "not a regular file (a FIFO, device or socket)")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import stat
 import sys
 import sysconfig
 from collections.abc import Callable, Iterator
@@ -50,10 +51,15 @@ def digest(text: str) -> str:
 # --- reading --------------------------------------------------------------------------------------------
 def read_text_file(path: Path) -> str:
     """The file's text; ValueError with the reason when it is too large, binary or not UTF-8."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"too large ({size / 2**20:,.1f} MB; at most {MAX_FILE_BYTES / 2**20:.0f} MB)")
-    data = path.read_bytes()[: MAX_FILE_BYTES + 1]
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise ValueError("not a regular file (a FIFO, device or socket)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ValueError(f"too large ({st.st_size / 2**20:,.1f} MB; at most {MAX_FILE_BYTES / 2**20:.0f} MB)")
+    with path.open("rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)  # (a file that grew since: read no more than the limit)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"too large (more than {MAX_FILE_BYTES / 2**20:.0f} MB)")
     if b"\x00" in data:
         raise ValueError("binary (it holds NUL bytes)")
     try:
