@@ -205,6 +205,7 @@ def test_the_tokens_panel_shows_the_batch_with_padding_and_mask(panel, batch, ma
     panel.show_batch(batch)  # a batch finished in the Runtime panel
     assert not tokens.batch_box.isHidden() and tokens.batch_grid.result is batch
     assert tokens.minimumSizeHint().height() <= before + 60  # one line and a scrolling strip: docks still fit
+    assert tokens.batch_box.height() >= min(tokens.batch_grid.sizeHint().height(), 300)  # its rows get room
     assert f"{batch.padded_slots} of {batch.attention_mask.size}" in tokens.batch_label.text()
     later, _sel2 = make_panel(TokensPanel, size=(1000, 700))  # a Tokens panel opened afterwards shows it too
     assert later.batch_grid.result is batch

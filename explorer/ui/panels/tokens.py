@@ -143,7 +143,12 @@ class TokensPanel(Panel):
             f"The last batch run in the Runtime panel: {result.batch_size} prompts padded on the left to "
             f"{result.n_prompt} tokens; hatched cells are padding, the strip under each row is its attention mask "
             "(filled = attended).")
-        self.batch_box.show()
+        if self.batch_box.isHidden():  # first batch: give it room to show its rows (the splitter can move)
+            self.batch_box.show()
+            sizes = self.split.sizes()
+            total = sum(sizes)
+            rows = min(self.batch_grid.sizeHint().height() + self.batch_label.sizeHint().height() + 24, total // 2)
+            self.split.setSizes([max(0, sizes[0] - rows), sizes[1], rows])
 
     # --- Panel contract -----------------------------------------------------------------------
     def apply_theme(self) -> None:
