@@ -189,6 +189,9 @@ def table(results: dict) -> str:
     if streaming:
         rows.append((f"GUI redraw per frame at {streaming['tokens']} tokens, engine streaming, ms (median / p95)",
                      f"{streaming['median_ms']:.1f}", f"{streaming['p95_ms']:.1f}", ""))
+        if "lag_median_ms" in streaming:
+            rows.append((f"a streamed step on every visible panel at {streaming['tokens']} tokens, ms after it arrived "
+                         "(median / p95)", f"{streaming['lag_median_ms']:.0f}", f"{streaming['lag_p95_ms']:.0f}", ""))
     stalls, replay = gui.get("stalls") or {}, (gui.get("stalls_replay") or {}).get("per_view_ms", {})
     for view in dict.fromkeys([*replay, *stalls.get("per_view_ms", {})]):  # panels alone | engine streaming
         alone, live = replay.get(view), stalls.get("per_view_ms", {}).get(view)

@@ -138,11 +138,24 @@ def lens_targets(run: Run, lo: int, hi: int) -> np.ndarray:
     return out
 
 
+def lens_slices(run: Run, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the states for positions lo..hi, and their targets: cheap, for the thread that owns the run. The
+    positions a run holds never change (a growing run writes new positions, or into a new buffer), so another
+    thread may read these views while the run grows; `lens_copy` makes the lens inputs from them there."""
+    return run.array("resid")[:, lo:hi], run.array("final_resid")[lo:hi], lens_targets(run, lo, hi)
+
+
+def lens_copy(slices: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(states [L+1, n, D] float32 with the exact last layer, targets [n]) from `lens_slices`."""
+    states, final, targets = slices
+    resid = np.array(states, dtype=np.float32)  # [L+1, n, D]
+    resid[-1] = final  # exact float32 last layer
+    return resid, targets
+
+
 def lens_inputs(run: Run, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     """A private copy of the states for positions lo..hi (safe to use off the GUI thread) and targets."""
-    resid = np.array(run.array("resid")[:, lo:hi], dtype=np.float32)  # [L+1, n, D]
-    resid[-1] = run.array("final_resid")[lo:hi]  # exact float32 last layer
-    return resid, lens_targets(run, lo, hi)
+    return lens_copy(lens_slices(run, lo, hi))
 
 
 def lens_columns(run: Run, lo: int, hi: int, k: int = LENS_TOP_K, readout: Readout = None) -> LensColumns:

@@ -21,10 +21,14 @@ from .worker import EngineHost
 
 MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
 FRAME_MS = 16  # streamed steps reach the panels at most once per frame (60 Hz)
+BUDGET_MS = 8.0  # GUI-thread time per frame for showing streamed steps; panels not served wait for the next frame
+GAP_MS = 4  # between two slices of one frame's backlog: paint and input events go first
+REDRAW = "redraw"  # a panel's backlog entry: draw the whole run (a new run), not individual steps
 
 
 class RunController(QObject):
-    steps_shown = Signal(int, float)  # (step events shown in this frame, milliseconds their panel updates took)
+    steps_shown = Signal(int, float)  # (step events now shown by every panel, milliseconds their panel updates took)
+    frame_drawn = Signal(float)  # milliseconds of GUI-thread work for streamed steps in this slice (one per frame)
 
     def __init__(self, window) -> None:
         super().__init__(window)
@@ -32,6 +36,14 @@ class RunController(QObject):
         self.host = EngineHost(self, kind=window.settings.value("engine"),
                                threads=window.settings.value("engine_threads") or None)
         self._queued: list[tuple[int, object]] = []  # (run id, StepEvent) waiting for the next frame
+        # panels still to show steps (or a whole new run) that are applied to the run on screen: served oldest
+        # first, a few per frame within BUDGET_MS (see _serve)
+        self._backlog: dict[object, list | str] = {}
+        self._backlog_steps = 0  # step events in the backlog (told by steps_shown once every panel shows them)
+        self._backlog_ms = 0.0  # GUI-thread time the backlog has taken so far
+        self._backlog_since = 0.0  # perf_counter when its oldest step arrived
+        self._follow = False  # the selection was on the newest step when the backlog began: move it to the newest
+        self.lag_ms: list[float] = []  # per backlog: from its first step's arrival to every panel showing it
         self._frame = QTimer(self, singleShot=True)
         self._frame.timeout.connect(self.flush_steps)
         self._since_flush = QElapsedTimer()
@@ -47,6 +59,8 @@ class RunController(QObject):
         h.run_failed.connect(self._run_failed)
         h.truncated.connect(self._truncated)
         h.engine_lost.connect(self.w.show_banner)
+        self._frame.timeout.disconnect(self.flush_steps)
+        self._frame.timeout.connect(self._next_frame)
 
     # --- running ----------------------------------------------------------------------------------
     def run_prompt(self) -> None:
@@ -135,41 +149,82 @@ class RunController(QObject):
             self._queued.clear()
             run.apply(event)
             self._stream_run = run  # the identity of the run this stream grows
-            self.show_run(run, follow=True)
+            self._arrived = time.perf_counter()
+            self.show_run(run, follow=True, streaming=True)
             return
         if self.run is None or self.run is not self._stream_run:  # another run is on screen: stale step
             return
+        if not self._queued:
+            self._arrived = time.perf_counter()
         self._queued.append((run_id, event))  # shown at the next frame: steps arriving faster than the frame
         if not self._frame.isActive():  # rate cost one selection change, status update and paint per frame
             wait = FRAME_MS - self._since_flush.elapsed() if self._since_flush.isValid() else 0
             self._frame.start(max(0, int(wait)))
 
-    def flush_steps(self) -> None:
-        """Show the queued step events (in order) now: each panel's on_step per event, then one selection
-        move, status update and paint for all of them (the frame timer calls this at most once a frame)."""
+    def _next_frame(self) -> None:
+        self.flush_steps(budget_ms=BUDGET_MS)
+
+    def flush_steps(self, budget_ms: float | None = None) -> None:
+        """Apply the queued step events to the run on screen and let the panels show them. With `budget_ms` (the
+        frame timer), panels are served oldest first until that much GUI-thread time is spent and the rest at the
+        next frame, so one frame never blocks input and paint for long; without it (a run ends, a test), all now.
+        Once every panel shows the steps, the selection moves to the newest step (when it was following) and
+        `steps_shown` tells how many steps that was."""
         self._frame.stop()
         queued, self._queued = self._queued, []
         run = self.run
         queued = [e for rid, e in queued if rid == self.host.active_id]  # (a detached stream's steps are stale)
-        if not queued or run is None or run is not self._stream_run or self.w._closed:
+        if run is None or run is not self._stream_run or self.w._closed:
+            self._backlog.clear()
             return
         t0 = time.perf_counter()
-        self._since_flush.start()
-        following = self.w.selection.step >= len(run.steps) - 1
-        panels = [dock.panel for dock in self.w.docks.values() if dock.panel is not None]
-        for event in queued:
-            run.apply(event)
-            for panel in panels:
-                panel.on_step(run, event)
-        self._set_limits(run)
-        if following:
+        if queued:
+            self._since_flush.start()
+            if not self._backlog_steps:  # (a new run's first draws may still be pending: the selection is on it)
+                self._follow = self.w.selection.step >= len(run.steps) - 1
+                self._backlog_since, self._backlog_ms = self._arrived, 0.0
+            for event in queued:
+                run.apply(event)
+            for dock in self.w.docks.values():
+                if dock.panel is not None and self._backlog.get(dock.panel) != REDRAW:
+                    self._backlog.setdefault(dock.panel, []).extend(queued)
+            self._backlog_steps += len(queued)
+            self._set_limits(run)
+        self._serve(run, t0, budget_ms)
+
+    def _serve(self, run: Run, t0: float, budget_ms: float | None) -> None:
+        served = False
+        for panel in list(self._backlog):
+            if budget_ms is not None and served and (time.perf_counter() - t0) * 1e3 >= budget_ms:
+                break
+            work = self._backlog.pop(panel)
+            if work == REDRAW:
+                served = panel.catch_up(on_screen_only=True) or served  # (one off screen draws when shown)
+            elif work:
+                panel.on_steps(run, work)
+                served = True
+        ms = (time.perf_counter() - t0) * 1e3
+        self._backlog_ms += ms
+        self.frame_drawn.emit(ms)
+        if self._backlog:  # the rest at the next frame: what was drawn paints first
+            self._frame.start(GAP_MS)
+            return
+        if self._follow:
             self.w.selection.set("step", len(run.steps) - 1)
             self.w.selection.set("position", run.n_tokens - 1)
         self._update_status()
-        self.steps_shown.emit(len(queued), (time.perf_counter() - t0) * 1e3)
+        n, self._backlog_steps = self._backlog_steps, 0
+        if n:
+            self.lag_ms.append((time.perf_counter() - self._backlog_since) * 1e3)
+            self.steps_shown.emit(n, self._backlog_ms)
 
-    def show_run(self, run: Run | None, follow: bool = False) -> None:
-        """Put a run on screen (a new one, or one opened from a file)."""
+    _arrived = 0.0  # perf_counter when the oldest queued step arrived
+
+    def show_run(self, run: Run | None, follow: bool = False, streaming: bool = False) -> None:
+        """Put a run on screen (a new one, or one opened from a file). `streaming`: the first step of a run the
+        engine streams; the panels then draw it a few per frame (see flush_steps), the first of them now."""
+        self._backlog.clear()
+        self._backlog_steps = 0
         if run is not self._stream_run or run is not self.run:
             self._queued.clear()  # steps of the run that was on screen are stale now
         self.run = run
@@ -183,7 +238,13 @@ class RunController(QObject):
                 self.w.selection.set("position", run.n_tokens - 1)
         for dock in self.w.docks.values():
             if dock.panel is not None:
-                dock.panel.set_run(run)
+                dock.panel.set_run(run, postpone=streaming)
+                if streaming and run is not None:
+                    self._backlog[dock.panel] = REDRAW
+        if streaming and run is not None:
+            self._follow, self._backlog_since, self._backlog_ms = True, self._arrived, 0.0
+            self._serve(run, time.perf_counter(), BUDGET_MS)
+            return
         self._update_status()
 
     def _set_limits(self, run: Run) -> None:

@@ -35,6 +35,9 @@ class ProbePanel(Panel):
     def draw_step(self, run, event):
         self.calls.append(("step", event.step, run.n_tokens))
 
+    def draw_steps(self, run, events):  # steps that arrived while the window served other panels
+        self.calls.extend(("step", event.step, run.n_tokens) for event in events)
+
     def draw_selection(self, field):
         self.calls.append(("selection", field, self.selection.get(field)))
 
@@ -80,7 +83,7 @@ def test_run_streams_steps_to_panels_and_status(qtbot, make_window):
     assert run is not None and run.n_generated == 5 and len(run.steps) == 6
     calls = probe(w).calls
     assert ("run", run.n_prompt) in calls  # the first event: a full draw
-    assert [c[1] for c in calls if c[0] == "step"] == [1, 2, 3, 4, 5]  # then one call per decode step
+    assert [c[1] for c in calls if c[0] == "step"] == [1, 2, 3, 4, 5]  # then every decode step, once, in order
     assert f"{run.n_tokens} tokens" in w.status_tokens.text()
     assert "prefill" in w.status_speed.text() and "decode" in w.status_speed.text()
     assert "MiB" in w.status_memory.text()

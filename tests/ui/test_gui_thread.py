@@ -150,8 +150,8 @@ def test_steps_faster_than_a_frame_are_shown_once_in_order_and_stale_ones_droppe
     events = list(session.stream(request))
     runs, panel = w.runs, w.docks["tokens"].panel
     seen, shown = [], []
-    real_on_step = panel.on_step
-    panel.on_step = lambda run, event: (seen.append(event.step), real_on_step(run, event))
+    real_on_steps = panel.on_steps
+    panel.on_steps = lambda run, events: (seen.extend(e.step for e in events), real_on_steps(run, events))
     runs.steps_shown.connect(lambda n, _ms: shown.append(n))
     runs.host.active_id = 7  # as if the engine streamed run 7 (the signals are called as the host would)
     runs._run_started(7, session.new_run(request))

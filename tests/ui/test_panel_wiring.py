@@ -46,10 +46,11 @@ def test_hidden_dock_tab_defers_work_until_shown(qtbot, tmp_path, tiny_llama):
     hidden, shown = w.docks[hidden_name].panel, w.docks[shown_name].panel
     assert hidden.visibleRegion().isEmpty() and not shown.visibleRegion().isEmpty(), titles
     calls = {"hidden": [], "shown": []}
-    for key, panel in (("hidden", hidden), ("shown", shown)):
-        original = panel.draw_step
-        panel.draw_step = lambda run, event, key=key, original=original: (calls[key].append(event.step),
-                                                                          original(run, event))
+    for key, panel in (("hidden", hidden), ("shown", shown)):  # steps come one by one or several in one frame
+        one, several = panel.draw_step, panel.draw_steps
+        panel.draw_step = lambda run, event, key=key, one=one: (calls[key].append(event.step), one(run, event))
+        panel.draw_steps = lambda run, events, key=key, several=several: (
+            calls[key].extend(e.step for e in events), several(run, events))
     with qtbot.waitSignal(w.model_ready, timeout=30000):
         w.load_model("tiny-llama")
     w.prompt_bar.prompt.setPlainText("Hello world")

@@ -36,6 +36,9 @@ class SpyPanel(Panel):
     def draw_step(self, run, event):
         self.steps += 1
 
+    def draw_steps(self, run, events):  # several steps in one frame (the window serves panels within a budget)
+        self.steps += len(events)
+
 
 class BoundsPanel(SpyPanel):
     """Fails (like a real panel would) if the selection points past the run it holds."""

@@ -22,7 +22,9 @@ from ..lens import (  # noqa: F401 - the lens math's one home is core/lens.py; r
     apply_readout,
     compute_lens,
     lens_columns,
+    lens_copy,
     lens_inputs,
+    lens_slices,
     lens_targets,
     token_logprob,
 )

@@ -26,6 +26,7 @@ from .base import Panel
 from .head_view import HeadLines, HeadView
 
 MAX_PIXELS = 1024  # the heatmap image is at most this many pixels on a side
+MIN_PIXELS = 256  # ... and pooled no further than this (a small or not yet laid out view)
 ROLLOUT_MAX_TOKENS = 1024  # rollout multiplies N x N matrices: only up to this length
 MODES = (("head", "Selected head"), ("mean", "Mean over heads"), ("max", "Max over heads"),
          ("rollout", "Rollout (layers 0..L)"))
@@ -143,13 +144,17 @@ class AttentionPanel(Panel):
         self._start_summaries()
 
     def draw_step(self, run, event) -> None:
-        if self._n == 0 or event.start != self._n or self._keep is not None or self.mode != "head":
+        self.draw_steps(run, [event])
+
+    def draw_steps(self, run, events) -> None:
+        start = events[0].start
+        if self._n == 0 or start != self._n or self._keep is not None or self.mode != "head":
             self.draw_run(run)  # nothing usable drawn yet, or a mode that needs a full recompute
             return
-        self.append_rows(event.start, run.n_tokens)
-        if not run.info.is_causal and self.selection.position >= event.start - 1:
+        self.append_rows(start, run.n_tokens)
+        if not run.info.is_causal and self.selection.position >= start - 1:
             self._draw_head_view()  # (a causal row never changes when later keys arrive)
-        if event.finish_reason:
+        if events[-1].finish_reason:
             self._start_summaries()
 
     def draw_selection(self, field: str) -> None:
@@ -232,7 +237,8 @@ class AttentionPanel(Panel):
                 self._keep = keep
         n = run.n_tokens if self._keep is None else self._keep.size
         self._n = run.n_tokens
-        self._factor = att.pool_factor(n, MAX_PIXELS)
+        self._target = self._pixels()
+        self._factor = att.pool_factor(n, self._target)
         layer, head = self.selection.layer, self.selection.head
         if self.mode == "head":
             view = att.pooled_map(self.row_fn(layer, head), n, self._factor, causal=run.info.is_causal)
@@ -260,6 +266,16 @@ class AttentionPanel(Panel):
                 self.heatmap.plot.setTitle(f"{dict(MODES)[mode]}, layer {layer}")
 
         self.background.submit("aggregate", job, done, lambda msg: self.heatmap.plot.setTitle(msg))
+
+    _target = MAX_PIXELS  # image pixels a side the current heatmap was pooled to
+
+    def _pixels(self) -> int:
+        """Image pixels a side for the heatmap: about its size on screen, so that a long run's map is max-pooled
+        (every peak stays visible, where scaling the full image down would drop rows) and each step uploads and
+        paints a quarter of the pixels at 1,024 tokens; zooming in shows the region finer (`_refine`)."""
+        vb = self.heatmap.plot.vb
+        side = max(vb.width(), vb.height()) * self.heatmap.devicePixelRatioF()
+        return int(min(MAX_PIXELS, max(MIN_PIXELS, side)))
 
     def _show(self, view: np.ndarray, n: int) -> None:
         f = self._factor
@@ -289,7 +305,7 @@ class AttentionPanel(Panel):
     def append_rows(self, start: int, n: int) -> None:
         """Streaming: compute only the new query rows [start, n) and add them to the image."""
         f = self._factor
-        if -(-n // f) > MAX_PIXELS:  # the pooling factor has to grow: recompute once
+        if -(-n // f) > self._target:  # the pooling factor has to grow: recompute once
             self.draw_heatmap()
             return
         rows = self.row_fn(self.selection.layer, self.selection.head)(np.arange(start, n))  # [new, n]
@@ -326,7 +342,7 @@ class AttentionPanel(Panel):
         r0, r1 = max(0, int(y0)), min(n, int(np.ceil(y1)))
         if c1 <= c0 or r1 <= r0:
             return
-        f2 = att.pool_factor(max(c1 - c0, r1 - r0), MAX_PIXELS)
+        f2 = att.pool_factor(max(c1 - c0, r1 - r0), self._target)
         if f2 >= self._factor:
             self.heatmap.clear_detail()
             return

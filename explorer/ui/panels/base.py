@@ -110,6 +110,12 @@ class Panel(QWidget):
         """The run grew by one step while streaming; redraw only what changed (default: everything)."""
         self.draw_run(run)
 
+    def draw_steps(self, run: Run, events: list[StepEvent]) -> None:
+        """Several steps arrived since this panel last drew (the window shows a panel's steps in one go when it
+        could not draw every frame); the run already holds all of them. Default: draw the whole run again;
+        panels that draw steps incrementally override this."""
+        self.draw_run(run)
+
     def draw_selection(self, field: str) -> None:
         """The shared selection changed (`field` is step, position, layer or head)."""
 
@@ -156,12 +162,31 @@ class Panel(QWidget):
 
         self._offthread_bg.submit(key, compute, done, failed, priority=priority)
 
-    def set_run(self, run: Run | None) -> None:
+    def set_run(self, run: Run | None, postpone: bool = False) -> None:
+        """A new run. `postpone`: draw it at `catch_up()` (the window's frame scheduler spreads the panels' first
+        draws of a streamed run over a few frames); until then streamed steps and selection changes wait too."""
         self.run_serial += 1
         self.full_run = self.run = run
         show_empty(self, self.title, self.is_empty())  # before a run: what will appear, no made-up axes
+        if postpone and run is not None:
+            self._update_skipped = True
+            return
         if not self._deferred():
             self._guard(self.draw_run, run)
+
+    def on_steps(self, run: Run, events: list[StepEvent]) -> None:
+        """The steps applied to `run` since this panel last drew, in order (the window serves panels once a frame,
+        within a time budget): one step is `draw_step`, several are `draw_steps`."""
+        if len(events) == 1:
+            self.on_step(run, events[0])
+            return
+        replaying = self.full_run is run and self.run is not run
+        self.full_run = run
+        if replaying or not events:
+            return
+        self.run = run
+        if not self._deferred():
+            self._guard(self.draw_steps, run, events)
 
     def on_step(self, run: Run, event: StepEvent) -> None:
         replaying = self.full_run is run and self.run is not run  # the user stepped back while it streams
@@ -202,18 +227,24 @@ class Panel(QWidget):
 
     def _deferred(self) -> bool:
         """True (and remember to redraw) when this update can wait until the panel is shown."""
-        # a background dock tab is moved off screen rather than hidden: its visible region is empty
-        off_screen = not self.isVisible() or self.visibleRegion().isEmpty()
-        if self._update_skipped or (self.defer_when_hidden and off_screen):
+        if self._update_skipped or (self.defer_when_hidden and self.off_screen()):
             self._update_skipped = True
             return True
         return False
 
-    def catch_up(self) -> None:
-        """Redraw once if updates were skipped while hidden (called when the panel comes on screen)."""
-        if self._update_skipped:
-            self._update_skipped = False
-            self._guard(self.draw_run, self.run)
+    def off_screen(self) -> bool:
+        # a background dock tab is moved off screen rather than hidden: its visible region is empty
+        return not self.isVisible() or self.visibleRegion().isEmpty()
+
+    def catch_up(self, on_screen_only: bool = False) -> bool:
+        """Redraw once if updates were skipped (while hidden, or postponed by `set_run`); called when the panel
+        comes on screen and by the window's frame scheduler (`on_screen_only`: a hidden panel waits until shown).
+        True when it drew."""
+        if not self._update_skipped or (on_screen_only and self.defer_when_hidden and self.off_screen()):
+            return False
+        self._update_skipped = False
+        self._guard(self.draw_run, self.run)
+        return True
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)

@@ -20,7 +20,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont, QFontMetricsF
 from PySide6.QtWidgets import QComboBox, QLabel, QSplitter, QTabWidget
 
-from ...core.analysis.depth import LENS_TOP_K, LensTable, compute_lens, lens_inputs
+from ...core.analysis.depth import LENS_TOP_K, LensTable, compute_lens, lens_copy, lens_slices
 from ...core.analysis.depth_attention import DepthWeights
 from ...core.analysis.jobs import ReadDepthWeights
 from ...core.naming import depth_label
@@ -151,11 +151,15 @@ class DepthPanel(Panel):
         self._refresh_view()
 
     def draw_step(self, run: Run, event) -> None:
-        if event.step == 0 or self.table is None or event.start > self.table.n:
+        self.draw_steps(run, [event])
+
+    def draw_steps(self, run: Run, events) -> None:
+        lo, hi = events[0].start, run.n_tokens
+        if events[0].step == 0 or self.table is None or lo > self.table.n:
             self.draw_run(run)
             return
-        lo, hi = event.start, run.n_tokens
-        resid, targets = lens_inputs(run, lo, hi)  # copied here: the run grows meanwhile
+        self.table.grow(hi)  # the new positions are known now (missing until their column lands)
+        slices = lens_slices(run, lo, hi)  # views: copied off the GUI thread (held positions never change)
         norm, unembed, table, gen = run.norm, run.unembed, self.table, self._generation
         readout = self.lens_choice.readout()
 
@@ -169,8 +173,10 @@ class DepthPanel(Panel):
             if table.done.all():  # the streamed column completed the table: keep the count current
                 self.status.setText(f"{self._lens_name()}: all {table.n} positions x {table.rows} depths.")
 
-        self.bg.submit(f"column-{lo}", lambda: compute_lens(resid, targets, norm, unembed, start=lo, readout=readout),
-                       on_done,
+        def column():
+            return compute_lens(*lens_copy(slices), norm, unembed, start=lo, readout=readout)
+
+        self.bg.submit(f"column-{lo}", column, on_done,
                        lambda msg: self.status.setText(f"Logit lens failed: {msg}"), priority=1)
         # views of one position follow the selection (the window moves it to the new token when following);
         # only the whole-run similarity view changes as the run grows
@@ -192,7 +198,7 @@ class DepthPanel(Panel):
             self.status.setText(f"{self._lens_name()}: all {table.n} positions x {table.rows} depths.")
             return
         lo, hi = nxt
-        resid, targets = lens_inputs(run, lo, hi)  # copied on the GUI thread: the run may grow meanwhile
+        slices = lens_slices(run, lo, hi)  # views: copied off the GUI thread (held positions never change)
         norm, unembed, readout = run.norm, run.unembed, self.lens_choice.readout()
         done = int(table.done.sum())
         self.status.setText(f"{self._lens_name()}: computing positions {lo}-{hi - 1} ({done}/{table.n} done)...")
@@ -204,8 +210,10 @@ class DepthPanel(Panel):
             self._refresh_lens()
             self._submit_next()
 
-        self.bg.submit("lens", lambda: compute_lens(resid, targets, norm, unembed, start=lo, readout=readout), on_done,
-                       lambda msg: self.status.setText(f"Logit lens failed: {msg}"))
+        def block():
+            return compute_lens(*lens_copy(slices), norm, unembed, start=lo, readout=readout)
+
+        self.bg.submit("lens", block, on_done, lambda msg: self.status.setText(f"Logit lens failed: {msg}"))
 
     def _lens_name(self) -> str:
         label = self.lens_choice.label()

@@ -210,15 +210,19 @@ class InterventionsPanel(Panel):
 
     # --- Panel contract -----------------------------------------------------------------------------
     # --- recorded whatever is on screen (a hidden panel skips drawing, never the baseline) -----------------
-    def set_run(self, run: Run | None) -> None:
+    def set_run(self, run: Run | None, postpone: bool = False) -> None:
         self._note(run)
-        super().set_run(run)
+        super().set_run(run, postpone)
         if run is not None and run.request.interventions:
             self.come_forward()  # an ablation's difference is what the user asked to see
 
     def on_step(self, run: Run, event) -> None:
         self._note(run)
         super().on_step(run, event)
+
+    def on_steps(self, run: Run, events) -> None:
+        self._note(run)
+        super().on_steps(run, events)
 
     def _note(self, run: Run | None) -> None:
         if run is not None and not run.request.interventions:

@@ -156,13 +156,18 @@ class KVCachePanel(Panel):
         self.eviction.set_run(run, self.selection.step)
 
     def draw_step(self, run: Run, event: StepEvent) -> None:
-        if self._n_layers != run.info.n_layers or event.step == 0 or len(self._steps) != event.step:
+        self.draw_steps(run, [event])
+
+    def draw_steps(self, run: Run, events: list[StepEvent]) -> None:
+        first = events[0]
+        if self._n_layers != run.info.n_layers or first.step == 0 or len(self._steps) != first.step:
             self.draw_run(run)  # a new run (or a missed step): draw everything
             return
-        self._steps.append(float(event.step))
-        self._per_layer.append(np.asarray(event.kv_bytes_per_layer, np.float64))
+        for event in events:
+            self._steps.append(float(event.step))
+            self._per_layer.append(np.asarray(event.kv_bytes_per_layer, np.float64))
         self._refresh()
-        if event.finish_reason:
+        if events[-1].finish_reason:
             self.eviction.set_run(run, self.selection.step)
 
     def draw_selection(self, field: str) -> None:

@@ -129,11 +129,19 @@ class NextTokenPanel(Panel):
 
     _live_run: Run | None = None  # the run this panel saw streaming (its redraws stay off the GUI thread)
 
+    def set_run(self, run: Run | None, postpone: bool = False) -> None:
+        if postpone:  # the first step of a run the window streams
+            self._live_run = run
+        super().set_run(run, postpone)
+
     def draw_step(self, run: Run, event: StepEvent) -> None:
+        self.draw_steps(run, [event])
+
+    def draw_steps(self, run: Run, events: list[StepEvent]) -> None:
         self._live_run = run
-        if event.is_prefill:
+        if any(e.is_prefill for e in events):
             self.draw_run(run)
-        elif self.selection.position >= event.start - 1:  # the actual next token just arrived
+        elif self.selection.position >= events[0].start - 1:  # the actual next token just arrived
             self.redraw()
 
     def draw_selection(self, field: str) -> None:

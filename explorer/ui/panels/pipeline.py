@@ -225,11 +225,14 @@ class PipelinePanel(Panel):
         self._redraw_figures()
 
     def draw_step(self, run: Run, event: StepEvent) -> None:
-        if len(self._groups) != len(run.steps) - 1:
+        self.draw_steps(run, [event])
+
+    def draw_steps(self, run: Run, events: list[StepEvent]) -> None:
+        if len(self._groups) != len(run.steps) - len(events):
             self.draw_run(run)
             return
-        row = np.array([list(step_group_ms(event.timings_ms).values())])
-        self._groups = np.concatenate([self._groups, row])
+        rows = np.array([list(step_group_ms(event.timings_ms).values()) for event in events])  # [steps, groups]
+        self._groups = np.concatenate([self._groups, rows])
         self._redraw_overview()
         if self._shown_step() == len(run.steps) - 1:
             self._redraw_detail()

@@ -169,17 +169,21 @@ class TokensPanel(Panel):
         self._refresh_comparison()
 
     def draw_step(self, run: Run, event: StepEvent) -> None:
+        self.draw_steps(run, [event])
+
+    def draw_steps(self, run: Run, events: list[StepEvent]) -> None:
         start = len(self.view.tokens)
-        if event.is_prefill or start != event.start:
+        if any(e.is_prefill for e in events) or start != events[0].start:
             self.draw_run(run)
             return
         fill, outline = tc.token_colors(run, self.mode, start)
         new = run.tokens[start:]
         self.view.append_tokens(new, fill, outline, [tc.label_for(run, t) for t in new])
         self._draw_labels(run)
-        if event.draft is not None or event.finish_reason:
+        finished = bool(events[-1].finish_reason)
+        if finished or any(e.draft is not None for e in events):
             self._draw_drafts(run)
-        if event.finish_reason:
+        if finished:
             self._refresh_comparison()
 
     def draw_selection(self, field: str) -> None:

@@ -121,6 +121,7 @@ class TokenView(QWidget):
         self._fm = QFontMetrics(self._font)
         self._fm_small = QFontMetrics(self._small)
         self._advance: dict[str, int] = {}
+        self._measured: dict[str, tuple[tuple[Run_, ...], int]] = {}  # a piece of token text -> (runs, width)
 
     def changeEvent(self, event) -> None:  # noqa: N802 - Qt override
         """The application font changed (presenter mode): measure the tokens again."""
@@ -149,6 +150,14 @@ class TokenView(QWidget):
         return w
 
     def _runs(self, text: str) -> tuple[tuple[Run_, ...], int]:
+        """Text and whitespace runs of a piece of token text and its width (measured once per text: a long run
+        repeats its tokens, and laying out 1,000 tokens again must not measure them all again)."""
+        measured = self._measured.get(text)
+        if measured is None:
+            measured = self._measured[text] = self._measure(text)
+        return measured
+
+    def _measure(self, text: str) -> tuple[tuple[Run_, ...], int]:
         runs, dx, i = [], 0, 0
         while i < len(text):
             ws = text[i].isspace()
