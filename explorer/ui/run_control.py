@@ -17,6 +17,7 @@ from ..core.events import RunRequest
 from ..core.run import Run
 from ..core.textin import clean_text
 from .settings import push_recent
+from .widgets.background import collect_on_gui_thread
 from .worker import EngineHost
 
 MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
@@ -33,6 +34,7 @@ class RunController(QObject):
     def __init__(self, window) -> None:
         super().__init__(window)
         self.w = window
+        collect_on_gui_thread()  # the engine's reader thread allocates too: garbage is collected on this thread
         self.host = EngineHost(self, kind=window.settings.value("engine"),
                                threads=window.settings.value("engine_threads") or None)
         self._queued: list[tuple[int, object]] = []  # (run id, StepEvent) waiting for the next frame

@@ -93,7 +93,7 @@ def test_several_steps_at_once_draw_what_each_step_in_turn_draws(qtbot, tiny_lla
         panel.set_run(run)
         _settle(panel)
         full = []
-        monkeypatch.setattr(panel, "draw_run", lambda r, real=panel.draw_run: (full.append(1), real(r)))
+        monkeypatch.setattr(panel, "draw_run", lambda r, real=panel.draw_run, full=full: (full.append(1), real(r)))
         if batched:  # the window served other panels first: every step at once, the run already holds them
             for event in events[1:]:
                 run.apply(event)

@@ -221,3 +221,26 @@ def test_a_background_job_that_outlives_its_panel_ends_quietly(qtbot):
     assert not isValid(relay)
     release.set()
     assert Background.pool().waitForDone(5000)  # no "Signal source has been deleted" from the pool thread
+
+
+# --- cyclic garbage is collected on the GUI thread ---------------------------------------------------------------
+def test_cyclic_garbage_is_collected_on_the_gui_thread_never_in_a_pool_thread(qtbot, tiny_window):
+    import gc
+
+    tiny_window(load=False)  # a window (its engine host and pool) turns automatic collection off
+    assert not gc.isenabled()
+    where: list[str] = []
+
+    class Cycle:
+        def __init__(self):
+            self.me = self  # garbage only the cyclic collector can free
+
+        def __del__(self):
+            where.append(threading.current_thread().name)
+
+    Cycle()
+    Background(None).submit("churn", lambda: [[i] for i in range(200_000)], lambda _r: None)  # allocations
+    Background.wait_idle()  # in a pool thread: with automatic collection it would collect there
+    assert where == []
+    qtbot.waitUntil(lambda: bool(where), timeout=5000)  # the GUI thread's collector timer
+    assert where == [threading.main_thread().name]

@@ -28,6 +28,24 @@ class _Relay(QObject):
     failed = Signal(object, str)  # (job id, message)
 
 
+GC_INTERVAL_S = 0.25  # the GUI thread collects cyclic garbage this often (see collect_on_gui_thread)
+_collector = None
+
+
+def collect_on_gui_thread() -> None:
+    """Python's cyclic garbage collector runs on whichever thread happens to allocate; if that is a pool thread
+    or the engine reader thread and the garbage holds Qt objects (pyqtgraph's menus and items form cycles), Qt
+    destroys widgets off the GUI thread, which deadlocks or crashes (seen: a QMenu destroyed on another thread
+    waited for a Qt lock the GUI thread held while it waited for the GIL). So automatic collection is turned
+    off in the GUI process and the GUI thread collects on a timer instead (pyqtgraph's GarbageCollector: each
+    generation when its count passes the usual threshold). Call on the GUI thread; later calls do nothing."""
+    global _collector
+    if _collector is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _collector = GarbageCollector(interval=GC_INTERVAL_S)
+
+
 BACKGROUND_NICE = 10  # pool threads yield the CPU to the GUI thread (and the engine) when cores are busy
 _thread_state = threading.local()
 
@@ -81,6 +99,7 @@ class Background(QObject):
     @classmethod
     def pool(cls) -> QThreadPool:
         if cls._pool is None:
+            collect_on_gui_thread()  # before any pool thread can allocate (see there)
             cls._pool = QThreadPool()
             cls._pool.setMaxThreadCount(1)  # analyses share 2 cores with the model; one at a time
         return cls._pool
