@@ -47,7 +47,7 @@ class RunController(QObject):
         self._follow = False  # the selection was on the newest step when the backlog began: move it to the newest
         self.lag_ms: list[float] = []  # per backlog: from its first step's arrival to every panel showing it
         self._frame = QTimer(self, singleShot=True)
-        self._frame.timeout.connect(self.flush_steps)
+        self._frame.timeout.connect(self._next_frame)
         self._since_flush = QElapsedTimer()
         self.run: Run | None = None  # the run on screen
         self.running = False
@@ -61,8 +61,6 @@ class RunController(QObject):
         h.run_failed.connect(self._run_failed)
         h.truncated.connect(self._truncated)
         h.engine_lost.connect(self.w.show_banner)
-        self._frame.timeout.disconnect(self.flush_steps)
-        self._frame.timeout.connect(self._next_frame)
 
     # --- running ----------------------------------------------------------------------------------
     def run_prompt(self) -> None:

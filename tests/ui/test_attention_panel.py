@@ -157,3 +157,21 @@ def test_induction_button_requests_prompt(qtbot, llama_run, make_panel):
     words = blocker.args[0].split()
     half = len(words) // 2
     assert words[:half] == words[half:]
+
+
+def test_a_long_map_is_max_pooled_to_its_size_on_screen_and_finer_when_it_grows(qtbot, tiny_llama, make_panel):
+    from explorer.core.analysis import attention as att
+    from explorer.ui.panels.attention import MIN_PIXELS
+
+    run = capture(" ".join(["one two three four"] * 30), tiny_llama, max_new_tokens=1)  # ~400 of its 512 positions
+    n = run.n_tokens
+    assert MIN_PIXELS < n <= 512
+    panel, _ = make_panel(AttentionPanel, run, size=(420, 360))  # a heatmap about 300 px a side
+    factor = panel._factor
+    assert factor == att.pool_factor(n, panel._pixels()) and factor >= 2
+    full = run.attention(0, 0)
+    assert_close(panel.heatmap.data, att.max_pool(full, factor), 1e-5)  # every peak kept, not scaled away
+    assert panel.heatmap.data.max() == pytest.approx(float(full.max()), rel=1e-5)
+    panel.resize(1800, 1400)  # the dock grows: the map is pooled finer at the next frame
+    qtbot.waitUntil(lambda: panel._factor < factor, timeout=3000)
+    assert panel.heatmap.data.shape[0] == -(-n // panel._factor) and panel.error is None

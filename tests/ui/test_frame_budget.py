@@ -61,6 +61,20 @@ def test_a_frame_serves_panels_within_its_budget_and_the_rest_follow(qtbot, tiny
     assert all(p.error is None for p in on_screen)
 
 
+def _drawn_prefill(qtbot, name: str, session: Session, prefill):
+    """(panel, selection, run): panel `name` on screen, showing a new run of its first step (the prefill)."""
+    run = session.new_run(REQUEST)
+    run.apply(prefill)
+    sel = Selection()
+    sel.set_limits(steps=1, positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
+    panel = panel_class(name)(sel)
+    qtbot.addWidget(panel)
+    panel.resize(1000, 700)
+    panel.show()
+    panel.set_run(run)
+    return panel, sel, run
+
+
 def _fingerprint(name: str, panel) -> object:
     """What a panel shows that its incremental drawing keeps up to date."""
     if name == "tokens":
@@ -82,15 +96,7 @@ def test_several_steps_at_once_draw_what_each_step_in_turn_draws(qtbot, tiny_lla
     events = list(session.stream(REQUEST))
     shown = []
     for batched in (False, True):
-        run = session.new_run(REQUEST)
-        run.apply(events[0])
-        sel = Selection()
-        sel.set_limits(steps=1, positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
-        panel = panel_class(name)(sel)
-        qtbot.addWidget(panel)
-        panel.resize(1000, 700)
-        panel.show()
-        panel.set_run(run)
+        panel, _sel, run = _drawn_prefill(qtbot, name, session, events[0])
         _settle(panel)
         full = []
         monkeypatch.setattr(panel, "draw_run", lambda r, real=panel.draw_run, full=full: (full.append(1), real(r)))
@@ -121,15 +127,7 @@ def test_every_panel_takes_several_steps_at_once(qtbot, tiny_llama):
     session = Session(tiny_llama)
     events = list(session.stream(REQUEST))
     for name in REGISTRY:
-        run = session.new_run(REQUEST)
-        run.apply(events[0])
-        sel = Selection()
-        sel.set_limits(steps=1, positions=run.n_tokens, layers=run.info.n_layers, heads=run.info.n_heads)
-        panel = panel_class(name)(sel)
-        qtbot.addWidget(panel)
-        panel.resize(900, 600)
-        panel.show()
-        panel.set_run(run)
+        panel, sel, run = _drawn_prefill(qtbot, name, session, events[0])
         for event in events[1:]:
             run.apply(event)
         panel.on_steps(run, events[1:])

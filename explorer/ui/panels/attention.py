@@ -114,6 +114,7 @@ class AttentionPanel(Panel):
         self.heatmap.hovered.connect(self._on_hover)
         self.heatmap.clicked.connect(lambda row, _col: self.selection.set("position", self._position(row)))
         self.heatmap.plot.vb.sigRangeChanged.connect(lambda *_: self._refine_timer.start())
+        self.heatmap.plot.vb.sigResized.connect(self._resized)
         self.overview.clicked.connect(self._open_head)
         self.stats.open_head.connect(self._open_head)
         self.stats.induction_test.connect(lambda: self.request_prompt.emit(att.induction_prompt(
@@ -276,6 +277,14 @@ class AttentionPanel(Panel):
         vb = self.heatmap.plot.vb
         side = max(vb.width(), vb.height()) * self.heatmap.devicePixelRatioF()
         return int(min(MAX_PIXELS, max(MIN_PIXELS, side)))
+
+    def _resized(self, *_args) -> None:
+        """The heatmap grew on screen (a dock resized, a first layout): pool the map finer if it can (once a frame)."""
+        if self.run is None or self._factor == 1 or self.mode != "head" or self.heatmap.data is None:
+            return
+        n = self._keep.size if self._keep is not None else self.run.n_tokens
+        if att.pool_factor(n, self._pixels()) < self._factor:
+            self.frames.post("repool", self.run_serial, lambda: self._guard(self.draw_heatmap))
 
     def _show(self, view: np.ndarray, n: int) -> None:
         f = self._factor
