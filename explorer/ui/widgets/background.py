@@ -35,10 +35,10 @@ _collector = None
 def collect_on_gui_thread() -> None:
     """Python's cyclic garbage collector runs on whichever thread happens to allocate; if that is a pool thread
     or the engine reader thread and the garbage holds Qt objects (pyqtgraph's menus and items form cycles), Qt
-    destroys widgets off the GUI thread, which deadlocks or crashes (seen: a QMenu destroyed on another thread
-    waited for a Qt lock the GUI thread held while it waited for the GIL). So automatic collection is turned
-    off in the GUI process and the GUI thread collects on a timer instead (pyqtgraph's GarbageCollector: each
-    generation when its count passes the usual threshold). Call on the GUI thread; later calls do nothing."""
+    destroys widgets off the GUI thread, which deadlocks or crashes (seen while profiling: a QMenu destroyed in a
+    non-GUI thread waited for a Qt lock the GUI thread held while it waited for the GIL). So automatic collection
+    is turned off in the GUI process and the GUI thread collects on a timer instead (pyqtgraph's GarbageCollector:
+    each generation when its count passes the usual threshold). Call on the GUI thread; later calls do nothing."""
     global _collector
     if _collector is None:
         from pyqtgraph.util.garbage_collector import GarbageCollector
