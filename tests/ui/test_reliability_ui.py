@@ -59,6 +59,9 @@ class ExplodingPanel(SpyPanel):
     def draw_step(self, run, event):
         raise ZeroDivisionError("panel bug on purpose")
 
+    def draw_steps(self, run, events):  # (steps that arrived within one frame come together)
+        raise ZeroDivisionError("panel bug on purpose")
+
 
 @pytest.fixture
 def window(tiny_window, monkeypatch):
