@@ -242,5 +242,7 @@ def test_cyclic_garbage_is_collected_on_the_gui_thread_never_in_a_pool_thread(qt
     Background(None).submit("churn", lambda: [[i] for i in range(200_000)], lambda _r: None)  # allocations
     Background.wait_idle()  # in a pool thread: with automatic collection it would collect there
     assert where == []
+    alive = [[i] for i in range(5_000)]  # the young generation passes its threshold (the churn was freed again)
     qtbot.waitUntil(lambda: bool(where), timeout=5000)  # the GUI thread's collector timer
+    del alive
     assert where == [threading.main_thread().name]

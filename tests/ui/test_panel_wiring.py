@@ -46,11 +46,25 @@ def test_hidden_dock_tab_defers_work_until_shown(qtbot, tmp_path, tiny_llama):
     hidden, shown = w.docks[hidden_name].panel, w.docks[shown_name].panel
     assert hidden.visibleRegion().isEmpty() and not shown.visibleRegion().isEmpty(), titles
     calls = {"hidden": [], "shown": []}
+    inside = {"hidden": False, "shown": False}  # draw_step may hand its one step to draw_steps: count it once
+
+    def one_step(run, event, key, one):
+        calls[key].append(event.step)
+        inside[key] = True
+        try:
+            one(run, event)
+        finally:
+            inside[key] = False
+
+    def several_steps(run, events, key, several):
+        if not inside[key]:
+            calls[key].extend(e.step for e in events)
+        several(run, events)
+
     for key, panel in (("hidden", hidden), ("shown", shown)):  # steps come one by one or several in one frame
         one, several = panel.draw_step, panel.draw_steps
-        panel.draw_step = lambda run, event, key=key, one=one: (calls[key].append(event.step), one(run, event))
-        panel.draw_steps = lambda run, events, key=key, several=several: (
-            calls[key].extend(e.step for e in events), several(run, events))
+        panel.draw_step = lambda run, event, key=key, one=one: one_step(run, event, key, one)
+        panel.draw_steps = lambda run, events, key=key, several=several: several_steps(run, events, key, several)
     with qtbot.waitSignal(w.model_ready, timeout=30000):
         w.load_model("tiny-llama")
     w.prompt_bar.prompt.setPlainText("Hello world")
