@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QComboBox, QFileDialog
 from ..core import catalogue
 from .export import documents_dir
 from .settings import push_recent, recent
+from .widgets.collector import collect_on_gui_thread
 
 OPEN_MODEL = "__open__"
 
@@ -87,6 +88,7 @@ class ModelControl(QObject):
                                     f"({info.n_kv_heads} KV)")
         self.w.prompt_bar.set_context_limit(info.context_length if info.is_causal else None)
         self.w.model_ready.emit(info)
+        collect_on_gui_thread().freeze_once()  # start-up is over: full collections scan only what runs create
         if self.w._autorun:
             self.w._autorun = False
             self.w.run_prompt()

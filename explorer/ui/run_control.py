@@ -11,14 +11,15 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from PySide6.QtCore import QElapsedTimer, QObject, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, QElapsedTimer, QEvent, QObject, QTimer, Signal
+from PySide6.QtWidgets import QGraphicsView
 
 from ..core.errors import PromptTooLongError
 from ..core.events import RunRequest
 from ..core.run import Run
 from ..core.textin import clean_text
 from .settings import push_recent
-from .widgets.background import collect_on_gui_thread
+from .widgets.collector import collect_on_gui_thread
 from .worker import EngineHost
 
 MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
@@ -47,6 +48,7 @@ class RunController(QObject):
         self._backlog_ms = 0.0  # GUI-thread time the backlog has taken so far
         self._backlog_since = 0.0  # perf_counter when its oldest step arrived
         self._follow = False  # the selection was on the newest step when the backlog began: move it to the newest
+        self._done_reason: str | None = None  # the run finished; run_done waits until its backlog is drawn
         # per backlog: from its first step's arrival to every panel showing it (the latest ones: a long session
         # streams many)
         self.lag_ms: deque[float] = deque(maxlen=LAGS_KEPT)
@@ -180,6 +182,7 @@ class RunController(QObject):
         queued = [e for rid, e in queued if rid == self.host.active_id]  # (a detached stream's steps are stale)
         if run is None or run is not self._stream_run or self.w._closed:
             self._backlog.clear()
+            self._announce_done()
             return
         t0 = time.perf_counter()
         if queued:
@@ -203,9 +206,13 @@ class RunController(QObject):
                 break
             work = self._backlog.pop(panel)
             if work == REDRAW:
-                served = panel.catch_up(on_screen_only=True) or served  # (one off screen draws when shown)
-            elif work:
-                panel.on_steps(run, work)
+                drew = panel.catch_up(on_screen_only=True)  # (one off screen draws when shown)
+            else:
+                drew = bool(work)
+                if drew:
+                    panel.on_steps(run, work)
+            if drew:
+                self._paint(panel)
                 served = True
         ms = (time.perf_counter() - t0) * 1e3
         self._backlog_ms += ms
@@ -221,12 +228,31 @@ class RunController(QObject):
         if n:
             self.lag_ms.append((time.perf_counter() - self._backlog_since) * 1e3)
             self.steps_shown.emit(n, self._backlog_ms)
+        self._announce_done()
+
+    def _announce_done(self) -> None:
+        """`run_done` for a run that finished while its last steps were still being drawn (see _run_finished)."""
+        reason, self._done_reason = self._done_reason, None
+        if reason is not None:
+            self.w.run_done.emit(reason)
 
     _arrived = 0.0  # perf_counter when the oldest queued step arrived
 
+    def _paint(self, panel) -> None:
+        """Paint what `panel` just changed, now: its cost then counts in this slice's budget, instead of every
+        served panel painting together in one later batch (a plot's scene repaints its views when its posted
+        update runs; widgets repaint when the window's posted update request runs)."""
+        send = QCoreApplication.sendPostedEvents
+        for view in panel.findChildren(QGraphicsView):
+            if view.isVisible() and view.scene() is not None:
+                send(view.scene(), QEvent.Type.MetaCall)
+        send(self.w, QEvent.Type.UpdateRequest)
+
     def show_run(self, run: Run | None, follow: bool = False, streaming: bool = False) -> None:
         """Put a run on screen (a new one, or one opened from a file). `streaming`: the first step of a run the
-        engine streams; the panels then draw it a few per frame (see flush_steps), the first of them now."""
+        engine streams; the panels then draw it a few per frame (see flush_steps), from the next turn of the event
+        loop on."""
+        self._announce_done()  # a finished run still being drawn: it is done as far as it will be shown
         self._backlog.clear()
         self._backlog_steps = 0
         if run is not self._stream_run or run is not self.run:
@@ -245,9 +271,9 @@ class RunController(QObject):
                 dock.panel.set_run(run, postpone=streaming)
                 if streaming and run is not None:
                     self._backlog[dock.panel] = REDRAW
-        if streaming and run is not None:
+        if streaming and run is not None:  # the first draws at the next turn of the event loop, a few per frame
             self._follow, self._backlog_since, self._backlog_ms = True, self._arrived, 0.0
-            self._serve(run, time.perf_counter(), BUDGET_MS)
+            self._frame.start(0)
             return
         self._update_status()
 
@@ -260,13 +286,17 @@ class RunController(QObject):
     def _run_finished(self, run_id: int, reason: str) -> None:
         if run_id != self.host.active_id:
             return
-        self.flush_steps()  # the last steps are on screen before anything reacts to the end of the run
+        # the last steps go on screen within the frame budget too (the rest over the next frames); `run_done` once
+        # every panel shows them, so what reacts to the end of the run sees it whole
+        self.flush_steps(budget_ms=BUDGET_MS)
         self.running = False
         self.w.prompt_bar.set_running(False)
         self._incoming = None
         self.w.statusBar().showMessage("stopped" if reason == "cancelled" else f"finished ({reason})", 5000)
         self._update_status()
-        self.w.run_done.emit(reason)
+        self._done_reason = reason
+        if not self._backlog:
+            self._announce_done()
 
     def _run_failed(self, run_id: int, exc: Exception, message: str) -> None:
         if run_id not in (self.host.active_id, -1):

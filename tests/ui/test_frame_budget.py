@@ -40,7 +40,10 @@ def test_a_frame_serves_panels_within_its_budget_and_the_rest_follow(qtbot, tiny
     runs.steps_shown.connect(lambda n, _ms: shown.append(n))
     runs.host.active_id = 7  # as if the engine streamed run 7
     runs._run_started(7, session.new_run(REQUEST))
-    runs._step(7, events[0])  # a new run: the first panel draws it now, the others at the next frames
+    runs._step(7, events[0])  # a new run: the panels draw it from the next turn of the event loop, a few per frame
+    assert all(p._update_skipped for p in on_screen)
+    runs._frame.stop()
+    runs._next_frame()  # the first frame: its budget is spent by the first panel
     assert sum(not p._update_skipped for p in on_screen) == 1
     qtbot.waitUntil(lambda: not any(p._update_skipped for p in on_screen), timeout=3000)
 
@@ -160,3 +163,64 @@ def test_a_postponed_panel_draws_when_served_and_an_off_screen_one_when_shown(qt
     assert panel._update_skipped
     panel.show()  # (showEvent catches up)
     assert not panel._update_skipped and len(panel.view.tokens) == run.n_tokens
+
+
+def test_a_frame_paints_the_panels_it_served_within_its_slice(qtbot, tiny_window, tiny_llama):
+    """The paint of what a slice drew is part of the slice (and its budget), not a later batch of every panel's
+    paint: the served plot's view has painted before the slice returns."""
+    from PySide6.QtCore import QEvent, QObject
+    from PySide6.QtWidgets import QGraphicsView
+
+    w = tiny_window(panels=("attention",))
+    session = Session(tiny_llama)
+    events = list(session.stream(REQUEST))
+    runs, panel = w.runs, w.docks["attention"].panel
+    views = [v for v in panel.findChildren(QGraphicsView) if v.isVisible()]
+    assert views
+    paints: list[QObject] = []
+
+    class Count(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt override
+            if event.type() == QEvent.Type.Paint:
+                paints.append(obj)
+            return False
+
+    counter = Count()
+    for v in views:
+        v.viewport().installEventFilter(counter)
+    runs.host.active_id = 7
+    runs._run_started(7, session.new_run(REQUEST))
+    runs._step(7, events[0])
+    runs._frame.stop()
+    paints.clear()
+    runs._next_frame()  # the slice that draws the new run
+    assert not panel._update_skipped and paints, "the panel drew but did not paint within its slice"
+    qtbot.waitUntil(lambda: not runs._backlog, timeout=3000)
+    runs._step(7, events[1])
+    runs._frame.stop()
+    paints.clear()
+    runs._next_frame()  # a streamed step
+    assert paints
+
+
+def test_run_done_comes_once_every_panel_shows_the_last_steps(qtbot, tiny_window, tiny_llama, monkeypatch):
+    monkeypatch.setattr(run_control, "BUDGET_MS", 0.0)  # one panel per frame: the end of the run spans frames
+    w = tiny_window(panels=("tokens", "next_token", "attention"))
+    session = Session(tiny_llama)
+    events = list(session.stream(REQUEST))
+    runs = w.runs
+    on_screen = [d.panel for d in w.docks.values() if not d.panel.off_screen()]
+    done: list[str] = []
+    w.run_done.connect(done.append)
+    runs.host.active_id = 7
+    runs.running = True
+    runs._run_started(7, session.new_run(REQUEST))
+    for event in events:
+        runs._step(7, event)
+    runs._run_finished(7, "max_tokens")
+    assert not runs.running  # the engine is done: Run is available again at once
+    assert done == [] and runs._backlog  # the panels still drawing the last steps: not done yet
+    qtbot.waitUntil(lambda: bool(done), timeout=3000)
+    assert done == ["max_tokens"] and not runs._backlog
+    assert all(not p._update_skipped and p.run is w.run for p in on_screen)
+    assert w.run.n_tokens == events[-1].start + events[-1].n_new and w.selection.step == len(events) - 1

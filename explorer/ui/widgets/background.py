@@ -20,30 +20,14 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
+from .collector import collect_on_gui_thread
+
 log = logging.getLogger(__name__)
 
 
 class _Relay(QObject):
     done = Signal(object, object)  # (job id, result)
     failed = Signal(object, str)  # (job id, message)
-
-
-GC_INTERVAL_S = 0.25  # the GUI thread collects cyclic garbage this often (see collect_on_gui_thread)
-_collector = None
-
-
-def collect_on_gui_thread() -> None:
-    """Python's cyclic garbage collector runs on whichever thread happens to allocate; if that is a pool thread
-    or the engine reader thread and the garbage holds Qt objects (pyqtgraph's menus and items form cycles), Qt
-    destroys widgets off the GUI thread, which deadlocks or crashes (seen while profiling: a QMenu destroyed in a
-    non-GUI thread waited for a Qt lock the GUI thread held while it waited for the GIL). So automatic collection
-    is turned off in the GUI process and the GUI thread collects on a timer instead (pyqtgraph's GarbageCollector:
-    each generation when its count passes the usual threshold). Call on the GUI thread; later calls do nothing."""
-    global _collector
-    if _collector is None:
-        from pyqtgraph.util.garbage_collector import GarbageCollector
-
-        _collector = GarbageCollector(interval=GC_INTERVAL_S)
 
 
 BACKGROUND_NICE = 10  # pool threads yield the CPU to the GUI thread (and the engine) when cores are busy
