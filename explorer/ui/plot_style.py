@@ -10,6 +10,7 @@ their role; panels redraw colours they baked into images or brushes). The colour
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Callable
@@ -79,6 +80,29 @@ def plot_items(target) -> list[pg.PlotItem]:
     if isinstance(target, pg.GraphicsLayoutWidget):
         return [item for item in target.ci.items if isinstance(item, pg.PlotItem)]
     raise TypeError(f"cannot style a {type(target).__name__}")
+
+
+def brush(*colour):
+    """One shared brush object per colour (as pg.mkBrush takes it). pyqtgraph renders a scatter symbol once per pen
+    and brush *object*: a new object at every redraw renders every point again and grows its symbol atlas without
+    end."""
+    return _brush(*(c.getRgb() if isinstance(c, QColor) else c for c in colour))
+
+
+@functools.lru_cache(maxsize=1024)
+def _brush(*colour):
+    return pg.mkBrush(*colour)
+
+
+_NO_PEN = pg.mkPen(None)
+_DEFAULT = object()
+
+
+def symbol_style(fill, outline=_DEFAULT) -> dict:
+    """symbolBrush and symbolPen for a PlotDataItem with symbols, as shared objects (see `brush`): given as colours,
+    pyqtgraph makes new ones at every setData (and its default outline is a colour too). `outline` None: none."""
+    pen = _NO_PEN if outline is None else pg.mkPen(fill if outline is _DEFAULT else outline)
+    return {"symbolBrush": brush(*fill) if isinstance(fill, tuple) else brush(fill), "symbolPen": pen}
 
 
 def style(target, *, follow: bool = True, tick_scale: float = 0.9):

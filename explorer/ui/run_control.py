@@ -11,8 +11,7 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from PySide6.QtCore import QCoreApplication, QElapsedTimer, QEvent, QObject, QTimer, Signal
-from PySide6.QtWidgets import QGraphicsView
+from PySide6.QtCore import QElapsedTimer, QObject, QTimer, Signal
 
 from ..core.errors import PromptTooLongError
 from ..core.events import RunRequest
@@ -20,6 +19,7 @@ from ..core.run import Run
 from ..core.textin import clean_text
 from .settings import push_recent
 from .widgets.collector import collect_on_gui_thread
+from .widgets.frame_work import paint_now
 from .worker import EngineHost
 
 MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
@@ -212,7 +212,7 @@ class RunController(QObject):
                 if drew:
                     panel.on_steps(run, work)
             if drew:
-                self._paint(panel)
+                paint_now(panel)  # its cost counts in this slice's budget (widgets/frame_work.py)
                 served = True
         ms = (time.perf_counter() - t0) * 1e3
         self._backlog_ms += ms
@@ -237,16 +237,6 @@ class RunController(QObject):
             self.w.run_done.emit(reason)
 
     _arrived = 0.0  # perf_counter when the oldest queued step arrived
-
-    def _paint(self, panel) -> None:
-        """Paint what `panel` just changed, now: its cost then counts in this slice's budget, instead of every
-        served panel painting together in one later batch (a plot's scene repaints its views when its posted
-        update runs; widgets repaint when the window's posted update request runs)."""
-        send = QCoreApplication.sendPostedEvents
-        for view in panel.findChildren(QGraphicsView):
-            if view.isVisible() and view.scene() is not None:
-                send(view.scene(), QEvent.Type.MetaCall)
-        send(self.w, QEvent.Type.UpdateRequest)
 
     def show_run(self, run: Run | None, follow: bool = False, streaming: bool = False) -> None:
         """Put a run on screen (a new one, or one opened from a file). `streaming`: the first step of a run the

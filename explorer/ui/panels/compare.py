@@ -68,7 +68,7 @@ class ComparePanel(Panel):
         self.lens.setLabel("bottom", "depth (0 = embeddings)")
         self.lens.setLabel("left", "KL(A || B) of the logit lens, nats")
         self.lens_curve = self.lens.plot([], [], pen=pg.mkPen(OKABE_ITO["orange"], width=2), symbol="o", symbolSize=5,
-                                         symbolBrush=OKABE_ITO["orange"])
+                                         **plot_style.symbol_style(OKABE_ITO["orange"]))
         plot_style.style(self.lens)
         self.attn_a, self.attn_b, self.attn_d = Heatmap("viridis"), Heatmap("viridis"), Heatmap("CET-D1")
         for hm, name in ((self.attn_a, "A"), (self.attn_b, "B"), (self.attn_d, "A − B")):

@@ -211,7 +211,7 @@ class SimilarityView(QWidget):
         self.plot.setLabel("bottom", "layer")
         self.plot.setLabel("left", "|update| / |input|")
         self.curves = {name: self.plot.plot([], [], pen=pg.mkPen(c, width=2), name=name, symbol="o", symbolSize=4,
-                                            symbolBrush=c)
+                                            **plot_style.symbol_style(c))
                        for name, c in (("attention", POS_COLOUR), ("MLP", NEG_COLOUR), ("whole layer", BLOCK_COLOUR))}
         plot_style.style(self.plot)  # again: the legend is new
         self.caption = _label()
@@ -260,7 +260,7 @@ class DepthAttentionView(QWidget):
         self.seq = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(NEG_COLOUR))
         self.depth = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(DEPTH_COLOUR))
         self.real = pg.PlotDataItem([], [], pen=None, symbol="_", symbolSize=14,
-                                    symbolPen=pg.mkPen(plot_style.ink(), width=2),
+                                    symbolPen=pg.mkPen(plot_style.ink(), width=2), symbolBrush=plot_style.brush(None),
                                     name="real attention (sequence only)")
         plot_style.follow(self, self._restyle)
         self.divider = pg.InfiniteLine(angle=90, pen=pg.mkPen((120, 120, 120), width=2, style=pg.QtCore.Qt.DashLine))

@@ -32,6 +32,9 @@ KIND_COLOURS = {
     TokenKind.SPECULATIVE: "#882255",  # Paul Tol's wine: a deeper "generated" (an accepted draft)
 }
 SELECTED = (220, 30, 30)
+NO_PEN = pg.mkPen(None)
+SELECTED_PEN = pg.mkPen(SELECTED, width=2.5)
+POSITION_LEVELS = 64  # "colour by position" in this many steps
 METHODS = ("PCA, one basis for all layers", "PCA of this layer", "t-SNE", "UMAP")
 COLOUR_BY = ("token kind", "position", "same token as selected")
 
@@ -104,7 +107,8 @@ class TokensAtLayerView(QWidget):
         self.plot.showGrid(x=True, y=True, alpha=0.15)
         plot_style.style(self.plot)
         self.trajectory = pg.PlotDataItem(pen=pg.mkPen((220, 30, 30, 150), width=2), connect="finite",
-                                          symbol="o", symbolSize=4, symbolBrush=(220, 30, 30, 150), symbolPen=None)
+                                          symbol="o", symbolSize=4,
+                                          **plot_style.symbol_style((220, 30, 30, 150), None))
         self.scatter = pg.ScatterPlotItem(hoverable=True, hoverSize=14, hoverPen=pg.mkPen(SELECTED, width=2), tip=None)
         self.plot.addItem(self.trajectory)
         self.plot.addItem(self.scatter)
@@ -217,22 +221,24 @@ class TokensAtLayerView(QWidget):
         n = run.n_tokens
         mode = COLOUR_BY[self.colour.currentIndex()]
         if mode == "token kind":
-            cache = {k: pg.mkBrush(pg.mkColor(c + "dc")) for k, c in KIND_COLOURS.items()}  # alpha 220
-            other = pg.mkBrush(pg.mkColor(OKABE_ITO["grey"] + "dc"))  # a kind without a colour here
+            cache = {k: plot_style.brush(c + "dc") for k, c in KIND_COLOURS.items()}  # alpha 220
+            other = plot_style.brush(OKABE_ITO["grey"] + "dc")  # a kind without a colour here
             self._brushes = [cache.get(t.kind, other) for t in run.tokens]
             kinds = [k for k in KIND_COLOURS if any(t.kind == k for t in run.tokens)]
             self.legend.setText("  ".join(f"<span style='color: {KIND_COLOURS[k]}'>●</span> {k.value}"
                                           for k in kinds) + "  —  big red ring: the selected token")
         elif mode == "position":
             cmap = plot_style.colormap("sequential")
-            rgba = cmap.map(np.linspace(0, 1, max(n, 2))[:n], mode="byte")  # [N, 4]
-            self._brushes = [pg.mkBrush(*c[:3], 230) for c in rgba]
+            palette = [plot_style.brush(*map(int, c[:3]), 230)
+                       for c in cmap.map(np.linspace(0, 1, POSITION_LEVELS), mode="byte")]
+            level = np.rint(np.arange(n) / max(n - 1, 1) * (POSITION_LEVELS - 1)).astype(int)  # [N]
+            self._brushes = [palette[i] for i in level]  # (few distinct brushes: pyqtgraph renders a symbol each)
             first, last = (cmap.map(v, mode="qcolor").name() for v in (0.0, 1.0))
             self.legend.setText(f"colour: position 0 (<span style='color: {first}'>●</span>) → {n - 1} "
                                 f"(<span style='color: {last}'>●</span>)")
         else:
             target = run.tokens[min(self.selection.position, n - 1)].id
-            hit, miss = pg.mkBrush(230, 120, 0, 240), pg.mkBrush(170, 170, 170, 150)
+            hit, miss = plot_style.brush(230, 120, 0, 240), plot_style.brush(170, 170, 170, 150)
             self._brushes = [hit if t.id == target else miss for t in run.tokens]
             self.legend.setText(f"orange: every occurrence of {token_label(run, min(self.selection.position, n - 1))}"
                                 "; grey: other tokens")
@@ -260,8 +266,8 @@ class TokensAtLayerView(QWidget):
             self._style = style
             sizes = np.full(n, 9.0 if n <= 400 else 6.0)
             sizes[sel] = 16.0
-            pens = [None] * n
-            pens[sel] = pg.mkPen(SELECTED, width=2.5)
+            pens = [NO_PEN] * n  # shared pen objects: pyqtgraph caches a rendered symbol per pen and brush object
+            pens[sel] = SELECTED_PEN
             self.scatter.setData(x=xy[:, 0], y=xy[:, 1], brush=self._brushes, size=sizes, pen=pens,
                                  symbol=symbols or "o", data=np.arange(n))
         self._draw_labels(xy)

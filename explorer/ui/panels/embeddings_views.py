@@ -29,6 +29,14 @@ from .embeddings_tokens import MAX_LABELS, SELECTED
 NEIGHBOUR, KEY = OKABE_ITO["orange"], OKABE_ITO["orange"]
 
 N_NEIGHBOURS = 12
+KEY_LEVELS = 32  # keys are coloured in this many steps of attention: each distinct brush is a symbol to render
+Q_BRUSH = pg.mkBrush(0, 114, 178, 150)
+NO_PEN = pg.mkPen(None)
+RUN_BRUSH, NEIGHBOUR_BRUSH, SELECTED_BRUSH = (pg.mkBrush(0, 114, 178, 200), pg.mkBrush(230, 120, 0, 230),
+                                              pg.mkBrush(*SELECTED, 255))  # the run's tokens, neighbours, selected
+SELECTED_PENS = (pg.mkPen(SELECTED, width=3), pg.mkPen(SELECTED, width=1.5))  # the selected query, its key
+KEY_BRUSHES = [pg.mkBrush(*c[:3], 220) for c in pg.ColorMap([0.0, 1.0], [(200, 200, 200), (170, 0, 20)]).map(
+    np.linspace(0.0, 1.0, KEY_LEVELS), mode="byte")]  # light grey (no attention) to dark red (the most)
 VOCAB_SAMPLE = 4000
 
 
@@ -154,11 +162,10 @@ class VocabView(QWidget):
         ids = np.concatenate([run_ids, nn_ids, [sel_id]]).astype(np.int64)  # later entries draw on top
         xy = vm.place(table, ids)  # [M, 2]
         n_run, n_nn = len(run_ids), len(nn_ids)
-        brushes = ([pg.mkBrush(0, 114, 178, 200)] * n_run + [pg.mkBrush(230, 120, 0, 230)] * n_nn
-                   + [pg.mkBrush(*SELECTED, 255)])
+        brushes = [RUN_BRUSH] * n_run + [NEIGHBOUR_BRUSH] * n_nn + [SELECTED_BRUSH]
         sizes = np.r_[np.full(n_run, 8.0), np.full(n_nn, 9.0), [15.0]]
         symbols = ["o"] * n_run + ["d"] * n_nn + ["star"]
-        self.marks.setData(pos=xy, brush=brushes, size=sizes, symbol=symbols, pen=None)
+        self.marks.setData(pos=xy, brush=brushes, size=sizes, symbol=symbols, pen=NO_PEN)
         self._mark_ids = ids
         entries = [(xy[-1, 0], xy[-1, 1], vocab_label(run, sel_id, known), SELECTED)]
         entries += [(xy[n_run + j, 0], xy[n_run + j, 1], vocab_label(run, int(i), known), NEIGHBOUR)
@@ -234,15 +241,12 @@ class QueryKeyView(QWidget):
             q, k = q - q.mean(axis=0), k - k.mean(axis=0)
         xy = P.pca(np.vstack([q, k]))  # [2N, 2]
         self._attn = run.attention(layer, head, rows=slice(sel, sel + 1))[0]  # [N] from the selected query
-        cmap = pg.ColorMap([0.0, 1.0], [(200, 200, 200), (170, 0, 20)])
-        key_rgba = cmap.map(np.clip(self._attn / max(float(self._attn.max()), 1e-9), 0, 1), mode="byte")  # [N, 4]
-        q_brush = pg.mkBrush(0, 114, 178, 150)
-        brushes = [q_brush] * n + [pg.mkBrush(*c[:3], 220) for c in key_rgba]
+        level = np.rint(np.clip(self._attn / max(float(self._attn.max()), 1e-9), 0, 1) * (KEY_LEVELS - 1))  # [N]
+        brushes = [Q_BRUSH] * n + [KEY_BRUSHES[int(i)] for i in level]  # few distinct brushes: symbols are cached
         sizes = np.full(2 * n, 9.0 if n <= 400 else 6.0)
         sizes[sel] = 18.0
-        pens = [None] * (2 * n)
-        pens[sel] = pg.mkPen(SELECTED, width=3)
-        pens[n + sel] = pg.mkPen(SELECTED, width=1.5)
+        pens = [NO_PEN] * (2 * n)  # (shared pen and brush objects: pyqtgraph caches a rendered symbol per object)
+        pens[sel], pens[n + sel] = SELECTED_PENS
         self.scatter.setData(pos=xy, brush=brushes, size=sizes, pen=pens, symbol=["o"] * n + ["t"] * n)
         after = " after RoPE" if info.rope_theta else ""
         self.title.setText(f"Layer {layer}, query head {head} (KV head {kv}): queries{after} \u25cf blue, "

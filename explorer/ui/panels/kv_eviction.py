@@ -97,7 +97,7 @@ class EvictionView(QWidget):
         self.kl_plot.setLabel("left", "KL(full \u2016 evicted), nats")
         self.kl_plot.addLegend(offset=(10, 10))
         self.kl_items = {kind: self.kl_plot.plot(pen=pg.mkPen(COLOURS[kind], width=2), symbol="o", symbolSize=5,
-                                                 symbolBrush=COLOURS[kind], name=ev.LABELS[kind])
+                                                 **plot_style.symbol_style(COLOURS[kind]), name=ev.LABELS[kind])
                          for kind in ev.POLICIES}
         plot_style.style(self.kl_plot)
         layout.addWidget(self.kl_plot, 2)

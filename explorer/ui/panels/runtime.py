@@ -168,8 +168,8 @@ class RuntimePanel(Panel):
                                         (self.ms_plot, "prefill_ms", "prefill (whole prompt)", 0),
                                         (self.ms_plot, "step_ms", "decode step", 1)):
             c = plot_style.series(colour)
-            self.curves[key] = plot.plot(pen=pg.mkPen(c, width=2), symbol="o", symbolSize=7, symbolBrush=c,
-                                         name=name)
+            self.curves[key] = plot.plot(pen=pg.mkPen(c, width=2), symbol="o", symbolSize=7, name=name,
+                                         **plot_style.symbol_style(c))
         layout.addLayout(plots, 1)
         self.throughput_text = QLabel("Press Measure: each batch size runs a 32-token prompt and 16 decode steps, "
                                       "sizes interleaved, best of the repeats.")

@@ -9,6 +9,9 @@ burst of results costs one redraw, and a result for a run that is no longer on s
 
     frames = FrameCoalescer(parent, is_current=lambda token: token == panel.generation)
     frames.post("lens", token, lambda: panel.show_lens(cols))
+
+At the frame, the keys' callables go through the GUI thread's one budgeted queue (widgets/frame_work.py): each
+runs, then the parent widget paints what it changed, and what does not fit the frame's budget runs at the next.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer
+from PySide6.QtWidgets import QWidget
+from shiboken6 import isValid
+
+from .frame_work import frame_work
 
 FRAME_MS = 16  # one frame at 60 Hz
 
@@ -28,7 +35,7 @@ class FrameCoalescer(QObject):
         self._is_current = is_current or (lambda _token: True)
         self._pending: dict[Hashable, tuple[Any, Callable[[], None]]] = {}
         self._timer = QTimer(self, singleShot=True, interval=frame_ms)
-        self._timer.timeout.connect(self.flush)
+        self._timer.timeout.connect(self._queue_pending)
         self.delivered = 0  # callables run (for tests and benchmarks)
         self.dropped = 0  # callables superseded by a newer one or stale at delivery
 
@@ -50,6 +57,24 @@ class FrameCoalescer(QObject):
             self._pending.clear()
         elif self._pending.pop(key, None) is not None:
             self.dropped += 1
+
+    def _queue_pending(self) -> None:
+        """The frame: every pending key into the budgeted queue (it delivers what is still pending when its turn
+        comes, so a newer post meanwhile wins and `flush` may deliver first)."""
+        parent = self.parent()
+        widget = parent if isinstance(parent, QWidget) else None
+        for key in list(self._pending):
+            frame_work().post((id(self), key), widget, lambda key=key: self._deliver(key))
+
+    def _deliver(self, key: Hashable) -> None:
+        if key not in self._pending or not isValid(self):  # (delivered by flush, or the panel was deleted)
+            return
+        token, fn = self._pending.pop(key)
+        if not self._is_current(token):
+            self.dropped += 1
+            return
+        self.delivered += 1
+        fn()
 
     def flush(self) -> None:
         """Deliver what is pending now (the timer does this once per frame)."""

@@ -1,0 +1,96 @@
+"""One time budget per frame for GUI-thread work that arrives on its own (results of background analyses, redraws
+coalesced to the frame rate), and painting what each piece changed at once.
+
+Qt handles every posted event and due timer of one turn of its event loop together, and a plot's scene repaints
+its views when its posted update runs: ten panels whose results land in the same frame drew, and then painted,
+in one block that input waited for. Here each piece runs, then its widget paints (`paint_now`), and once
+BUDGET_MS of GUI-thread time is spent the rest waits GAP_MS, so input and the next frame's paint go first.
+The streamed steps have the same kind of budget in RunController (ui/run_control.py).
+
+    frame_work().post(key, widget, fn)   # fn() at the next slot, newest fn per key, then widget paints
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable
+
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, QTimer
+from PySide6.QtWidgets import QGraphicsView, QWidget
+from shiboken6 import isValid
+
+log = logging.getLogger(__name__)
+
+BUDGET_MS = 8.0  # GUI-thread time per slot; what does not fit waits for the next
+GAP_MS = 4  # between two slots: paint and input events go first
+
+
+def paint_now(widget: QWidget) -> None:
+    """Paint what `widget` (a panel) changed, now: the posted updates of its plots' scenes (a scene repaints its
+    views when its update runs) and the window's posted update request (plain widgets)."""
+    send = QCoreApplication.sendPostedEvents
+    views = widget.findChildren(QGraphicsView)
+    for view in [widget, *views] if isinstance(widget, QGraphicsView) else views:
+        if view.isVisible() and view.scene() is not None:
+            send(view.scene(), QEvent.Type.MetaCall)
+    window = widget.window()
+    if window is not None:
+        send(window, QEvent.Type.UpdateRequest)
+
+
+class FrameWork(QObject):
+    def __init__(self, budget_ms: float = BUDGET_MS, gap_ms: int = GAP_MS):
+        super().__init__()
+        self.budget_ms, self.gap_ms = budget_ms, gap_ms
+        self._queue: dict[Hashable, tuple[QWidget | None, Callable[[], None]]] = {}  # oldest first
+        self._timer = QTimer(self, singleShot=True)
+        self._timer.timeout.connect(self.run_slot)
+        self.slots_ms: list[float] = []  # GUI-thread time of the latest slots (for tests and the benchmark)
+
+    def post(self, key: Hashable, widget: QWidget | None, fn: Callable[[], None]) -> None:
+        """Run `fn` at the next slot (a newer post under `key` replaces it, keeping its place in the queue), then
+        paint `widget`."""
+        self._queue[key] = (widget, fn)
+        if not self._timer.isActive():
+            self._timer.start(0)
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def run_slot(self) -> None:
+        """Run queued work oldest first until the budget is spent (at least one piece); the rest at the next slot."""
+        self._timer.stop()
+        t0 = time.perf_counter()
+        while self._queue:
+            key = next(iter(self._queue))
+            widget, fn = self._queue.pop(key)
+            if widget is not None and not isValid(widget):  # its panel was closed meanwhile
+                continue
+            try:
+                fn()
+            except Exception:  # one failing piece must not stop the others (panels show their own errors)
+                log.exception("GUI work failed")
+            if widget is not None and isValid(widget):
+                paint_now(widget)
+            if (time.perf_counter() - t0) * 1e3 >= self.budget_ms:
+                break
+        self.slots_ms = [*self.slots_ms[-255:], (time.perf_counter() - t0) * 1e3]
+        if self._queue:
+            self._timer.start(self.gap_ms)
+
+    def run_all(self) -> None:
+        """Everything queued, now (tests, and before a screenshot)."""
+        while self._queue:
+            self.run_slot()
+
+
+_work: FrameWork | None = None
+
+
+def frame_work() -> FrameWork:
+    """The GUI thread's one queue of budgeted work (created on first use, on the GUI thread)."""
+    global _work
+    if _work is None:
+        _work = FrameWork()
+    return _work
