@@ -377,5 +377,5 @@ class MainWindow(QMainWindow):
             self.timeline.set_playing(False)
             self.state.save_settings()
             self.host.shutdown()
-            Background.wait_idle(5000)  # one pool for every panel's analyses
+            Background.pool().waitForDone(5000)  # one pool for every panel's analyses (their results are not shown)
         super().closeEvent(event)

@@ -18,9 +18,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtWidgets import QWidget
+from shiboken6 import isValid
 
 from .collector import collect_on_gui_thread
+from .frame_work import frame_work
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +106,32 @@ class Background(QObject):
         self.pool().start(_Job(job_id, unless_superseded, self._relay), priority)
         return job_id
 
+    # A result is shown through the GUI thread's budgeted queue (frame_work.py): results that land together are
+    # shown a few per slot, each followed by its panel's paint, instead of all in one block that input waits for.
     def _on_done(self, job_id: int, result: Any) -> None:
         key, on_done, _ = self._callbacks.pop(job_id, (None, None, None))
         if key is not None and self._latest.get(key) == job_id:
-            on_done(result)
+            self._show(key, job_id, lambda: on_done(result))
 
     def _on_failed(self, job_id: int, message: str) -> None:
         key, _, on_error = self._callbacks.pop(job_id, (None, None, None))
         if key is not None and self._latest.get(key) == job_id and on_error is not None:
-            on_error(message)
+            self._show(key, job_id, lambda: on_error(message))
+
+    def _show(self, key: str, job_id: int, deliver: Callable[[], None]) -> None:
+        parent = self.parent()
+        latest = self._latest
+
+        def run() -> None:  # (a newer job under this key finished or was queued meanwhile: this one is stale)
+            if isValid(self) and latest.get(key) == job_id:
+                deliver()
+
+        frame_work().post((id(self), key), parent if isinstance(parent, QWidget) else None, run)
 
     @classmethod
     def wait_idle(cls, msecs: int = 30000) -> bool:
-        """For tests and screenshots: wait until every submitted job has finished."""
-        return cls.pool().waitForDone(msecs)
+        """For tests and screenshots: wait until every submitted job has finished and its result is shown."""
+        done = cls.pool().waitForDone(msecs)
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.MetaCall)  # the results' queued signals
+        frame_work().run_all()
+        return done
