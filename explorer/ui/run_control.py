@@ -19,7 +19,7 @@ from ..core.run import Run
 from ..core.textin import clean_text
 from .settings import push_recent
 from .widgets.collector import collect_on_gui_thread
-from .widgets.frame_work import paint_now
+from .widgets.frame_work import paint_now, turn
 from .worker import EngineHost
 
 MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
@@ -201,6 +201,12 @@ class RunController(QObject):
 
     def _serve(self, run: Run, t0: float, budget_ms: float | None) -> None:
         served = False
+        if budget_ms is not None:  # (the GUI queue's work in this same turn of the event loop counts too)
+            spent = turn.begin()
+            if 0 < spent >= budget_ms and self._backlog:
+                self._frame.start(GAP_MS)
+                return
+            budget_ms -= spent
         for panel in list(self._backlog):
             if budget_ms is not None and served and (time.perf_counter() - t0) * 1e3 >= budget_ms:
                 break
@@ -215,6 +221,7 @@ class RunController(QObject):
                 paint_now(panel)  # its cost counts in this slice's budget (widgets/frame_work.py)
                 served = True
         ms = (time.perf_counter() - t0) * 1e3
+        turn.charge(ms)
         self._backlog_ms += ms
         self.frame_drawn.emit(ms)
         if self._backlog:  # the rest at the next frame: what was drawn paints first

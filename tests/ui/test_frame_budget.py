@@ -4,6 +4,8 @@ budget is spent and the rest at the next frame; a panel that missed frames gets 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from PySide6.QtWidgets import QApplication
@@ -13,11 +15,17 @@ from explorer.core.runner import Session
 from explorer.ui import run_control
 from explorer.ui.panels import REGISTRY, panel_class
 from explorer.ui.selection import Selection
+from explorer.ui.widgets import frame_work
 from explorer.ui.widgets.background import Background
 
 pytest.importorskip("pytestqt")
 
 REQUEST = RunRequest("one two three four", settings=GenerationSettings(max_new_tokens=5, stop_at_eos=False))
+
+
+def _breather() -> None:
+    """Let a turn of the event loop end: budgeted work right before (a slice, a queued result) shares its budget."""
+    time.sleep(2 * frame_work.BREATHER_MS / 1e3)
 
 
 def _settle(panel=None) -> None:
@@ -43,12 +51,14 @@ def test_a_frame_serves_panels_within_its_budget_and_the_rest_follow(qtbot, tiny
     runs._step(7, events[0])  # a new run: the panels draw it from the next turn of the event loop, a few per frame
     assert all(p._update_skipped for p in on_screen)
     runs._frame.stop()
+    _breather()
     runs._next_frame()  # the first frame: its budget is spent by the first panel
     assert sum(not p._update_skipped for p in on_screen) == 1
     qtbot.waitUntil(lambda: not any(p._update_skipped for p in on_screen), timeout=3000)
 
     for event in events[1:]:  # a burst within one frame
         runs._step(7, event)
+    _breather()
     runs.flush_steps(budget_ms=0.0)
     tokens = w.docks["tokens"].panel
     assert w.run.n_tokens == events[-1].start + events[-1].n_new  # the run holds every step at once
@@ -193,12 +203,14 @@ def test_a_frame_paints_the_panels_it_served_within_its_slice(qtbot, tiny_window
     runs._step(7, events[0])
     runs._frame.stop()
     paints.clear()
+    _breather()
     runs._next_frame()  # the slice that draws the new run
     assert not panel._update_skipped and paints, "the panel drew but did not paint within its slice"
     qtbot.waitUntil(lambda: not runs._backlog, timeout=3000)
     runs._step(7, events[1])
     runs._frame.stop()
     paints.clear()
+    _breather()
     runs._next_frame()  # a streamed step
     assert paints
 

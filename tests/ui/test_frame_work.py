@@ -112,3 +112,21 @@ def test_redrawing_a_scatter_reuses_its_rendered_symbols(qtbot, tiny_llama):
             assert after == before, f"{name} tab {index}: a redraw rendered new symbols ({before} -> {after})"
             checked += sum(n > 0 for n in after)
     assert checked >= 2  # (the embeddings views draw scatters)
+
+
+def test_the_streamed_steps_and_the_queue_share_one_budget_per_turn_of_the_event_loop(qtbot, monkeypatch):
+    """Their timers often fall due together and Qt runs them back to back: what one spent in this turn counts for
+    the other, and after a breather the budget is whole again."""
+    from explorer.ui.widgets import frame_work
+
+    work = FrameWork(budget_ms=8.0, gap_ms=1)
+    ran: list[int] = []
+    work.post("x", None, lambda: ran.append(1))
+    frame_work.turn.begin()
+    frame_work.turn.charge(9.0)  # a slice of streamed steps just spent more than the budget
+    work.run_slot()
+    assert ran == [] and work.pending() == 1  # deferred to after a breather
+    time.sleep(2 * frame_work.BREATHER_MS / 1e3)
+    work.run_slot()
+    assert ran == [1]
+    assert frame_work.turn.begin() > 0  # the slot charged the turn in its turn
