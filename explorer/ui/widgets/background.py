@@ -111,19 +111,19 @@ class Background(QObject):
     def _on_done(self, job_id: int, result: Any) -> None:
         key, on_done, _ = self._callbacks.pop(job_id, (None, None, None))
         if key is not None and self._latest.get(key) == job_id:
-            self._show(key, job_id, lambda: on_done(result))
+            self._show(key, lambda: on_done(result))
 
     def _on_failed(self, job_id: int, message: str) -> None:
         key, _, on_error = self._callbacks.pop(job_id, (None, None, None))
         if key is not None and self._latest.get(key) == job_id and on_error is not None:
-            self._show(key, job_id, lambda: on_error(message))
+            self._show(key, lambda: on_error(message))
 
-    def _show(self, key: str, job_id: int, deliver: Callable[[], None]) -> None:
+    def _show(self, key: str, deliver: Callable[[], None]) -> None:
+        """A newer result under the same key replaces this one if it is still waiting in the queue."""
         parent = self.parent()
-        latest = self._latest
 
-        def run() -> None:  # (a newer job under this key finished or was queued meanwhile: this one is stale)
-            if isValid(self) and latest.get(key) == job_id:
+        def run() -> None:
+            if isValid(self):  # (the panel that asked was deleted meanwhile)
                 deliver()
 
         frame_work().post((id(self), key), parent if isinstance(parent, QWidget) else None, run)
