@@ -30,8 +30,8 @@ class SpyPanel(Panel):
         super().__init__(selection, parent)
         self.steps = 0
 
-    def draw_run(self, run):
-        self.steps = 0
+    def draw_run(self, run):  # the decode steps a whole-run draw shows (steps that arrived before its first draw)
+        self.steps = 0 if run is None else sum(not e.is_prefill for e in run.steps)
 
     def draw_step(self, run, event):
         self.steps += 1
@@ -55,6 +55,10 @@ class BoundsPanel(SpyPanel):
 
 class ExplodingPanel(SpyPanel):
     title = "Exploding"
+
+    def draw_run(self, run):  # (a run whose first steps arrived before its first draw: drawn whole)
+        if run is not None and any(not e.is_prefill for e in run.steps):
+            raise ZeroDivisionError("panel bug on purpose")
 
     def draw_step(self, run, event):
         raise ZeroDivisionError("panel bug on purpose")
@@ -265,7 +269,7 @@ def test_exception_inside_a_panel_is_shown_logged_and_contained(qtbot, window, c
         assert run_and_wait(qtbot, w, max_new=3) == "max_tokens"
     exploding, spy = w.docks["exploding"].panel, w.docks["spy"].panel
     assert "ZeroDivisionError" in (exploding.error or "")
-    assert spy.steps == 3 and spy.error is None  # the other panel got every step
+    assert spy.steps == 3 and spy.error is None  # the other panel shows every step, each once
     assert any("Exploding" in r.getMessage() and r.exc_info for r in caplog.records)
     assert run_and_wait(qtbot, w, max_new=1) == "max_tokens"  # the window goes on
 
