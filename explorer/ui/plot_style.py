@@ -94,14 +94,14 @@ def _brush(*colour):
     return pg.mkBrush(*colour)
 
 
-_NO_PEN = pg.mkPen(None)
+NO_PEN = pg.mkPen(None)  # one shared "no outline" pen for scatters (see `brush`)
 _DEFAULT = object()
 
 
 def symbol_style(fill, outline=_DEFAULT) -> dict:
     """symbolBrush and symbolPen for a PlotDataItem with symbols, as shared objects (see `brush`): given as colours,
     pyqtgraph makes new ones at every setData (and its default outline is a colour too). `outline` None: none."""
-    pen = _NO_PEN if outline is None else pg.mkPen(fill if outline is _DEFAULT else outline)
+    pen = NO_PEN if outline is None else pg.mkPen(fill if outline is _DEFAULT else outline)
     return {"symbolBrush": brush(*fill) if isinstance(fill, tuple) else brush(fill), "symbolPen": pen}
 
 

@@ -19,13 +19,11 @@ from ..core.run import Run
 from ..core.textin import clean_text
 from .settings import push_recent
 from .widgets.collector import collect_on_gui_thread
-from .widgets.frame_work import paint_now, turn
+from .widgets.frame_work import BUDGET_MS, GAP_MS, paint_now, turn  # (one budget per turn: see frame_work)
 from .worker import EngineHost
 
 MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
 FRAME_MS = 16  # streamed steps reach the panels at most once per frame (60 Hz)
-BUDGET_MS = 8.0  # GUI-thread time per frame for showing streamed steps; panels not served wait for the next frame
-GAP_MS = 4  # between two slices of one frame's backlog: paint and input events go first
 LAGS_KEPT = 4096  # lag figures a window keeps (for the benchmark)
 REDRAW = "redraw"  # a panel's backlog entry: draw the whole run (a new run), not individual steps
 
@@ -202,21 +200,21 @@ class RunController(QObject):
     def _serve(self, run: Run, t0: float, budget_ms: float | None) -> None:
         served = False
         if budget_ms is not None:  # (the GUI queue's work in this same turn of the event loop counts too)
-            spent = turn.begin()
-            if 0 < spent >= budget_ms and self._backlog:
+            budget_ms = turn.left(budget_ms)
+            if budget_ms is None and self._backlog:
                 self._frame.start(GAP_MS)
                 return
-            budget_ms -= spent
         for panel in list(self._backlog):
             if budget_ms is not None and served and (time.perf_counter() - t0) * 1e3 >= budget_ms:
                 break
             work = self._backlog.pop(panel)
             if work == REDRAW:
                 drew = panel.catch_up(on_screen_only=True)  # (one off screen draws when shown)
+            elif work:
+                panel.on_steps(run, work)
+                drew = True
             else:
-                drew = bool(work)
-                if drew:
-                    panel.on_steps(run, work)
+                drew = False
             if drew:
                 paint_now(panel)  # its cost counts in this slice's budget (widgets/frame_work.py)
                 served = True

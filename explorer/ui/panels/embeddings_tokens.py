@@ -32,7 +32,6 @@ KIND_COLOURS = {
     TokenKind.SPECULATIVE: "#882255",  # Paul Tol's wine: a deeper "generated" (an accepted draft)
 }
 SELECTED = (220, 30, 30)
-NO_PEN = pg.mkPen(None)
 SELECTED_PEN = pg.mkPen(SELECTED, width=2.5)
 POSITION_LEVELS = 64  # "colour by position" in this many steps
 METHODS = ("PCA, one basis for all layers", "PCA of this layer", "t-SNE", "UMAP")
@@ -266,7 +265,7 @@ class TokensAtLayerView(QWidget):
             self._style = style
             sizes = np.full(n, 9.0 if n <= 400 else 6.0)
             sizes[sel] = 16.0
-            pens = [NO_PEN] * n  # shared pen objects: pyqtgraph caches a rendered symbol per pen and brush object
+            pens = [plot_style.NO_PEN] * n  # shared pens: pyqtgraph caches a rendered symbol per pen and brush object
             pens[sel] = SELECTED_PEN
             self.scatter.setData(x=xy[:, 0], y=xy[:, 1], brush=self._brushes, size=sizes, pen=pens,
                                  symbol=symbols or "o", data=np.arange(n))

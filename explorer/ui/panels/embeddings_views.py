@@ -31,7 +31,6 @@ NEIGHBOUR, KEY = OKABE_ITO["orange"], OKABE_ITO["orange"]
 N_NEIGHBOURS = 12
 KEY_LEVELS = 32  # keys are coloured in this many steps of attention: each distinct brush is a symbol to render
 Q_BRUSH = pg.mkBrush(0, 114, 178, 150)
-NO_PEN = pg.mkPen(None)
 RUN_BRUSH, NEIGHBOUR_BRUSH, SELECTED_BRUSH = (pg.mkBrush(0, 114, 178, 200), pg.mkBrush(230, 120, 0, 230),
                                               pg.mkBrush(*SELECTED, 255))  # the run's tokens, neighbours, selected
 SELECTED_PENS = (pg.mkPen(SELECTED, width=3), pg.mkPen(SELECTED, width=1.5))  # the selected query, its key
@@ -165,7 +164,7 @@ class VocabView(QWidget):
         brushes = [RUN_BRUSH] * n_run + [NEIGHBOUR_BRUSH] * n_nn + [SELECTED_BRUSH]
         sizes = np.r_[np.full(n_run, 8.0), np.full(n_nn, 9.0), [15.0]]
         symbols = ["o"] * n_run + ["d"] * n_nn + ["star"]
-        self.marks.setData(pos=xy, brush=brushes, size=sizes, symbol=symbols, pen=NO_PEN)
+        self.marks.setData(pos=xy, brush=brushes, size=sizes, symbol=symbols, pen=plot_style.NO_PEN)
         self._mark_ids = ids
         entries = [(xy[-1, 0], xy[-1, 1], vocab_label(run, sel_id, known), SELECTED)]
         entries += [(xy[n_run + j, 0], xy[n_run + j, 1], vocab_label(run, int(i), known), NEIGHBOUR)
@@ -245,7 +244,7 @@ class QueryKeyView(QWidget):
         brushes = [Q_BRUSH] * n + [KEY_BRUSHES[int(i)] for i in level]  # few distinct brushes: symbols are cached
         sizes = np.full(2 * n, 9.0 if n <= 400 else 6.0)
         sizes[sel] = 18.0
-        pens = [NO_PEN] * (2 * n)  # (shared pen and brush objects: pyqtgraph caches a rendered symbol per object)
+        pens = [plot_style.NO_PEN] * (2 * n)  # shared objects: pyqtgraph caches a rendered symbol per object
         pens[sel], pens[n + sel] = SELECTED_PENS
         self.scatter.setData(pos=xy, brush=brushes, size=sizes, pen=pens, symbol=["o"] * n + ["t"] * n)
         after = " after RoPE" if info.rope_theta else ""

@@ -79,10 +79,5 @@ class FrameCoalescer(QObject):
     def flush(self) -> None:
         """Deliver what is pending now (the timer does this once per frame)."""
         self._timer.stop()
-        pending, self._pending = self._pending, {}
-        for token, fn in pending.values():
-            if not self._is_current(token):
-                self.dropped += 1
-                continue
-            self.delivered += 1
-            fn()
+        for key in list(self._pending):
+            self._deliver(key)

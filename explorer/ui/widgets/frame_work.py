@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 
 BUDGET_MS = 8.0  # GUI-thread time per slot; what does not fit waits for the next
 GAP_MS = 4  # between two slots: paint and input events go first
-
-
 BREATHER_MS = 2.0  # a gap this long since the last budgeted work ended: the event loop ran in between
 
 
@@ -42,6 +40,12 @@ class _Turn:
         if (time.perf_counter() - self._end) * 1e3 >= BREATHER_MS:
             self.spent_ms = 0.0
         return self.spent_ms
+
+    def left(self, budget_ms: float) -> float | None:
+        """What is left of `budget_ms` in this turn; None when other work spent it (wait for a breather). A turn
+        nothing has spent in always lets at least one piece run, even with a budget of 0."""
+        spent = self.begin()
+        return None if 0 < spent >= budget_ms else budget_ms - spent
 
     def charge(self, ms: float) -> None:
         self.spent_ms += ms
@@ -86,8 +90,8 @@ class FrameWork(QObject):
     def run_slot(self) -> None:
         """Run queued work oldest first until the budget is spent (at least one piece); the rest at the next slot."""
         self._timer.stop()
-        spent = turn.begin()
-        if 0 < spent >= self.budget_ms:  # the streamed steps spent this turn's budget: after a breather
+        budget = turn.left(self.budget_ms)
+        if budget is None:  # the streamed steps spent this turn's budget: after a breather
             self._timer.start(self.gap_ms)
             return
         t0 = time.perf_counter()
@@ -102,7 +106,7 @@ class FrameWork(QObject):
                 log.exception("GUI work failed")
             if widget is not None and isValid(widget):
                 paint_now(widget)
-            if spent + (time.perf_counter() - t0) * 1e3 >= self.budget_ms:
+            if (time.perf_counter() - t0) * 1e3 >= budget:
                 break
         ms = (time.perf_counter() - t0) * 1e3
         turn.charge(ms)
