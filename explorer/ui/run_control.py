@@ -211,10 +211,13 @@ class RunController(QObject):
             if work == REDRAW:
                 drew = panel.catch_up(on_screen_only=True)  # (one off screen draws when shown)
             elif work:
+                if self._follow:  # (the selection will follow these steps too: what it noted before is stale)
+                    panel.drop_held()
                 panel.on_steps(run, work)
-                drew = True
+                drew = not panel.waiting  # (one off screen or postponed only noted that it has to redraw)
             else:
                 drew = False
+            drew = panel.apply_held() or drew  # the selection that followed the steps (see _follow_newest)
             if drew:
                 paint_now(panel)  # its cost counts in this slice's budget (widgets/frame_work.py)
                 served = True
@@ -222,18 +225,32 @@ class RunController(QObject):
         turn.charge(ms)
         self._backlog_ms += ms
         self.frame_drawn.emit(ms)
+        if not self._backlog and self._follow:
+            self._follow_newest(run)
         if self._backlog:  # the rest at the next frame: what was drawn paints first
             self._frame.start(GAP_MS)
             return
-        if self._follow:
-            self.w.selection.set("step", len(run.steps) - 1)
-            self.w.selection.set("position", run.n_tokens - 1)
         self._update_status()
         n, self._backlog_steps = self._backlog_steps, 0
         if n:
             self.lag_ms.append((time.perf_counter() - self._backlog_since) * 1e3)
             self.steps_shown.emit(n, self._backlog_ms)
         self._announce_done()
+
+    def _follow_newest(self, run: Run) -> None:
+        """Move the selection to the newest step and token. Every panel shows a selection change at once, and ten
+        panels redrawing (and painting) together blocked input for 30-50 ms each frame: here the panels only note
+        it, and the backlog lets each show it within the frame budget; the rest of the window sees it now."""
+        panels = [dock.panel for dock in self.w.docks.values() if dock.panel is not None]
+        for panel in panels:
+            panel.hold_selection()
+        try:
+            self.w.selection.set("step", len(run.steps) - 1)
+            self.w.selection.set("position", run.n_tokens - 1)
+        finally:
+            for panel in panels:
+                if panel.stop_holding():
+                    self._backlog.setdefault(panel, [])
 
     def _announce_done(self) -> None:
         """`run_done` for a run that finished while its last steps were still being drawn (see _run_finished)."""

@@ -74,6 +74,47 @@ def test_a_frame_serves_panels_within_its_budget_and_the_rest_follow(qtbot, tiny
     assert all(p.error is None for p in on_screen)
 
 
+def test_the_selection_follows_a_streamed_run_one_panel_per_slice(qtbot, tiny_window, tiny_llama, monkeypatch):
+    """Moving the selection to the newest step redraws every panel: all at once that blocked input for 30-50 ms
+    per frame. The panels show it as part of their budgeted work, one panel per slice with a spent budget, and
+    `steps_shown` comes once every panel shows the newest step selected."""
+    monkeypatch.setattr(run_control, "BUDGET_MS", 0.0)
+    w = tiny_window(panels=("tokens", "next_token", "attention"))
+    session = Session(tiny_llama)
+    events = list(session.stream(REQUEST))
+    runs = w.runs
+    runs.host.active_id = 7
+    runs._run_started(7, session.new_run(REQUEST))
+    runs._step(7, events[0])
+    shown: list[int] = []
+    runs.steps_shown.connect(lambda n, _ms: shown.append(n))
+    qtbot.waitUntil(lambda: not runs._backlog and runs._frame.isActive() is False, timeout=3000)
+    on_screen = [d.panel for d in w.docks.values() if not d.panel.off_screen()]
+    assert len(on_screen) >= 2
+    slices = [0]
+    runs.frame_drawn.connect(lambda _ms: slices.append(slices[-1] + 1))
+    drawn: list[tuple[int, object, str]] = []  # (slice, panel, what)
+    for panel in on_screen:
+        for name in ("draw_selection", "draw_steps", "draw_step"):
+            real = getattr(panel, name)
+            monkeypatch.setattr(panel, name, lambda *a, real=real, panel=panel, name=name: (
+                drawn.append((slices[-1], panel, name if name != "draw_selection" else f"selection:{a[0]}")),
+                real(*a)))
+    for event in events[1:]:
+        runs._step(7, event)
+    qtbot.waitUntil(lambda: bool(shown), timeout=5000)
+    per_slice: dict[int, set] = {}
+    for index, panel, _what in drawn:
+        per_slice.setdefault(index, set()).add(panel)
+    assert all(len(panels) == 1 for panels in per_slice.values()), per_slice
+    assert w.selection.step == len(events) - 1 and w.selection.position == w.run.n_tokens - 1
+    for panel in on_screen:  # each drew the steps, then the selection that followed them
+        mine = [what for _i, p, what in drawn if p is panel]
+        assert "selection:step" in mine and mine.index("selection:step") > max(
+            i for i, what in enumerate(mine) if what.startswith("draw_step")), mine
+        assert panel.error is None
+
+
 def _drawn_prefill(qtbot, name: str, session: Session, prefill):
     """(panel, selection, run): panel `name` on screen, showing a new run of its first step (the prefill)."""
     run = session.new_run(REQUEST)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 import shiboken6
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QFontMetricsF, QPen
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 from ...core.analysis.attention import STAT_NAMES, LayerSummary, Thresholds, label_head
 from .. import plot_style
 from ..table_fill import append_rows, fill_table, interactive_columns
+from ..widgets.frame_work import frame_work
 from ..widgets.heatmap import tick_step
 
 BACKGROUND = (30, 30, 34)
@@ -273,8 +274,8 @@ class HeadStatsTable(QWidget):
             stop = min(len(heads), start + FILL_CHUNK)
             append_rows(self.table, [row(*h) for h in heads[start:stop]], resize=start == 0,
                         sort=stop == len(heads))
-            if stop < len(heads):
-                QTimer.singleShot(0, lambda: chunk(stop))
+            if stop < len(heads):  # the next chunk within the GUI queue's frame budget, then the table paints
+                frame_work().post((id(self), "fill"), self, lambda: chunk(stop))
 
         chunk(0)
 

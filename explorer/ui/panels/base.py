@@ -72,6 +72,8 @@ class Panel(QWidget):
     help_text: ClassVar[str] = ""  # one paragraph for a student: "what am I looking at?"
     defer_when_hidden = False  # per instance: skip work while not visible, redraw when shown
     _update_skipped = False  # updates were skipped while hidden
+    _held: list[str] | None = None  # selection changes that wait for the window's frame budget (see hold_selection)
+    _holding = False
     request_prompt = Signal(str)  # run this text as the prompt
     rerun = Signal(object)  # run this RunRequest
     panel_requested = Signal(str)  # show the panel registered under this name
@@ -167,6 +169,7 @@ class Panel(QWidget):
         draws of a streamed run over a few frames); until then streamed steps and selection changes wait too."""
         self.run_serial += 1
         self.full_run = self.run = run
+        self._held = None  # (selection changes noted for the previous run: the new run is drawn whole)
         show_empty(self, self.title, self.is_empty())  # before a run: what will appear, no made-up axes
         if postpone and run is not None:
             self._update_skipped = True
@@ -202,7 +205,31 @@ class Panel(QWidget):
             return run
         return run.upto(self.selection.step)
 
+    def hold_selection(self) -> None:
+        """Until `stop_holding`, selection changes are only noted: the window moves the selection along with a
+        streamed run and lets each panel show it within the frame budget (`apply_held`), not all panels at once."""
+        self._holding, self._held = True, self._held or []
+
+    def stop_holding(self) -> bool:
+        """Selection changes reach this panel at once again; True when some wait for `apply_held`."""
+        self._holding = False
+        return bool(self._held)
+
+    def apply_held(self) -> bool:
+        """Show the selection changes noted while holding (each field once, in order); True when there were any."""
+        held, self._held = self._held, None
+        for field in dict.fromkeys(held or ()):
+            self._selection_changed(field)
+        return bool(held)
+
+    def drop_held(self) -> None:
+        """Forget the noted selection changes: newer steps came, and the selection follows them again."""
+        self._held = None
+
     def _selection_changed(self, field: str) -> None:
+        if self._holding:
+            self._held.append(field)
+            return
         if field == "step" and self.full_run is not None and self.run is not None:  # None: a new run is coming
             shown = self._at_selected_step(self.full_run)
             if shown is not self.run and (shown.n_tokens, len(shown.steps)) != (self.run.n_tokens, len(self.run.steps)):
@@ -231,6 +258,11 @@ class Panel(QWidget):
             self._update_skipped = True
             return True
         return False
+
+    @property
+    def waiting(self) -> bool:
+        """True while this panel skips updates and will redraw once shown (or at `catch_up`)."""
+        return self._update_skipped
 
     def off_screen(self) -> bool:
         # a background dock tab is moved off screen rather than hidden: its visible region is empty
