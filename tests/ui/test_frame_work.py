@@ -31,6 +31,31 @@ class _Paints(QObject):
         return False
 
 
+def test_a_served_plot_paints_once_its_auto_range_and_axes_included(qtbot):
+    """pyqtgraph settles auto-ranges (and regenerates the axes) just before a scene renders; the updates that asks
+    for were a second paint after the slice, outside its budget. paint_now settles them first: nothing is left."""
+    from explorer.ui.widgets.frame_work import paint_now
+
+    plot = pg.PlotWidget()
+    qtbot.addWidget(plot)
+    plot.resize(400, 300)
+    plot.show()
+    qtbot.waitExposed(plot)
+    curve = plot.plot([0, 1], [0, 1])
+    qtbot.wait(50)
+    paints = _Paints()
+    plot.viewport().installEventFilter(paints)
+    for top in (10.0, 250.0, 7000.0):  # ranges whose tick labels differ in width too
+        curve.setData([0, 1, 2], [0, 1, top])
+        paints.n = 0
+        paint_now(plot)
+        assert paints.n >= 1  # it painted within the slice
+        paints.n = 0
+        for _ in range(3):
+            QApplication.processEvents()
+        assert paints.n == 0, f"a second paint after the slice (range up to {top})"
+
+
 def test_a_slot_runs_work_oldest_first_within_its_budget_newest_per_key_and_paints_each_piece(qtbot):
     plot = pg.PlotWidget()
     qtbot.addWidget(plot)

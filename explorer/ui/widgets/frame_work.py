@@ -57,15 +57,26 @@ turn = _Turn()
 
 def paint_now(widget: QWidget) -> None:
     """Paint what `widget` (a panel) changed, now: the posted updates of its plots' scenes (a scene repaints its
-    views when its update runs) and the window's posted update request (plain widgets)."""
+    views when its update runs) and the window's posted update request (plain widgets).
+
+    Whatever this paint sets off is settled here too, not in a second paint after the slice: sizes that changed (a
+    label's new text) are laid out first, a pyqtgraph scene's auto-ranges and axes (which it settles just before it
+    renders) before its update, and a second round covers what the paint itself changed (an axis whose tick labels
+    grew wider resizes its plot)."""
     send = QCoreApplication.sendPostedEvents
     views = widget.findChildren(QGraphicsView)
-    for view in [widget, *views] if isinstance(widget, QGraphicsView) else views:
-        if view.isVisible() and view.scene() is not None:
-            send(view.scene(), QEvent.Type.MetaCall)
+    scenes = [view.scene() for view in ([widget, *views] if isinstance(widget, QGraphicsView) else views)
+              if view.isVisible() and view.scene() is not None]
     window = widget.window()
-    if window is not None:
-        send(window, QEvent.Type.UpdateRequest)
+    for _round in range(2):
+        send(None, QEvent.Type.LayoutRequest)
+        for scene in scenes:
+            prepare = getattr(scene, "prepareForPaint", None)
+            if prepare is not None:
+                prepare()
+            send(scene, QEvent.Type.MetaCall)
+        if window is not None:
+            send(window, QEvent.Type.UpdateRequest)
 
 
 class FrameWork(QObject):
