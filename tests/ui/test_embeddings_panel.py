@@ -62,6 +62,21 @@ def test_points_are_the_shared_projection_at_the_slider_layer(qtbot, llama_run, 
     assert_close(np.stack([tx, ty], 1)[:-1], expected[:, 4], 1e-4)
 
 
+def test_a_projection_that_lands_after_more_steps_arrived_is_drawn_for_its_tokens(qtbot, llama_run, make_panel):
+    """While a run streams, the projection of N tokens can land when the run already holds more (the panel projects
+    them at its next draw): it is drawn with the first N tokens' colours, not refused by the scatter."""
+    panel, _sel = _panel(make_panel, llama_run)
+    view = panel.tokens_view
+    n = llama_run.n_tokens
+    coords, explained, massive = view.coords, view.explained, view.massive
+    for colour in range(view.colour.count()):
+        view.colour.setCurrentIndex(colour)
+        view._got_coords((coords[:, : n - 2], explained, massive[: n - 2]))  # computed 2 tokens ago
+        assert panel.error is None
+        assert _shown(view.scatter).shape == (n - 2, 2)
+        assert len(view._brushes) == n - 2
+
+
 def test_clicking_a_point_selects_the_token(qtbot, llama_run, make_panel):
     panel, sel = _panel(make_panel, llama_run)
     view = panel.tokens_view

@@ -217,13 +217,16 @@ class TokensAtLayerView(QWidget):
         run = self.run
         if run is None:
             return
-        n = run.n_tokens
+        # the points drawn: a projection computed while the run streams can land after more steps arrived (the
+        # panel projects them at its next draw); it colours the tokens it has
+        n = run.n_tokens if self.coords is None else min(run.n_tokens, self.coords.shape[1])
+        tokens = run.tokens[:n]
         mode = COLOUR_BY[self.colour.currentIndex()]
         if mode == "token kind":
             cache = {k: plot_style.brush(c + "dc") for k, c in KIND_COLOURS.items()}  # alpha 220
             other = plot_style.brush(OKABE_ITO["grey"] + "dc")  # a kind without a colour here
-            self._brushes = [cache.get(t.kind, other) for t in run.tokens]
-            kinds = [k for k in KIND_COLOURS if any(t.kind == k for t in run.tokens)]
+            self._brushes = [cache.get(t.kind, other) for t in tokens]
+            kinds = [k for k in KIND_COLOURS if any(t.kind == k for t in tokens)]
             self.legend.setText("  ".join(f"<span style='color: {KIND_COLOURS[k]}'>●</span> {k.value}"
                                           for k in kinds) + "  —  big red ring: the selected token")
         elif mode == "position":
@@ -236,9 +239,9 @@ class TokensAtLayerView(QWidget):
             self.legend.setText(f"colour: position 0 (<span style='color: {first}'>●</span>) → {n - 1} "
                                 f"(<span style='color: {last}'>●</span>)")
         else:
-            target = run.tokens[min(self.selection.position, n - 1)].id
+            target = tokens[min(self.selection.position, n - 1)].id
             hit, miss = plot_style.brush(230, 120, 0, 240), plot_style.brush(170, 170, 170, 150)
-            self._brushes = [hit if t.id == target else miss for t in run.tokens]
+            self._brushes = [hit if t.id == target else miss for t in tokens]
             self.legend.setText(f"orange: every occurrence of {token_label(run, min(self.selection.position, n - 1))}"
                                 "; grey: other tokens")
         self.draw_layer()
