@@ -277,3 +277,41 @@ def test_run_done_comes_once_every_panel_shows_the_last_steps(qtbot, tiny_window
     assert done == ["max_tokens"] and not runs._backlog
     assert all(not p._update_skipped and p.run is w.run for p in on_screen)
     assert w.run.n_tokens == events[-1].start + events[-1].n_new and w.selection.step == len(events) - 1
+
+
+def test_status_lines_keep_their_height_while_a_run_streams(qtbot, tiny_window):
+    """A word-wrapped status line that alternates between one and two lines ("computing 3/4 layers..." and a
+    longer note) resized the plots under it at every step. While a run streams, no visible wrapped label of a
+    panel gets shorter (at an unchanged width): it may grow, and keeps that height."""
+    from PySide6.QtWidgets import QLabel
+
+    w = tiny_window(panels=("attention", "kv_cache", "embeddings"))
+    w.resize(900, 700)
+    seen: dict[int, tuple[int, int]] = {}  # id(label) -> (width, height)
+    shrank: list[str] = []
+
+    def check(*_args) -> None:
+        for dock in w.docks.values():
+            for label in dock.panel.findChildren(QLabel):
+                if not (label.wordWrap() and label.isVisible()):
+                    continue
+                before = seen.get(id(label))
+                if before is not None and before[0] == label.width() and label.height() < before[1]:
+                    shrank.append(f"{type(dock.panel).__name__}: {label.text()[:50]!r} {before[1]} -> "
+                                  f"{label.height()} px")
+                seen[id(label)] = (label.width(), label.height())
+
+    from PySide6.QtCore import QTimer
+
+    sampler = QTimer()
+    sampler.timeout.connect(check)
+    sampler.start(1)  # between any two pieces of the window's work
+    w.prompt_bar.prompt.setPlainText("The cat sat on the mat and the dog sat on the log")
+    w.prompt_bar.max_new.setValue(12)
+    for _ in range(2):
+        with qtbot.waitSignal(w.run_done, timeout=30000):
+            w.run_prompt()
+        check()
+    sampler.stop()
+    assert len(seen) >= 3
+    assert shrank == []
