@@ -297,7 +297,9 @@ class AttentionPanel(Panel):
         """Token text on an axis only when every label gets room (about 14 px a row, 56 px a column)."""
         if self._factor > 1:
             return None, None
-        labels = self._labels()
+        # the first n: an aggregate computed while the run streams can land after more steps arrived (the panel
+        # recomputes it at its next draw); it is labelled with the tokens it covers
+        labels = self._labels()[:n]
         size = self.heatmap.view.size()
         rows = labels if n * 14 <= max(size.height(), 300) else None
         cols = labels if n * 56 <= max(size.width(), 300) else None

@@ -146,7 +146,8 @@ class ComparePanel(Panel):
     def draw_selection(self, field: str) -> None:
         if self.run_b is None or self.alignment is None or field not in ("position", "layer", "head"):
             return
-        a, b, al = self.run, self.run_b, self.alignment
+        # A frozen: the run may grow while this computes, and the result is drawn (and counted) for the A it saw
+        a, b, al = self.run.snapshot(), self.run_b, self.alignment
         pos_a = min(self.selection.position, a.n_tokens - 1)
         pos_b = self.partner(pos_a)
         if pos_b is None:
@@ -159,17 +160,20 @@ class ComparePanel(Panel):
             return (next_token_diff(a, pos_a, b, pos_b), lens_diff(a, pos_a, b, pos_b, readout),
                     a.attention(layer, head), b.attention(layer, head), attention_diff(a, b, al, layer, head)[0])
 
-        self.background.submit("compare", job, lambda r: self._show(pos_a, pos_b, *r))
+        self.background.submit("compare", job, lambda r: self._show(a, b, al, pos_a, pos_b, *r))
 
-    def _show(self, pos_a: int, pos_b: int, nxt: dict, lens: dict, att_a, att_b, att_d) -> None:
-        vocab = self.run.vocab or []
+    def _show(self, a: Run, b: Run, al: Alignment, pos_a: int, pos_b: int, nxt: dict, lens: dict, att_a, att_b,
+              att_d) -> None:
+        """Draw a comparison of `a` and `b` (the runs it was computed from, not necessarily those on screen now)."""
+        if b is not self.run_b:
+            return  # B was replaced (drawn afresh) or forgotten with the run it belonged to: no longer on screen
+        vocab = a.vocab or []
 
         def name(i: int) -> str:
             return repr(vocab[i]) if i < len(vocab) else str(i)
-        n_a, n_b = self.run.n_tokens, self.run_b.n_tokens
         first = int(np.argmax(lens["kl"] > 0.1 * max(lens["kl"].max(), 1e-9)))
         self.summary.setText(
-            f"A: {n_a} tokens, B: {n_b}; identical prefix {self.alignment.prefix}, {len(self.alignment.matched)} "
+            f"A: {a.n_tokens} tokens, B: {b.n_tokens}; identical prefix {al.prefix}, {len(al.matched)} "
             f"matched. Next token after A[{pos_a}] / B[{pos_b}]: top-1 {name(nxt['top1_a'])} "
             f"({nxt['p_a'][0]:.2f}) vs {name(nxt['top1_b'])}; KL(A‖B) = {nxt['kl_ab']:.3f} nats. "
             f"The {getattr(self, '_lens_label', 'logit lens')} parts from depth {first} on.")

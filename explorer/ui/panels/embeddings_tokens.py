@@ -169,18 +169,24 @@ class TokensAtLayerView(QWidget):
         states = run.array("resid")  # [layers + 1, N, D] float16 (read-only view)
         norm = self.normalise.isChecked()
         self.play.setEnabled(method.startswith("PCA"))
+
+        def done(result) -> None:
+            # a projection of a run no longer shown (a new run, a replayed step: perhaps shorter) is dropped, as
+            # showing that run submitted its own; a streamed run stays the same object as it grows
+            if run is self.run:
+                self._got_coords(result)
+
         if method == METHODS[0]:
             self.readout.setText("fitting one PCA basis across all layers\u2026")
-            self.background.submit("emb-tokens", lambda: _shared(states, norm), self._got_coords, self._failed)
+            self.background.submit("emb-tokens", lambda: _shared(states, norm), done, self._failed)
         elif method == METHODS[1]:
-            self.background.submit("emb-tokens", lambda: _per_layer(states, norm), self._got_coords, self._failed)
+            self.background.submit("emb-tokens", lambda: _per_layer(states, norm), done, self._failed)
         else:
             self.play.setChecked(False)
             layer = self.slider.value()
             key = method
             self.readout.setText(f"running {key} on layer {layer}\u2026")
-            self.background.submit("emb-tokens", lambda: _one_layer(states, layer, key, norm), self._got_coords,
-                                   self._failed)
+            self.background.submit("emb-tokens", lambda: _one_layer(states, layer, key, norm), done, self._failed)
 
     def _got_coords(self, result) -> None:
         self.coords, self.explained, self.massive = result
@@ -317,8 +323,10 @@ class TokensAtLayerView(QWidget):
             return
         same = [sel]
         if COLOUR_BY[self.colour.currentIndex()] == "same token as selected":  # the token and its repeats
-            target = self.run.tokens[sel].id
-            same = [i for i, t in enumerate(self.run.tokens) if t.id == target][:8]
+            # only the tokens the projection covers (while the run streams, it may hold more: see _restyle)
+            tokens = self.run.tokens[: coords.shape[1]]
+            target = tokens[sel].id
+            same = [i for i, t in enumerate(tokens) if t.id == target][:8]
         same = [i for i in same if not (len(self.massive) > i and self.massive[i])]  # no off-chart paths
         if not same:
             self.trajectory.setData([], [])

@@ -290,7 +290,13 @@ class InterventionsPanel(Panel):
             attn = run.attention(layer, head)[:n, :n] - base.attention(layer, head)[:n, :n]  # [n, n]
             return d, lo, lens.astype(np.float32), attn
 
-        self.background.submit("diff", job, lambda r: self._show_diff(pos, *r))
+        def show(result) -> None:
+            # only for the runs still on screen (a streamed run stays the same object as it grows): a new run or a
+            # replayed step (perhaps shorter than pos) is drawn with a diff of its own, if it has one
+            if base is self.baseline and run is self.run:
+                self._show_diff(pos, *result)
+
+        self.background.submit("diff", job, show)
 
     def _show_diff(self, pos: int, d: dict, lo: int, lens: np.ndarray, attn: np.ndarray) -> None:
         vocab = self.run.vocab or self.baseline.vocab or []
