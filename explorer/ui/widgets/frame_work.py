@@ -20,8 +20,6 @@ from PySide6.QtCore import QCoreApplication, QEvent, QObject, QTimer
 from PySide6.QtWidgets import QGraphicsView, QWidget
 from shiboken6 import isValid
 
-from .steady import steady_labels
-
 log = logging.getLogger(__name__)
 
 BUDGET_MS = 8.0  # GUI-thread time per slot; what does not fit waits for the next
@@ -66,7 +64,6 @@ def paint_now(widget: QWidget) -> None:
     renders) before its update, and a second round covers what the paint itself changed (an axis whose tick labels
     grew wider resizes its plot)."""
     send = QCoreApplication.sendPostedEvents
-    steady_labels(widget)  # a status line's new text must not resize the plots under it (widgets/steady.py)
     views = widget.findChildren(QGraphicsView)
     scenes = [view.scene() for view in ([widget, *views] if isinstance(widget, QGraphicsView) else views)
               if view.isVisible() and view.scene() is not None]
