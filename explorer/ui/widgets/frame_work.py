@@ -59,24 +59,24 @@ def paint_now(widget: QWidget) -> None:
     """Paint what `widget` (a panel) changed, now: the posted updates of its plots' scenes (a scene repaints its
     views when its update runs) and the window's posted update request (plain widgets).
 
-    Whatever this paint sets off is settled here too, not in a second paint after the slice: sizes that changed (a
-    label's new text) are laid out first, a pyqtgraph scene's auto-ranges and axes (which it settles just before it
-    renders) before its update, and a second round covers what the paint itself changed (an axis whose tick labels
-    grew wider resizes its plot)."""
+    What the paint would set off is settled first, so it is part of this one paint and not a second one after the
+    slice: sizes that changed (a label's new text) are laid out, and a pyqtgraph scene's auto-ranges and axes, which
+    it settles just before it renders, are settled before its update. (A second round for what the paint itself
+    changes, an axis whose tick labels grew wider, measured no better: that is rare.)"""
     send = QCoreApplication.sendPostedEvents
+    send(None, QEvent.Type.LayoutRequest)
     views = widget.findChildren(QGraphicsView)
-    scenes = [view.scene() for view in ([widget, *views] if isinstance(widget, QGraphicsView) else views)
-              if view.isVisible() and view.scene() is not None]
+    for view in [widget, *views] if isinstance(widget, QGraphicsView) else views:
+        scene = view.scene() if view.isVisible() else None
+        if scene is None:
+            continue
+        prepare = getattr(scene, "prepareForPaint", None)
+        if prepare is not None:
+            prepare()
+        send(scene, QEvent.Type.MetaCall)
     window = widget.window()
-    for _round in range(2):
-        send(None, QEvent.Type.LayoutRequest)
-        for scene in scenes:
-            prepare = getattr(scene, "prepareForPaint", None)
-            if prepare is not None:
-                prepare()
-            send(scene, QEvent.Type.MetaCall)
-        if window is not None:
-            send(window, QEvent.Type.UpdateRequest)
+    if window is not None:
+        send(window, QEvent.Type.UpdateRequest)
 
 
 class FrameWork(QObject):
