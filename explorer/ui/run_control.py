@@ -217,7 +217,8 @@ class RunController(QObject):
                 drew = not panel.waiting  # (one off screen or postponed only noted that it has to redraw)
             else:
                 drew = False
-            drew = panel.apply_held() or drew  # the selection that followed the steps (see _follow_newest)
+            if panel.apply_held():  # the selection that followed the steps (see _follow_newest)
+                drew = drew or not panel.waiting
             if drew:
                 paint_now(panel)  # its cost counts in this slice's budget (widgets/frame_work.py)
                 served = True
