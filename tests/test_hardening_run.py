@@ -753,3 +753,37 @@ def test_sentencepiece_spans_around_special_tokens(scheme, text, sp_tokenizers):
     assert "".join(t.text for t in tokens if t.end > t.start) == text
     literal = [t for t in tokens if t.is_special and t.end > t.start]
     assert all(t.text in ("<s>", "</s>") for t in literal) and len(literal) == text.count("</s>") + text.count("<s>")
+
+
+def test_a_first_step_given_room_is_kept_not_copied_and_the_run_is_the_same(tiny_models):
+    """Run.with_room (the engine client's reader thread) copies a first step into buffers with room for the
+    planned steps; `apply` (the GUI thread) then keeps those buffers, and the run grows exactly as from the
+    plain events."""
+    from explorer.core.run import ARRAY_FIELDS
+
+    run = capture("Hello there, how are you", Session(tiny_models["tiny-llama"]), max_new_tokens=3)
+    plain = type(run).start(run.info, run.request, run.norm, run.unembed)
+    roomy = type(run).start(run.info, run.request, run.norm, run.unembed)
+    first = roomy.with_room(run.steps[0])
+    for name, axis in ARRAY_FIELDS.items():
+        chunk = first.arrays[name]
+        if chunk is not None:
+            assert not chunk.flags.writeable
+            assert chunk.base.shape[axis] == chunk.shape[axis] + run.request.settings.max_new_tokens
+    roomy.apply(first)
+    for name in ARRAY_FIELDS:
+        if first.arrays[name] is not None:  # no copy on apply: the run's buffer is the one made with room
+            assert np.shares_memory(roomy.array(name), first.arrays[name]), name
+    plain.apply(run.steps[0])
+    for event in run.steps[1:]:
+        plain.apply(event)
+        roomy.apply(event)
+    for name in ARRAY_FIELDS:
+        if run.steps[0].arrays[name] is not None:
+            np.testing.assert_array_equal(roomy.array(name), plain.array(name))
+    # the buffers grew in place: the first step's arrays still show the first step
+    for name in ARRAY_FIELDS:
+        if first.arrays[name] is not None:
+            np.testing.assert_array_equal(first.arrays[name], run.steps[0].arrays[name])
+    # a step for a run that already has positions, or a run with nothing planned, is left as it is
+    assert roomy.with_room(run.steps[0]) is run.steps[0]

@@ -92,12 +92,42 @@ class Run:
             self.finish_reason = event.finish_reason
         self._cache.clear()
 
+    def _room(self) -> int:
+        """Positions planned after the first step: its buffers are made this much longer, so they never double."""
+        if self._planned is not None:
+            return self._planned
+        return self.request.settings.max_new_tokens if self.info.is_causal else 0
+
+    def with_room(self, event: StepEvent) -> StepEvent:
+        """`event`, the first step of this (still empty) run, with each array copied into a buffer that has room
+        for the positions planned after it; `apply` then keeps those buffers instead of copying into new ones.
+        The engine client's reader thread calls it: a 1,000-token prefill's arrays are hundreds of MB, and
+        copying them on the GUI thread blocked it for 170-350 ms."""
+        planned = self._room()
+        if self._buffers or self._n or planned == 0:
+            return event
+        arrays = dict(event.arrays)
+        for name, axis in ARRAY_FIELDS.items():
+            chunk = arrays.get(name)
+            if chunk is None:
+                continue
+            shape = list(chunk.shape)
+            shape[axis] += planned
+            buf = np.empty(shape, chunk.dtype)  # [... n_new + planned ...]
+            view = _view(buf, axis, 0, chunk.shape[axis])  # [... n_new ...]
+            view[...] = chunk
+            view.flags.writeable = False  # (a step's arrays are read-only; the run writes later steps after them)
+            arrays[name] = view
+        return replace(event, arrays=arrays)
+
     def _append(self, name: str, chunk: np.ndarray, axis: int) -> None:
         buf = self._buffers.get(name)
         n_new = chunk.shape[axis]
         if buf is None:  # room for the prompt and the planned generation, so buffers never double
-            planned = self._planned if self._planned is not None else (
-                self.request.settings.max_new_tokens if self.info.is_causal else 0)
+            planned = self._room()
+            if planned and _has_room(chunk, axis, n_new + planned):  # made by `with_room`: keep its buffer
+                self._buffers[name] = chunk.base
+                return
             if planned == 0 and not chunk.flags.writeable:
                 # nothing will be appended: keep the event's read-only array itself (a later append, if any,
                 # grows into a new buffer and never writes into it)
@@ -251,6 +281,18 @@ class Run:
         decode = self.steps[1:]
         ms = sum(v for s in decode for _k, v in s.timings_ms)
         return len(decode) / (ms / 1e3) if ms else 0.0
+
+
+def _has_room(chunk: np.ndarray, axis: int, need: int) -> bool:
+    """`chunk` is the start (along `axis`) of a writable buffer of at least `need` positions (see Run.with_room)."""
+    base = chunk.base
+    if not isinstance(base, np.ndarray) or not base.flags.writeable or base.dtype != chunk.dtype:
+        return False
+    if base.ndim != chunk.ndim or base.shape[axis] < need:
+        return False
+    start = _view(base, axis, 0, chunk.shape[axis])
+    return (start.shape == chunk.shape and start.strides == chunk.strides
+            and start.__array_interface__["data"][0] == chunk.__array_interface__["data"][0])
 
 
 def _view(a: np.ndarray, axis: int, lo: int, hi: int) -> np.ndarray:

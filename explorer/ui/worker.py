@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal
@@ -80,15 +80,16 @@ class EngineHost(QObject):
         self.capture_budget = DEFAULT_BUDGET  # bytes; set by the window from its settings
         self.active_id = -1  # the run whose events the GUI should apply
         self._kinds: dict[int, Any] = {}  # job id -> its request (load / run / truncate) or _Callbacks
+        self._starting: dict[int, Run] = {}  # run job id -> its empty Run, until its first step (engine thread)
         self._loaded: eng.LoadModel | None = None  # the last model load that succeeded (reloaded after a crash)
         self._event.connect(self._dispatch, Qt.QueuedConnection)
         self.kind = engine_kind(kind, session)
         if self.kind == "process":
             from ..core.engine_process import ProcessEngine
 
-            self.engine = ProcessEngine(self._event.emit, threads=threads)
+            self.engine = ProcessEngine(self._from_engine, threads=threads)
         else:
-            self.engine = eng.Engine(self._event.emit, session=session, threads=threads)
+            self.engine = eng.Engine(self._from_engine, session=session, threads=threads)
         app = QCoreApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
@@ -151,7 +152,6 @@ class EngineHost(QObject):
                         on_progress: Callable[[float, str], None] | None = None) -> JobHandle:
         """A long job (e.g. building a retrieval index) in a process of its own, so it neither waits in nor
         blocks the engine's queue; the callbacks run on the GUI thread, as for `submit_job`."""
-        from dataclasses import replace
 
         from ..core.side_jobs import SideJob
 
@@ -164,6 +164,18 @@ class EngineHost(QObject):
 
     _side_ids = 0
     _shut = False  # after shutdown: requests are ignored (a closed window's panels may still ask)
+
+    # --- events, on the engine's thread (the process engine's reader thread) ------------------------------------
+    def _from_engine(self, event: eng.EngineEvent) -> None:
+        """Pass an engine event to the GUI thread. A run's first step is first given room for the steps planned
+        after it (`Run.with_room`), here, so the GUI thread adopts its arrays instead of copying them."""
+        if isinstance(event, eng.Started) and isinstance(event.payload, Run):
+            self._starting[event.job] = event.payload
+        elif isinstance(event, eng.Step) and event.job in self._starting:
+            event = replace(event, event=self._starting.pop(event.job).with_room(event.event))
+        elif isinstance(event, (eng.Done, eng.Failed, eng.JobCancelled)):
+            self._starting.pop(event.job, None)
+        self._event.emit(event)
 
     # --- events, on the GUI thread --------------------------------------------------------------------------------
     def _dispatch(self, event: eng.EngineEvent) -> None:
