@@ -175,3 +175,46 @@ def test_a_long_map_is_max_pooled_to_its_size_on_screen_and_finer_when_it_grows(
     panel.resize(1800, 1400)  # the dock grows: the map is pooled finer at the next frame
     qtbot.waitUntil(lambda: panel._factor < factor, timeout=3000)
     assert panel.heatmap.data.shape[0] == -(-n // panel._factor) and panel.error is None
+
+
+def test_a_streamed_long_runs_map_is_computed_off_the_gui_thread_and_catches_up(qtbot, tiny_llama, make_panel,
+                                                                                monkeypatch):
+    """A streamed run's first full map (10-25 ms of softmax rows at 1,024 tokens) is computed in the background;
+    steps that arrive meanwhile are added when it lands, and the map then equals the run's attention."""
+    import threading
+
+    from explorer.core.analysis import attention as att
+    from explorer.core.runner import Session
+    from explorer.ui.panels.attention import OFFTHREAD_TOKENS
+
+    session = Session(tiny_llama)
+    request = RunRequest(" ".join(["one two three four"] * 30), reuse_prefix=False,
+                         settings=GenerationSettings(max_new_tokens=3, stop_at_eos=False))
+    events = list(session.stream(request))
+    run = session.new_run(request)
+    run.apply(events[0])
+    assert run.n_tokens >= OFFTHREAD_TOKENS
+    panel, sel = make_panel(AttentionPanel, run, size=(1400, 1200), draw=False)
+    sel.set("layer", 1)
+    sel.set("head", 2)
+    threads = []
+    original = att.pooled_map
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(att, "pooled_map", spy)
+    panel.set_run(run, postpone=True)  # the window's first draw of a run it streams
+    panel.catch_up()
+    assert not any(threads) and panel.heatmap.data is None  # not on the GUI thread; the old map not shown
+    for event in events[1:]:  # steps arrive before the map lands
+        run.apply(event)
+        panel.on_step(run, event)
+    assert panel.heatmap.data is None
+    qtbot.waitUntil(lambda: panel.heatmap.data is not None, timeout=10_000)
+    assert threads == [False]  # once, in the background (the steps were added as rows)
+    full = run.attention(1, 2)
+    assert_close(panel.heatmap.data, att.max_pool(full, panel._factor), 1e-5)
+    assert panel._n == run.n_tokens and "computing" not in panel.heatmap.plot.titleLabel.text
+    assert panel.error is None

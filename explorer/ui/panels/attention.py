@@ -27,6 +27,7 @@ from .head_view import HeadLines, HeadView
 
 MAX_PIXELS = 1024  # the heatmap image is at most this many pixels on a side
 MIN_PIXELS = 256  # ... and pooled no further than this (a small or not yet laid out view)
+OFFTHREAD_TOKENS = 256  # a streamed run's full map from this length on is computed off the GUI thread
 ROLLOUT_MAX_TOKENS = 1024  # rollout multiplies N x N matrices: only up to this length
 MODES = (("head", "Selected head"), ("mean", "Mean over heads"), ("max", "Max over heads"),
          ("rollout", "Rollout (layers 0..L)"))
@@ -52,6 +53,8 @@ class AttentionPanel(Panel):
         self._build()
         self._gen = 0  # bumps on every new run: stale background results are dropped
         self._n = 0  # positions drawn so far
+        self._map_job = 0  # bumps with every full map; `_waiting` is the one being computed off the GUI thread
+        self._waiting: int | None = None
         self._factor = 1
         self._keep: np.ndarray | None = None  # positions shown when special tokens are hidden
         self._summaries: dict[int, att.LayerSummary] = {}
@@ -130,7 +133,7 @@ class AttentionPanel(Panel):
         self._gen += 1
         self._hover_row = None
         if run is None or run.n_tokens == 0:
-            self._n = 0
+            self._n, self._waiting = 0, None
             self.heatmap.set_data(np.zeros((1, 1), np.float32))
             self.head_view.clear()
             return
@@ -148,6 +151,10 @@ class AttentionPanel(Panel):
         self.draw_steps(run, [event])
 
     def draw_steps(self, run, events) -> None:
+        if self._waiting is not None:  # the full map is being computed: it adds these rows when it lands
+            if events[-1].finish_reason:
+                self._start_summaries()
+            return
         start = events[0].start
         if self._n == 0 or start != self._n or self._keep is not None or self.mode != "head":
             self.draw_run(run)  # nothing usable drawn yet, or a mode that needs a full recompute
@@ -211,9 +218,10 @@ class AttentionPanel(Panel):
         toks = self.run.tokens
         return [toks[p].text for p in (self._keep if self._keep is not None else range(len(toks)))]
 
-    def row_fn(self, layer: int, head: int) -> att.RowFn:
-        """Attention rows of one head in display indices, with the panel's options applied."""
-        run = self.run
+    def row_fn(self, layer: int, head: int, run=None) -> att.RowFn:
+        """Attention rows of one head in display indices, with the panel's options applied (of `run`, by default
+        the run on screen)."""
+        run = run or self.run
         info = run.info
         base = att.head_row_fn(run.array("queries"), run.array("keys"), layer, head, info.group_size,
                                run.layer_scaling(layer), info.is_causal)
@@ -232,6 +240,8 @@ class AttentionPanel(Panel):
         """Compute and show the selected head (or aggregate) for the whole run."""
         run = self.run
         self._keep = None
+        self._map_job += 1
+        self._waiting = None
         if self.special_box.isChecked():
             keep = np.array([i for i, t in enumerate(run.tokens) if not t.is_special], np.int64)
             if 0 < keep.size < run.n_tokens:
@@ -242,9 +252,13 @@ class AttentionPanel(Panel):
         self._factor = att.pool_factor(n, self._target)
         layer, head = self.selection.layer, self.selection.head
         if self.mode == "head":
+            title = f"layer {layer}, head {head} (KV head {head // run.info.group_size})"
+            if self.streamed and n >= OFFTHREAD_TOKENS:
+                self._map_offthread(run, n, layer, head, title)
+                return
             view = att.pooled_map(self.row_fn(layer, head), n, self._factor, causal=run.info.is_causal)
             self._show(view, n)
-            self.heatmap.plot.setTitle(f"layer {layer}, head {head} (KV head {head // run.info.group_size})")
+            self.heatmap.plot.setTitle(title)
             return
         if self.mode == "rollout" and n > ROLLOUT_MAX_TOKENS:
             self.heatmap.plot.setTitle(f"rollout needs N x N products: available up to {ROLLOUT_MAX_TOKENS} tokens")
@@ -267,6 +281,31 @@ class AttentionPanel(Panel):
                 self.heatmap.plot.setTitle(f"{dict(MODES)[mode]}, layer {layer}")
 
         self.background.submit("aggregate", job, done, lambda msg: self.heatmap.plot.setTitle(msg))
+
+    def _map_offthread(self, run, n: int, layer: int, head: int, title: str) -> None:
+        """A streamed run's full map of one head, computed off the GUI thread (its softmax rows took 10-25 ms of the
+        GUI thread at 1,024 tokens, in one piece); the steps that arrive meanwhile are added when it lands."""
+        job = self._waiting = self._map_job
+        frozen = run.snapshot()  # (the run on screen grows while the job runs)
+        rows, factor, causal = self.row_fn(layer, head, frozen), self._factor, run.info.is_causal
+        self._n = 0
+        self.heatmap.clear()  # (not the previous run's map under this run's title)
+        self.heatmap.plot.setTitle(f"{title}: computing…")
+
+        def done(view: np.ndarray) -> None:
+            if job != self._waiting or self.run is None:  # a newer map was asked for meanwhile
+                return
+            self._waiting = None
+            self._n = frozen.n_tokens
+            self._show(view, n)
+            self.heatmap.plot.setTitle(title)
+            if self.run.n_tokens > self._n:  # steps that arrived while it was computed
+                if self._keep is None:
+                    self.append_rows(self._n, self.run.n_tokens)
+                else:
+                    self.draw_heatmap()
+
+        self.offthread("head map", lambda: att.pooled_map(rows, n, factor, causal=causal), done, priority=1)
 
     _target = MAX_PIXELS  # image pixels a side the current heatmap was pooled to
 

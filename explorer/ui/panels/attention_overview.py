@@ -1,3 +1,4 @@
+
 """The attention overview: every layer x head as a thumbnail in ONE image, and the head-statistics table.
 
 Query heads that share a KV head (GQA: head // group_size) sit on a lighter frame, with a wider gap
@@ -29,6 +30,7 @@ from .. import plot_style
 from ..table_fill import append_rows, fill_table, interactive_columns
 from ..widgets.frame_work import frame_work
 from ..widgets.heatmap import tick_step
+from ..widgets.status_line import StatusLine
 
 BACKGROUND = (30, 30, 34)
 FRAME = (120, 120, 128)
@@ -62,8 +64,7 @@ class OverviewGrid(QWidget):
         self.marker.setZValue(10)
         self.plot.addItem(self.marker)
         plot_style.style(self.view)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = StatusLine("", lines=2)  # "computing 3/30 layers…", then a two-line note
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.view, 1)
@@ -95,25 +96,35 @@ class OverviewGrid(QWidget):
     def reset(self, n_layers: int, n_heads: int, group: int) -> None:
         """An empty grid with GQA group frames; thumbnails arrive layer by layer."""
         self.n_layers, self.n_heads, self.group = n_layers, n_heads, max(1, group)
+        key = (n_layers, n_heads, self.group, self.size)
+        if self._blank is None or self._blank[0] != key:  # (drawn once per model: a new run copies it)
+            self._blank = (key, self._empty_grid())
+        self.rgb = self._blank[1].copy()  # [rows, cols, rgb]
+        self._tick_steps = None
+        self.fit(force=True)
+
+    _blank: tuple[tuple, np.ndarray] | None = None  # (layers, heads, group, size) and its empty grid
+
+    def _empty_grid(self) -> np.ndarray:
+        n_layers, n_heads = self.n_layers, self.n_heads
         width = self.head_x(n_heads - 1) + self.size + 3
         height = self.layer_y(n_layers - 1) + self.size + 3
-        self.rgb = np.empty((height, width, 3), np.uint8)  # [rows, cols, rgb]
-        self.rgb[...] = BACKGROUND
+        rgb = np.empty((height, width, 3), np.uint8)  # [rows, cols, rgb]
+        rgb[...] = BACKGROUND
         for layer in range(n_layers):
             y = self.layer_y(layer)
             for g in range(0, n_heads, self.group):
                 x0 = self.head_x(g) - 1
                 x1 = self.head_x(min(n_heads, g + self.group) - 1) + self.size + 1
-                self.rgb[y - 1: y + self.size + 1, x0:x1] = FRAME
-                self.rgb[y: y + self.size, x0 + 1: x1 - 1] = BACKGROUND
-        self._tick_steps = None
-        self.fit(force=True)
+                rgb[y - 1: y + self.size + 1, x0:x1] = FRAME
+                rgb[y: y + self.size, x0 + 1: x1 - 1] = BACKGROUND
+        return rgb
 
     # --- on-screen layout -------------------------------------------------------------------------
     def _show_image(self) -> None:
         height, width = self.rgb.shape[:2]
         shown = self.rgb.transpose(1, 0, 2) if self.transposed else self.rgb  # [rows, cols, rgb] on screen
-        self.image.setImage(shown, levels=(0, 255), autoLevels=False)
+        self.image.setImage(shown, levels=None, autoLevels=False)  # (RGB bytes as they are: no rescale)
         self.image.setRect(0, 0, *((height, width) if self.transposed else (width, height)))
 
     def fit(self, force: bool = False) -> None:

@@ -133,6 +133,13 @@ class Panel(QWidget):
     # Replay: once the step is moved, `self.run` is the run as it was at the selected step (Run.upto) and
     # `self.full_run` the whole run; a new run is drawn whole (the window selects its last step).
     full_run: Run | None = None
+    _live_run: Run | None = None  # the run the window streamed into this panel (see `streamed`)
+
+    @property
+    def streamed(self) -> bool:
+        """The run on screen streamed into this panel (it is streaming, or streamed just now), as opposed to one
+        drawn whole (opened from a file, captured by a script): its heavy redraws go off the GUI thread."""
+        return self.full_run is not None and self.full_run is self._live_run
 
     def is_empty(self) -> bool:
         """Nothing to show yet (its plots are covered by a sentence): before a run, for most panels."""
@@ -169,6 +176,7 @@ class Panel(QWidget):
         draws of a streamed run over a few frames); until then streamed steps and selection changes wait too."""
         self.run_serial += 1
         self.full_run = self.run = run
+        self._live_run = run if postpone else None
         self._held = None  # (selection changes noted for the previous run: the new run is drawn whole)
         show_empty(self, self.title, self.is_empty())  # before a run: what will appear, no made-up axes
         if postpone and run is not None:
@@ -184,7 +192,7 @@ class Panel(QWidget):
             self.on_step(run, events[0])
             return
         replaying = self.full_run is run and self.run is not run
-        self.full_run = run
+        self.full_run = self._live_run = run
         if replaying or not events:
             return
         self.run = run
@@ -193,7 +201,7 @@ class Panel(QWidget):
 
     def on_step(self, run: Run, event: StepEvent) -> None:
         replaying = self.full_run is run and self.run is not run  # the user stepped back while it streams
-        self.full_run = run
+        self.full_run = self._live_run = run
         if replaying:
             return
         self.run = run

@@ -127,18 +127,10 @@ class NextTokenPanel(Panel):
         else:
             self.redraw()
 
-    _live_run: Run | None = None  # the run this panel saw streaming (its redraws stay off the GUI thread)
-
-    def set_run(self, run: Run | None, postpone: bool = False) -> None:
-        if postpone:  # the first step of a run the window streams
-            self._live_run = run
-        super().set_run(run, postpone)
-
     def draw_step(self, run: Run, event: StepEvent) -> None:
         self.draw_steps(run, [event])
 
     def draw_steps(self, run: Run, events: list[StepEvent]) -> None:
-        self._live_run = run
         if any(e.is_prefill for e in events):
             self.draw_run(run)
         elif self.selection.position >= events[0].start - 1:  # the actual next token just arrived
@@ -166,8 +158,7 @@ class NextTokenPanel(Panel):
             return
         pos = min(self.selection.position, run.n_tokens - 1)
         settings, n_show = self.settings(), self.show_k.value()
-        live = self.full_run is not None and self.full_run is self._live_run  # streaming, or streamed just now
-        if not live:
+        if not self.streamed:
             self._show(run, pos, self.compute(run, pos, settings, n_show))
             return
         frozen = run.snapshot()

@@ -107,6 +107,12 @@ class Heatmap(QWidget):
         if auto_range:
             self.plot.setRange(xRange=(0, cols), yRange=(0, rows), padding=0)
 
+    def clear(self) -> None:
+        """Show nothing (until the next `set_data`): a map being computed, with the axes left as they are."""
+        self.data = None
+        self.image.clear()
+        self.clear_detail()
+
     def update_rows(self, data: np.ndarray) -> None:
         """Replace the image with new data of the same scale (a new row while streaming)."""
         self.data = data
