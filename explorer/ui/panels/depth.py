@@ -18,7 +18,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont, QFontMetricsF
-from PySide6.QtWidgets import QComboBox, QLabel, QSplitter, QTabWidget
+from PySide6.QtWidgets import QComboBox, QSplitter, QTabWidget
 
 from ...core.analysis.depth import LENS_TOP_K, LensTable, compute_lens, lens_copy, lens_slices
 from ...core.analysis.depth_attention import DepthWeights
@@ -28,6 +28,7 @@ from ...core.run import Run
 from ..widgets.background import Background
 from ..widgets.flow import FlowLayout, labelled
 from ..widgets.heatmap import Heatmap, readable_label
+from ..widgets.status_line import StatusLine
 from . import intervention_menu as im
 from .base import Panel
 from .depth_lens import LensSelector
@@ -73,7 +74,7 @@ class DepthPanel(Panel):
 
         self.mode = QComboBox()
         self.mode.addItems(MODES)
-        self.status = QLabel(" ")
+        self.status = StatusLine(" ", chars=60)  # the lens's progress, step by step
         row = FlowLayout()  # wraps in a narrow dock instead of clipping
         row.addWidget(labelled("Lens colour:", self.mode))
         row.addWidget(self.status, 1)

@@ -18,6 +18,7 @@ from ...core.naming import depth_label
 from .. import plot_style
 from ..theme import OKABE_ITO
 from ..widgets.flow import FlowLayout, labelled
+from ..widgets.status_line import StatusLine
 
 MAX_LABELS = 40  # label points with their token text up to this many points
 PLAY_MS = 160  # one layer per tick while playing
@@ -115,9 +116,8 @@ class TokensAtLayerView(QWidget):
         for item in self._ends:
             self.plot.addItem(item)
             item.hide()
-        self.readout = QLabel(" ")
+        self.readout = StatusLine(" ", lines=2)  # (the fit's progress, then a note: the plot under it stays put)
         self.readout.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.readout.setWordWrap(True)  # a long note must not widen the panel past the screen (presenter fonts)
         self.legend = QLabel(" ")
         self.legend.setWordWrap(True)
 

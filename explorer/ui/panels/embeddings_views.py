@@ -24,6 +24,7 @@ from .. import plot_style
 from ..table_fill import fill_table
 from ..theme import OKABE_ITO
 from ..widgets.heatmap import Heatmap
+from ..widgets.status_line import StatusLine
 from .embeddings_tokens import MAX_LABELS, SELECTED
 
 NEIGHBOUR, KEY = OKABE_ITO["orange"], OKABE_ITO["orange"]
@@ -91,8 +92,7 @@ class VocabView(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
-        self.nn_title = QLabel(" ")
-        self.nn_title.setWordWrap(True)
+        self.nn_title = StatusLine(" ", lines=2)  # names the selected token: the table under it stays put
         side = QWidget()
         side_layout = QVBoxLayout(side)
         side_layout.setContentsMargins(0, 0, 0, 0)
@@ -200,7 +200,7 @@ class QueryKeyView(QWidget):
         self.selection = selection
         self.run = None
         self.centre = QCheckBox("centre queries and keys separately (AttentionViz)")
-        self.title = QLabel(" ")
+        self.title = StatusLine(" ", lines=2)  # names the selected query: one that asked for its whole width
         top = QHBoxLayout()
         top.addWidget(self.title, 1)
         top.addWidget(self.centre)

@@ -22,6 +22,7 @@ from .. import plot_style
 from ..selection import Selection
 from ..theme import OKABE_ITO
 from ..widgets.flow import FlowLayout, labelled
+from ..widgets.status_line import StatusLine
 from .base import Panel
 from .kv_eviction import EvictionView
 from .kv_whatif import WhatIfCalculator
@@ -82,7 +83,7 @@ class KVCachePanel(Panel):
         big.setBold(True)
         self.figures: dict[str, QLabel] = {}
         for col, name in enumerate(_FIGURES):
-            value = QLabel("\u2014")
+            value = StatusLine("\u2014", chars=11)  # a figure that changes every step: its width stays put
             value.setFont(big)
             value.setAlignment(Qt.AlignCenter)
             caption = QLabel(name)

@@ -32,6 +32,7 @@ from ..theme import OKABE_ITO
 from ..widgets.background import Background
 from ..widgets.flow import FlowLayout, labelled
 from ..widgets.heatmap import Heatmap
+from ..widgets.status_line import StatusLine
 
 COLOURS = {"streaming": OKABE_ITO["blue"], "h2o": OKABE_ITO["vermillion"], "snapkv": OKABE_ITO["green"]}
 
@@ -101,8 +102,8 @@ class EvictionView(QWidget):
                          for kind in ev.POLICIES}
         plot_style.style(self.kl_plot)
         layout.addWidget(self.kl_plot, 2)
-        self.status = QLabel("Generate some tokens, then the masks appear here; 'Measure' re-runs the model.")
-        self.status.setWordWrap(True)
+        self.status = StatusLine("Generate some tokens, then the masks appear here; 'Measure' re-runs the model.",
+                                 lines=2)
         layout.addWidget(self.status)
 
     # --- inputs -------------------------------------------------------------------------------------------
