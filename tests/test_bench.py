@@ -91,6 +91,8 @@ def test_gui_part(results):
     live = gui["redraw_streaming"]  # the redraw figure is taken while the engine streams, not in a replay
     assert live["frames"] >= 1 and live["p95_ms"] >= live["median_ms"] > 0
     assert gui["redraw_p95_ms_at_1024"] == live["p95_ms"] and gui["redraw_reference_tokens"] == live["tokens"]
+    first = live["first_run"]  # the first run at that length, reported on its own (not in the p95)
+    assert live["warmup_runs"] == 1 and first["frames"] >= 1 and first["p95_ms"] >= first["median_ms"] > 0
 
 
 def test_live_part(results):
