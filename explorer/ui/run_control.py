@@ -19,7 +19,7 @@ from ..core.run import Run
 from ..core.textin import clean_text
 from .settings import push_recent
 from .widgets.collector import collect_on_gui_thread
-from .widgets.frame_work import BUDGET_MS, GAP_MS, paint_now, turn  # (one budget per turn: see frame_work)
+from .widgets.frame_work import BUDGET_MS, GAP_MS, PieceCosts, paint_now, turn  # (one budget per turn: see frame_work)
 from .worker import EngineHost
 
 MAX_RECENT_CHARS = 20_000  # longer prompts are not kept in the recent list
@@ -42,6 +42,7 @@ class RunController(QObject):
         # panels still to show steps (or a whole new run) that are applied to the run on screen: served oldest
         # first, a few per frame within BUDGET_MS (see _serve)
         self._backlog: dict[object, list | str] = {}
+        self._cost = PieceCosts()  # what each panel's last piece took: its steps, or a whole new run
         self._backlog_steps = 0  # step events in the backlog (told by steps_shown once every panel shows them)
         self._backlog_ms = 0.0  # GUI-thread time the backlog has taken so far
         self._backlog_since = 0.0  # perf_counter when its oldest step arrived
@@ -205,8 +206,10 @@ class RunController(QObject):
                 self._frame.start(GAP_MS)
                 return
         for panel in list(self._backlog):
-            if budget_ms is not None and served and (time.perf_counter() - t0) * 1e3 >= budget_ms:
-                break
+            kind = "redraw" if self._backlog[panel] == REDRAW else "steps"
+            if budget_ms is not None and served and not self._cost.fits((panel, kind), t0, budget_ms):
+                break  # (expected not to fit in what is left: first in the next slice)
+            t_piece = time.perf_counter()
             work = self._backlog.pop(panel)
             if work == REDRAW:
                 drew = panel.catch_up(on_screen_only=True)  # (one off screen draws when shown)
@@ -222,6 +225,7 @@ class RunController(QObject):
             if drew:
                 paint_now(panel)  # its cost counts in this slice's budget (widgets/frame_work.py)
                 served = True
+            self._cost.record((panel, kind), t_piece)
         ms = (time.perf_counter() - t0) * 1e3
         turn.charge(ms)
         self._backlog_ms += ms

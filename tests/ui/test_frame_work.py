@@ -93,6 +93,35 @@ def test_a_slot_runs_work_oldest_first_within_its_budget_newest_per_key_and_pain
     assert "gone" not in ran
 
 
+def test_a_piece_expected_not_to_fit_waits_for_the_next_slot_and_goes_first(qtbot):
+    """A slot used to be its budget plus whatever piece came next (8 ms of small pieces, then a 40 ms first draw):
+    a piece whose key last took more than what is left now waits, and runs first in the next slot."""
+    work = FrameWork(budget_ms=60.0, gap_ms=1)
+    ran: list[str] = []
+
+    def piece(name: str, ms: float):
+        def fn():
+            ran.append(name)
+            end = time.perf_counter() + ms / 1e3
+            while time.perf_counter() < end:
+                pass
+        return fn
+
+    work.post("big", None, piece("big", 45.0))  # its cost is learnt
+    work.run_slot()
+    ran.clear()
+    time.sleep(0.01)
+    work.post("small", None, piece("small", 30.0))
+    work.post("big", None, piece("big", 45.0))
+    work.post("tiny", None, piece("tiny", 0.0))
+    work.run_slot()
+    assert ran == ["small"]  # 30 ms spent + 45 expected > 60: the big piece waits (tiny waits behind it)
+    assert work.slots_ms[-1] < 45.0 + 30.0
+    time.sleep(0.01)  # (a breather: the next turn of the event loop)
+    work.run_slot()
+    assert ran == ["small", "big", "tiny"]  # first in the next slot (tiny, expected to fit, after it)
+
+
 def _views(panel):
     return [v for v in panel.findChildren(QGraphicsView) if v.scene() is not None]
 

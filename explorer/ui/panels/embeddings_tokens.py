@@ -116,7 +116,7 @@ class TokensAtLayerView(QWidget):
         for item in self._ends:
             self.plot.addItem(item)
             item.hide()
-        self.readout = StatusLine(" ", lines=2)  # (the fit's progress, then a note: the plot under it stays put)
+        self.readout = StatusLine(" ", lines=3)  # (the fit's progress, then a note: the plot under it stays put)
         self.readout.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.legend = QLabel(" ")
         self.legend.setWordWrap(True)

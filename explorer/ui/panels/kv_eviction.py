@@ -103,7 +103,7 @@ class EvictionView(QWidget):
         plot_style.style(self.kl_plot)
         layout.addWidget(self.kl_plot, 2)
         self.status = StatusLine("Generate some tokens, then the masks appear here; 'Measure' re-runs the model.",
-                                 lines=2)
+                                 lines=3)
         layout.addWidget(self.status)
 
     # --- inputs -------------------------------------------------------------------------------------------

@@ -55,6 +55,26 @@ class _Turn:
 turn = _Turn()
 
 
+class PieceCosts:
+    """What the last piece of budgeted work under each key took. A slice used to be its budget plus whatever piece
+    came next (8 ms of small pieces, then a 40 ms first draw); a piece expected not to fit in what is left of the
+    budget now waits for the next slice, where it goes first (shared by this queue and RunController's steps)."""
+
+    LIMIT = 4096  # keys remembered (those of closed panels are forgotten all at once now and then)
+
+    def __init__(self):
+        self._ms: dict[Hashable, float] = {}
+
+    def fits(self, key: Hashable, t0: float, budget_ms: float) -> bool:
+        """Whether the piece under `key` is expected to end within `budget_ms` of `t0` (unknown pieces: yes)."""
+        return (time.perf_counter() - t0) * 1e3 + self._ms.get(key, 0.0) < budget_ms
+
+    def record(self, key: Hashable, started: float) -> None:
+        if len(self._ms) >= self.LIMIT:
+            self._ms.clear()
+        self._ms[key] = (time.perf_counter() - started) * 1e3
+
+
 def paint_now(widget: QWidget) -> None:
     """Paint what `widget` (a panel) changed, now: the posted updates of its plots' scenes (a scene repaints its
     views when its update runs) and the window's posted update request (plain widgets).
@@ -86,6 +106,7 @@ class FrameWork(QObject):
         self._queue: dict[Hashable, tuple[QWidget | None, Callable[[], None]]] = {}  # oldest first
         self._timer = QTimer(self, singleShot=True)
         self._timer.timeout.connect(self.run_slot)
+        self._cost = PieceCosts()
         self.slots_ms: list[float] = []  # GUI-thread time of the latest slots (for tests and the benchmark)
 
     def post(self, key: Hashable, widget: QWidget | None, fn: Callable[[], None]) -> None:
@@ -99,15 +120,20 @@ class FrameWork(QObject):
         return len(self._queue)
 
     def run_slot(self) -> None:
-        """Run queued work oldest first until the budget is spent (at least one piece); the rest at the next slot."""
+        """Run queued work oldest first until the budget is spent (at least one piece); the rest at the next slot.
+        A piece whose key's last run would not fit in what is left waits for the next slot, where it goes first."""
         self._timer.stop()
         budget = turn.left(self.budget_ms)
         if budget is None:  # the streamed steps spent this turn's budget: after a breather
             self._timer.start(self.gap_ms)
             return
         t0 = time.perf_counter()
+        served = False
         while self._queue:
             key = next(iter(self._queue))
+            if served and not self._cost.fits(key, t0, budget):
+                break  # expected not to fit in what is left: first in the next slot
+            t_piece = time.perf_counter()
             widget, fn = self._queue.pop(key)
             if widget is not None and not isValid(widget):  # its panel was closed meanwhile
                 continue
@@ -117,6 +143,8 @@ class FrameWork(QObject):
                 log.exception("GUI work failed")
             if widget is not None and isValid(widget):
                 paint_now(widget)
+            served = True
+            self._cost.record(key, t_piece)
             if (time.perf_counter() - t0) * 1e3 >= budget:
                 break
         ms = (time.perf_counter() - t0) * 1e3
