@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import weakref
 from collections.abc import Callable
 
@@ -32,6 +33,16 @@ _connected = False
 
 
 # --- colours --------------------------------------------------------------------------------------
+def headroom(value: float, steps: tuple[float, ...] = (1.0, 2.0, 2.5, 5.0)) -> float:
+    """The smallest "round" number (`steps` x a power of ten) at or above `value`: the top of an axis that grows
+    while a run streams. An axis whose range moves at every step is laid out again in Python and repaints the
+    whole plot (2-3 ms an axis per step); one that moves to round numbers only does that a few times a run."""
+    if not math.isfinite(value) or value <= 0:
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    return next((m * power for m in (*steps, 10.0) if m * power >= value * (1 - 1e-9)), 10.0 * power)
+
+
 def colormap(role: str = "sequential") -> pg.ColorMap:
     """The pyqtgraph colour map for `role` (sequential, heat, diverging, cyclic) in the current theme."""
     return pg.colormap.get(theme.colormap(role))

@@ -123,3 +123,35 @@ def test_eviction_masks_and_measured_effect(panel, qtbot, tiny_session):
         assert len(effect.kl) == run.n_tokens - run.n_prompt
         assert np.array_equal(view.kl_items[kind].getData()[1], effect.kl)
         assert "mean KL" in view.captions[kind].text()
+
+
+def test_the_growth_charts_axes_stay_put_while_a_run_streams(panel, tiny_session):
+    """An axis whose range moves at every step is laid out again and repaints the whole plot (2-3 ms an axis per
+    step): while a run streams the x axis holds the planned steps and the y axis grows to round numbers only,
+    and every curve stays inside the view."""
+    from explorer.ui.plot_style import headroom
+
+    request = _request("the cat sat on the mat", n=12)
+    run = tiny_session.new_run(request)
+    panel.set_run(run)
+    ranges = []
+    for event in tiny_session.stream(request):
+        run.apply(event)
+        panel.on_step(run, event)
+        (x0, x1), (y0, y1) = panel.plot.getViewBox().viewRange()
+        ranges.append((x0, x1, y0, y1))
+        x, y = panel.total_item.getData()
+        assert x.max() <= x1 and y.max() <= y1  # what is drawn is in view
+        if event.finish_reason is None:
+            assert x1 >= 12 + 0.5  # room for the planned 12 generated steps after the prompt
+    streaming = ranges[:-1]
+    assert len({r[:2] for r in streaming}) == 1  # the x axis did not move while streaming
+    assert len({r[2:] for r in streaming}) <= 2  # the y axis moved to a round number at most once
+    assert all(headroom(r[3]) == pytest.approx(r[3]) for r in ranges)  # a round number is its own headroom
+
+
+def test_headroom_is_the_next_round_number():
+    from explorer.ui.plot_style import headroom
+
+    assert [headroom(v) for v in (0.003, 0.26, 0.51, 1.0, 1.01, 2.4, 99.0)] == [0.005, 0.5, 1.0, 1.0, 2.0, 2.5, 100.0]
+    assert headroom(0.0) == 1.0 and headroom(float("nan")) == 1.0

@@ -238,8 +238,12 @@ class KVCachePanel(Panel):
         top = float(per_layer.sum(axis=1).max()) / MIB if per_layer.size else 1.0
         if self.to_limit.isChecked() and self._n_layers:
             top = max(top, float(self.ceiling.value()))
-        self.plot.setXRange(-0.5, max(1.0, len(x) - 0.5), padding=0.02)
-        self.plot.setYRange(0, top * 1.12, padding=0)
+        steps = len(x)
+        run = self.run
+        if run is not None and run.finish_reason is None and run.info.is_causal:  # streaming: room for the planned
+            steps = max(steps, 1 + run.request.settings.max_new_tokens)  # steps, so the axes do not move each step
+        self.plot.setXRange(-0.5, max(1.0, steps - 0.5), padding=0.02)
+        self.plot.setYRange(0, plot_style.headroom(top * 1.12), padding=0)
 
     def _update_figures(self, x: np.ndarray, per_layer: np.ndarray) -> None:
         run = self.run
