@@ -175,6 +175,8 @@ class EngineHost(QObject):
             event = replace(event, event=self._starting.pop(event.job).with_room(event.event))
         elif isinstance(event, (eng.Done, eng.Failed, eng.JobCancelled)):
             self._starting.pop(event.job, None)
+        elif isinstance(event, eng.EngineLost):  # (its runs will send no first step)
+            self._starting.clear()
         self._event.emit(event)
 
     # --- events, on the GUI thread --------------------------------------------------------------------------------

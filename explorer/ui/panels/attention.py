@@ -150,6 +150,10 @@ class AttentionPanel(Panel):
     def draw_step(self, run, event) -> None:
         self.draw_steps(run, [event])
 
+    def set_run(self, run, postpone: bool = False) -> None:
+        self._waiting = None  # (a map still computed for the previous run is dropped: see Panel.offthread)
+        super().set_run(run, postpone)
+
     def draw_steps(self, run, events) -> None:
         if self._waiting is not None:  # the full map is being computed: it adds these rows when it lands
             if events[-1].finish_reason:
