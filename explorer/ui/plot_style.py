@@ -32,7 +32,10 @@ _followers: list[tuple[weakref.ref, Callable[[], None] | None]] = []
 _connected = False
 
 
-# --- colours --------------------------------------------------------------------------------------
+# --- axes -----------------------------------------------------------------------------------------
+FINE_STEPS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)  # for bars, whose length should fill the plot
+
+
 def headroom(value: float, steps: tuple[float, ...] = (1.0, 2.0, 2.5, 5.0)) -> float:
     """The smallest "round" number (`steps` x a power of ten) at or above `value`: the top of an axis that grows
     while a run streams. An axis whose range moves at every step is laid out again in Python and repaints the
@@ -43,6 +46,7 @@ def headroom(value: float, steps: tuple[float, ...] = (1.0, 2.0, 2.5, 5.0)) -> f
     return next((m * power for m in (*steps, 10.0) if m * power >= value * (1 - 1e-9)), 10.0 * power)
 
 
+# --- colours --------------------------------------------------------------------------------------
 def colormap(role: str = "sequential") -> pg.ColorMap:
     """The pyqtgraph colour map for `role` (sequential, heat, diverging, cyclic) in the current theme."""
     return pg.colormap.get(theme.colormap(role))

@@ -148,6 +148,13 @@ def test_the_growth_charts_axes_stay_put_while_a_run_streams(panel, tiny_session
     assert len({r[:2] for r in streaming}) == 1  # the x axis did not move while streaming
     assert len({r[2:] for r in streaming}) <= 2  # the y axis moved to a round number at most once
     assert all(headroom(r[3]) == pytest.approx(r[3]) for r in ranges)  # a round number is its own headroom
+    # a run drawn whole (opened from a file), stopped before its planned steps: the axis fits the steps it has
+    events = list(tiny_session.stream(request))
+    stopped = tiny_session.new_run(request)
+    for event in events[:4]:
+        stopped.apply(event)
+    panel.set_run(stopped)
+    assert stopped.finish_reason is None and panel.plot.getViewBox().viewRange()[0][1] < 4 + 1
 
 
 def test_headroom_is_the_next_round_number():
@@ -155,3 +162,6 @@ def test_headroom_is_the_next_round_number():
 
     assert [headroom(v) for v in (0.003, 0.26, 0.51, 1.0, 1.01, 2.4, 99.0)] == [0.005, 0.5, 1.0, 1.0, 2.0, 2.5, 100.0]
     assert headroom(0.0) == 1.0 and headroom(float("nan")) == 1.0
+    from explorer.ui.plot_style import FINE_STEPS  # bars: the longest fills most of the plot
+
+    assert [headroom(v, FINE_STEPS) for v in (0.686, 2.69, 1.05)] == [0.8, 3.0, 1.2]

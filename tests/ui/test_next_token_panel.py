@@ -81,6 +81,9 @@ def test_bars_highlight_actual_token_and_follow_selection(qtbot, run, make_panel
     brush = panel.bars.opts["brushes"][order.index(actual)]
     assert brush.color().getRgb()[:3] == pg.mkColor(CHOSEN).getRgb()[:3]
     assert "entropy" in panel.info.text() and f"position <b>{pos}</b>" in panel.info.text()
+    longest = float(np.max(panel.bars.opts["width"]))
+    (_, right), _ = panel.plot.getViewBox().viewRange()
+    assert longest <= right <= 1.05 and right <= 1.5 * longest + 1e-3  # every bar in view, the axis never past 1
     panel.show_k.setValue(20)
     assert len(panel.bars.opts["y"]) == 40
     selection.set("position", 1)

@@ -1,4 +1,3 @@
-
 """The attention overview: every layer x head as a thumbnail in ONE image, and the head-statistics table.
 
 Query heads that share a KV head (GQA: head // group_size) sit on a lighter frame, with a wider gap

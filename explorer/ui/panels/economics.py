@@ -106,8 +106,8 @@ class EconomicsPanel(Panel):
         axis = self.plot.getPlotItem().getAxis("left")
         axis.setTicks([[(i, f"{_label(r[0])} ({r[1]:,})") for i, r in enumerate(rows)]])
         self.plot.setYRange(-0.5, len(rows) - 0.5, padding=0.02)
-        self.plot.setXRange(0, plot_style.headroom(max(float(values.max()) if len(values) else 1.0, 1e-9) * 1.05),
-                            padding=0)
+        top = max(float(values.max()) if len(values) else 1.0, 1e-9) * 1.05
+        self.plot.setXRange(0, plot_style.headroom(top, plot_style.FINE_STEPS), padding=0)
         cells = []
         for what, n, pre, dec, gflops in rows:
             share = "saved" if what == SAVED else f"{gflops * 1e9 / total:.1%}"

@@ -240,8 +240,8 @@ class KVCachePanel(Panel):
             top = max(top, float(self.ceiling.value()))
         steps = len(x)
         run = self.run
-        if run is not None and run.finish_reason is None and run.info.is_causal:  # streaming: room for the planned
-            steps = max(steps, 1 + run.request.settings.max_new_tokens)  # steps, so the axes do not move each step
+        if self.streamed and run is not None and run.finish_reason is None and run.info.is_causal:
+            steps = max(steps, 1 + run.request.settings.max_new_tokens)  # room for the planned steps: no move a step
         self.plot.setXRange(-0.5, max(1.0, steps - 0.5), padding=0.02)
         self.plot.setYRange(0, plot_style.headroom(top * 1.12), padding=0)
 

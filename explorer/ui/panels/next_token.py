@@ -202,7 +202,8 @@ class NextTokenPanel(Panel):
                  for r, i, ok in zip(rows, order, kept, strict=True)]
         self.plot.getAxis("left").setTicks([ticks, []])
         self.plot.setYRange(-0.6, len(order) - 0.4, padding=0)
-        self.plot.setXRange(0, plot_style.headroom(max(1e-3, float(width.max())) * 1.05), padding=0)
+        top = plot_style.headroom(max(1e-3, float(width.max())) * 1.05, plot_style.FINE_STEPS)
+        self.plot.setXRange(0, min(top, 1.05), padding=0)  # (a probability: never past 1)
         actual_text = ""
         if actual is not None:
             rank = int((probs > probs[actual]).sum())
