@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QToolBar,
     QVBoxLayout,
     QWidget,
@@ -50,6 +51,7 @@ from .selection import Selection
 from .settings import Settings, disarm_qt_unpickling, open_settings
 from .timeline import Timeline
 from .widgets.background import Background
+from .widgets.status_line import StatusLine
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +161,10 @@ class MainWindow(QMainWindow):
     def _build_status(self) -> None:
         status = self.statusBar()
         self.status_model = QLabel("no model")
-        self.status_tokens = QLabel("")
-        self.status_speed = QLabel("")
-        self.status_memory = QLabel("")
+        # figures that change at every step: as wide as their widest text, so a step relays out nothing
+        self.status_tokens = StatusLine(chars=0, policy=QSizePolicy.Preferred)
+        self.status_speed = StatusLine(chars=0, policy=QSizePolicy.Preferred)
+        self.status_memory = StatusLine(chars=0, policy=QSizePolicy.Preferred)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setMaximumWidth(260)

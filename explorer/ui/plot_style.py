@@ -120,6 +120,49 @@ def symbol_style(fill, outline=_DEFAULT) -> dict:
     return {"symbolBrush": brush(*fill) if isinstance(fill, tuple) else brush(fill), "symbolPen": pen}
 
 
+# --- grids -----------------------------------------------------------------------------------------------------
+def grid(target, *, x: bool = False, y: bool = False, alpha: float = 0.25):
+    """Grid lines on a plot's x and/or y axes, `alpha` of the way from the background to the axis colour; returns
+    the plot. The lines are opaque, mixed from the theme's colours (`style` mixes them again on a theme change),
+    and drawn behind the data: Qt's software rasteriser blends a semi-transparent 1-px line pixel by pixel, so
+    pyqtgraph's own translucent grid cost 5 ms of every paint of a 700 x 500 plot (10 ms for the vocabulary
+    map), 12 times what the same lines cost opaque."""
+    for item in plot_items(target):
+        item.showGrid(x=x or None, y=y or None, alpha=alpha)
+    _opaque_grid(target, theme.plot_colours())
+    return target
+
+
+def _opaque_grid(target, c) -> None:
+    for item in plot_items(target):
+        for name in AXES:
+            axis = item.getAxis(name)
+            if axis.grid is not False and not isinstance(axis.__dict__.get("generateDrawSpecs"), functools.partial):
+                axis.generateDrawSpecs = functools.partial(_opaque_specs, axis)  # (this axis only)
+                axis.setZValue(item.vb.zValue() - 1)  # under the view box: an opaque line never covers the data
+            axis.picture = None  # drawn again in the (new) theme's colours
+
+
+def _opaque_specs(axis: pg.AxisItem, painter):
+    """pyqtgraph's lines and labels for an axis, each translucent grid or tick line replaced by the opaque colour
+    it shows on the background (its alpha of the way from the theme's background to its colour): the same
+    picture, with pyqtgraph's fainter minor lines, at a twelfth of the cost."""
+    specs = pg.AxisItem.generateDrawSpecs(axis, painter)
+    if specs is None:
+        return None
+    axis_spec, ticks, texts = specs
+    back = QColor(theme.plot_colours().background).getRgbF()
+    opaque = []
+    for pen, p1, p2 in ticks:
+        colour = pen.color()
+        if colour.alpha() < 255:
+            a, ink_ = colour.alphaF(), colour.getRgbF()
+            pen = pg.mkPen(pen)  # (a copy)
+            pen.setColor(QColor.fromRgbF(*(back[i] * (1 - a) + ink_[i] * a for i in range(3))))
+        opaque.append((pen, p1, p2))
+    return axis_spec, opaque, texts
+
+
 def style(target, *, follow: bool = True, tick_scale: float = 0.9):
     """Style a plot for the current theme (and again on every theme change when `follow`); returns it."""
     c = theme.plot_colours()
@@ -135,6 +178,7 @@ def style(target, *, follow: bool = True, tick_scale: float = 0.9):
             axis.setTickFont(tick_font)
             axis.labelStyle["font-size"] = f"{label_pt:.1f}pt"
             axis._updateLabel()  # pyqtgraph has no public way to restyle a label without resetting its text
+        _opaque_grid(item, c)
         legend = item.legend
         if legend is not None:
             legend.setLabelTextColor(c.text)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QSlider, QWidget
+from PySide6.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QSlider, QWidget
 
 from .selection import Selection
+from .widgets.status_line import StatusLine
 
 
 class Timeline(QWidget):
@@ -28,7 +29,7 @@ class Timeline(QWidget):
         self.slider.setRange(0, 0)
         self.slider.setPageStep(1)
         self.slider.setToolTip("Timeline: step 0 is the prompt (prefill), then one step per generated token")
-        self.label = QLabel("no run")
+        self.label = StatusLine("no run", chars=36, policy=QSizePolicy.Preferred)  # a new step relays out nothing
         self.label.setMinimumWidth(260)
         row.addWidget(QLabel("Step"))
         row.addWidget(self.slider, 1)

@@ -7,7 +7,7 @@ import numpy as np
 import pyqtgraph as pg
 import pytest
 from PySide6.QtCore import QEvent
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtGui import QColor, QImage, QPainter, QPalette
 from PySide6.QtWidgets import QApplication
 
 from explorer.core.api import capture
@@ -55,12 +55,34 @@ def _assert_themed(panel) -> None:
                 axis = item.getAxis(name)
                 assert axis.textPen().color().name() == QColor(c.text).name(), (type(panel).__name__, name)
                 assert axis.pen().color().name() == QColor(c.axis).name(), (type(panel).__name__, name)
+                if axis.grid is not False:
+                    _assert_opaque_grid(axis, item, c, type(panel).__name__)
             if item.legend is not None:
                 for _sample, label in item.legend.items:
                     html = label.item.toHtml().lower()
                     assert f"color:{QColor(c.text).name()}" in html, (type(panel).__name__, label.text)
             if item.titleLabel.text:
                 assert QColor(item.titleLabel.opts["color"]).name() == QColor(c.text).name(), type(panel).__name__
+
+
+def _assert_opaque_grid(axis, item, c, where: str) -> list[str]:
+    """Grid lines are opaque (a translucent 1-px line costs Qt's software rasteriser 12 times as much), each the
+    colour its translucent line showed on the theme's background, and under the data. Returns their colours."""
+    image = QImage(400, 300, QImage.Format_ARGB32_Premultiplied)
+    painter = QPainter(image)
+    try:
+        _axis, ticks, _texts = axis.generateDrawSpecs(painter)
+    finally:
+        painter.end()
+    assert ticks, where
+    back, ink = QColor(c.background).getRgbF(), QColor(c.axis).getRgbF()
+    for pen, _p1, _p2 in ticks:
+        colour = pen.color().getRgbF()
+        assert pen.color().alpha() == 255, where
+        for i in range(3):  # on the line from the background to the axis colour
+            assert min(back[i], ink[i]) - 1e-3 <= colour[i] <= max(back[i], ink[i]) + 1e-3, (where, pen.color().name())
+    assert axis.zValue() < item.vb.zValue(), where
+    return sorted({pen.color().name() for pen, _p1, _p2 in ticks})
 
 
 def _lut(name: str, like: np.ndarray) -> np.ndarray:
@@ -191,3 +213,17 @@ def test_every_panel_fits_a_presenter_screen(make_panel, run, name):
     panel, _ = make_panel(name, run)
     _settle()
     assert panel.minimumSizeHint().width() <= 1200, name
+
+
+def test_gridded_plots_draw_opaque_lines_in_every_theme(qtbot):
+    plot = plot_style.style(plot_style.grid(pg.PlotWidget(), x=True, y=True, alpha=0.25))
+    qtbot.addWidget(plot)
+    item = plot.getPlotItem()
+    shades = []
+    for t in ("light", "dark"):
+        theme.apply(name=t, presenter=False)
+        for name in ("left", "bottom"):
+            _assert_opaque_grid(item.getAxis(name), item, theme.plot_colours(), t)
+        shades.append(_assert_opaque_grid(item.getAxis("left"), item, theme.plot_colours(), t))
+    assert shades[0] != shades[1]  # mixed again for the new background
+

@@ -165,7 +165,7 @@ class DepthLabPanel(Panel):
         plot = pg.PlotWidget()
         plot.setLabel("bottom", x_label)
         plot.setLabel("left", "bits per byte")
-        plot.showGrid(x=True, y=True, alpha=0.3)
+        plot_style.grid(plot, x=True, y=True, alpha=0.3)
         plot.addLegend(offset=(-10, 10))
         return plot_style.style(plot)  # the theme's background, axes, legend and fonts, kept on theme changes
 

@@ -130,7 +130,7 @@ class LensSelector(QWidget):
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "depth (0 = embed)")
         self.plot.setLabel("left", "KL from final (nats, log)")
-        self.plot.showGrid(y=True, alpha=0.3)
+        plot_style.grid(self.plot, y=True, alpha=0.3)
         self.plot.setLogMode(y=True)  # the logit lens' first rows are 100x the last ones
         self.plot.addLegend(offset=(5, 5))
         self.run_curve = self.plot.plot([], [], pen=pg.mkPen(RUN_COLOUR, width=2), name="this run")

@@ -9,7 +9,7 @@ import html
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtGui import QFontMetricsF
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QVBoxLayout, QWidget
 
 from ...core.analysis.depth import (
     direct_logit_attribution,
@@ -28,6 +28,7 @@ from .. import plot_style
 from ..theme import OKABE_ITO
 from ..widgets.flow import FlowLayout
 from ..widgets.heatmap import Heatmap, tick_step
+from ..widgets.status_line import StatusLine
 
 POS_COLOUR = OKABE_ITO["vermillion"]  # as the red / blue of the diverging maps (colour-blind safe)
 NEG_COLOUR = OKABE_ITO["blue"]
@@ -35,28 +36,10 @@ DEPTH_COLOUR = OKABE_ITO["purple"]
 BLOCK_COLOUR = OKABE_ITO["green"]
 
 
-class _Caption(QLabel):
-    """A wrapped caption that keeps the height its text needs at its width (a caption set later, e.g. when an
-    off-thread result lands, would otherwise keep one line's height and be cut)."""
-
-    def setText(self, text: str) -> None:  # noqa: N802 - Qt override
-        super().setText(text)
-        self._fit()
-
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().resizeEvent(event)
-        self._fit()
-
-    def _fit(self) -> None:
-        need = self.heightForWidth(max(1, self.width()))
-        if need > 0 and need != self.minimumHeight():
-            self.setMinimumHeight(need)
-
-
-def _label(text: str = " ") -> QLabel:
-    label = _Caption(text)
-    label.setWordWrap(True)
-    return label
+def _label(text: str = " ") -> StatusLine:
+    """A wrapped caption as high as its text needs at its width (a caption set later, e.g. when an off-thread
+    result lands, is never cut), whose new text relays out nothing unless its number of lines changes."""
+    return StatusLine(text, fit=True)
 
 
 def _sym_levels(a: np.ndarray) -> tuple[float, float]:
@@ -70,7 +53,7 @@ class AttributionView(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.plot = _plot()
-        self.plot.showGrid(y=True, alpha=0.3)
+        plot_style.grid(self.plot, y=True, alpha=0.3)
         self.plot.setLabel("left", "Δ logit")
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.8)
         self.plot.addItem(self.bars)
@@ -207,7 +190,7 @@ class SimilarityView(QWidget):
         self.plot = _plot()
         self.plot.setLogMode(y=True)
         self.plot.addLegend(offset=(5, 5))
-        self.plot.showGrid(y=True, alpha=0.3)
+        plot_style.grid(self.plot, y=True, alpha=0.3)
         self.plot.setLabel("bottom", "layer")
         self.plot.setLabel("left", "|update| / |input|")
         self.curves = {name: self.plot.plot([], [], pen=pg.mkPen(c, width=2), name=name, symbol="o", symbolSize=4,

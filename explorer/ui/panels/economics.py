@@ -16,6 +16,7 @@ from ...core.economics import SAVED, Economics, economics
 from ...core.events import TokenKind
 from .. import plot_style
 from ..table_fill import fill_table, interactive_columns
+from ..widgets.status_line import StatusLine
 from .base import Panel
 from .token_colors import KIND_COLORS, KIND_NAMES
 
@@ -55,8 +56,7 @@ class EconomicsPanel(Panel):
 
     def __init__(self, selection, parent=None):
         super().__init__(selection, parent)
-        self.figures = QLabel("-")
-        self.figures.setWordWrap(True)
+        self.figures = StatusLine("-", fit=True)  # (a new run's figures relay out nothing)
         self.figures.setTextFormat(Qt.TextFormat.RichText)
         self.figures.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.body.addWidget(self.figures)

@@ -104,7 +104,7 @@ class TokensAtLayerView(QWidget):
 
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
-        self.plot.showGrid(x=True, y=True, alpha=0.15)
+        plot_style.grid(self.plot, x=True, y=True, alpha=0.15)
         plot_style.style(self.plot)
         self.trajectory = pg.PlotDataItem(pen=pg.mkPen((220, 30, 30, 150), width=2), connect="finite",
                                           symbol="o", symbolSize=4,

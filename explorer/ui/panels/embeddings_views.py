@@ -43,7 +43,7 @@ VOCAB_SAMPLE = 4000
 def _plot() -> pg.PlotWidget:
     plot = pg.PlotWidget()
     plot.setMenuEnabled(False)
-    plot.showGrid(x=True, y=True, alpha=0.15)
+    plot_style.grid(plot, x=True, y=True, alpha=0.15)
     return plot_style.style(plot)
 
 
@@ -301,8 +301,7 @@ class RopeView(QWidget):
         self.absent = QLabel()
         self.absent.setWordWrap(True)
         self.absent.setStyleSheet("padding: 12px; font-size: 13px;")
-        self.title = QLabel(" ")
-        self.title.setWordWrap(True)
+        self.title = StatusLine(" ", lines=2, fit=True)  # names this run's positions: a step relays out nothing
         self.heatmap = Heatmap("CET-C2")
         self.heatmap.plot.setLabel("bottom", "frequency pair i (fast \u2192 slow)")
         self.heatmap.plot.setLabel("left", "position")

@@ -106,7 +106,7 @@ class KVCachePanel(Panel):
 
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
-        self.plot.showGrid(x=True, y=True, alpha=0.25)
+        plot_style.grid(self.plot, x=True, y=True, alpha=0.25)
         self.plot.setLabel("bottom", "step (0 = prefill: the whole prompt at once; then one token per step)")
         self.plot.setLabel("left", "KV cache (MiB)")
         self.plot.addLegend(offset=(10, 10))
@@ -127,12 +127,10 @@ class KVCachePanel(Panel):
         plot_style.style(self.plot)
         layout.addWidget(self.plot, 1)
 
-        self.formula = QLabel()
-        self.formula.setWordWrap(True)
+        self.formula = StatusLine(fit=True)  # (its figures change at every step)
         self.formula.setTextFormat(Qt.RichText)
         layout.addWidget(self.formula)
-        self.reuse = QLabel()
-        self.reuse.setWordWrap(True)
+        self.reuse = StatusLine(fit=True)
         self.reuse.setTextFormat(Qt.RichText)
         layout.addWidget(self.reuse)
         self.tabs.addTab(tab, "Growth and formula")

@@ -93,7 +93,7 @@ class EvictionView(QWidget):
 
         self.kl_plot = pg.PlotWidget()
         self.kl_plot.setMenuEnabled(False)
-        self.kl_plot.showGrid(x=True, y=True, alpha=0.25)
+        plot_style.grid(self.kl_plot, x=True, y=True, alpha=0.25)
         self.kl_plot.setLabel("bottom", "decode step")
         self.kl_plot.setLabel("left", "KL(full \u2016 evicted), nats")
         self.kl_plot.addLegend(offset=(10, 10))

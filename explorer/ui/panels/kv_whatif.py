@@ -88,7 +88,7 @@ class WhatIfCalculator(QWidget):
         self.plot = pg.PlotWidget()
         self.plot.setProperty("lmx_keep_without_run", True)  # a calculator: meaningful before any run
         self.plot.setMenuEnabled(False)
-        self.plot.showGrid(x=True, y=True, alpha=0.25)
+        plot_style.grid(self.plot, x=True, y=True, alpha=0.25)
         self.plot.setLogMode(x=True, y=True)
         self.plot.setLabel("bottom", "context length (tokens, log scale)")
         self.plot.setLabel("left", "KV cache (GiB, log scale)")

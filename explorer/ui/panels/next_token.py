@@ -17,6 +17,7 @@ from ...core.labels import readable_label, token_text
 from ...core.run import Run
 from .. import plot_style
 from ..theme import OKABE_ITO
+from ..widgets.status_line import StatusLine
 from .base import Panel
 
 ORIGINAL, FILTERED = (170, 170, 170), (40, 110, 200)  # removed bars take the theme's faint colour
@@ -70,8 +71,7 @@ class NextTokenPanel(Panel):
         grid.addWidget(reset, 1, 2)
         self.show_k.valueChanged.connect(self.redraw)
         self.body.addLayout(grid)
-        self.info = QLabel()
-        self.info.setWordWrap(True)
+        self.info = StatusLine(lines=2, fit=True)  # a new step's figures relay out nothing
         self.body.addWidget(self.info)
 
         self.plot = plot_style.style(_BarPlot())

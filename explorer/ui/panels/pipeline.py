@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QGridLayout, QLabel, QSplitter, QWidget
+from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QSplitter, QWidget
 
 from ...core.events import StepEvent
 from ...core.models import cache_root
 from ...core.run import Run
 from .. import plot_style
 from ..theme import OKABE_ITO as C
+from ..widgets.status_line import StatusLine
 from .base import Panel
 
 # stage group -> (label, colour) in drawing order (Okabe-Ito palette, colour-blind safe)
@@ -137,14 +138,14 @@ class PipelinePanel(Panel):
     def __init__(self, selection, parent=None):
         super().__init__(selection, parent)
         self._bench = read_bench()
-        self._figures: dict[str, QLabel] = {}
+        self._figures: dict[str, StatusLine] = {}
         grid = QGridLayout()
         names = [("ttft", "time to first token"), ("prefill", "prefill"), ("decode", "decode"),
                  ("overhead", "capture overhead"), ("capture", "capture memory"), ("process", "process memory")]
         for i, (key, label) in enumerate(names):
             name = QLabel(f"<span style='color:gray'>{label}</span>")
-            value = QLabel("-")
-            value.setWordWrap(True)  # long figures wrap rather than widen the panel (presenter fonts)
+            # long figures wrap rather than widen the panel (presenter fonts); a new figure relays out nothing
+            value = StatusLine("-", chars=12, fit=True, policy=QSizePolicy.Preferred)
             value.setTextFormat(Qt.TextFormat.RichText)
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             grid.addWidget(name, i // 3, (i % 3) * 2)

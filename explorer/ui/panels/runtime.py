@@ -35,6 +35,7 @@ from ...core.errors import InputError
 from ...core.run import Run
 from .. import plot_style
 from ..empty_state import show_empty
+from ..widgets.status_line import StatusLine
 from .base import Panel
 from .runtime_views import BATCH_CACHE, RUNS_CACHE, BatchGrid, BlockTable, layout_summary, memory_rows
 
@@ -154,7 +155,7 @@ class RuntimePanel(Panel):
         self.tps_plot, self.ms_plot = pg.PlotWidget(), pg.PlotWidget()
         for plot, left in ((self.tps_plot, "tokens / s"), (self.ms_plot, "ms per forward")):
             plot.setMenuEnabled(False)
-            plot.showGrid(x=True, y=True, alpha=0.25)
+            plot_style.grid(plot, x=True, y=True, alpha=0.25)
             plot.setLabel("bottom", "batch size")
             plot.setLabel("left", left)
             plot.setLogMode(x=True, y=False)
@@ -200,8 +201,7 @@ class RuntimePanel(Panel):
         self.blocks_area = _scrolled(self.blocks)
         layout.addWidget(self.blocks_area, 1)
         lower = QHBoxLayout()
-        self.paged_text = QLabel("Run a batch to lay its cache out in pages.")
-        self.paged_text.setWordWrap(True)
+        self.paged_text = StatusLine("Run a batch to lay its cache out in pages.", fit=True)
         self.paged_text.setAlignment(Qt.AlignTop | Qt.AlignLeft)
         lower.addWidget(self.paged_text, 1)
         self.mem_plot = pg.PlotWidget()

@@ -14,6 +14,7 @@ from ...core.run import Run
 from ..export import documents_dir
 from ..widgets.background import Background
 from ..widgets.flow import FlowLayout
+from ..widgets.status_line import StatusLine
 from ..widgets.token_view import TokenView, scrolling
 from . import token_colors as tc
 from . import token_drafts
@@ -65,10 +66,8 @@ class TokensPanel(Panel):
         bar.addWidget(self.compare_box)
         self.body.addLayout(bar)
 
-        self.counts = QLabel()
-        self.counts.setWordWrap(True)  # a long line wraps in a narrow dock instead of widening the panel
-        self.legend = QLabel()
-        self.legend.setWordWrap(True)
+        self.counts = StatusLine(fit=True)  # wraps in a narrow dock; a new count relays out nothing
+        self.legend = StatusLine(fit=True)  # (its counts change at every step too)
         self.legend.setTextFormat(Qt.TextFormat.RichText)
         self.body.addWidget(self.counts)
         self.body.addWidget(self.legend)
