@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from . import theme
 from .panels import Panel, panel_class
 from .panels.base import PanelServices
 from .selection import Selection
@@ -188,6 +189,7 @@ class PanelDock(QDockWidget):
         layout.addWidget(self.help_label)
         if panel is not None:
             self.panel = panel
+            theme.keep_tab_names_whole(panel)
             # a scroll area lets the dock shrink below the panel's minimum size (the panel scrolls)
             self.scroll = QScrollArea()
             self.scroll.setWidgetResizable(True)

@@ -18,7 +18,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
+    QTabBar,
     QToolBar,
     QVBoxLayout,
     QWidget,
@@ -273,6 +274,11 @@ class MainWindow(QMainWindow):
 
     def reset_layout(self) -> None:
         self.state.reset_layout()
+
+    def childEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().childEvent(event)
+        if event.type() == QEvent.ChildPolished and isinstance(event.child(), QTabBar):
+            theme.keep_tab_names_whole(event.child())  # the tab bars of docks tabbed together
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PySide6.QtCore import QObject, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen
-from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QPalette
+from PySide6.QtWidgets import QApplication, QStyle, QStyleFactory
 
 THEMES = ("light", "dark")
 
@@ -151,39 +151,37 @@ def _palette(dark: bool, high_contrast: bool) -> QPalette:
     return pal
 
 
-class _Style(QProxyStyle):
-    """Fusion, plus a visible frame on check boxes and radio buttons in dark themes (Fusion draws it a
-    shade darker than the window: invisible on black) and bigger indicators in presenter mode."""
-
-    _BIGGER = (QStyle.PM_IndicatorWidth, QStyle.PM_IndicatorHeight, QStyle.PM_ExclusiveIndicatorWidth,
-               QStyle.PM_ExclusiveIndicatorHeight)
-
-    def styleHint(self, hint, option=None, widget=None, return_data=None) -> int:  # noqa: N802 - Qt override
-        if hint == QStyle.SH_TabBar_ElideMode:
-            return int(Qt.ElideNone.value)  # tab names stay whole: a tab bar too narrow scrolls instead
-        return super().styleHint(hint, option, widget, return_data)
-
-    def pixelMetric(self, metric, option=None, widget=None) -> int:  # noqa: N802 - Qt override
-        value = super().pixelMetric(metric, option, widget)
-        return round(value * 1.5) if _state.presenter and metric in self._BIGGER else value
-
-    def drawPrimitive(self, element, option, painter, widget=None) -> None:  # noqa: N802 - Qt override
-        super().drawPrimitive(element, option, painter, widget)
-        if is_dark() and element in (QStyle.PE_IndicatorCheckBox, QStyle.PE_IndicatorRadioButton):
-            painter.save()
-            painter.setRenderHint(QPainter.Antialiasing)
-            enabled = bool(option.state & QStyle.State_Enabled)
-            painter.setPen(QPen(option.palette.color(QPalette.WindowText) if enabled else QColor("#707070"), 1.5))
-            painter.setBrush(Qt.NoBrush)
-            rect = QRectF(option.rect).adjusted(1, 1, -1, -1)
-            if element == QStyle.PE_IndicatorCheckBox:
-                painter.drawRoundedRect(rect, 2, 2)
-            else:
-                painter.drawEllipse(rect)
-            painter.restore()
+# --- the style: Qt's own Fusion, no Python in its calls ------------------------------------------------------
+# Every call of a style implemented in Python (a QProxyStyle subclass: pixelMetric, styleHint, drawPrimitive) is a
+# call into the interpreter from Qt's C++, thousands per second while panels paint, and each must take the GIL.
+# When a background analysis holds the GIL, each such call waits for it: a table that paints in 0.4 ms took 5 to
+# 11 ms while a run streamed. So the app uses the C++ Fusion style unchanged and gets what the theme needs from
+# data Qt reads itself: a palette for check boxes, a presenter style sheet, and each tab bar's elide mode.
+CHECK_BOX_CLASSES = ("QCheckBox", "QRadioButton")
+PRESENTER_SHEET = "QCheckBox::indicator, QRadioButton::indicator { width: 21px; height: 21px; }"  # 1.5 x 14 px
 
 
-_style: _Style | None = None
+def _check_box_palette(pal: QPalette) -> QPalette:
+    """Fusion draws a check box's frame in the window colour darkened by 40%: a shade darker than a black window,
+    invisible. On dark themes, check boxes and radio buttons take a light window colour for it (their own
+    background is the parent's, so nothing else shows it)."""
+    out = QPalette(pal)
+    out.setColor(QPalette.Window, QColor("#ffffff"))  # the frame: #b6b6b6 (Fusion: window.darker(140))
+    return out
+
+
+def keep_tab_names_whole(root) -> None:
+    """Every tab bar under `root` (and `root` itself) shows whole tab names: a bar too narrow scrolls instead of
+    eliding them to "Vo…"."""
+    from PySide6.QtWidgets import QTabBar, QTabWidget
+
+    if isinstance(root, QTabBar | QTabWidget):
+        root.setElideMode(Qt.ElideNone)
+    for child in root.findChildren(QTabBar) + root.findChildren(QTabWidget):
+        child.setElideMode(Qt.ElideNone)
+
+
+_style: QStyle | None = None
 
 
 def apply(name: str | None = None, presenter: bool | None = None, colormap_name: str | None = None, *,
@@ -201,10 +199,18 @@ def apply(name: str | None = None, presenter: bool | None = None, colormap_name:
     _state = ThemeState(name=name, presenter=presenter, colormap=cmap, zoom=zoom, screen_height=screen_height)
     if app is not None:
         global _style
-        if _style is None or app.style() is not _style:
-            _style = _Style("Fusion")
+        current = app.style()  # (a QStyleSheetStyle over ours while the presenter sheet is set)
+        if _style is None or (current is not _style and current.metaObject().className() != "QStyleSheetStyle"):
+            _style = QStyleFactory.create("Fusion")
             app.setStyle(_style)
-        app.setPalette(_palette(name == "dark" or presenter, high_contrast=presenter))
+        dark = name == "dark" or presenter
+        pal = _palette(dark, high_contrast=presenter)
+        app.setPalette(pal)
+        for cls in CHECK_BOX_CLASSES:
+            app.setPalette(_check_box_palette(pal) if dark else pal, cls)
+        sheet = PRESENTER_SHEET if presenter else ""
+        if app.styleSheet() != sheet:
+            app.setStyleSheet(sheet)
         if _base_point_size is None:
             _base_point_size = app.font().pointSizeF() or 10.0
         font = QFont(app.font())

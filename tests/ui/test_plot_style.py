@@ -227,3 +227,15 @@ def test_gridded_plots_draw_opaque_lines_in_every_theme(qtbot):
         shades.append(_assert_opaque_grid(item.getAxis("left"), item, theme.plot_colours(), t))
     assert shades[0] != shades[1]  # mixed again for the new background
 
+
+
+def test_the_app_style_is_qts_own_with_no_python_in_its_calls(qtbot):
+    """A style written in Python (a QProxyStyle subclass) is called from C++ thousands of times a second while
+    widgets paint, and each call waits for the GIL whenever a background analysis holds it."""
+    for presenter in (False, True):
+        theme.apply(name="dark", presenter=presenter)
+        style = QApplication.style()
+        assert type(style).__module__.startswith("PySide6"), type(style)
+        assert style.metaObject().className() in ("QFusionStyle", "QStyleSheetStyle")
+    theme.apply(name="light", presenter=False)
+    assert QApplication.style().metaObject().className() == "QFusionStyle"
