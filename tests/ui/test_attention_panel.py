@@ -218,3 +218,33 @@ def test_a_streamed_long_runs_map_is_computed_off_the_gui_thread_and_catches_up(
     assert_close(panel.heatmap.data, att.max_pool(full, panel._factor), 1e-5)
     assert panel._n == run.n_tokens and "computing" not in panel.heatmap.plot.titleLabel.text
     assert panel.error is None
+
+
+def test_a_long_run_drawn_whole_computes_its_map_off_the_gui_thread(qtbot, tiny_llama, make_panel, monkeypatch):
+    """A run opened whole (from a file, a script's capture) from WHOLE_OFFTHREAD_TOKENS on: its map (76 ms of the GUI
+    thread at 4,096 tokens) and the map of each head selected are computed in the background."""
+    import threading
+
+    from explorer.core.analysis import attention as att
+    from explorer.ui.panels import attention as attention_panel
+
+    run = capture(" ".join(["one two three four"] * 30), tiny_llama, max_new_tokens=1)
+    monkeypatch.setattr(attention_panel, "WHOLE_OFFTHREAD_TOKENS", run.n_tokens)  # (the tiny model's longest run)
+    threads = []
+    original = att.pooled_map
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(att, "pooled_map", spy)
+    panel, sel = make_panel(AttentionPanel, run, size=(1400, 1200), draw=False)
+    panel.set_run(run)
+    assert panel.heatmap.data is None and "computing" in panel.heatmap.plot.titleLabel.text
+    qtbot.waitUntil(lambda: panel.heatmap.data is not None, timeout=10_000)
+    sel.set("layer", 1)
+    sel.set("head", 2)
+    qtbot.waitUntil(lambda: panel.heatmap.data is not None and panel._waiting is None, timeout=10_000)
+    assert threads and not any(threads)  # every map in the background
+    assert_close(panel.heatmap.data, att.max_pool(run.attention(1, 2), panel._factor), 1e-5)
+    assert "computing" not in panel.heatmap.plot.titleLabel.text and panel.error is None

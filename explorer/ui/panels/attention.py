@@ -28,6 +28,9 @@ from .head_view import HeadLines, HeadView
 MAX_PIXELS = 1024  # the heatmap image is at most this many pixels on a side
 MIN_PIXELS = 256  # ... and pooled no further than this (a small or not yet laid out view)
 OFFTHREAD_TOKENS = 256  # a streamed run's full map from this length on is computed off the GUI thread
+# ... and a run drawn whole (opened from a file, captured by a script): its map costs about n^2, 15 ms at 1,024 tokens
+# and 76 ms at 4,096 on the GUI thread, once per run and per head selected
+WHOLE_OFFTHREAD_TOKENS = 1024
 ROLLOUT_MAX_TOKENS = 1024  # rollout multiplies N x N matrices: only up to this length
 MODES = (("head", "Selected head"), ("mean", "Mean over heads"), ("max", "Max over heads"),
          ("rollout", "Rollout (layers 0..L)"))
@@ -257,7 +260,7 @@ class AttentionPanel(Panel):
         layer, head = self.selection.layer, self.selection.head
         if self.mode == "head":
             title = f"layer {layer}, head {head} (KV head {head // run.info.group_size})"
-            if self.streamed and n >= OFFTHREAD_TOKENS:
+            if n >= (OFFTHREAD_TOKENS if self.streamed else WHOLE_OFFTHREAD_TOKENS):
                 self._map_offthread(run, n, layer, head, title)
                 return
             view = att.pooled_map(self.row_fn(layer, head), n, self._factor, causal=run.info.is_causal)
@@ -287,8 +290,9 @@ class AttentionPanel(Panel):
         self.background.submit("aggregate", job, done, lambda msg: self.heatmap.plot.setTitle(msg))
 
     def _map_offthread(self, run, n: int, layer: int, head: int, title: str) -> None:
-        """A streamed run's full map of one head, computed off the GUI thread (its softmax rows took 10-25 ms of the
-        GUI thread at 1,024 tokens, in one piece); the steps that arrive meanwhile are added when it lands."""
+        """A long run's full map of one head, computed off the GUI thread (its softmax rows took 10-25 ms of the GUI
+        thread at 1,024 tokens while a run streamed, 76 ms at 4,096 for a run opened whole, in one piece); the steps
+        that arrive meanwhile are added when it lands."""
         job = self._waiting = self._map_job
         frozen = run.snapshot()  # (the run on screen grows while the job runs)
         rows, factor, causal = self.row_fn(layer, head, frozen), self._factor, run.info.is_causal
