@@ -177,12 +177,27 @@ def test_a_long_map_is_max_pooled_to_its_size_on_screen_and_finer_when_it_grows(
     assert panel.heatmap.data.shape[0] == -(-n // panel._factor) and panel.error is None
 
 
+def _map_threads(monkeypatch) -> list[bool]:
+    """For each full head map computed from now on: whether it was computed on the GUI thread."""
+    import threading
+
+    from explorer.core.analysis import attention as att
+
+    threads: list[bool] = []
+    original = att.pooled_map
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(att, "pooled_map", spy)
+    return threads
+
+
 def test_a_streamed_long_runs_map_is_computed_off_the_gui_thread_and_catches_up(qtbot, tiny_llama, make_panel,
                                                                                 monkeypatch):
     """A streamed run's first full map (10-25 ms of softmax rows at 1,024 tokens) is computed in the background;
     steps that arrive meanwhile are added when it lands, and the map then equals the run's attention."""
-    import threading
-
     from explorer.core.analysis import attention as att
     from explorer.core.runner import Session
     from explorer.ui.panels.attention import OFFTHREAD_TOKENS
@@ -197,14 +212,7 @@ def test_a_streamed_long_runs_map_is_computed_off_the_gui_thread_and_catches_up(
     panel, sel = make_panel(AttentionPanel, run, size=(1400, 1200), draw=False)
     sel.set("layer", 1)
     sel.set("head", 2)
-    threads = []
-    original = att.pooled_map
-
-    def spy(*args, **kwargs):
-        threads.append(threading.current_thread() is threading.main_thread())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(att, "pooled_map", spy)
+    threads = _map_threads(monkeypatch)
     panel.set_run(run, postpone=True)  # the window's first draw of a run it streams
     panel.catch_up()
     assert not any(threads) and panel.heatmap.data is None  # not on the GUI thread; the old map not shown
@@ -223,21 +231,12 @@ def test_a_streamed_long_runs_map_is_computed_off_the_gui_thread_and_catches_up(
 def test_a_long_run_drawn_whole_computes_its_map_off_the_gui_thread(qtbot, tiny_llama, make_panel, monkeypatch):
     """A run opened whole (from a file, a script's capture) from WHOLE_OFFTHREAD_TOKENS on: its map (76 ms of the GUI
     thread at 4,096 tokens) and the map of each head selected are computed in the background."""
-    import threading
-
     from explorer.core.analysis import attention as att
     from explorer.ui.panels import attention as attention_panel
 
     run = capture(" ".join(["one two three four"] * 30), tiny_llama, max_new_tokens=1)
     monkeypatch.setattr(attention_panel, "WHOLE_OFFTHREAD_TOKENS", run.n_tokens)  # (the tiny model's longest run)
-    threads = []
-    original = att.pooled_map
-
-    def spy(*args, **kwargs):
-        threads.append(threading.current_thread() is threading.main_thread())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(att, "pooled_map", spy)
+    threads = _map_threads(monkeypatch)
     panel, sel = make_panel(AttentionPanel, run, size=(1400, 1200), draw=False)
     panel.set_run(run)
     assert panel.heatmap.data is None and "computing" in panel.heatmap.plot.titleLabel.text
