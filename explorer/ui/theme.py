@@ -157,14 +157,14 @@ def _palette(dark: bool, high_contrast: bool) -> QPalette:
 # When a background analysis holds the GIL, each such call waits for it: a table that paints in 0.4 ms took 5 to
 # 11 ms while a run streamed. So the app uses the C++ Fusion style unchanged and gets what the theme needs from
 # data Qt reads itself: a palette for check boxes, a presenter style sheet, and each tab bar's elide mode.
-CHECK_BOX_CLASSES = ("QCheckBox", "QRadioButton")
+CHECK_BOX_CLASSES = ("QCheckBox", "QRadioButton", "QListWidget")  # (the list: its items' check boxes)
 PRESENTER_SHEET = "QCheckBox::indicator, QRadioButton::indicator { width: 21px; height: 21px; }"  # 1.5 x 14 px
 
 
 def _check_box_palette(pal: QPalette) -> QPalette:
     """Fusion draws a check box's frame in the window colour darkened by 40%: a shade darker than a black window,
-    invisible. On dark themes, check boxes and radio buttons take a light window colour for it (their own
-    background is the parent's, so nothing else shows it)."""
+    invisible. On dark themes, check boxes, radio buttons and lists of checkable items take a light window colour
+    for it (their own background is the parent's, or the base colour for a list, so only their frames show it)."""
     out = QPalette(pal)
     out.setColor(QPalette.Window, QColor("#ffffff"))  # the frame: #b6b6b6 (Fusion: window.darker(140))
     return out

@@ -119,8 +119,9 @@ def test_next_token_panel_fits_a_small_dock_without_scrolling(qtbot, run):
 
 
 def test_check_boxes_keep_a_visible_frame_on_black(qtbot):
+    from PySide6.QtCore import Qt
     from PySide6.QtGui import QColor
-    from PySide6.QtWidgets import QCheckBox, QStyle, QStyleOptionButton
+    from PySide6.QtWidgets import QCheckBox, QListWidget, QListWidgetItem, QStyle, QStyleOptionButton
 
     from explorer.ui import theme
 
@@ -138,5 +139,18 @@ def test_check_boxes_keep_a_visible_frame_on_black(qtbot):
         light = max(QColor(image.pixel(x, y)).lightness() for x in range(rect.left(), rect.right() + 1)
                     for y in range(rect.top(), rect.bottom() + 1))
         assert light > 180  # the unchecked box's frame shows against the black background
+        items = QListWidget()  # checkable items (the interventions list): their boxes show too
+        qtbot.addWidget(items)
+        item = QListWidgetItem("ablate L1 H2")
+        item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+        item.setCheckState(Qt.Unchecked)
+        items.addItem(item)
+        items.resize(300, 100)
+        items.show()
+        row = items.visualItemRect(item)
+        image = items.viewport().grab().toImage()
+        light = max(QColor(image.pixel(x, y)).lightness() for x in range(row.left(), row.left() + row.height())
+                    for y in range(row.top(), row.bottom() + 1))
+        assert light > 180
     finally:
         theme.apply(name=before.name, presenter=before.presenter)
