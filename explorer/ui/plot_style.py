@@ -129,11 +129,11 @@ def grid(target, *, x: bool = False, y: bool = False, alpha: float = 0.25):
     map), 12 times what the same lines cost opaque."""
     for item in plot_items(target):
         item.showGrid(x=x or None, y=y or None, alpha=alpha)
-    _opaque_grid(target, theme.plot_colours())
+    _opaque_grid(target)
     return target
 
 
-def _opaque_grid(target, c) -> None:
+def _opaque_grid(target) -> None:
     for item in plot_items(target):
         for name in AXES:
             axis = item.getAxis(name)
@@ -156,9 +156,9 @@ def _opaque_specs(axis: pg.AxisItem, painter):
     for pen, p1, p2 in ticks:
         colour = pen.color()
         if colour.alpha() < 255:
-            a, ink_ = colour.alphaF(), colour.getRgbF()
+            a, line = colour.alphaF(), colour.getRgbF()
             pen = pg.mkPen(pen)  # (a copy)
-            pen.setColor(QColor.fromRgbF(*(back[i] * (1 - a) + ink_[i] * a for i in range(3))))
+            pen.setColor(QColor.fromRgbF(*(back[i] * (1 - a) + line[i] * a for i in range(3))))
         opaque.append((pen, p1, p2))
     return axis_spec, opaque, texts
 
@@ -178,7 +178,7 @@ def style(target, *, follow: bool = True, tick_scale: float = 0.9):
             axis.setTickFont(tick_font)
             axis.labelStyle["font-size"] = f"{label_pt:.1f}pt"
             axis._updateLabel()  # pyqtgraph has no public way to restyle a label without resetting its text
-        _opaque_grid(item, c)
+        _opaque_grid(item)
         legend = item.legend
         if legend is not None:
             legend.setLabelTextColor(c.text)
