@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QPalette
-from PySide6.QtWidgets import QApplication, QStyle, QStyleFactory
+from PySide6.QtWidgets import QApplication, QStyle, QStyleFactory, QTabBar, QTabWidget
 
 THEMES = ("light", "dark")
 
@@ -173,8 +173,6 @@ def _check_box_palette(pal: QPalette) -> QPalette:
 def keep_tab_names_whole(root) -> None:
     """Every tab bar under `root` (and `root` itself) shows whole tab names: a bar too narrow scrolls instead of
     eliding them to "Vo…"."""
-    from PySide6.QtWidgets import QTabBar, QTabWidget
-
     if isinstance(root, QTabBar | QTabWidget):
         root.setElideMode(Qt.ElideNone)
     for child in root.findChildren(QTabBar) + root.findChildren(QTabWidget):

@@ -152,7 +152,6 @@ class EngineHost(QObject):
                         on_progress: Callable[[float, str], None] | None = None) -> JobHandle:
         """A long job (e.g. building a retrieval index) in a process of its own, so it neither waits in nor
         blocks the engine's queue; the callbacks run on the GUI thread, as for `submit_job`."""
-
         from ..core.side_jobs import SideJob
 
         self._side_ids -= 1

@@ -81,7 +81,7 @@ class KVCachePanel(Panel):
         big = QFont()
         big.setPointSizeF(big.pointSizeF() * 2.0)
         big.setBold(True)
-        self.figures: dict[str, QLabel] = {}
+        self.figures: dict[str, StatusLine] = {}
         for col, name in enumerate(_FIGURES):
             value = StatusLine("\u2014", chars=11)  # a figure that changes every step: its width stays put
             value.setFont(big)
