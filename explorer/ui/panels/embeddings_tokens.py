@@ -9,7 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ...core.analysis import projection as P
 from ...core.events import TokenKind
@@ -95,7 +105,7 @@ class TokensAtLayerView(QWidget):
         self.play.setCheckable(True)
         self.slider = QSlider(Qt.Horizontal)
         self.slider.setRange(0, 0)
-        self.layer_label = QLabel(" ")
+        self.layer_label = StatusLine(" ", chars=30, policy=QSizePolicy.Preferred)  # (a new depth relays out nothing)
         self.layer_label.setMinimumWidth(230)
         row = QHBoxLayout()
         row.addWidget(self.play)
@@ -118,8 +128,7 @@ class TokensAtLayerView(QWidget):
             item.hide()
         self.readout = StatusLine(" ", lines=3)  # (the fit's progress, then a note: the plot under it stays put)
         self.readout.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.legend = QLabel(" ")
-        self.legend.setWordWrap(True)
+        self.legend = StatusLine(" ", fit=True)  # (its counts and the selected token change while a run streams)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
